@@ -1,0 +1,370 @@
+//! Jobs: N identical tasks with one resource request, and the job file.
+//!
+//! ```yaml
+//! jobs:
+//!   - name: web                # lowercase letters, digits and '-', at most 63
+//!     tasks: 20
+//!     resources: {cpu: "1500m", memory: "2Gi"}
+//!     priority: 100            # optional
+//!     locality: us-east        # optional: a location name
+//!     constraints: {ssd: "true"}   # optional: machine labels that must match
+//!     command: ["python3", "-m", "http.server"]   # optional in simulation
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SpecError;
+use crate::labels::{self, Labels};
+use crate::locality::{Locality, LocationId};
+use crate::names::check_name;
+use crate::quantity::{parse_bytes, parse_cpu, parse_gpu, QuantityText};
+use crate::resources::{format_bytes, format_cpu, Resources};
+use crate::topology::Topology;
+use crate::yaml;
+
+/// At most this many tasks in one job. Borg's largest jobs run tens of
+/// thousands of tasks; a million is kept as the line past which a count is a
+/// typo.
+pub const MAX_TASKS_PER_JOB: i64 = 1_000_000;
+/// Priorities span 0..=10_000 (Borg's bands: monitoring, production, batch,
+/// best effort, all fit with room to spare).
+pub const MAX_PRIORITY: i64 = 10_000;
+
+/// A job's index in the order it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct JobId(pub u32);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "j{}", self.0)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobFile {
+    jobs: Vec<JobSpecText>,
+}
+
+/// One job as written in the job file, before validation.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpecText {
+    pub name: String,
+    pub tasks: i64,
+    pub resources: ResourcesText,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    #[serde(default)]
+    pub locality: Option<String>,
+    #[serde(default)]
+    pub constraints: Labels,
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+/// A resource request as written, before validation.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesText {
+    pub cpu: QuantityText,
+    pub memory: QuantityText,
+    #[serde(default)]
+    pub disk: Option<QuantityText>,
+    #[serde(default)]
+    pub gpu: Option<QuantityText>,
+}
+
+/// A validated job: names and quantities checked, not yet tied to a topology.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobSpec {
+    pub name: String,
+    pub tasks: u32,
+    pub request: Resources,
+    pub priority: u32,
+    pub locality: Option<String>,
+    pub constraints: Labels,
+    pub command: Vec<String>,
+}
+
+/// A job tied to the topology: its locality resolved to a location.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Job {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub locality: Option<LocationId>,
+}
+
+impl Job {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+impl ResourcesText {
+    /// Validates the request; `field` is the path of the `resources` mapping.
+    pub fn to_resources(&self, field: &str) -> Result<Resources, SpecError> {
+        let q = |name: &str, r: Result<u64, crate::quantity::QuantityError>| {
+            r.map_err(|e| SpecError::new(format!("{field}.{name}"), e.to_string()))
+        };
+        let cpu = q("cpu", parse_cpu(&self.cpu.as_text()).map(|v| v.0))?;
+        let memory = q("memory", parse_bytes(&self.memory.as_text()).map(|v| v.0))?;
+        let disk = match &self.disk {
+            Some(d) => q("disk", parse_bytes(&d.as_text()).map(|v| v.0))?,
+            None => 0,
+        };
+        let gpu = match &self.gpu {
+            Some(g) => q("gpu", parse_gpu(&g.as_text()).map(|v| v.0))?,
+            None => 0,
+        };
+        if cpu == 0 {
+            return Err(SpecError::new(format!("{field}.cpu"), "must be greater than zero"));
+        }
+        if memory == 0 {
+            return Err(SpecError::new(format!("{field}.memory"), "must be greater than zero"));
+        }
+        Ok(Resources::new(cpu, memory).with_disk(disk).with_gpu(gpu))
+    }
+}
+
+impl JobSpecText {
+    /// Validates one job; `field` is its path, such as `jobs[3]`.
+    pub fn validate(&self, field: &str) -> Result<JobSpec, SpecError> {
+        check_name(&format!("{field}.name"), &self.name)?;
+        if !(1..=MAX_TASKS_PER_JOB).contains(&self.tasks) {
+            return Err(SpecError::new(
+                format!("{field}.tasks"),
+                format!("{} is out of range 1..={MAX_TASKS_PER_JOB}", self.tasks),
+            ));
+        }
+        let request = self.resources.to_resources(&format!("{field}.resources"))?;
+        let priority = self.priority.unwrap_or(0);
+        if !(0..=MAX_PRIORITY).contains(&priority) {
+            return Err(SpecError::new(
+                format!("{field}.priority"),
+                format!("{priority} is out of range 0..={MAX_PRIORITY}"),
+            ));
+        }
+        if let Some(l) = &self.locality {
+            check_name(&format!("{field}.locality"), l)?;
+        }
+        for (k, v) in &self.constraints {
+            if k.is_empty() || v.is_empty() {
+                return Err(SpecError::new(
+                    format!("{field}.constraints"),
+                    "label keys and values must not be empty",
+                ));
+            }
+        }
+        if self.command.first().is_some_and(|c| c.is_empty()) {
+            return Err(SpecError::new(
+                format!("{field}.command[0]"),
+                "the program to run must not be empty",
+            ));
+        }
+        Ok(JobSpec {
+            name: self.name.clone(),
+            tasks: self.tasks as u32,
+            request,
+            priority: priority as u32,
+            locality: self.locality.clone(),
+            constraints: self.constraints.clone(),
+            command: self.command.clone(),
+        })
+    }
+}
+
+/// Parses and validates a job file: every job checked, names unique.
+pub fn parse_job_file(text: &str) -> Result<Vec<JobSpec>, SpecError> {
+    let file: JobFile = yaml::from_str(text)?;
+    if file.jobs.is_empty() {
+        return Err(SpecError::new("jobs", "at least one job is required"));
+    }
+    let mut names = BTreeSet::new();
+    file.jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| {
+            let spec = j.validate(&format!("jobs[{i}]"))?;
+            if !names.insert(spec.name.clone()) {
+                return Err(SpecError::new(
+                    format!("jobs[{i}].name"),
+                    format!("duplicate job name {:?}", spec.name),
+                ));
+            }
+            Ok(spec)
+        })
+        .collect()
+}
+
+impl JobSpec {
+    /// Ties the job to a topology: resolves its locality and checks that some
+    /// machine anywhere could ever hold one of its tasks. `field` is the job's
+    /// path, for errors.
+    pub fn resolve(self, id: JobId, topology: &Topology, field: &str) -> Result<Job, SpecError> {
+        let locality = match &self.locality {
+            Some(name) => Some(resolve_location(&topology.locality, name).ok_or_else(|| {
+                SpecError::new(
+                    format!("{field}.locality"),
+                    format!(
+                        "unknown location {name:?} (known: {})",
+                        topology.locality.names().join(", ")
+                    ),
+                )
+            })?),
+            None => None,
+        };
+        let classes = || topology.clusters.iter().flat_map(|c| c.classes.iter());
+        let matching: Vec<_> = classes()
+            .filter(|k| labels::satisfies(&self.constraints, &k.labels))
+            .collect();
+        if matching.is_empty() {
+            return Err(SpecError::new(
+                format!("{field}.constraints"),
+                format!(
+                    "no machine in any cluster has the labels {}",
+                    format_labels(&self.constraints)
+                ),
+            ));
+        }
+        if !matching.iter().any(|k| self.request.fits_in(&k.capacity)) {
+            let largest = matching
+                .iter()
+                .fold(Resources::ZERO, |acc, k| acc.max(&k.capacity));
+            let kind = self
+                .request
+                .first_shortfall(&largest)
+                .unwrap_or(crate::resources::ResourceKind::Cpu);
+            let show = |r: &Resources| match kind {
+                crate::resources::ResourceKind::Cpu => format_cpu(r.cpu),
+                crate::resources::ResourceKind::Memory => format_bytes(r.memory),
+                crate::resources::ResourceKind::Disk => format_bytes(r.disk),
+                crate::resources::ResourceKind::Gpu => crate::resources::format_gpu(r.gpu),
+            };
+            return Err(SpecError::new(
+                format!("{field}.resources.{kind}"),
+                format!(
+                    "{} per task does not fit any machine that matches the job (largest: {}, with {})",
+                    show(&self.request),
+                    show(&largest),
+                    self.request,
+                ),
+            ));
+        }
+        Ok(Job {
+            id,
+            spec: self,
+            locality,
+        })
+    }
+}
+
+fn resolve_location(locality: &Locality, name: &str) -> Option<LocationId> {
+    locality.id(name)
+}
+
+/// `{a=b, c=d}`, for messages.
+pub fn format_labels(l: &Labels) -> String {
+    let inner: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", inner.join(", "))
+}
+
+/// Parses a job file and resolves every job against `topology`.
+pub fn load_workload(text: &str, topology: &Topology) -> Result<Vec<Job>, SpecError> {
+    parse_job_file(text)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, spec)| spec.resolve(JobId(i as u32), topology, &format!("jobs[{i}]")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JOBS: &str = r#"
+jobs:
+  - name: web
+    tasks: 20
+    resources: {cpu: "1500m", memory: "2Gi"}
+    priority: 100
+    locality: us-east
+    constraints: {ssd: "true"}
+    command: ["python3", "-m", "http.server"]
+  - name: batch
+    tasks: 3
+    resources: {cpu: 0.5, memory: 1073741824}
+"#;
+
+    const TOPO: &str = r#"
+locations: [{name: us-east}]
+clusters:
+  - name: east-a
+    location: us-east
+    machines:
+      - {class: std, count: 2, cpu: "32", memory: "128Gi", labels: {ssd: "true"}}
+"#;
+
+    #[test]
+    fn parses_the_design_example() {
+        let jobs = parse_job_file(JOBS).unwrap();
+        assert_eq!(jobs[0].request, Resources::new(1500, 2 << 30));
+        assert_eq!(jobs[0].tasks, 20);
+        assert_eq!(jobs[0].priority, 100);
+        assert_eq!(jobs[1].request, Resources::new(500, 1 << 30));
+        let topo = Topology::from_yaml(TOPO).unwrap();
+        let w = load_workload(JOBS, &topo).unwrap();
+        assert_eq!(w[0].locality, Some(LocationId(0)));
+        assert_eq!(w[1].id, JobId(1));
+    }
+
+    fn err(text: &str) -> SpecError {
+        parse_job_file(text).unwrap_err()
+    }
+
+    #[test]
+    fn refusals_name_the_field_and_reason() {
+        let e = err(&JOBS.replace("tasks: 3", "tasks: -3"));
+        assert_eq!(e.field, "jobs[1].tasks");
+        let e = err(&JOBS.replace("tasks: 3", "tasks: 0"));
+        assert_eq!(e.field, "jobs[1].tasks");
+        let e = err(&JOBS.replace("cpu: 0.5", "cpu: -0.5"));
+        assert_eq!(e.field, "jobs[1].resources.cpu");
+        assert!(e.reason.contains("negative"));
+        let e = err(&JOBS.replace("\"2Gi\"", "\"2 gigs\""));
+        assert_eq!(e.field, "jobs[0].resources.memory");
+        let e = err(&JOBS.replace("name: batch", "name: web"));
+        assert_eq!(e.field, "jobs[1].name");
+        assert!(e.reason.contains("duplicate"));
+        let e = err(&JOBS.replace("name: batch", "name: Batch_1"));
+        assert_eq!(e.field, "jobs[1].name");
+        let e = err(&JOBS.replace("priority: 100", "priority: 100000"));
+        assert_eq!(e.field, "jobs[0].priority");
+        let e = err(&JOBS.replace("priority: 100", "prio: 100"));
+        assert!(e.to_string().contains("unknown field `prio`"), "{e}");
+        let e = err(&JOBS.replace("cpu: 0.5, ", "cpu: 0.5, cpus: 2, "));
+        assert!(e.to_string().contains("unknown field `cpus`"), "{e}");
+        let e = err(&JOBS.replace("cpu: 0.5", "cpu: 0"));
+        assert_eq!(e.field, "jobs[1].resources.cpu");
+    }
+
+    #[test]
+    fn resolution_against_the_topology_says_why() {
+        let topo = Topology::from_yaml(TOPO).unwrap();
+        let e = load_workload(&JOBS.replace("locality: us-east", "locality: mars"), &topo)
+            .unwrap_err();
+        assert_eq!(e.field, "jobs[0].locality");
+        assert!(e.reason.contains("unknown location \"mars\""), "{e}");
+
+        let e = load_workload(&JOBS.replace("\"1500m\"", "\"33\""), &topo).unwrap_err();
+        assert_eq!(e.field, "jobs[0].resources.cpu");
+        assert!(e.reason.contains("does not fit any machine"), "{e}");
+
+        let e = load_workload(&JOBS.replace("ssd: \"true\"", "gpu: a100"), &topo).unwrap_err();
+        assert_eq!(e.field, "jobs[0].constraints");
+        assert!(e.reason.contains("gpu=a100"), "{e}");
+    }
+}

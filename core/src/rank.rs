@@ -1,0 +1,237 @@
+//! The global decision: which cluster gets a job's tasks.
+//!
+//! Filter out the clusters that cannot run the task at all, score the rest
+//! as Σ weight × term, and order them best first, ties to the lower cluster
+//! id. The ranking keeps every term and every rejection so the decision can
+//! be explained.
+
+use serde::Serialize;
+
+use crate::cluster::{ClusterId, ClusterSummary};
+use crate::filter::{cluster_filters, Rejection, TaskShape};
+use crate::job::Job;
+use crate::locality::Locality;
+use crate::policy::{Policy, ScorerName};
+use crate::score::Score;
+use crate::scorer::{ClusterScorer, Headroom, LocalityScorer, QueueLength};
+
+/// The number of scoring terms.
+pub const TERMS: usize = 3;
+
+/// One feasible cluster's score.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterScore {
+    pub cluster: ClusterId,
+    /// Σ weight × term.
+    pub total: u64,
+    /// Each configured term's `(name, weight, score)`.
+    pub terms: [(ScorerName, u32, Score); TERMS],
+    /// How many of `terms` are configured.
+    pub term_count: u8,
+}
+
+impl ClusterScore {
+    pub fn terms(&self) -> &[(ScorerName, u32, Score)] {
+        &self.terms[..usize::from(self.term_count)]
+    }
+}
+
+/// A cluster ruled out, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterRejection {
+    pub cluster: ClusterId,
+    pub filter: &'static str,
+    pub rejection: Rejection,
+}
+
+/// The outcome of ranking clusters for a job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Ranking {
+    /// Feasible clusters, best first.
+    pub ranked: Vec<ClusterScore>,
+    /// Clusters ruled out, in cluster order.
+    pub filtered: Vec<ClusterRejection>,
+}
+
+impl Ranking {
+    pub fn best(&self) -> Option<ClusterId> {
+        self.ranked.first().map(|s| s.cluster)
+    }
+}
+
+/// The cluster ranking pipeline, built from a validated policy.
+pub struct Ranker<'a> {
+    scorers: Vec<(u32, Box<dyn ClusterScorer + 'a>)>,
+    max_scored: usize,
+}
+
+impl<'a> Ranker<'a> {
+    /// `policy` must have passed [`Policy::validate`].
+    pub fn new(policy: &Policy, locality: &'a Locality) -> Self {
+        let scorers = policy
+            .global
+            .scorers
+            .iter()
+            .map(|s| {
+                let scorer: Box<dyn ClusterScorer + 'a> = match s.name {
+                    ScorerName::Locality => Box::new(LocalityScorer {
+                        locality,
+                        shape: policy.global.locality,
+                    }),
+                    ScorerName::Headroom => Box::new(Headroom),
+                    ScorerName::Queue => Box::new(QueueLength {
+                        shape: policy.global.queue,
+                    }),
+                };
+                (s.weight as u32, scorer)
+            })
+            .collect();
+        Ranker {
+            scorers,
+            max_scored: policy.global.max_clusters_scored as usize,
+        }
+    }
+
+    /// Ranks `clusters` for `job`. Clusters in `handed_back` already tried
+    /// the job's tasks and could not place them; they are ruled out.
+    pub fn rank(
+        &self,
+        job: &Job,
+        clusters: &[ClusterSummary],
+        handed_back: &[ClusterId],
+    ) -> Ranking {
+        let shape = TaskShape {
+            request: &job.spec.request,
+            constraints: &job.spec.constraints,
+        };
+        let mut ranking = Ranking {
+            ranked: Vec::with_capacity(clusters.len()),
+            filtered: Vec::new(),
+        };
+        let mut feasible: Vec<&ClusterSummary> = Vec::with_capacity(clusters.len());
+        'clusters: for c in clusters {
+            if handed_back.contains(&c.id) {
+                ranking.filtered.push(ClusterRejection {
+                    cluster: c.id,
+                    filter: "handed_back",
+                    rejection: Rejection::HandedBack,
+                });
+                continue;
+            }
+            for f in cluster_filters() {
+                if let Err(rejection) = f.check(&shape, c) {
+                    ranking.filtered.push(ClusterRejection {
+                        cluster: c.id,
+                        filter: f.name(),
+                        rejection,
+                    });
+                    continue 'clusters;
+                }
+            }
+            feasible.push(c);
+        }
+        // Sampling limit: a window of the feasible clusters that rotates with
+        // the job id, so that different jobs see different samples but the
+        // same job always sees the same one.
+        if self.max_scored > 0 && feasible.len() > self.max_scored {
+            let start = (job.id.0 as usize).wrapping_mul(2_654_435_761) % feasible.len();
+            feasible.rotate_left(start);
+            feasible.truncate(self.max_scored);
+        }
+        for c in feasible {
+            ranking.ranked.push(self.score(job, c));
+        }
+        ranking
+            .ranked
+            .sort_by(|a, b| b.total.cmp(&a.total).then(a.cluster.cmp(&b.cluster)));
+        ranking
+    }
+
+    fn score(&self, job: &Job, c: &ClusterSummary) -> ClusterScore {
+        let mut terms = [(ScorerName::Locality, 0, Score::ZERO); TERMS];
+        let mut total = 0u64;
+        for (i, (weight, scorer)) in self.scorers.iter().enumerate() {
+            let s = scorer.score(job, c);
+            total += u64::from(*weight) * u64::from(s.get());
+            terms[i] = (scorer.name(), *weight, s);
+        }
+        ClusterScore {
+            cluster: c.id,
+            total,
+            terms,
+            term_count: self.scorers.len() as u8,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::locality::LocationId;
+    use crate::resources::Resources;
+    use crate::test_support::{cluster_summary, job};
+
+    fn locality() -> Locality {
+        Locality::new(
+            vec!["east".into(), "west".into()],
+            &[(LocationId(0), LocationId(1), 70)],
+        )
+    }
+
+    #[test]
+    fn weighted_sum_and_order() {
+        let l = locality();
+        let policy = Policy::default(); // locality 4, headroom 1, queue 1
+        let r = Ranker::new(&policy, &l);
+        let mut j = job("j", 10, 1000, 1 << 30);
+        j.locality = Some(LocationId(0));
+        let mut east = cluster_summary(0, 100_000, 100 << 30);
+        east.allocated = Resources::new(90_000, 10 << 30); // 90% cpu used
+        let mut west = cluster_summary(1, 100_000, 100 << 30);
+        west.location = LocationId(1);
+        let ranking = r.rank(&j, &[east, west], &[]);
+        // east: 4 * 1000 (local) + 1 * 100 (headroom 1 - 0.9) + 1 * 1000 (empty queue) = 5100
+        // west: 4 * 125 (70 ms) + 1 * 1000 + 1 * 1000 = 2500
+        assert_eq!(ranking.ranked[0].cluster, ClusterId(0));
+        assert_eq!(ranking.ranked[0].total, 5100);
+        assert_eq!(ranking.ranked[1].total, 2500);
+    }
+
+    #[test]
+    fn ties_go_to_the_lower_id() {
+        let l = locality();
+        let r = Ranker::new(&Policy::default(), &l);
+        let j = job("j", 1, 1000, 1 << 30);
+        let a = cluster_summary(7, 10_000, 10 << 30);
+        let b = cluster_summary(3, 10_000, 10 << 30);
+        let ranking = r.rank(&j, &[a, b], &[]);
+        assert_eq!(ranking.ranked[0].cluster, ClusterId(3));
+        assert_eq!(ranking.ranked[0].total, ranking.ranked[1].total);
+    }
+
+    #[test]
+    fn filtered_clusters_say_why() {
+        let l = locality();
+        let r = Ranker::new(&Policy::default(), &l);
+        let j = job("j", 1, 8000, 1 << 30);
+        let mut down = cluster_summary(0, 100_000, 100 << 30);
+        down.up = false;
+        let small = cluster_summary(1, 4000, 100 << 30); // one 4-core class
+        let mut full = cluster_summary(2, 100_000, 100 << 30);
+        full.allocated = Resources::new(95_000, 0);
+        let tried = cluster_summary(3, 100_000, 100 << 30);
+        let ok = cluster_summary(4, 100_000, 100 << 30);
+        let ranking = r.rank(&j, &[down, small, full, tried, ok], &[ClusterId(3)]);
+        let reasons: Vec<_> = ranking.filtered.iter().map(|f| f.rejection.summary()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "cluster down",
+                "no machine with enough cpu",
+                "cluster out of cpu",
+                "cluster could not place it"
+            ]
+        );
+        assert_eq!(ranking.best(), Some(ClusterId(4)));
+    }
+}
