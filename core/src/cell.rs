@@ -139,6 +139,14 @@ impl Cell {
         &self.machines[m.0 as usize]
     }
 
+    /// Every machine with its id, in id order.
+    pub fn machines(&self) -> impl Iterator<Item = (MachineId, &MachineState)> {
+        self.machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (MachineId(i as u32), m))
+    }
+
     pub fn machine_count(&self) -> usize {
         self.machines.len()
     }
