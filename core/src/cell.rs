@@ -263,6 +263,24 @@ impl Cell {
             .collect()
     }
 
+    /// The eligible classes in two tiers: first those where the task wastes
+    /// no scarce resource, then machines with GPUs for a task that needs
+    /// none. A cpu-only task on a GPU machine can strand its GPUs, the
+    /// fragmentation that Weng et al. measure in "Beware of Fragmentation:
+    /// Scheduling GPU-Sharing Workloads with Fragmentation Gradient Descent"
+    /// (USENIX ATC 2023); such tasks go there only when nothing else fits.
+    pub fn class_tiers(&self, request: &Resources, constraints: &Labels) -> [Vec<u32>; 2] {
+        let (mut plain, mut scarce) = (Vec::new(), Vec::new());
+        for k in self.eligible_classes(request, constraints) {
+            if request.gpu.0 == 0 && self.class(k).capacity.gpu.0 > 0 {
+                scarce.push(k);
+            } else {
+                plain.push(k);
+            }
+        }
+        [plain, scarce]
+    }
+
     /// The used machine (holding tasks already) of the eligible classes
     /// where `request` fits most tightly: the smallest fragmentation key.
     pub fn best_fit_used(&self, request: &Resources, classes: &[u32]) -> Option<MachineId> {

@@ -68,9 +68,9 @@ pub fn pack(cell: &mut Cell, groups: &[TaskGroup<'_>], policy: &LocalPolicy) -> 
     if groups.is_empty() {
         return out;
     }
-    let eligible: Vec<Vec<u32>> = groups
+    let eligible: Vec<[Vec<u32>; 2]> = groups
         .iter()
-        .map(|g| cell.eligible_classes(&g.request, g.constraints))
+        .map(|g| cell.class_tiers(&g.request, g.constraints))
         .collect();
     let order = order_groups(cell, groups);
     let mut left: Vec<u32> = groups.iter().map(|g| g.count).collect();
@@ -79,7 +79,11 @@ pub fn pack(cell: &mut Cell, groups: &[TaskGroup<'_>], policy: &LocalPolicy) -> 
         Strategy::Spread => {
             for &g in &order {
                 while left[g] > 0 {
-                    let Some(m) = cell.emptiest_fit(&groups[g].request, &eligible[g]) else {
+                    let request = &groups[g].request;
+                    let Some(m) = eligible[g]
+                        .iter()
+                        .find_map(|tier| cell.emptiest_fit(request, tier))
+                    else {
                         break;
                     };
                     cell.place(m, &groups[g].request);
@@ -125,11 +129,12 @@ fn order_groups(cell: &Cell, groups: &[TaskGroup<'_>]) -> Vec<usize> {
     order
 }
 
-/// Places as many of `left` tasks as fit onto used machines, tightest first.
+/// Places as many of `left` tasks as fit onto used machines, tightest first
+/// within the first tier of classes that has room.
 fn top_up(
     cell: &mut Cell,
     request: &Resources,
-    classes: &[u32],
+    tiers: &[Vec<u32>; 2],
     left: &mut u32,
     out: &mut GroupOutcome,
 ) {
@@ -137,7 +142,7 @@ fn top_up(
     while *left > 0 {
         let m = match last {
             Some(m) if request.fits_in(&cell.machine(m).free) => m,
-            _ => match cell.best_fit_used(request, classes) {
+            _ => match tiers.iter().find_map(|t| cell.best_fit_used(request, t)) {
                 Some(m) => m,
                 None => return,
             },
@@ -155,7 +160,7 @@ fn top_up(
 fn open_machines(
     cell: &mut Cell,
     groups: &[TaskGroup<'_>],
-    eligible: &[Vec<u32>],
+    eligible: &[[Vec<u32>; 2]],
     order: &[usize],
     left: &mut [u32],
     out: &mut [GroupOutcome],
@@ -169,10 +174,13 @@ fn open_machines(
         let Some(&first) = order.get(cursor) else {
             return;
         };
-        // Try each class with an empty machine; keep the fill with the least
-        // slack, ties to the lower class.
+        // Try each class with an empty machine, in the first tier that has
+        // one; keep the fill with the least slack, ties to the lower class.
         let mut best: Option<(u64, u32, Vec<(usize, u32)>)> = None;
-        for &k in &eligible[first] {
+        let tier = eligible[first]
+            .iter()
+            .find(|t| t.iter().any(|&k| cell.has_empty(k)));
+        for &k in tier.into_iter().flatten() {
             if !cell.has_empty(k) {
                 continue;
             }
@@ -231,7 +239,7 @@ fn fill_machine(
     cell: &Cell,
     k: u32,
     groups: &[TaskGroup<'_>],
-    eligible: &[Vec<u32>],
+    eligible: &[[Vec<u32>; 2]],
     order: &[usize],
     cursor: usize,
     left: &[u32],
@@ -243,7 +251,7 @@ fn fill_machine(
     let mut avail = Vec::new();
     for &g in &order[cursor..] {
         let n = left[g] - u32::from(g == first);
-        if n > 0 && eligible[g].contains(&k) {
+        if n > 0 && eligible[g].iter().any(|t| t.contains(&k)) {
             cands.push(g);
             avail.push(n);
         }

@@ -1,0 +1,320 @@
+//! `schedctl simulate`: the core's simulator over a topology and a workload.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use sched_core::job::{load_workload, Job};
+use sched_core::rank::Ranking;
+use sched_core::simulate::{simulate, JobExplanation, Outcome, Report};
+use sched_core::topology::Topology;
+use serde::Serialize;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The topology file: locations, links and clusters of machines.
+    #[arg(long, value_name = "FILE")]
+    topology: PathBuf,
+    /// The job file; every job arrives at once, in file order.
+    #[arg(long, value_name = "FILE")]
+    workload: PathBuf,
+    /// The policy file (default: the built-in defaults, as in config/policy.yaml).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Write every placement as CSV (`job,task,cluster,machine`) to FILE.
+    #[arg(long, value_name = "FILE")]
+    placements: Option<PathBuf>,
+    /// Explain the decisions for one job: cluster scores, filters, machines.
+    #[arg(long, value_name = "JOB")]
+    explain: Option<String>,
+}
+
+/// `--json` output: the core's report plus timing and the explanation.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    scheduling_seconds: f64,
+    placements_per_second: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explain: Option<serde_json::Value>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let topology = Topology::from_yaml(&super::read(&args.topology)?)
+        .with_context(|| format!("invalid topology {}", args.topology.display()))?;
+    let jobs = load_workload(&super::read(&args.workload)?, &topology)
+        .with_context(|| format!("invalid workload {}", args.workload.display()))?;
+    let policy = super::load_policy(args.policy.as_ref())?;
+    let explain = match &args.explain {
+        None => None,
+        Some(name) => match jobs.iter().find(|j| j.spec.name == *name) {
+            Some(j) => Some(j.id),
+            None => bail!("--explain: no job named {name:?} in {}", args.workload.display()),
+        },
+    };
+
+    let total: u64 = jobs.iter().map(|j| u64::from(j.spec.tasks)).sum();
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} tasks decided ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    // Show the bar only for runs long enough to watch.
+    let started = Instant::now();
+    let mut progress = |decided: u64| {
+        if started.elapsed() > Duration::from_millis(500) {
+            bar.set_position(decided);
+        }
+    };
+    let outcome = simulate(&topology, &jobs, &policy, explain, &mut progress);
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    let report = outcome.report(&topology, &jobs);
+    if let Some(path) = &args.placements {
+        write_placements(path, &topology, &jobs, &outcome)?;
+    }
+    let rate = if seconds > 0.0 {
+        report.tasks_placed as f64 / seconds
+    } else {
+        0.0
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let explain = outcome
+            .explanation
+            .as_ref()
+            .map(|x| explain_json(x, &topology, &jobs));
+        let json = JsonReport {
+            report: &report,
+            scheduling_seconds: seconds,
+            placements_per_second: rate,
+            explain,
+        };
+        serde_json::to_writer_pretty(&mut out, &json)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(summary_table(&report, seconds, rate).as_bytes())?;
+        if let Some(x) = &outcome.explanation {
+            out.write_all(explain_text(x, &topology, &jobs).as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+fn write_placements(
+    path: &PathBuf,
+    topology: &Topology,
+    jobs: &[Job],
+    outcome: &Outcome,
+) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    writeln!(w, "job,task,cluster,machine")?;
+    for (job, places) in jobs.iter().zip(&outcome.placements) {
+        for (i, p) in places.iter().enumerate() {
+            let cluster = &topology.clusters[p.cluster.0 as usize].name;
+            let machine = outcome.cells[p.cluster.0 as usize].machine_name(p.machine);
+            writeln!(w, "{},{i},{cluster},{machine}", job.spec.name)?;
+        }
+    }
+    w.flush()
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn summary_table(r: &Report, seconds: f64, rate: f64) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<20} {:<14} {:>10} {:>10} {:>10} {:>7} {:>7}",
+        "CLUSTER", "LOCATION", "TASKS", "MACHINES", "USED", "CPU", "MEMORY"
+    );
+    for c in &r.clusters {
+        let _ = writeln!(
+            s,
+            "{:<20} {:<14} {:>10} {:>10} {:>10} {:>6.1}% {:>6.1}%",
+            c.name,
+            c.location,
+            c.tasks_placed,
+            c.machines_total,
+            c.machines_used,
+            c.cpu_utilization * 100.0,
+            c.memory_utilization * 100.0
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "tasks:    {} placed of {} ({} unplaced)",
+        r.tasks_placed, r.tasks_total, r.tasks_unplaced
+    );
+    let bound = r
+        .lower_bound_machines
+        .map_or(String::new(), |b| format!(", lower bound {b}"));
+    let _ = writeln!(
+        s,
+        "machines: {} used of {}{bound}",
+        r.machines_used, r.machines_total
+    );
+    if r.tasks_with_locality > 0 {
+        let _ = writeln!(
+            s,
+            "locality: {} of {} tasks with a preferred location landed there ({:.1}%)",
+            r.tasks_at_preferred_location,
+            r.tasks_with_locality,
+            100.0 * r.tasks_at_preferred_location as f64 / r.tasks_with_locality as f64
+        );
+    }
+    let _ = writeln!(s, "time:     {seconds:.3} s deciding, {rate:.0} placements/s");
+    if !r.unplaced.is_empty() {
+        let _ = writeln!(s, "\nUNPLACED");
+        for u in &r.unplaced {
+            let _ = writeln!(s, "  {} ({} tasks): {}", u.job, u.tasks, u.reason);
+        }
+    }
+    s
+}
+
+fn cluster_name(topology: &Topology, id: sched_core::cluster::ClusterId) -> &str {
+    &topology.clusters[id.0 as usize].name
+}
+
+fn ranking_text(s: &mut String, ranking: &Ranking, topology: &Topology) {
+    let _ = writeln!(s, "    {:<20} {:>8}  TERMS (name weight x score)", "CLUSTER", "TOTAL");
+    for c in &ranking.ranked {
+        let terms: Vec<String> = c
+            .terms()
+            .iter()
+            .map(|(n, w, sc)| format!("{} {w}x{sc}", n.as_str()))
+            .collect();
+        let _ = writeln!(
+            s,
+            "    {:<20} {:>8}  {}",
+            cluster_name(topology, c.cluster),
+            c.total,
+            terms.join(", ")
+        );
+    }
+    for f in &ranking.filtered {
+        let _ = writeln!(
+            s,
+            "    {:<20} {:>8}  filtered by {}: {}",
+            cluster_name(topology, f.cluster),
+            "-",
+            f.filter,
+            f.rejection
+        );
+    }
+}
+
+fn explain_text(x: &JobExplanation, topology: &Topology, jobs: &[Job]) -> String {
+    let job = &jobs[x.job.0 as usize];
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nEXPLAIN job {} ({} tasks of {}{})",
+        job.spec.name,
+        job.spec.tasks,
+        job.spec.request,
+        job.spec
+            .locality
+            .as_ref()
+            .map_or(String::new(), |l| format!(", prefers {l}"))
+    );
+    for (i, round) in x.rounds.iter().enumerate() {
+        let _ = writeln!(s, "  round {}: {} tasks", i + 1, round.tasks);
+        ranking_text(&mut s, &round.ranking, topology);
+        match round.chosen {
+            None => {
+                let _ = writeln!(s, "    -> no cluster can take them: unplaced");
+            }
+            Some(c) => {
+                let _ = writeln!(
+                    s,
+                    "    -> {}: placed {} on {} machines",
+                    cluster_name(topology, c),
+                    round.placed,
+                    round.machines.len()
+                );
+                for (m, n) in round.machines.iter().take(20) {
+                    let _ = writeln!(s, "       {m}: {n}");
+                }
+                if round.machines.len() > 20 {
+                    let _ = writeln!(s, "       ... {} more machines", round.machines.len() - 20);
+                }
+                if let Some(why) = &round.handed_back {
+                    let _ = writeln!(
+                        s,
+                        "    -> handed back {}: {why}",
+                        round.tasks - round.placed
+                    );
+                }
+            }
+        }
+    }
+    s
+}
+
+fn explain_json(x: &JobExplanation, topology: &Topology, jobs: &[Job]) -> serde_json::Value {
+    let rounds: Vec<serde_json::Value> = x
+        .rounds
+        .iter()
+        .map(|r| {
+            let ranked: Vec<serde_json::Value> = r
+                .ranking
+                .ranked
+                .iter()
+                .map(|c| {
+                    let terms: serde_json::Map<String, serde_json::Value> = c
+                        .terms()
+                        .iter()
+                        .map(|(n, w, sc)| {
+                            (
+                                n.as_str().to_string(),
+                                serde_json::json!({"weight": w, "score": sc.get()}),
+                            )
+                        })
+                        .collect();
+                    serde_json::json!({
+                        "cluster": cluster_name(topology, c.cluster),
+                        "total": c.total,
+                        "terms": terms,
+                    })
+                })
+                .collect();
+            let filtered: Vec<serde_json::Value> = r
+                .ranking
+                .filtered
+                .iter()
+                .map(|f| {
+                    serde_json::json!({
+                        "cluster": cluster_name(topology, f.cluster),
+                        "filter": f.filter,
+                        "reason": f.rejection.to_string(),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "tasks": r.tasks,
+                "ranked": ranked,
+                "filtered": filtered,
+                "chosen": r.chosen.map(|c| cluster_name(topology, c)),
+                "placed": r.placed,
+                "machines": r.machines,
+                "handed_back": r.handed_back.as_ref().map(|w| w.to_string()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "job": jobs[x.job.0 as usize].spec.name,
+        "rounds": rounds,
+    })
+}
