@@ -166,7 +166,8 @@ impl Cell {
     /// The machine's name as the simulator shows it: `<class>-<ordinal>`.
     pub fn machine_name(&self, m: MachineId) -> String {
         let st = self.machine(m);
-        self.class(st.class).machine_name(self.ordinal[m.0 as usize])
+        self.class(st.class)
+            .machine_name(self.ordinal[m.0 as usize])
     }
 
     pub fn capacity(&self) -> Resources {
@@ -211,7 +212,10 @@ impl Cell {
 
     /// Puts a task of `request` on `m`. The caller has checked that it fits.
     pub fn place(&mut self, m: MachineId, request: &Resources) {
-        debug_assert!(request.fits_in(&self.machine(m).free), "placement over capacity");
+        debug_assert!(
+            request.fits_in(&self.machine(m).free),
+            "placement over capacity"
+        );
         self.unindex(m.0);
         let st = &mut self.machines[m.0 as usize];
         st.free = st.free.saturating_sub(request);
@@ -309,7 +313,10 @@ impl Cell {
 
     /// The lowest-id empty machine of class `k`, if any.
     pub fn empty_machine(&self, k: u32) -> Option<MachineId> {
-        self.classes[k as usize].empty.first().map(|&m| MachineId(m))
+        self.classes[k as usize]
+            .empty
+            .first()
+            .map(|&m| MachineId(m))
     }
 
     /// Whether class `k` has an empty machine.
@@ -397,7 +404,10 @@ impl Cell {
         for (i, st) in self.machines.iter().enumerate() {
             let cap = &self.classes[st.class as usize].class.capacity;
             if !st.free.fits_in(cap) {
-                return Err(format!("machine {i}: free {} exceeds capacity {cap}", st.free));
+                return Err(format!(
+                    "machine {i}: free {} exceeds capacity {cap}",
+                    st.free
+                ));
             }
             allocated = allocated.saturating_add(&cap.saturating_sub(&st.free));
             let class = &self.classes[st.class as usize];
@@ -411,7 +421,10 @@ impl Cell {
             }
         }
         if allocated != self.allocated {
-            return Err(format!("allocated {} != recount {allocated}", self.allocated));
+            return Err(format!(
+                "allocated {} != recount {allocated}",
+                self.allocated
+            ));
         }
         Ok(())
     }
@@ -474,7 +487,7 @@ mod tests {
         let mut c = cell(&[(2, 4000, 1000)]);
         c.place(MachineId(0), &Resources::new(3900, 0)); // tight on cpu, key 0.025 + 1
         c.place(MachineId(1), &Resources::new(1000, 500)); // key 0.75 + 0.5
-        // 200m does not fit machine 0's 100m even though its key is lower.
+                                                           // 200m does not fit machine 0's 100m even though its key is lower.
         assert_eq!(
             c.best_fit_used(&Resources::new(200, 10), &[0]),
             Some(MachineId(1))

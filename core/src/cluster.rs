@@ -34,11 +34,9 @@ impl Cluster {
     }
 
     pub fn capacity(&self) -> Resources {
-        self.classes
-            .iter()
-            .fold(Resources::ZERO, |acc, c| {
-                acc.saturating_add(&c.capacity.times(u64::from(c.count)))
-            })
+        self.classes.iter().fold(Resources::ZERO, |acc, c| {
+            acc.saturating_add(&c.capacity.times(u64::from(c.count)))
+        })
     }
 }
 

@@ -121,10 +121,16 @@ impl ResourcesText {
             None => 0,
         };
         if cpu == 0 {
-            return Err(SpecError::new(format!("{field}.cpu"), "must be greater than zero"));
+            return Err(SpecError::new(
+                format!("{field}.cpu"),
+                "must be greater than zero",
+            ));
         }
         if memory == 0 {
-            return Err(SpecError::new(format!("{field}.memory"), "must be greater than zero"));
+            return Err(SpecError::new(
+                format!("{field}.memory"),
+                "must be greater than zero",
+            ));
         }
         Ok(Resources::new(cpu, memory).with_disk(disk).with_gpu(gpu))
     }
@@ -354,8 +360,8 @@ clusters:
     #[test]
     fn resolution_against_the_topology_says_why() {
         let topo = Topology::from_yaml(TOPO).unwrap();
-        let e = load_workload(&JOBS.replace("locality: us-east", "locality: mars"), &topo)
-            .unwrap_err();
+        let e =
+            load_workload(&JOBS.replace("locality: us-east", "locality: mars"), &topo).unwrap_err();
         assert_eq!(e.field, "jobs[0].locality");
         assert!(e.reason.contains("unknown location \"mars\""), "{e}");
 

@@ -23,7 +23,9 @@ pub fn check_name(field: &str, name: &str) -> Result<(), SpecError> {
             "{name:?} may contain only lowercase letters, digits and '-'"
         ))
     } else if name.starts_with('-') || name.ends_with('-') {
-        Some(format!("{name:?} must start and end with a letter or digit"))
+        Some(format!(
+            "{name:?} must start and end with a letter or digit"
+        ))
     } else {
         None
     };

@@ -94,9 +94,23 @@ pub fn pack(cell: &mut Cell, groups: &[TaskGroup<'_>], policy: &LocalPolicy) -> 
         }
         Strategy::BestFit => {
             for &g in &order {
-                top_up(cell, &groups[g].request, &eligible[g], &mut left[g], &mut out[g]);
+                top_up(
+                    cell,
+                    &groups[g].request,
+                    &eligible[g],
+                    &mut left[g],
+                    &mut out[g],
+                );
             }
-            open_machines(cell, groups, &eligible, &order, &mut left, &mut out, policy.search_budget);
+            open_machines(
+                cell,
+                groups,
+                &eligible,
+                &order,
+                &mut left,
+                &mut out,
+                policy.search_budget,
+            );
         }
     }
 
@@ -184,8 +198,12 @@ fn open_machines(
             if !cell.has_empty(k) {
                 continue;
             }
-            let (slack, fill) = fill_machine(cell, k, groups, eligible, order, cursor, left, budget);
-            if best.as_ref().is_none_or(|(s, bk, _)| (slack, k) < (*s, *bk)) {
+            let (slack, fill) =
+                fill_machine(cell, k, groups, eligible, order, cursor, left, budget);
+            if best
+                .as_ref()
+                .is_none_or(|(s, bk, _)| (slack, k) < (*s, *bk))
+            {
                 best = Some((slack, k, fill));
             }
         }
@@ -207,7 +225,13 @@ fn open_machines(
                 // No empty machine can take the largest waiting group: the
                 // machines opened earlier in this batch may still have room.
                 let g = first;
-                top_up(cell, &groups[g].request, &eligible[g], &mut left[g], &mut out[g]);
+                top_up(
+                    cell,
+                    &groups[g].request,
+                    &eligible[g],
+                    &mut left[g],
+                    &mut out[g],
+                );
                 // Whatever is still left of this group is unplaceable here.
                 cursor += 1;
             }
@@ -257,7 +281,10 @@ fn fill_machine(
         }
     }
     let requests: Vec<Resources> = cands.iter().map(|&g| groups[g].request).collect();
-    let volume: Vec<u64> = requests.iter().map(|r| fragmentation_key(r, capacity)).collect();
+    let volume: Vec<u64> = requests
+        .iter()
+        .map(|r| fragmentation_key(r, capacity))
+        .collect();
     let mut suffix = vec![0u64; cands.len() + 1];
     for i in (0..cands.len()).rev() {
         suffix[i] = suffix[i + 1].saturating_add(volume[i].saturating_mul(u64::from(avail[i])));

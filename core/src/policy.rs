@@ -193,7 +193,10 @@ impl Policy {
     pub fn validate(&self) -> Result<(), SpecError> {
         let g = &self.global;
         if g.scorers.is_empty() {
-            return Err(SpecError::new("global.scorers", "at least one scorer is required"));
+            return Err(SpecError::new(
+                "global.scorers",
+                "at least one scorer is required",
+            ));
         }
         for (i, s) in g.scorers.iter().enumerate() {
             if !(1..=i64::from(MAX_WEIGHT)).contains(&s.weight) {

@@ -211,13 +211,22 @@ mod tests {
     fn refusals_say_why() {
         assert_eq!(parse_cpu(""), Err(QuantityError::Empty));
         assert!(matches!(parse_cpu("-1"), Err(QuantityError::Negative(_))));
-        assert!(matches!(parse_bytes("-1Gi"), Err(QuantityError::Negative(_))));
+        assert!(matches!(
+            parse_bytes("-1Gi"),
+            Err(QuantityError::Negative(_))
+        ));
         assert!(matches!(parse_cpu("abc"), Err(QuantityError::Syntax(_))));
         assert!(matches!(parse_cpu("1.2.3"), Err(QuantityError::Syntax(_))));
         assert!(matches!(parse_bytes("4GB"), Err(QuantityError::Syntax(_))));
         assert!(matches!(parse_bytes("4 Gi"), Err(QuantityError::Syntax(_))));
-        assert!(matches!(parse_bytes("20Ei"), Err(QuantityError::TooLarge(_))));
-        assert!(matches!(parse_cpu("1e300"), Err(QuantityError::TooLarge(_))));
+        assert!(matches!(
+            parse_bytes("20Ei"),
+            Err(QuantityError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse_cpu("1e300"),
+            Err(QuantityError::TooLarge(_))
+        ));
         let msg = parse_cpu("lots").unwrap_err().to_string();
         assert!(msg.contains("\"lots\""), "{msg}");
     }

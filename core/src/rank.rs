@@ -222,7 +222,11 @@ mod tests {
         let tried = cluster_summary(3, 100_000, 100 << 30);
         let ok = cluster_summary(4, 100_000, 100 << 30);
         let ranking = r.rank(&j, &[down, small, full, tried, ok], &[ClusterId(3)]);
-        let reasons: Vec<_> = ranking.filtered.iter().map(|f| f.rejection.summary()).collect();
+        let reasons: Vec<_> = ranking
+            .filtered
+            .iter()
+            .map(|f| f.rejection.summary())
+            .collect();
         assert_eq!(
             reasons,
             [

@@ -260,10 +260,7 @@ mod tests {
         let cap = Resources::new(4000, 100);
         assert_eq!(Resources::new(1000, 75).dominant_share_ppm(&cap), 750_000);
         // A resource the machine lacks is ignored, not divided by zero.
-        assert_eq!(
-            Resources::new(0, 0).with_gpu(5).dominant_share_ppm(&cap),
-            0
-        );
+        assert_eq!(Resources::new(0, 0).with_gpu(5).dominant_share_ppm(&cap), 0);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::cell::Cell;
 use crate::cluster::{ClusterId, ClusterSummary};
 use crate::job::{Job, JobId};
-use crate::pack::{pack, TaskGroup};
+use crate::pack::{pack, GroupOutcome, TaskGroup};
 use crate::placement::{TaskLocation, Unschedulable};
 use crate::policy::Policy;
 use crate::rank::{Ranker, Ranking};
@@ -78,6 +78,22 @@ pub fn simulate(
     policy: &Policy,
     explain: Option<JobId>,
     progress: &mut dyn FnMut(u64),
+) -> Outcome {
+    simulate_with(topology, jobs, policy, explain, progress, &mut pack)
+}
+
+/// The local packer's signature, so a baseline can stand in for [`pack`].
+pub type Packer<'p> =
+    dyn FnMut(&mut Cell, &[TaskGroup<'_>], &crate::policy::LocalPolicy) -> Vec<GroupOutcome> + 'p;
+
+/// [`simulate`] with another local packer (for comparisons).
+pub fn simulate_with(
+    topology: &Topology,
+    jobs: &[Job],
+    policy: &Policy,
+    explain: Option<JobId>,
+    progress: &mut dyn FnMut(u64),
+    packer: &mut Packer<'_>,
 ) -> Outcome {
     let ranker = Ranker::new(policy, &topology.locality);
     let mut cells: Vec<Cell> = topology.clusters.iter().map(Cell::new).collect();
@@ -190,7 +206,7 @@ pub fn simulate(
                         }
                     })
                     .collect();
-                let outcomes = pack(&mut cells[c], &groups, &policy.local);
+                let outcomes = packer(&mut cells[c], &groups, &policy.local);
                 let summary = &mut summaries[c];
                 for (mut e, o) in queue.drain(..).zip(outcomes) {
                     let request = jobs[e.job.0 as usize].spec.request;
@@ -204,17 +220,18 @@ pub fn simulate(
                         .saturating_add(&request.times(u64::from(placed)));
                     decided += u64::from(placed);
                     if explain == Some(e.job) {
-                        if let Some(round) =
-                            explanation.as_mut().and_then(|x| x.rounds.last_mut())
+                        if let Some(round) = explanation.as_mut().and_then(|x| x.rounds.last_mut())
                         {
                             round.placed = placed;
                             round.machines = machine_counts(&cells[c], &o.placed);
                             round.handed_back = o.why.clone();
                         }
                     }
-                    placements[e.job.0 as usize].extend(o.placed.iter().map(|&machine| {
-                        TaskLocation { cluster, machine }
-                    }));
+                    placements[e.job.0 as usize].extend(
+                        o.placed
+                            .iter()
+                            .map(|&machine| TaskLocation { cluster, machine }),
+                    );
                     if o.unplaced > 0 {
                         e.count = o.unplaced;
                         e.handed_back.push(cluster);

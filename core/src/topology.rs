@@ -102,14 +102,20 @@ impl Topology {
 
     fn validate(file: TopologyFile) -> Result<Topology, SpecError> {
         if file.locations.is_empty() {
-            return Err(SpecError::new("locations", "at least one location is required"));
+            return Err(SpecError::new(
+                "locations",
+                "at least one location is required",
+            ));
         }
         let mut names = Vec::with_capacity(file.locations.len());
         for (i, l) in file.locations.iter().enumerate() {
             let field = format!("locations[{i}].name");
             check_name(&field, &l.name)?;
             if names.contains(&l.name) {
-                return Err(SpecError::new(field, format!("duplicate location {:?}", l.name)));
+                return Err(SpecError::new(
+                    field,
+                    format!("duplicate location {:?}", l.name),
+                ));
             }
             names.push(l.name.clone());
         }
@@ -134,7 +140,10 @@ impl Topology {
             if from == to {
                 return Err(SpecError::new(
                     format!("links[{i}].to"),
-                    format!("a link must join two different locations, not {:?} to itself", l.to),
+                    format!(
+                        "a link must join two different locations, not {:?} to itself",
+                        l.to
+                    ),
                 ));
             }
             if !seen.insert((from.min(to), from.max(to))) {
@@ -153,7 +162,10 @@ impl Topology {
         }
 
         if file.clusters.is_empty() {
-            return Err(SpecError::new("clusters", "at least one cluster is required"));
+            return Err(SpecError::new(
+                "clusters",
+                "at least one cluster is required",
+            ));
         }
         let mut clusters: Vec<Cluster> = Vec::with_capacity(file.clusters.len());
         for (i, c) in file.clusters.into_iter().enumerate() {
@@ -225,10 +237,16 @@ fn machine_class(field: &str, m: MachineClassSpec) -> Result<MachineClass, SpecE
         None => Default::default(),
     };
     if cpu.0 == 0 {
-        return Err(SpecError::new(format!("{field}.cpu"), "must be greater than zero"));
+        return Err(SpecError::new(
+            format!("{field}.cpu"),
+            "must be greater than zero",
+        ));
     }
     if memory.0 == 0 {
-        return Err(SpecError::new(format!("{field}.memory"), "must be greater than zero"));
+        return Err(SpecError::new(
+            format!("{field}.memory"),
+            "must be greater than zero",
+        ));
     }
     if cpu > MAX_MACHINE_CPU {
         return Err(SpecError::new(
@@ -286,7 +304,10 @@ clusters:
         assert_eq!(east.classes[0].capacity, Resources::new(32_000, 128 << 30));
         assert_eq!(east.classes[0].labels["ssd"], "true");
         assert_eq!(t.clusters[1].classes[0].capacity.gpu.0, 8000);
-        let (e, w) = (t.locality.id("us-east").unwrap(), t.locality.id("us-west").unwrap());
+        let (e, w) = (
+            t.locality.id("us-east").unwrap(),
+            t.locality.id("us-west").unwrap(),
+        );
         assert_eq!(t.locality.latency_ms(e, w), Some(70));
     }
 

@@ -13,7 +13,11 @@ use sched_core::resources::Resources;
 fn ours(items: &[Resources], machine: Resources) -> u64 {
     let none = Labels::new();
     let mut cell = uniform_cell(items.len() as u32, machine);
-    let out = pack(&mut cell, &singletons(items, &none), &LocalPolicy::default());
+    let out = pack(
+        &mut cell,
+        &singletons(items, &none),
+        &LocalPolicy::default(),
+    );
     assert!(out.iter().all(|o| o.unplaced == 0));
     cell.check_invariants().unwrap();
     cell.machines_used() as u64
@@ -38,12 +42,18 @@ fn falkenauer_uniform_within_two_percent_of_the_lower_bound() {
             let used = ours(&items, falkenauer_machine());
             let kube = baseline(&items, falkenauer_machine(), &MostAllocated);
             let nomad = baseline(&items, falkenauer_machine(), &NomadBinPack);
-            assert!(used <= kube && used <= nomad, "n={n}: ours {used}, kube {kube}, nomad {nomad}");
+            assert!(
+                used <= kube && used <= nomad,
+                "n={n}: ours {used}, kube {kube}, nomad {nomad}"
+            );
             gaps.push((used - bound) as f64 / bound as f64);
         }
     }
     let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
-    println!("falkenauer u: mean gap to the lower bound {:.2}%", mean * 100.0);
+    println!(
+        "falkenauer u: mean gap to the lower bound {:.2}%",
+        mean * 100.0
+    );
     assert!(mean <= 0.02, "mean gap {:.2}%", mean * 100.0);
 }
 

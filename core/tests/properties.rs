@@ -25,7 +25,15 @@ fn case() -> impl Strategy<Value = Case> {
     let class = (1u32..6, 1u64..17, 1u64..65, prop::bool::ANY, 0u64..3);
     let cluster = prop::collection::vec(class, 1..3);
     let clusters = prop::collection::vec((cluster, 0usize..2), 1..4);
-    let job = (1u32..40, 100u64..8000, 128u64..20_000, 0u32..3, prop::option::of(0usize..2), prop::bool::ANY, 0u64..2);
+    let job = (
+        1u32..40,
+        100u64..8000,
+        128u64..20_000,
+        0u32..3,
+        prop::option::of(0usize..2),
+        prop::bool::ANY,
+        0u64..2,
+    );
     let jobs = prop::collection::vec(job, 1..12);
     (
         clusters,

@@ -22,7 +22,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match global_scheduler::check_inputs(args.policy.as_deref(), args.topology.as_deref()) {
         Ok(()) => {
-            eprintln!("global-scheduler: inputs valid; the gRPC service is not available in this version");
+            eprintln!(
+                "global-scheduler: inputs valid; the gRPC service is not available in this version"
+            );
             ExitCode::from(1)
         }
         Err(e) => {

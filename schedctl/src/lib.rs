@@ -18,7 +18,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "schedctl", version, about = "Control and simulate the cluster scheduler")]
+#[command(
+    name = "schedctl",
+    version,
+    about = "Control and simulate the cluster scheduler"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -56,7 +56,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => None,
         Some(name) => match jobs.iter().find(|j| j.spec.name == *name) {
             Some(j) => Some(j.id),
-            None => bail!("--explain: no job named {name:?} in {}", args.workload.display()),
+            None => bail!(
+                "--explain: no job named {name:?} in {}",
+                args.workload.display()
+            ),
         },
     };
 
@@ -115,8 +118,8 @@ fn write_placements(
     jobs: &[Job],
     outcome: &Outcome,
 ) -> anyhow::Result<()> {
-    let file = std::fs::File::create(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut w = std::io::BufWriter::new(file);
     writeln!(w, "job,task,cluster,machine")?;
     for (job, places) in jobs.iter().zip(&outcome.placements) {
@@ -173,7 +176,10 @@ fn summary_table(r: &Report, seconds: f64, rate: f64) -> String {
             100.0 * r.tasks_at_preferred_location as f64 / r.tasks_with_locality as f64
         );
     }
-    let _ = writeln!(s, "time:     {seconds:.3} s deciding, {rate:.0} placements/s");
+    let _ = writeln!(
+        s,
+        "time:     {seconds:.3} s deciding, {rate:.0} placements/s"
+    );
     if !r.unplaced.is_empty() {
         let _ = writeln!(s, "\nUNPLACED");
         for u in &r.unplaced {
@@ -188,7 +194,11 @@ fn cluster_name(topology: &Topology, id: sched_core::cluster::ClusterId) -> &str
 }
 
 fn ranking_text(s: &mut String, ranking: &Ranking, topology: &Topology) {
-    let _ = writeln!(s, "    {:<20} {:>8}  TERMS (name weight x score)", "CLUSTER", "TOTAL");
+    let _ = writeln!(
+        s,
+        "    {:<20} {:>8}  TERMS (name weight x score)",
+        "CLUSTER", "TOTAL"
+    );
     for c in &ranking.ranked {
         let terms: Vec<String> = c
             .terms()

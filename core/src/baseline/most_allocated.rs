@@ -69,9 +69,15 @@ mod tests {
         assert_eq!(s.score(&r(5000, 9000), &r(0, 0), &r(10000, 9000)), 75.0);
         // MA7: ext as gpu: n1 (6000,10000,4) with (3000,5000,2): 50, 50, 50 -> 50
         let g = |c, m, x| Resources::new(c, m).with_gpu(x);
-        assert_eq!(s.score(&g(3000, 5000, 2), &g(0, 0, 0), &g(6000, 10000, 4)), 50.0);
+        assert_eq!(
+            s.score(&g(3000, 5000, 2), &g(0, 0, 0), &g(6000, 10000, 4)),
+            50.0
+        );
         // n2 (6000,10000,10): 50, 50, 20 -> 40
-        assert_eq!(s.score(&g(3000, 5000, 2), &g(0, 0, 0), &g(6000, 10000, 10)), 40.0);
+        assert_eq!(
+            s.score(&g(3000, 5000, 2), &g(0, 0, 0), &g(6000, 10000, 10)),
+            40.0
+        );
         // MA8: the pod requests no ext, so it is not scored: (3000,4000) on
         // (6000,10000[,4]): cpu 50, mem 40 -> 45 on both
         assert_eq!(s.score(&r(3000, 4000), &r(0, 0), &g(6000, 10000, 4)), 45.0);

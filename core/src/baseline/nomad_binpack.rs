@@ -21,7 +21,13 @@ impl NodeScorer for NomadBinPack {
 
     fn score(&self, request: &Resources, used: &Resources, capacity: &Resources) -> f64 {
         let after = used.saturating_add(request);
-        let free = |u: u64, c: u64| if c == 0 { 0.0 } else { 1.0 - u as f64 / c as f64 };
+        let free = |u: u64, c: u64| {
+            if c == 0 {
+                0.0
+            } else {
+                1.0 - u as f64 / c as f64
+            }
+        };
         let total = 10f64.powf(free(after.cpu.0, capacity.cpu.0))
             + 10f64.powf(free(after.memory.0, capacity.memory.0));
         (20.0 - total).clamp(0.0, 18.0)

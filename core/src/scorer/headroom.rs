@@ -37,17 +37,21 @@ mod tests {
         let j = job("j", 1, 1000, 1 << 30);
         let cases = [
             // (allocated cpu, mem, queued cpu, mem, expected, arithmetic) on 10000m / 1000
-            (0, 0, 0, 0, 1000),       // empty: 1000 * (1 - 0) = 1000
-            (2500, 100, 0, 0, 750),   // cpu 25% dominant: 1000 * (1 - 0.25) = 750
-            (2500, 600, 0, 0, 400),   // memory 60% dominant: 1000 * (1 - 0.6) = 400
+            (0, 0, 0, 0, 1000),        // empty: 1000 * (1 - 0) = 1000
+            (2500, 100, 0, 0, 750),    // cpu 25% dominant: 1000 * (1 - 0.25) = 750
+            (2500, 600, 0, 0, 400),    // memory 60% dominant: 1000 * (1 - 0.6) = 400
             (2500, 100, 5000, 0, 250), // placed + queued cpu 75%: 1000 * 0.25 = 250
-            (10000, 1000, 0, 0, 0),   // full: 0
+            (10000, 1000, 0, 0, 0),    // full: 0
         ];
         for (ac, am, qc, qm, expected) in cases {
             let mut c = cluster_summary(0, 10_000, 1000);
             c.allocated = Resources::new(ac, am);
             c.queued = Resources::new(qc, qm);
-            assert_eq!(Headroom.score(&j, &c).get(), expected, "{ac} {am} {qc} {qm}");
+            assert_eq!(
+                Headroom.score(&j, &c).get(),
+                expected,
+                "{ac} {am} {qc} {qm}"
+            );
         }
     }
 }

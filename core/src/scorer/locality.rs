@@ -36,14 +36,19 @@ impl ClusterScorer for LocalityScorer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{cluster_summary, job};
     use crate::locality::LocationId;
+    use crate::test_support::{cluster_summary, job};
 
     #[test]
     fn table() {
         // us-east(0) -70ms- us-west(1) -100ms- eu(2); mars(3) unlinked.
         let l = Locality::new(
-            vec!["us-east".into(), "us-west".into(), "eu".into(), "mars".into()],
+            vec![
+                "us-east".into(),
+                "us-west".into(),
+                "eu".into(),
+                "mars".into(),
+            ],
             &[
                 (LocationId(0), LocationId(1), 70),
                 (LocationId(1), LocationId(2), 100),

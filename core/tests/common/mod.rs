@@ -133,3 +133,5 @@ fn cut(total: u64, k: usize, rng: &mut Rng) -> Vec<u64> {
     }
     out
 }
+
+pub mod workload;

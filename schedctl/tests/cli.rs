@@ -1,0 +1,206 @@
+//! `schedctl` end to end: the real binary on the example files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn schedctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_schedctl"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("schedctl runs")
+}
+
+const TOPOLOGY: &str = "config/examples/topology.yaml";
+const JOBS: &str = "config/examples/jobs.yaml";
+
+#[test]
+fn simulate_json_has_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("placements.csv");
+    let out = schedctl(&[
+        "simulate",
+        "--topology",
+        TOPOLOGY,
+        "--workload",
+        JOBS,
+        "--json",
+        "--placements",
+        csv.to_str().unwrap(),
+        "--explain",
+        "web",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in [
+        "tasks_total",
+        "tasks_placed",
+        "tasks_unplaced",
+        "machines_total",
+        "machines_used",
+        "lower_bound_machines",
+        "scheduling_seconds",
+        "placements_per_second",
+        "clusters",
+        "unplaced",
+    ] {
+        assert!(v.get(field).is_some(), "missing {field}");
+    }
+    assert_eq!(v["tasks_total"], 600);
+    assert_eq!(v["tasks_placed"], 600);
+    assert_eq!(v["lower_bound_machines"], serde_json::Value::Null); // machines differ
+    let c = &v["clusters"][0];
+    for field in [
+        "name",
+        "location",
+        "tasks_placed",
+        "machines_used",
+        "cpu_utilization",
+        "memory_utilization",
+    ] {
+        assert!(c.get(field).is_some(), "cluster missing {field}");
+    }
+    // web prefers us-east and needs ssd: east-a is the only such cluster.
+    assert_eq!(v["explain"]["rounds"][0]["chosen"], "east-a");
+
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("job,task,cluster,machine"));
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 600);
+    // Every task of every job appears once.
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &rows {
+        let f: Vec<&str> = r.split(',').collect();
+        assert_eq!(f.len(), 4);
+        assert!(
+            seen.insert((f[0].to_string(), f[1].to_string())),
+            "duplicate {r}"
+        );
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r.starts_with("train,") && r.contains(",east-a,gpu-")));
+}
+
+#[test]
+fn simulate_table_and_explanation() {
+    let out = schedctl(&[
+        "simulate",
+        "--topology",
+        TOPOLOGY,
+        "--workload",
+        JOBS,
+        "--explain",
+        "train",
+    ]);
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("CLUSTER"), "{s}");
+    assert!(s.contains("600 placed of 600"), "{s}");
+    assert!(
+        s.contains("filtered by machine_large_enough: constraint accel=a100 unmet"),
+        "{s}"
+    );
+}
+
+#[test]
+fn unplaceable_work_is_reported_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &jobs,
+        "jobs:\n  - {name: huge, tasks: 100, resources: {cpu: 60, memory: 400Gi}}\n",
+    )
+    .unwrap();
+    let out = schedctl(&[
+        "simulate",
+        "--topology",
+        TOPOLOGY,
+        "--workload",
+        jobs.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Only the 20 GPU machines (64 cores, 512Gi) hold one such task each.
+    assert_eq!(v["tasks_placed"], 20);
+    assert_eq!(v["tasks_unplaced"], 80);
+    let reason = v["unplaced"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("no machine with enough"), "{reason}");
+}
+
+#[test]
+fn bad_input_names_the_field_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &jobs,
+        "jobs:\n  - {name: web, tasks: 2, resources: {cpu: \"-1\", memory: 1Gi}}\n",
+    )
+    .unwrap();
+    let out = schedctl(&[
+        "simulate",
+        "--topology",
+        TOPOLOGY,
+        "--workload",
+        jobs.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("jobs[0].resources.cpu"), "{err}");
+    assert!(err.contains("negative"), "{err}");
+
+    std::fs::write(
+        &jobs,
+        "jobs:\n  - {name: web, tasks: 2, resources: {cpu: 1, memory: 1Gi}, locality: mars}\n",
+    )
+    .unwrap();
+    let out = schedctl(&[
+        "simulate",
+        "--topology",
+        TOPOLOGY,
+        "--workload",
+        jobs.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("jobs[0].locality: unknown location \"mars\""));
+
+    // Usage errors exit 2.
+    let out = schedctl(&["simulate", "--topology", TOPOLOGY]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn policy_check_validates_and_prints_the_effective_policy() {
+    let out = schedctl(&["policy", "check", "config/policy.yaml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("strategy: best_fit"), "{s}");
+    assert!(s.contains("search_budget: 2000"), "{s}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("policy.yaml");
+    std::fs::write(
+        &p,
+        "global:\n  scorers:\n    - {name: locality, weight: 0}\n",
+    )
+    .unwrap();
+    let out = schedctl(&["policy", "check", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("global.scorers[0].weight"), "{err}");
+}
