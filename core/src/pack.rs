@@ -190,7 +190,7 @@ fn open_machines(
         };
         // Try each class with an empty machine, in the first tier that has
         // one; keep the fill with the least slack, ties to the lower class.
-        let mut best: Option<(u64, u32, Vec<(usize, u32)>)> = None;
+        let mut best: Option<(u64, u32, FillPlan)> = None;
         let tier = eligible[first]
             .iter()
             .find(|t| t.iter().any(|&k| cell.has_empty(k)));
@@ -238,6 +238,9 @@ fn open_machines(
         }
     }
 }
+
+/// `(group, count)` pairs: how many tasks of each group go on a machine.
+type FillPlan = Vec<(usize, u32)>;
 
 /// The search state for filling one empty machine of one class.
 struct Fill<'a> {
@@ -386,8 +389,8 @@ fn max_copies(q: &Resources, free: &Resources) -> u32 {
     let (q, f) = (q.as_array(), free.as_array());
     let mut n = u64::from(u32::MAX);
     for i in 0..4 {
-        if q[i] > 0 {
-            n = n.min(f[i] / q[i]);
+        if let Some(k) = f[i].checked_div(q[i]) {
+            n = n.min(k);
         }
     }
     n as u32

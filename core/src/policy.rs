@@ -15,7 +15,7 @@ use crate::yaml;
 /// overflow and no single term can be made to dwarf the rest by a typo.
 pub const MAX_WEIGHT: u32 = 100;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     #[serde(default)]
@@ -167,14 +167,6 @@ impl Default for LocalPolicy {
     }
 }
 
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            global: GlobalPolicy::default(),
-            local: LocalPolicy::default(),
-        }
-    }
-}
 
 impl Policy {
     /// Parses and validates a policy file.
