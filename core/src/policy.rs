@@ -167,7 +167,6 @@ impl Default for LocalPolicy {
     }
 }
 
-
 impl Policy {
     /// Parses and validates a policy file.
     pub fn from_yaml(text: &str) -> Result<Policy, SpecError> {
