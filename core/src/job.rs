@@ -20,7 +20,7 @@ use crate::error::SpecError;
 use crate::labels::{self, Labels};
 use crate::locality::{Locality, LocationId};
 use crate::names::check_name;
-use crate::quantity::{parse_bytes, parse_cpu, parse_gpu, QuantityText};
+use crate::quantity::{parse_resources, QuantityText};
 use crate::resources::{format_bytes, format_cpu, Resources};
 use crate::topology::Topology;
 use crate::yaml;
@@ -107,32 +107,13 @@ impl Job {
 impl ResourcesText {
     /// Validates the request; `field` is the path of the `resources` mapping.
     pub fn to_resources(&self, field: &str) -> Result<Resources, SpecError> {
-        let q = |name: &str, r: Result<u64, crate::quantity::QuantityError>| {
-            r.map_err(|e| SpecError::new(format!("{field}.{name}"), e.to_string()))
-        };
-        let cpu = q("cpu", parse_cpu(&self.cpu.as_text()).map(|v| v.0))?;
-        let memory = q("memory", parse_bytes(&self.memory.as_text()).map(|v| v.0))?;
-        let disk = match &self.disk {
-            Some(d) => q("disk", parse_bytes(&d.as_text()).map(|v| v.0))?,
-            None => 0,
-        };
-        let gpu = match &self.gpu {
-            Some(g) => q("gpu", parse_gpu(&g.as_text()).map(|v| v.0))?,
-            None => 0,
-        };
-        if cpu == 0 {
-            return Err(SpecError::new(
-                format!("{field}.cpu"),
-                "must be greater than zero",
-            ));
-        }
-        if memory == 0 {
-            return Err(SpecError::new(
-                format!("{field}.memory"),
-                "must be greater than zero",
-            ));
-        }
-        Ok(Resources::new(cpu, memory).with_disk(disk).with_gpu(gpu))
+        parse_resources(
+            field,
+            &self.cpu,
+            &self.memory,
+            self.disk.as_ref(),
+            self.gpu.as_ref(),
+        )
     }
 }
 

@@ -11,7 +11,8 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::resources::{Bytes, MilliCpu, MilliGpu};
+use crate::error::SpecError;
+use crate::resources::{Bytes, MilliCpu, MilliGpu, Resources};
 
 /// Why a quantity string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -51,6 +52,38 @@ impl From<&str> for QuantityText {
     fn from(s: &str) -> Self {
         QuantityText::Text(s.to_string())
     }
+}
+
+/// Parses the quantities of a request or a machine's capacity. `field` is
+/// the path of the mapping that holds them, for errors; cpu and memory must
+/// be greater than zero, disk and gpu default to zero.
+pub fn parse_resources(
+    field: &str,
+    cpu: &QuantityText,
+    memory: &QuantityText,
+    disk: Option<&QuantityText>,
+    gpu: Option<&QuantityText>,
+) -> Result<Resources, SpecError> {
+    let parse = |name: &str,
+                 q: Option<&QuantityText>,
+                 f: fn(&str) -> Result<u64, QuantityError>| {
+        q.map_or(Ok(0), |q| {
+            f(&q.as_text()).map_err(|e| SpecError::new(format!("{field}.{name}"), e.to_string()))
+        })
+    };
+    let cpu = parse("cpu", Some(cpu), |s| parse_cpu(s).map(|v| v.0))?;
+    let memory = parse("memory", Some(memory), |s| parse_bytes(s).map(|v| v.0))?;
+    let disk = parse("disk", disk, |s| parse_bytes(s).map(|v| v.0))?;
+    let gpu = parse("gpu", gpu, |s| parse_gpu(s).map(|v| v.0))?;
+    for (name, v) in [("cpu", cpu), ("memory", memory)] {
+        if v == 0 {
+            return Err(SpecError::new(
+                format!("{field}.{name}"),
+                "must be greater than zero",
+            ));
+        }
+    }
+    Ok(Resources::new(cpu, memory).with_disk(disk).with_gpu(gpu))
 }
 
 /// Parses a cpu amount (`2`, `0.5`, `"500m"`) into millicores.

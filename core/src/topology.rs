@@ -24,8 +24,8 @@ use crate::labels::Labels;
 use crate::locality::{Locality, LocationId};
 use crate::machine::MachineClass;
 use crate::names::check_name;
-use crate::quantity::{parse_bytes, parse_cpu, parse_gpu, QuantityText};
-use crate::resources::{Bytes, MilliCpu, Resources};
+use crate::quantity::{parse_resources, QuantityText};
+use crate::resources::{Bytes, MilliCpu};
 use crate::yaml;
 
 /// At most this many machines in one class. Borg's median cell has about
@@ -222,32 +222,8 @@ fn machine_class(field: &str, m: MachineClassSpec) -> Result<MachineClass, SpecE
             format!("{} is out of range 1..={MAX_MACHINES_PER_CLASS}", m.count),
         ));
     }
-    let cpu = parse_cpu(&m.cpu.as_text())
-        .map_err(|e| SpecError::new(format!("{field}.cpu"), e.to_string()))?;
-    let memory = parse_bytes(&m.memory.as_text())
-        .map_err(|e| SpecError::new(format!("{field}.memory"), e.to_string()))?;
-    let disk = match &m.disk {
-        Some(q) => parse_bytes(&q.as_text())
-            .map_err(|e| SpecError::new(format!("{field}.disk"), e.to_string()))?,
-        None => Bytes(0),
-    };
-    let gpu = match &m.gpu {
-        Some(q) => parse_gpu(&q.as_text())
-            .map_err(|e| SpecError::new(format!("{field}.gpu"), e.to_string()))?,
-        None => Default::default(),
-    };
-    if cpu.0 == 0 {
-        return Err(SpecError::new(
-            format!("{field}.cpu"),
-            "must be greater than zero",
-        ));
-    }
-    if memory.0 == 0 {
-        return Err(SpecError::new(
-            format!("{field}.memory"),
-            "must be greater than zero",
-        ));
-    }
+    let capacity = parse_resources(field, &m.cpu, &m.memory, m.disk.as_ref(), m.gpu.as_ref())?;
+    let (cpu, memory, disk) = (capacity.cpu, capacity.memory, capacity.disk);
     if cpu > MAX_MACHINE_CPU {
         return Err(SpecError::new(
             format!("{field}.cpu"),
@@ -265,12 +241,7 @@ fn machine_class(field: &str, m: MachineClassSpec) -> Result<MachineClass, SpecE
     Ok(MachineClass {
         name: m.class,
         count: m.count as u32,
-        capacity: Resources {
-            cpu,
-            memory,
-            disk,
-            gpu,
-        },
+        capacity,
         labels: m.labels,
     })
 }
@@ -278,6 +249,7 @@ fn machine_class(field: &str, m: MachineClassSpec) -> Result<MachineClass, SpecE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::Resources;
 
     const GOOD: &str = r#"
 locations:
