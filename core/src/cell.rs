@@ -231,11 +231,12 @@ impl Cell {
         let st = &mut self.machines[m.0 as usize];
         debug_assert!(st.tasks >= n, "releasing more tasks than the machine holds");
         let total = request.times(u64::from(n));
-        st.free = st.free.saturating_add(&total).max(&Resources::ZERO);
         // Free capacity can never exceed the machine's capacity.
-        st.free = Resources::from_array(std::array::from_fn(|i| {
-            st.free.as_array()[i].min(capacity.as_array()[i])
-        }));
+        let (free, cap) = (
+            st.free.saturating_add(&total).as_array(),
+            capacity.as_array(),
+        );
+        st.free = Resources::from_array(std::array::from_fn(|i| free[i].min(cap[i])));
         st.tasks -= n.min(st.tasks);
         self.allocated = self.allocated.saturating_sub(&total);
         self.index(m.0);

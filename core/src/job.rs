@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::SpecError;
 use crate::labels::{self, Labels};
-use crate::locality::{Locality, LocationId};
+use crate::locality::LocationId;
 use crate::names::check_name;
 use crate::quantity::{parse_resources, QuantityText};
 use crate::resources::{format_bytes, format_cpu, Resources};
@@ -193,7 +193,7 @@ impl JobSpec {
     /// path, for errors.
     pub fn resolve(self, id: JobId, topology: &Topology, field: &str) -> Result<Job, SpecError> {
         let locality = match &self.locality {
-            Some(name) => Some(resolve_location(&topology.locality, name).ok_or_else(|| {
+            Some(name) => Some(topology.locality.id(name).ok_or_else(|| {
                 SpecError::new(
                     format!("{field}.locality"),
                     format!(
@@ -247,10 +247,6 @@ impl JobSpec {
             locality,
         })
     }
-}
-
-fn resolve_location(locality: &Locality, name: &str) -> Option<LocationId> {
-    locality.id(name)
 }
 
 /// `{a=b, c=d}`, for messages.
