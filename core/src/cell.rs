@@ -34,7 +34,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::cluster::Cluster;
-use crate::filter::{machine_filters, MachineView, Rejection, TaskShape};
+use crate::filter::{machine_filters, MachineView, TaskShape};
 use crate::labels::{self, Labels};
 use crate::machine::{MachineClass, MachineId};
 use crate::placement::Unschedulable;
@@ -386,15 +386,13 @@ impl Cell {
                 labels: &class.labels,
                 up: st.up,
             };
-            let verdict = machine_filters()
+            if let Some(r) = machine_filters()
                 .iter()
-                .find_map(|f| f.check(&shape, &view).err());
-            match verdict {
-                Some(r) => why.record(r, 1),
-                None => why.record(Rejection::HandedBack, 0),
+                .find_map(|f| f.check(&shape, &view).err())
+            {
+                why.record(r, 1);
             }
         }
-        why.reasons.retain(|_, n| *n > 0);
         why
     }
 

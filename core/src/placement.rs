@@ -25,17 +25,12 @@ pub struct Unschedulable {
     pub reasons: BTreeMap<String, u32>,
     /// True when some rejection could be cured by evicting lower-priority work.
     pub preemption_could_help: bool,
-    /// One full rejection per summary, as an example.
-    #[serde(skip)]
-    pub examples: BTreeMap<String, Rejection>,
 }
 
 impl Unschedulable {
     pub fn record(&mut self, r: Rejection, machines: u32) {
-        let key = r.summary();
-        *self.reasons.entry(key.clone()).or_insert(0) += machines;
+        *self.reasons.entry(r.summary()).or_insert(0) += machines;
         self.preemption_could_help |= r.preemption_could_help();
-        self.examples.entry(key).or_insert(r);
     }
 
     /// Reasons, most common first (ties in name order).

@@ -16,6 +16,22 @@ fn schedctl(args: &[&str]) -> Output {
 }
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
+
+/// Runs `simulate` on the example topology and a job file holding `jobs`.
+fn simulate_jobs(jobs: &str, extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.yaml");
+    std::fs::write(&path, jobs).unwrap();
+    let mut args = vec![
+        "simulate",
+        "--topology",
+        TOPOLOGY,
+        "--workload",
+        path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    schedctl(&args)
+}
 const JOBS: &str = "config/examples/jobs.yaml";
 
 #[test]
@@ -114,21 +130,10 @@ fn simulate_table_and_explanation() {
 
 #[test]
 fn unplaceable_work_is_reported_with_a_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let jobs = dir.path().join("jobs.yaml");
-    std::fs::write(
-        &jobs,
+    let out = simulate_jobs(
         "jobs:\n  - {name: huge, tasks: 100, resources: {cpu: 60, memory: 400Gi}}\n",
-    )
-    .unwrap();
-    let out = schedctl(&[
-        "simulate",
-        "--topology",
-        TOPOLOGY,
-        "--workload",
-        jobs.to_str().unwrap(),
-        "--json",
-    ]);
+        &["--json"],
+    );
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // Only the 20 GPU machines (64 cores, 512Gi) hold one such task each.
@@ -140,37 +145,19 @@ fn unplaceable_work_is_reported_with_a_reason() {
 
 #[test]
 fn bad_input_names_the_field_and_exits_1() {
-    let dir = tempfile::tempdir().unwrap();
-    let jobs = dir.path().join("jobs.yaml");
-    std::fs::write(
-        &jobs,
+    let out = simulate_jobs(
         "jobs:\n  - {name: web, tasks: 2, resources: {cpu: \"-1\", memory: 1Gi}}\n",
-    )
-    .unwrap();
-    let out = schedctl(&[
-        "simulate",
-        "--topology",
-        TOPOLOGY,
-        "--workload",
-        jobs.to_str().unwrap(),
-    ]);
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("jobs[0].resources.cpu"), "{err}");
     assert!(err.contains("negative"), "{err}");
 
-    std::fs::write(
-        &jobs,
+    let out = simulate_jobs(
         "jobs:\n  - {name: web, tasks: 2, resources: {cpu: 1, memory: 1Gi}, locality: mars}\n",
-    )
-    .unwrap();
-    let out = schedctl(&[
-        "simulate",
-        "--topology",
-        TOPOLOGY,
-        "--workload",
-        jobs.to_str().unwrap(),
-    ]);
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("jobs[0].locality: unknown location \"mars\""));
