@@ -1,0 +1,216 @@
+//! One behaviour suite for every [`Store`]: [`store_conformance_suite!`]
+//! instantiates it as `#[tokio::test]`s for a backend, so the in-memory store
+//! is held to what etcd does.
+//!
+//! Each check takes a fresh store and a key prefix of its own.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use crate::{Expect, Store, StoreError, Write, MAX_OPS_PER_COMMIT};
+
+fn put(key: &str, value: &str, expect: Expect) -> Write {
+    Write::put(key, value.as_bytes().to_vec(), expect)
+}
+
+pub async fn get_missing_is_none(s: &dyn Store, p: &str) {
+    assert_eq!(s.get(&format!("{p}/nothing")).await.unwrap(), None);
+}
+
+pub async fn put_then_get(s: &dyn Store, p: &str) {
+    let key = format!("{p}/a");
+    let rev = s.commit(&[put(&key, "1", Expect::Absent)]).await.unwrap();
+    let kv = s.get(&key).await.unwrap().expect("written");
+    assert_eq!(kv.value, b"1");
+    assert_eq!(kv.mod_revision, rev);
+    assert_eq!(kv.create_revision, rev);
+}
+
+pub async fn absent_guard_refuses_existing_key(s: &dyn Store, p: &str) {
+    let key = format!("{p}/a");
+    let rev = s.commit(&[put(&key, "1", Expect::Absent)]).await.unwrap();
+    let err = s
+        .commit(&[put(&key, "2", Expect::Absent)])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Conflict {
+            key: key.clone(),
+            expected: Expect::Absent,
+            actual: Some(rev)
+        }
+    );
+    assert_eq!(s.get(&key).await.unwrap().unwrap().value, b"1");
+}
+
+pub async fn revision_guard_is_compare_and_swap(s: &dyn Store, p: &str) {
+    let key = format!("{p}/a");
+    let r1 = s.commit(&[put(&key, "1", Expect::Absent)]).await.unwrap();
+    let r2 = s
+        .commit(&[put(&key, "2", Expect::ModRevision(r1))])
+        .await
+        .unwrap();
+    assert!(r2 > r1);
+    // A second writer holding the old revision loses.
+    let err = s
+        .commit(&[put(&key, "3", Expect::ModRevision(r1))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { actual: Some(a), .. } if a == r2));
+    let kv = s.get(&key).await.unwrap().unwrap();
+    assert_eq!(kv.value, b"2");
+    assert_eq!(kv.create_revision, r1);
+    assert_eq!(kv.mod_revision, r2);
+}
+
+pub async fn commit_is_all_or_nothing(s: &dyn Store, p: &str) {
+    let a = format!("{p}/a");
+    let b = format!("{p}/b");
+    s.commit(&[put(&b, "old", Expect::Absent)]).await.unwrap();
+    // `b` exists, so the whole commit fails and `a` is not written either.
+    let err = s
+        .commit(&[put(&a, "1", Expect::Absent), put(&b, "new", Expect::Absent)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { ref key, .. } if *key == b));
+    assert_eq!(s.get(&a).await.unwrap(), None);
+    assert_eq!(s.get(&b).await.unwrap().unwrap().value, b"old");
+}
+
+pub async fn delete_with_guard(s: &dyn Store, p: &str) {
+    let key = format!("{p}/a");
+    let r = s.commit(&[put(&key, "1", Expect::Absent)]).await.unwrap();
+    let err = s
+        .commit(&[Write::delete(&key, Expect::ModRevision(r + 100))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }));
+    s.commit(&[Write::delete(&key, Expect::ModRevision(r))])
+        .await
+        .unwrap();
+    assert_eq!(s.get(&key).await.unwrap(), None);
+    // Deleted keys count as absent again.
+    s.commit(&[put(&key, "again", Expect::Absent)])
+        .await
+        .unwrap();
+}
+
+pub async fn list_is_ordered_and_bounded_by_prefix(s: &dyn Store, p: &str) {
+    let writes: Vec<Write> = ["b", "a", "c/x"]
+        .iter()
+        .map(|k| put(&format!("{p}/in/{k}"), k, Expect::Any))
+        .chain([
+            put(&format!("{p}/im"), "outside", Expect::Any),
+            put(&format!("{p}/in0"), "outside", Expect::Any),
+        ])
+        .collect();
+    let rev = s.commit(&writes).await.unwrap();
+    let snap = s.list(&format!("{p}/in/")).await.unwrap();
+    let keys: Vec<&str> = snap.items.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            format!("{p}/in/a"),
+            format!("{p}/in/b"),
+            format!("{p}/in/c/x")
+        ]
+    );
+    assert!(snap.revision >= rev);
+}
+
+pub async fn list_pages_through_many_keys(s: &dyn Store, p: &str) {
+    // More keys than one etcd page (10,000) in 128-write commits.
+    let n = 10_300;
+    let keys: Vec<String> = (0..n).map(|i| format!("{p}/many/{i:06}")).collect();
+    for chunk in keys.chunks(MAX_OPS_PER_COMMIT) {
+        let writes: Vec<Write> = chunk.iter().map(|k| put(k, "v", Expect::Absent)).collect();
+        s.commit(&writes).await.unwrap();
+    }
+    let snap = s.list(&format!("{p}/many/")).await.unwrap();
+    assert_eq!(snap.items.len(), n);
+    assert!(snap.items.windows(2).all(|w| w[0].key < w[1].key));
+}
+
+pub async fn limits_are_enforced(s: &dyn Store, p: &str) {
+    let too_many: Vec<Write> = (0..=MAX_OPS_PER_COMMIT)
+        .map(|i| put(&format!("{p}/{i}"), "v", Expect::Any))
+        .collect();
+    assert!(matches!(
+        s.commit(&too_many).await,
+        Err(StoreError::TooLarge { what: "writes", .. })
+    ));
+    let twice = [
+        put(&format!("{p}/k"), "1", Expect::Any),
+        put(&format!("{p}/k"), "2", Expect::Any),
+    ];
+    assert!(matches!(
+        s.commit(&twice).await,
+        Err(StoreError::DuplicateKey(_))
+    ));
+    assert!(s.list(&format!("{p}/")).await.unwrap().items.is_empty());
+}
+
+pub async fn concurrent_creators_one_wins(s: &dyn Store, p: &str) {
+    // Sixteen writers race to create the same key: exactly one succeeds.
+    let key = format!("{p}/leader");
+    let attempts = (0..16).map(|i| {
+        let key = key.clone();
+        async move { s.commit(&[put(&key, &i.to_string(), Expect::Absent)]).await }
+    });
+    let results = join_all(attempts).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+}
+
+/// Awaits every future concurrently, in one task (without pulling in `futures`).
+async fn join_all<F: Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut slots: Vec<Option<Pin<Box<F>>>> = fs.map(|f| Some(Box::pin(f))).collect();
+    let mut out = Vec::with_capacity(slots.len());
+    std::future::poll_fn(|cx| {
+        for slot in slots.iter_mut() {
+            if let Some(f) = slot {
+                if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                    out.push(v);
+                    *slot = None;
+                }
+            }
+        }
+        if slots.iter().all(Option::is_none) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    out
+}
+
+/// Instantiates the suite for a backend: `$make` is an async expression
+/// that yields a fresh `impl Store`; each test gets its own key prefix.
+#[macro_export]
+macro_rules! store_conformance_suite {
+    ($make:expr) => {
+        $crate::store_conformance_suite!(@tests $make;
+            get_missing_is_none,
+            put_then_get,
+            absent_guard_refuses_existing_key,
+            revision_guard_is_compare_and_swap,
+            commit_is_all_or_nothing,
+            delete_with_guard,
+            list_is_ordered_and_bounded_by_prefix,
+            list_pages_through_many_keys,
+            limits_are_enforced,
+            concurrent_creators_one_wins,
+        );
+    };
+    (@tests $make:expr; $($name:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let store = $make;
+                $crate::conformance::$name(&store, concat!("/conformance/", stringify!($name))).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,32 @@
+use crate::{Expect, Revision};
+
+/// Why a store call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A write's expectation did not hold; nothing was written.
+    #[error("conflict on {key}: expected {expected:?}, found revision {actual:?}")]
+    Conflict {
+        key: String,
+        expected: Expect,
+        /// The key's modification revision, `None` if absent.
+        actual: Option<Revision>,
+    },
+    /// The store cannot be reached (or lost its quorum); the call may be
+    /// retried. Whether a commit that failed this way applied is unknown:
+    /// expectations make the retry safe.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A commit over the store's limits.
+    #[error("commit too large: {size} {what}, limit {limit}")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
+    /// The same key twice in one commit (etcd refuses it too).
+    #[error("key {0} written twice in one commit")]
+    DuplicateKey(String),
+    /// Anything else the backend reported.
+    #[error("store error: {0}")]
+    Backend(String),
+}

@@ -1,0 +1,227 @@
+//! A real etcd for tests and benchmarks: started on free loopback ports with
+//! its own data directory, stopped (and the directory removed) on drop.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `etcd` child process.
+pub struct EtcdServer {
+    child: Guarded,
+    client_port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// Whether an `etcd` binary is on the PATH.
+pub fn etcd_available() -> bool {
+    Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A port the OS says is free right now.
+pub fn free_port() -> u16 {
+    // Binding port 0 and dropping the listener leaves a small race with
+    // other processes; tests retry the start if the port is taken.
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a loopback port")
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it reports itself healthy.
+    pub fn start() -> std::io::Result<EtcdServer> {
+        let dir = tempfile::Builder::new().prefix("sched-etcd").tempdir()?;
+        let client_port = free_port();
+        let peer_port = free_port();
+        let mut child = spawn(dir.path(), client_port, peer_port)?;
+        if let Err(e) = wait_ready(client_port, &mut child.child) {
+            child.kill();
+            return Err(e);
+        }
+        Ok(EtcdServer {
+            child,
+            client_port,
+            peer_port,
+            dir,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills etcd (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.kill();
+        self.child = spawn(self.dir.path(), self.client_port, self.peer_port)?;
+        wait_ready(self.client_port, &mut self.child.child)
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(dir: &Path, client: u16, peer: u16) -> std::io::Result<Guarded> {
+    let data: PathBuf = dir.join("data");
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut cmd = Command::new("etcd");
+    cmd.args(["--logger=zap", "--log-level=error", "--name=default"])
+        .arg(format!("--data-dir={}", data.display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=default={peer_url}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Guarded::spawn(cmd)
+}
+
+fn wait_ready(port: u16, child: &mut Child) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Err(std::io::Error::other(format!("etcd exited: {status}")));
+        }
+        if healthy(port) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(std::io::Error::other("etcd was not healthy within 20 s"))
+}
+
+/// etcd's `/health` endpoint answers `{"health":"true"}` once the member has
+/// a leader and can serve requests.
+fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    let request =
+        format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if conn.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    conn.read_to_string(&mut body).ok();
+    body.contains("\"health\":\"true\"")
+}
+
+/// A child process that cannot outlive the test that started it, even when
+/// the test panics or is killed: it runs under a small `sh` watchdog in a
+/// process group of its own, and the watchdog kills it once our process is
+/// gone. `kill` sends SIGKILL to the whole group, as `kill -9` would.
+pub struct Guarded {
+    child: Child,
+}
+
+impl Guarded {
+    /// Starts `cmd` (its program, arguments, environment, working directory
+    /// and stdio are kept) under the watchdog.
+    pub fn spawn(cmd: Command) -> std::io::Result<Guarded> {
+        let mut wrapper = Command::new("sh");
+        wrapper
+            .arg("-c")
+            .arg(
+                // exec the program in a subshell so its pid is $!; poll the
+                // test process (and the program) every 200 ms.
+                r#"parent=$1; shift; "$@" & pid=$!
+                   trap 'kill -TERM $pid 2>/dev/null' TERM
+                   while kill -0 "$parent" 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 0.2; done
+                   kill -KILL $pid 2>/dev/null; wait $pid"#,
+            )
+            .arg("sh")
+            .arg(std::process::id().to_string())
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .process_group(0);
+        if let Some(dir) = cmd.get_current_dir() {
+            wrapper.current_dir(dir);
+        }
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapper.env(k, v),
+                None => wrapper.env_remove(k),
+            };
+        }
+        // Command keeps stdio private; callers of this helper want the
+        // program's output in the test log, or nowhere.
+        let quiet = std::env::var_os("SCHED_TEST_VERBOSE").is_none();
+        if quiet {
+            wrapper.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        Ok(Guarded {
+            child: wrapper.spawn()?,
+        })
+    }
+
+    /// The watchdog's pid, which is also the process group id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL to the program and its watchdog; waits for the watchdog.
+    pub fn kill(&mut self) {
+        self.signal("KILL");
+        self.child.wait().ok();
+    }
+
+    /// SIGTERM to the program (through the watchdog), without waiting.
+    pub fn terminate(&mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .ok();
+    }
+
+    /// Whether the program has exited.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Waits for the program to exit.
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait()
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([&format!("-{sig}"), "--", &format!("-{}", self.child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok();
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
