@@ -19,6 +19,8 @@ pub struct Locality {
     names: Vec<String>,
     /// `latency[a][b]`: `None` when no path joins `a` and `b`.
     latency: Vec<Vec<Option<u64>>>,
+    /// The links it was built from, so that locations can be added later.
+    links: Vec<(LocationId, LocationId, u64)>,
 }
 
 impl Locality {
@@ -37,7 +39,11 @@ impl Locality {
                 nodes.iter().map(|to| dist.get(to).copied()).collect()
             })
             .collect();
-        Locality { names, latency }
+        Locality {
+            names,
+            latency,
+            links: links.to_vec(),
+        }
     }
 
     /// Shortest-path latency from `a` to `b`; `None` if they are not joined.
@@ -55,6 +61,11 @@ impl Locality {
 
     pub fn name(&self, id: LocationId) -> &str {
         &self.names[id.0 as usize]
+    }
+
+    /// The `(from, to, latency_ms)` links the graph was built from.
+    pub fn links(&self) -> &[(LocationId, LocationId, u64)] {
+        &self.links
     }
 
     pub fn names(&self) -> &[String] {

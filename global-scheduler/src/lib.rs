@@ -1,26 +1,157 @@
-//! The global scheduler.
+//! The global scheduler: accepts jobs, keeps them in etcd, ranks clusters
+//! for their tasks and hands the tasks to the clusters' local agents.
 //!
-//! Its decisions live in `sched-core` ([`sched_core::rank`]); the gRPC
-//! service, the etcd store and the hand-off to local agents are still to
-//! come. For now the crate checks the files the service will read.
+//! # Layout
+//! - [`keys`] and [`records`]: what lives in the store, and where.
+//! - [`registry`]: clusters, from registrations and heartbeats.
+//! - [`state`]: jobs and tasks in memory, and the decisions over them (the
+//!   ranking itself is `sched_core::rank`).
+//! - [`engine`]: the single writer: batches submissions, reports and
+//!   scheduling passes into guarded store commits.
+//! - [`service`]: the gRPC handlers (`sched.v1.Scheduler`, `sched.v1.Clusters`,
+//!   and `grpc.health.v1.Health`).
+//!
+//! [`run`] takes the listener, the store and a shutdown token, so tests can
+//! start it on port 0 against any [`Store`].
 
-use std::path::Path;
+pub mod engine;
+pub mod error;
+pub mod keys;
+pub mod records;
+pub mod registry;
+pub mod service;
+pub mod state;
 
-use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Loads and validates the policy and topology files, if given.
-pub fn check_inputs(policy: Option<&Path>, topology: Option<&Path>) -> anyhow::Result<()> {
-    if let Some(p) = policy {
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-        sched_core::policy::Policy::from_yaml(&text)
-            .with_context(|| format!("invalid policy {}", p.display()))?;
+use sched_core::policy::Policy;
+use sched_core::topology::Topology;
+use sched_proto::pb::clusters_server::ClustersServer;
+use sched_proto::pb::scheduler_server::SchedulerServer;
+use sched_store::Store;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::{Engine, Limits, Shared};
+use crate::keys::Keys;
+use crate::registry::Registry;
+use crate::state::State;
+
+/// Milliseconds since the Unix epoch, for records and events.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Everything `run` needs besides the listener and the store.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub prefix: String,
+    pub policy: Policy,
+    pub topology: Option<Topology>,
+    pub heartbeat_interval: Duration,
+    /// A cluster silent for this long is marked down.
+    pub heartbeat_timeout: Duration,
+    pub queue: usize,
+    pub max_pending_tasks: u64,
+    pub max_jobs_per_submit: usize,
+}
+
+impl Config {
+    pub fn new(policy: Policy) -> Self {
+        Config {
+            prefix: "/sched".to_string(),
+            policy,
+            topology: None,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(5),
+            // Each command is one call; 4,096 calls of 100-task jobs keep
+            // 400k tasks in flight, seconds of etcd writes, before refusing.
+            queue: 4096,
+            max_pending_tasks: 2_000_000,
+            max_jobs_per_submit: 10_000,
+        }
     }
-    if let Some(t) = topology {
-        let text =
-            std::fs::read_to_string(t).with_context(|| format!("cannot read {}", t.display()))?;
-        sched_core::topology::Topology::from_yaml(&text)
-            .with_context(|| format!("invalid topology {}", t.display()))?;
+}
+
+/// Loads the state from the store, then serves until `shutdown` fires.
+pub async fn run(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let keys = Keys::new(&config.prefix);
+    let mut registry = Registry::new(config.topology.as_ref(), config.heartbeat_timeout);
+    let started = std::time::Instant::now();
+    let clusters = store.list(&keys.clusters()).await?;
+    for kv in &clusters.items {
+        let record: records::ClusterRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| anyhow::anyhow!("{}: not a cluster record: {e}", kv.key))?;
+        // Down until its agent heartbeats again.
+        registry.register(record, false);
     }
+    let mut state = State::new(keys.clone(), registry, config.policy.clone());
+    let jobs = store.list(&keys.jobs()).await?;
+    let tasks = store.list(&keys.tasks()).await?;
+    state
+        .load(&jobs.items, &tasks.items)
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        clusters = clusters.items.len(),
+        jobs = jobs.items.len(),
+        task_keys = tasks.items.len(),
+        pending_tasks = state.pending_tasks,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "state loaded from the store"
+    );
+    let limits = Limits {
+        queue: config.queue,
+        max_pending_tasks: config.max_pending_tasks,
+        max_jobs_per_submit: config.max_jobs_per_submit,
+        heartbeat_interval: config.heartbeat_interval,
+        pass_size: u64::from(config.policy.local.batch_size.max(1)),
+    };
+    let (shared, rx) = Shared::new(state, limits);
+
+    let tracker = TaskTracker::new();
+    let engine = Engine::new(shared.clone(), store, rx);
+    tracker.spawn(engine.run(shutdown.clone()));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<SchedulerServer<service::SchedulerService>>()
+        .await;
+    health_reporter
+        .set_serving::<ClustersServer<service::ClustersService>>()
+        .await;
+
+    tracing::info!(addr = %listener.local_addr()?, "serving");
+    let serve = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(SchedulerServer::new(service::SchedulerService::new(
+            shared.clone(),
+        )))
+        .add_service(ClustersServer::new(service::ClustersService::new(shared)))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let result = serve.await;
+    // The server stops when `shutdown` fires or fails; either way stop the
+    // engine and let it finish its current commit.
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("engine did not stop within 10 s");
+    }
+    result?;
     Ok(())
 }

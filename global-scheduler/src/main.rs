@@ -1,33 +1,134 @@
-//! `global-scheduler`: accepts jobs, ranks clusters and hands tasks to
-//! local agents. The service is not built yet: today the scheduling core
-//! runs in `schedctl simulate`; this binary only validates its inputs.
+//! `global-scheduler`: serves the job API and the cluster API.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
+use global_scheduler::Config;
+use sched_store::{EtcdStore, MemStore, Store};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(name = "global-scheduler", version, about)]
 struct Args {
-    /// Policy file to validate.
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    listen: String,
+    /// etcd endpoints, comma-separated (`http://127.0.0.1:2379`). Without
+    /// it, state is kept in memory only and is lost on exit.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(long, default_value = "/sched", value_name = "P")]
+    prefix: String,
+    /// Policy file (default: the built-in policy, as in config/policy.yaml).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
-    /// Topology file to validate.
+    /// Topology file: the locations and the latency between them.
     #[arg(long, value_name = "FILE")]
     topology: Option<PathBuf>,
+    /// How often local agents heartbeat, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    heartbeat_interval_ms: u64,
+    /// A cluster silent for this long is marked down, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    heartbeat_timeout_ms: u64,
+    /// Calls waiting for the writer before submit answers RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 4096)]
+    queue: usize,
+    /// Tasks waiting for a cluster before submit answers RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 2_000_000)]
+    max_pending_tasks: u64,
+}
+
+fn read<T>(
+    path: &PathBuf,
+    parse: impl Fn(&str) -> Result<T, sched_core::error::SpecError>,
+) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse(&text).with_context(|| format!("invalid {}", path.display()))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let policy = match &args.policy {
+        Some(p) => read(p, sched_core::policy::Policy::from_yaml)?,
+        None => sched_core::policy::Policy::default(),
+    };
+    let topology = args
+        .topology
+        .as_ref()
+        .map(|t| read(t, sched_core::topology::Topology::from_yaml))
+        .transpose()?;
+    let mut config = Config::new(policy);
+    config.prefix = args.prefix.clone();
+    config.topology = topology;
+    config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms.max(10));
+    config.heartbeat_timeout = Duration::from_millis(args.heartbeat_timeout_ms.max(20));
+    config.queue = args.queue.max(1);
+    config.max_pending_tasks = args.max_pending_tasks;
+
+    let store: Arc<dyn Store> = if args.etcd.is_empty() {
+        tracing::warn!("no --etcd given: state is kept in memory and lost on exit");
+        Arc::new(MemStore::new())
+    } else {
+        Arc::new(
+            EtcdStore::connect(&args.etcd)
+                .await
+                .with_context(|| format!("cannot connect to etcd at {}", args.etcd.join(",")))?,
+        )
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: shutting down");
+        signal.cancel();
+    });
+    global_scheduler::run(listener, store, config, shutdown).await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match global_scheduler::check_inputs(args.policy.as_deref(), args.topology.as_deref()) {
-        Ok(()) => {
-            eprintln!(
-                "global-scheduler: inputs valid; the gRPC service is not available in this version"
-            );
-            ExitCode::from(1)
-        }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
         Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }

@@ -1,0 +1,543 @@
+//! The one task that writes: it takes submissions, cluster reports and
+//! cancels from a bounded queue, batches their writes into store commits
+//! (at most 128 operations each, every key guarded by its revision), applies
+//! what committed to the in-memory [`State`], and then runs a scheduling
+//! pass that assigns pending tasks to clusters the same way.
+//!
+//! One writer means the revisions it guards with are always the latest it
+//! knows, and memory changes only after etcd has the change.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sched_core::cluster::ClusterId;
+use sched_proto::pb;
+use sched_store::{Expect, Store, StoreError, Write, MAX_COMMIT_BYTES, MAX_OPS_PER_COMMIT};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ServiceError;
+use crate::records::{ClusterRecord, JobRecord};
+use crate::state::{State, TaskChange};
+
+/// Commands for the engine.
+pub enum Command {
+    Submit {
+        records: Vec<JobRecord>,
+        reply: oneshot::Sender<Result<(), ServiceError>>,
+    },
+    Report {
+        cluster: ClusterId,
+        tasks: Vec<pb::TaskReport>,
+        handed_back: Vec<pb::HandBack>,
+        reply: oneshot::Sender<Result<(), ServiceError>>,
+    },
+    Cancel {
+        name: String,
+        reply: oneshot::Sender<Result<pb::JobState, ServiceError>>,
+    },
+    Register {
+        record: ClusterRecord,
+        reply: oneshot::Sender<Result<(), ServiceError>>,
+    },
+}
+
+/// Where the engine answers a call.
+pub type Reply<T> = oneshot::Sender<Result<T, ServiceError>>;
+
+pub type AssignmentSender = mpsc::Sender<Result<pb::AssignmentBatch, tonic::Status>>;
+
+/// What the gRPC handlers and the engine share.
+pub struct Shared {
+    state: Mutex<State>,
+    /// Open assignment streams, one per cluster.
+    streams: Mutex<BTreeMap<ClusterId, AssignmentSender>>,
+    pub commands: mpsc::Sender<Command>,
+    /// Wakes the engine for a scheduling pass (a heartbeat changed what
+    /// clusters can take).
+    pub wake: Notify,
+    pub limits: Limits,
+}
+
+/// Bounds that keep memory in check under overload.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Commands waiting for the engine.
+    pub queue: usize,
+    /// Pending tasks (accepted, not yet on a cluster) over all jobs.
+    pub max_pending_tasks: u64,
+    /// Jobs in one submit call.
+    pub max_jobs_per_submit: usize,
+    pub heartbeat_interval: Duration,
+    /// Tasks one scheduling pass assigns at most.
+    pub pass_size: u64,
+}
+
+impl Shared {
+    pub fn new(state: State, limits: Limits) -> (Arc<Shared>, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(limits.queue);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            streams: Mutex::new(BTreeMap::new()),
+            commands: tx,
+            wake: Notify::new(),
+            limits,
+        });
+        (shared, rx)
+    }
+
+    /// The state, for a short critical section (never across an await).
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while the lock was held would be a bug in State's own
+        // bookkeeping; its data is still the best we have, so carry on.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn streams(&self) -> MutexGuard<'_, BTreeMap<ClusterId, AssignmentSender>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a command, or refuses at once when the queue is full.
+    pub fn send(&self, cmd: Command) -> Result<(), ServiceError> {
+        self.commands.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                ServiceError::Busy("the scheduler's queue is full".to_string())
+            }
+            mpsc::error::TrySendError::Closed(_) => ServiceError::ShuttingDown,
+        })
+    }
+
+    /// Opens a cluster's assignment stream: first everything assigned to it
+    /// and not placed, then what is assigned later. Replaces an older stream
+    /// of the same cluster.
+    pub fn open_stream(&self, cluster: ClusterId, tx: AssignmentSender) {
+        // Under the state lock, so no assignment is applied between the
+        // resync and the registration of the stream.
+        let state = self.state();
+        let batch = state.assigned_to(cluster);
+        if tx.try_send(Ok(batch)).is_ok() {
+            self.streams().insert(cluster, tx);
+        }
+    }
+
+    fn push(&self, cluster: ClusterId, batch: pb::AssignmentBatch) {
+        let mut streams = self.streams();
+        if let Some(tx) = streams.get(&cluster) {
+            if tx.try_send(Ok(batch)).is_err() {
+                // Full (the agent is not reading) or closed: drop the stream;
+                // the agent reconnects and gets a full resync.
+                tracing::warn!(
+                    cluster = cluster.0,
+                    "assignment stream closed or full; dropped"
+                );
+                streams.remove(&cluster);
+            }
+        }
+    }
+}
+
+pub struct Engine {
+    shared: Arc<Shared>,
+    store: Arc<dyn Store>,
+    rx: mpsc::Receiver<Command>,
+}
+
+/// Commands taken from the queue per round.
+const ROUND: usize = 4096;
+
+impl Engine {
+    pub fn new(shared: Arc<Shared>, store: Arc<dyn Store>, rx: mpsc::Receiver<Command>) -> Self {
+        Engine { shared, store, rx }
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.shared.limits.heartbeat_interval / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_pass = Instant::now();
+        loop {
+            let schedule = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                cmd = self.rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    let mut batch = vec![cmd];
+                    while batch.len() < ROUND {
+                        match self.rx.try_recv() {
+                            Ok(c) => batch.push(c),
+                            Err(_) => break,
+                        }
+                    }
+                    self.handle(batch).await
+                }
+                _ = self.shared.wake.notified() => true,
+                _ = tick.tick() => {
+                    let down = self.shared.state().registry.expire(Instant::now());
+                    for c in down {
+                        tracing::warn!(cluster = %c, "cluster missed its heartbeats: marked down");
+                    }
+                    // Retry pending work now and then (a cluster may have
+                    // freed room without a visible change).
+                    last_pass.elapsed() >= Duration::from_secs(1)
+                }
+            };
+            if schedule {
+                last_pass = Instant::now();
+                self.schedule().await;
+            }
+        }
+        tracing::info!("engine stopped");
+    }
+
+    /// Handles one round of commands; true if a scheduling pass is due.
+    async fn handle(&mut self, batch: Vec<Command>) -> bool {
+        let mut submits = Vec::new();
+        let mut schedule = false;
+        for cmd in batch {
+            match cmd {
+                Command::Submit { records, reply } => submits.push((records, reply)),
+                Command::Report {
+                    cluster,
+                    tasks,
+                    handed_back,
+                    reply,
+                } => {
+                    schedule |= !handed_back.is_empty();
+                    let r = self.report(cluster, &tasks, &handed_back).await;
+                    let _ = reply.send(r);
+                }
+                Command::Cancel { name, reply } => {
+                    let _ = reply.send(self.cancel(&name).await);
+                }
+                Command::Register { record, reply } => {
+                    let _ = reply.send(self.register(record).await);
+                    schedule = true;
+                }
+            }
+        }
+        if !submits.is_empty() {
+            self.submit(submits).await;
+            schedule = true;
+        }
+        schedule
+    }
+
+    /// Group commit: the jobs of many submit calls in as few transactions
+    /// as the limits allow; a call is answered once all its jobs are in.
+    async fn submit(&mut self, submits: Vec<(Vec<JobRecord>, Reply<()>)>) {
+        // A name in two calls of one round: the later call loses, as it
+        // would have a moment later.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut accepted = Vec::with_capacity(submits.len());
+        for (records, reply) in submits {
+            if let Some(dup) = records.iter().find(|r| seen.contains(&r.name)) {
+                let err = sched_core::error::SpecError::new(
+                    "jobs.name",
+                    format!(
+                        "a job named {:?} is being submitted by another call",
+                        dup.name
+                    ),
+                );
+                let _ = reply.send(Err(err.into()));
+                continue;
+            }
+            seen.extend(records.iter().map(|r| r.name.clone()));
+            accepted.push((records, reply));
+        }
+        let submits = accepted;
+        let keys = self.shared.state().keys.clone();
+        // Greedy packing of whole calls into commits.
+        let mut pending: Vec<(Vec<JobRecord>, Vec<Write>, Reply<()>)> = submits
+            .into_iter()
+            .filter(|(records, _)| !records.is_empty())
+            .map(|(records, reply)| {
+                let writes = records.iter().map(|r| job_write(&keys, r)).collect();
+                (records, writes, reply)
+            })
+            .collect();
+        while !pending.is_empty() {
+            let mut group = Vec::new();
+            let (mut ops, mut bytes) = (0usize, 0usize);
+            while let Some((_, w, _)) = pending.first() {
+                let b: usize = w.iter().map(Write::size).sum();
+                if !group.is_empty()
+                    && (ops + w.len() > MAX_OPS_PER_COMMIT || bytes + b > MAX_COMMIT_BYTES)
+                {
+                    break;
+                }
+                ops += w.len();
+                bytes += b;
+                group.push(pending.remove(0));
+                if ops >= MAX_OPS_PER_COMMIT {
+                    break;
+                }
+            }
+            if group.len() == 1 {
+                let (records, _, reply) = group.pop().expect("one call");
+                let r = self.submit_one(records).await;
+                let _ = reply.send(r);
+                continue;
+            }
+            let writes: Vec<Write> = group
+                .iter()
+                .flat_map(|(_, w, _)| w.iter().cloned())
+                .collect();
+            match self.store.commit(&writes).await {
+                Ok(rev) => {
+                    for (records, _, reply) in group {
+                        self.accept(records, rev);
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    // Someone else holds one of the names: commit call by
+                    // call to find out whose.
+                    for (records, _, reply) in group {
+                        let r = self.submit_one(records).await;
+                        let _ = reply.send(r);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, "cannot persist submissions");
+                    for (_, _, reply) in group {
+                        let _ = reply.send(Err(e.clone().into()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One call's jobs, in as many commits as it needs.
+    async fn submit_one(&mut self, records: Vec<JobRecord>) -> Result<(), ServiceError> {
+        let keys = self.shared.state().keys.clone();
+        let mut todo: std::collections::VecDeque<JobRecord> = records.into();
+        while !todo.is_empty() {
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            while let Some(r) = todo.front() {
+                let size = job_write(&keys, r).size();
+                if !chunk.is_empty()
+                    && (chunk.len() == MAX_OPS_PER_COMMIT || bytes + size > MAX_COMMIT_BYTES)
+                {
+                    break;
+                }
+                bytes += size;
+                chunk.extend(todo.pop_front());
+            }
+            let writes: Vec<Write> = chunk.iter().map(|r| job_write(&keys, r)).collect();
+            match self.store.commit(&writes).await {
+                Ok(rev) => self.accept(chunk, rev),
+                Err(StoreError::Conflict { key, .. }) => {
+                    // Either an earlier attempt of this very submission got
+                    // in (its answer was lost), or the name is taken.
+                    let Some(i) = chunk.iter().position(|r| keys.job(&r.name) == key) else {
+                        return Err(StoreError::Conflict {
+                            key,
+                            expected: Expect::Absent,
+                            actual: None,
+                        }
+                        .into());
+                    };
+                    let mine = chunk.remove(i);
+                    let theirs: Option<(JobRecord, i64)> =
+                        self.store.get(&key).await?.and_then(|kv| {
+                            Some((serde_json::from_slice(&kv.value).ok()?, kv.mod_revision))
+                        });
+                    match theirs {
+                        Some((t, rev))
+                            if !mine.submission_id.is_empty()
+                                && t.submission_id == mine.submission_id =>
+                        {
+                            self.accept(vec![t], rev);
+                            for r in chunk.into_iter().rev() {
+                                todo.push_front(r);
+                            }
+                        }
+                        _ => {
+                            return Err(sched_core::error::SpecError::new(
+                                "jobs.name",
+                                format!("a job named {:?} already exists", mine.name),
+                            )
+                            .into())
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies committed job records.
+    fn accept(&self, records: Vec<JobRecord>, rev: i64) {
+        let mut state = self.shared.state();
+        for r in records {
+            let (name, tasks) = (r.name.clone(), r.tasks);
+            state.insert_job(r, rev);
+            state.push_job_event(&name, "submitted", format!("accepted with {tasks} task(s)"));
+        }
+    }
+
+    async fn report(
+        &mut self,
+        cluster: ClusterId,
+        tasks: &[pb::TaskReport],
+        handed_back: &[pb::HandBack],
+    ) -> Result<(), ServiceError> {
+        let changes: Vec<TaskChange> = {
+            let state = self.shared.state();
+            let mut seen = std::collections::BTreeSet::new();
+            let mut out = Vec::new();
+            for h in handed_back {
+                for c in state.hand_back_changes(cluster, h) {
+                    if seen.insert((c.job.clone(), c.index)) {
+                        out.push(c);
+                    }
+                }
+            }
+            // Several reports of one task in one call: the last one wins.
+            let mut last: BTreeMap<(String, u32), &pb::TaskReport> = BTreeMap::new();
+            for t in tasks {
+                last.insert((t.job.clone(), t.index), t);
+            }
+            for ((job, index), t) in last {
+                if seen.contains(&(job, index)) {
+                    continue;
+                }
+                if let Some(c) = state.report_change(cluster, t) {
+                    out.push(c);
+                }
+            }
+            out
+        };
+        self.commit_changes(changes).await
+    }
+
+    async fn cancel(&mut self, name: &str) -> Result<pb::JobState, ServiceError> {
+        let Some((record, write)) = self.shared.state().cancel_write(name) else {
+            return Err(ServiceError::NotFound {
+                what: "job",
+                name: name.to_string(),
+            });
+        };
+        if let Some(j) = self.shared.state().job(name) {
+            if j.record.cancelled {
+                return Ok(pb::JobState::Cancelled);
+            }
+        }
+        let rev = self.store.commit(&[write]).await?;
+        let clusters = self.shared.state().apply_cancel(record, rev);
+        for c in clusters {
+            self.shared.push(
+                c,
+                pb::AssignmentBatch {
+                    assignments: Vec::new(),
+                    cancelled_jobs: vec![name.to_string()],
+                },
+            );
+        }
+        Ok(pb::JobState::Cancelled)
+    }
+
+    async fn register(&mut self, record: ClusterRecord) -> Result<(), ServiceError> {
+        let key = self.shared.state().keys.cluster(&record.name);
+        let value = serde_json::to_vec(&record).expect("cluster records serialize");
+        self.store
+            .commit(&[Write::put(key, value, Expect::Any)])
+            .await?;
+        let name = record.name.clone();
+        self.shared.state().registry.register(record, true);
+        tracing::info!(cluster = %name, "cluster registered");
+        Ok(())
+    }
+
+    /// One scheduling pass: plan, commit, apply, hand over.
+    async fn schedule(&mut self) {
+        let changes: Vec<TaskChange> = {
+            let mut state = self.shared.state();
+            let size = self.shared.limits.pass_size;
+            let plan = state.plan(size);
+            plan.iter()
+                .flat_map(|a| state.assignment_changes(a))
+                .collect()
+        };
+        if changes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.commit_changes(changes).await {
+            tracing::warn!(cause = %e, "scheduling pass not persisted; retrying later");
+        }
+    }
+
+    /// Commits task changes in chunks, applying each chunk once it is in.
+    /// A conflict means another writer moved a task: its job's tasks are
+    /// read back from the store and the rest of the pass is dropped.
+    async fn commit_changes(&mut self, changes: Vec<TaskChange>) -> Result<(), ServiceError> {
+        let mut rest = changes;
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut bytes = 0;
+            while n < rest.len()
+                && n < MAX_OPS_PER_COMMIT
+                && bytes + rest[n].write.size() <= MAX_COMMIT_BYTES
+            {
+                bytes += rest[n].write.size();
+                n += 1;
+            }
+            let later = rest.split_off(n);
+            let chunk = rest;
+            rest = later;
+            let writes: Vec<Write> = chunk.iter().map(|c| c.write.clone()).collect();
+            match self.store.commit(&writes).await {
+                Ok(rev) => {
+                    let handed = self.shared.state().apply(chunk, rev);
+                    // Sent after the state lock is released; a stream opened
+                    // in between already saw these tasks in its resync and
+                    // will see them once more: agents ignore duplicates.
+                    for (cluster, a) in handed {
+                        self.shared.push(
+                            cluster,
+                            pb::AssignmentBatch {
+                                assignments: vec![a],
+                                cancelled_jobs: Vec::new(),
+                            },
+                        );
+                    }
+                }
+                Err(StoreError::Conflict { key, .. }) => {
+                    tracing::warn!(%key, "a task changed under us; reloading its job");
+                    self.reload_job_of(&key).await?;
+                    return Err(StoreError::Conflict {
+                        key,
+                        expected: Expect::Any,
+                        actual: None,
+                    }
+                    .into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn reload_job_of(&mut self, key: &str) -> Result<(), ServiceError> {
+        let (prefix, job) = {
+            let state = self.shared.state();
+            match state.keys.parse_task(key) {
+                Some((job, _)) => (state.keys.job_tasks(job), job.to_string()),
+                None => return Ok(()),
+            }
+        };
+        let snap = self.store.list(&prefix).await?;
+        let mut state = self.shared.state();
+        if let Err(e) = state.reload_tasks(&job, &snap.items) {
+            tracing::error!(cause = %e, "cannot reload tasks");
+        }
+        Ok(())
+    }
+}
+
+/// The write that creates a job's key.
+fn job_write(keys: &crate::keys::Keys, r: &JobRecord) -> Write {
+    let value = serde_json::to_vec(r).expect("job records serialize: strings and integers");
+    Write::put(keys.job(&r.name), value, Expect::Absent)
+}

@@ -1,0 +1,36 @@
+//! The service's errors and their one mapping to gRPC status codes.
+
+use sched_core::error::SpecError;
+use sched_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Bad input: names the field and the reason.
+    #[error("{0}")]
+    Invalid(#[from] SpecError),
+    #[error("{what} {name:?} not found")]
+    NotFound { what: &'static str, name: String },
+    /// A bounded queue is full: the client should back off and retry.
+    #[error("{0}; retry later")]
+    Busy(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the scheduler is shutting down")]
+    ShuttingDown,
+}
+
+impl From<ServiceError> for tonic::Status {
+    fn from(e: ServiceError) -> Self {
+        let message = e.to_string();
+        match e {
+            ServiceError::Invalid(_) => tonic::Status::invalid_argument(message),
+            ServiceError::NotFound { .. } => tonic::Status::not_found(message),
+            ServiceError::Busy(_) => tonic::Status::resource_exhausted(message),
+            ServiceError::Store(StoreError::Unavailable(_)) | ServiceError::ShuttingDown => {
+                tonic::Status::unavailable(message)
+            }
+            ServiceError::Store(StoreError::Conflict { .. }) => tonic::Status::aborted(message),
+            ServiceError::Store(_) => tonic::Status::internal(message),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Where the global scheduler keeps things in the store.
+//!
+//! Everything lives under one prefix (default `/sched`), so an operator can
+//! read it all with `etcdctl get --prefix /sched`. Values are JSON.
+//!
+//! | key | value | written |
+//! | --- | --- | --- |
+//! | `P/jobs/<job>` | [`JobRecord`](crate::records::JobRecord): the validated spec, submission id, time, `cancelled` | on submit (before the call returns), on cancel |
+//! | `P/tasks/<job>/<index>` | [`TaskRecord`](crate::records::TaskRecord): state, cluster, machine, exit code, clusters that handed it back | when a task leaves `pending`, and on every change after; a task with no key is pending |
+//! | `P/clusters/<cluster>` | [`ClusterRecord`](crate::records::ClusterRecord): location and machine classes | when a local agent registers |
+//!
+//! Task indices are zero-padded to seven digits (jobs have at most a million
+//! tasks) so that etcd's lexical order is task order. Every write carries
+//! an expectation: `Absent` for a new key, the last seen `mod_revision`
+//! otherwise, so a retried or concurrent write cannot apply twice.
+
+/// Key builder for one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// `prefix` without a trailing `/` (one is dropped if given).
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn jobs(&self) -> String {
+        format!("{}/jobs/", self.prefix)
+    }
+
+    pub fn job(&self, name: &str) -> String {
+        format!("{}/jobs/{name}", self.prefix)
+    }
+
+    pub fn tasks(&self) -> String {
+        format!("{}/tasks/", self.prefix)
+    }
+
+    pub fn job_tasks(&self, job: &str) -> String {
+        format!("{}/tasks/{job}/", self.prefix)
+    }
+
+    pub fn task(&self, job: &str, index: u32) -> String {
+        format!("{}/tasks/{job}/{index:07}", self.prefix)
+    }
+
+    /// `(job, index)` of a task key.
+    pub fn parse_task<'k>(&self, key: &'k str) -> Option<(&'k str, u32)> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/tasks/")?;
+        let (job, index) = rest.split_once('/')?;
+        Some((job, index.parse().ok()?))
+    }
+
+    pub fn clusters(&self) -> String {
+        format!("{}/clusters/", self.prefix)
+    }
+
+    pub fn cluster(&self, name: &str) -> String {
+        format!("{}/clusters/{name}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_keys_sort_in_task_order_and_parse_back() {
+        let k = Keys::new("/sched/");
+        assert_eq!(k.task("web", 7), "/sched/tasks/web/0000007");
+        assert!(k.task("web", 9) < k.task("web", 10));
+        assert_eq!(k.parse_task(&k.task("web", 123)), Some(("web", 123)));
+        assert_eq!(k.parse_task("/sched/jobs/web"), None);
+        assert!(k.task("web", 0).starts_with(&k.job_tasks("web")));
+        // "web-2"'s tasks are not under "web"'s prefix.
+        assert!(!k.task("web-2", 0).starts_with(&k.job_tasks("web")));
+    }
+}

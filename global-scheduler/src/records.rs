@@ -1,0 +1,125 @@
+//! The JSON values stored under the keys of [`crate::keys`].
+
+use std::collections::BTreeMap;
+
+use sched_core::resources::Resources;
+use serde::{Deserialize, Serialize};
+
+/// One task's request in integer units (the core's units, named so that
+/// `etcdctl` output explains itself).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourcesRecord {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub disk_bytes: u64,
+    #[serde(default)]
+    pub gpu_millis: u64,
+}
+
+impl From<Resources> for ResourcesRecord {
+    fn from(r: Resources) -> Self {
+        let [cpu_millis, memory_bytes, disk_bytes, gpu_millis] = r.as_array();
+        ResourcesRecord {
+            cpu_millis,
+            memory_bytes,
+            disk_bytes,
+            gpu_millis,
+        }
+    }
+}
+
+impl From<ResourcesRecord> for Resources {
+    fn from(r: ResourcesRecord) -> Self {
+        Resources::from_array([r.cpu_millis, r.memory_bytes, r.disk_bytes, r.gpu_millis])
+    }
+}
+
+/// A job as accepted: `P/jobs/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub name: String,
+    pub tasks: u32,
+    pub request: ResourcesRecord,
+    /// The request as the user wrote it (quantities), for `get job`.
+    pub request_text: BTreeMap<String, String>,
+    pub priority: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub constraints: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// The client's id for the submission that created the job: a retry of
+    /// it is recognised and succeeds.
+    pub submission_id: String,
+    pub submitted_unix_ms: i64,
+    #[serde(default)]
+    pub cancelled: bool,
+}
+
+/// A task's state, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Pending,
+    Assigned,
+    Placed,
+    Running,
+    Succeeded,
+    Failed,
+    Lost,
+}
+
+impl TaskState {
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Assigned => "assigned",
+            TaskState::Placed => "placed",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Lost => "lost",
+        }
+    }
+}
+
+/// A task that has left `pending` at least once: `P/tasks/<job>/<index>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub state: TaskState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Clusters that could not place the task; it is not offered to them
+    /// again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handed_back: Vec<String>,
+}
+
+/// One class of identical machines of a registered cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineClassRecord {
+    pub name: String,
+    pub capacity: ResourcesRecord,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub count: u32,
+}
+
+/// A registered cluster: `P/clusters/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub name: String,
+    pub location: String,
+    pub classes: Vec<MachineClassRecord>,
+    pub registered_unix_ms: i64,
+}

@@ -1,0 +1,246 @@
+//! The clusters the global scheduler knows: registered by local agents,
+//! kept fresh by their heartbeats, and the locations they sit in.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use sched_core::cluster::{ClassSummary, Cluster, ClusterId, ClusterSummary};
+use sched_core::locality::{Locality, LocationId};
+use sched_core::machine::MachineClass;
+use sched_core::resources::Resources;
+use sched_core::topology::Topology;
+
+use crate::records::ClusterRecord;
+
+/// One registered cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterEntry {
+    pub record: ClusterRecord,
+    /// What the ranking sees: capacity from the classes, load from the last
+    /// heartbeat plus what was handed over since.
+    pub summary: ClusterSummary,
+    pub last_heartbeat: Option<Instant>,
+    pub last_heartbeat_unix_ms: i64,
+    /// Queue reported by the last heartbeat.
+    heartbeat_queued: Resources,
+    heartbeat_queue_len: u64,
+    /// Tasks handed over since the last heartbeat, not counted in it yet.
+    pub in_flight: u64,
+    in_flight_request: Resources,
+}
+
+/// Heartbeat figures from a local agent.
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeat {
+    pub classes: Option<Vec<crate::records::MachineClassRecord>>,
+    pub allocated: Resources,
+    pub queued: Resources,
+    pub queue_len: u64,
+}
+
+/// Locations (from the topology file, then from registrations) and clusters.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    location_names: Vec<String>,
+    links: Vec<(LocationId, LocationId, u64)>,
+    locality: Locality,
+    clusters: Vec<ClusterEntry>,
+    by_name: BTreeMap<String, ClusterId>,
+    heartbeat_timeout: Duration,
+}
+
+impl Registry {
+    /// Starts from the topology's locations and links (its clusters are not
+    /// registered: local agents do that).
+    pub fn new(topology: Option<&Topology>, heartbeat_timeout: Duration) -> Self {
+        let (location_names, links) = match topology {
+            Some(t) => (t.locality.names().to_vec(), t.locality.links().to_vec()),
+            None => (Vec::new(), Vec::new()),
+        };
+        let locality = Locality::new(location_names.clone(), &links);
+        Registry {
+            location_names,
+            links,
+            locality,
+            clusters: Vec::new(),
+            by_name: BTreeMap::new(),
+            heartbeat_timeout,
+        }
+    }
+
+    pub fn locality(&self) -> &Locality {
+        &self.locality
+    }
+
+    fn location(&mut self, name: &str) -> LocationId {
+        if let Some(id) = self.locality.id(name) {
+            return id;
+        }
+        // A location no topology mentioned: known from now on, linked to
+        // nothing (so only its own clusters count as local to it).
+        self.location_names.push(name.to_string());
+        self.locality = Locality::new(self.location_names.clone(), &self.links);
+        LocationId(self.location_names.len() as u32 - 1)
+    }
+
+    /// Adds or updates a cluster from its registration. A new cluster is
+    /// down until its first heartbeat.
+    pub fn register(&mut self, record: ClusterRecord, heartbeat_now: bool) -> ClusterId {
+        let location = self.location(&record.location);
+        let classes = class_summaries(&record);
+        let capacity = classes.iter().fold(Resources::ZERO, |acc, c| {
+            acc.saturating_add(&c.capacity.times(u64::from(c.count)))
+        });
+        let id = match self.by_name.get(&record.name) {
+            Some(&id) => id,
+            None => {
+                let id = ClusterId(self.clusters.len() as u32);
+                self.by_name.insert(record.name.clone(), id);
+                self.clusters.push(ClusterEntry {
+                    summary: ClusterSummary {
+                        id,
+                        name: record.name.clone(),
+                        location,
+                        up: false,
+                        classes: Vec::new(),
+                        capacity: Resources::ZERO,
+                        allocated: Resources::ZERO,
+                        queued: Resources::ZERO,
+                        queue_len: 0,
+                    },
+                    record: record.clone(),
+                    last_heartbeat: None,
+                    last_heartbeat_unix_ms: 0,
+                    heartbeat_queued: Resources::ZERO,
+                    heartbeat_queue_len: 0,
+                    in_flight: 0,
+                    in_flight_request: Resources::ZERO,
+                });
+                id
+            }
+        };
+        let e = &mut self.clusters[id.0 as usize];
+        e.summary.location = location;
+        e.summary.classes = classes;
+        e.summary.capacity = capacity;
+        e.record = record;
+        if heartbeat_now {
+            e.last_heartbeat = Some(Instant::now());
+            e.last_heartbeat_unix_ms = crate::now_unix_ms();
+            e.summary.up = true;
+        }
+        id
+    }
+
+    /// Records a heartbeat; `None` if the cluster is not registered.
+    pub fn heartbeat(&mut self, name: &str, hb: Heartbeat) -> Option<ClusterId> {
+        let id = *self.by_name.get(name)?;
+        if let Some(classes) = hb.classes {
+            let mut record = self.clusters[id.0 as usize].record.clone();
+            record.classes = classes;
+            self.register(record, false);
+        }
+        let e = &mut self.clusters[id.0 as usize];
+        e.last_heartbeat = Some(Instant::now());
+        e.last_heartbeat_unix_ms = crate::now_unix_ms();
+        e.summary.up = true;
+        e.summary.allocated = hb.allocated;
+        e.heartbeat_queued = hb.queued;
+        e.heartbeat_queue_len = hb.queue_len;
+        // The heartbeat counts everything the agent had received.
+        e.in_flight = 0;
+        e.in_flight_request = Resources::ZERO;
+        e.refresh_queue();
+        Some(id)
+    }
+
+    /// Marks clusters whose heartbeats stopped as down; returns their names.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let mut down = Vec::new();
+        for e in &mut self.clusters {
+            let late = e
+                .last_heartbeat
+                .is_none_or(|t| now.duration_since(t) > self.heartbeat_timeout);
+            if e.summary.up && late {
+                e.summary.up = false;
+                down.push(e.record.name.clone());
+            }
+        }
+        down
+    }
+
+    /// Counts tasks handed to `id` until its next heartbeat.
+    pub fn hand_over(&mut self, id: ClusterId, request: &Resources, tasks: u64) {
+        let e = &mut self.clusters[id.0 as usize];
+        e.in_flight += tasks;
+        e.in_flight_request = e.in_flight_request.saturating_add(&request.times(tasks));
+        e.refresh_queue();
+    }
+
+    pub fn id(&self, name: &str) -> Option<ClusterId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn name(&self, id: ClusterId) -> &str {
+        &self.clusters[id.0 as usize].record.name
+    }
+
+    pub fn entries(&self) -> &[ClusterEntry] {
+        &self.clusters
+    }
+
+    /// Summaries for ranking, indexed by `ClusterId`.
+    pub fn summaries(&self) -> Vec<ClusterSummary> {
+        self.clusters.iter().map(|e| e.summary.clone()).collect()
+    }
+
+    /// The known world as a topology, to validate jobs against: every
+    /// location, and every registered cluster's machine classes.
+    pub fn topology(&self) -> Topology {
+        let clusters = self
+            .clusters
+            .iter()
+            .map(|e| Cluster {
+                id: e.summary.id,
+                name: e.record.name.clone(),
+                location: e.summary.location,
+                classes: e
+                    .record
+                    .classes
+                    .iter()
+                    .map(|c| MachineClass {
+                        name: c.name.clone(),
+                        count: c.count,
+                        capacity: c.capacity.into(),
+                        labels: c.labels.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Topology {
+            locality: self.locality.clone(),
+            clusters,
+        }
+    }
+}
+
+impl ClusterEntry {
+    fn refresh_queue(&mut self) {
+        self.summary.queued = self
+            .heartbeat_queued
+            .saturating_add(&self.in_flight_request);
+        self.summary.queue_len = self.heartbeat_queue_len + self.in_flight;
+    }
+}
+
+fn class_summaries(record: &ClusterRecord) -> Vec<ClassSummary> {
+    record
+        .classes
+        .iter()
+        .map(|c| ClassSummary {
+            capacity: c.capacity.into(),
+            labels: c.labels.clone(),
+            count: c.count,
+        })
+        .collect()
+}

@@ -1,0 +1,385 @@
+//! The gRPC handlers: decode, ask the state or queue a command for the
+//! engine, encode. No decisions here.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sched_core::error::SpecError;
+use sched_core::job::{parse_job_file, JobSpec, JobSpecText, ResourcesText};
+use sched_core::names::check_name;
+use sched_core::quantity::QuantityText;
+use sched_proto::pb;
+use sched_proto::pb::clusters_server::Clusters;
+use sched_proto::pb::scheduler_server::Scheduler;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Command, Shared};
+use crate::error::ServiceError;
+use crate::records::{ClusterRecord, MachineClassRecord};
+use crate::registry::Heartbeat;
+use crate::state::{from_pb_resources, to_pb_resources, State};
+
+/// Batches an assignment stream may hold before the agent is cut off.
+const STREAM_BUFFER: usize = 1024;
+
+#[derive(Clone)]
+pub struct SchedulerService {
+    shared: Arc<Shared>,
+}
+
+#[derive(Clone)]
+pub struct ClustersService {
+    shared: Arc<Shared>,
+}
+
+impl SchedulerService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        SchedulerService { shared }
+    }
+}
+
+impl ClustersService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        ClustersService { shared }
+    }
+}
+
+async fn ask<T>(
+    shared: &Shared,
+    make: impl FnOnce(oneshot::Sender<Result<T, ServiceError>>) -> Command,
+) -> Result<T, ServiceError> {
+    let (tx, rx) = oneshot::channel();
+    shared.send(make(tx))?;
+    rx.await.map_err(|_| ServiceError::ShuttingDown)?
+}
+
+/// A job from the API, checked like a job file's entry `field`.
+fn spec_from_pb(j: pb::JobSpec, field: &str) -> Result<JobSpec, SpecError> {
+    let r = j.resources.unwrap_or_default();
+    let text = JobSpecText {
+        name: j.name,
+        tasks: j.tasks,
+        resources: ResourcesText {
+            cpu: QuantityText::Text(r.cpu),
+            memory: QuantityText::Text(r.memory),
+            disk: r.disk.map(QuantityText::Text),
+            gpu: r.gpu.map(QuantityText::Text),
+        },
+        priority: j.priority,
+        locality: j.locality,
+        constraints: j.constraints.into_iter().collect(),
+        command: j.command,
+    };
+    text.validate(field)
+}
+
+fn specs_of(req: pb::SubmitRequest, max_jobs: usize) -> Result<Vec<JobSpec>, SpecError> {
+    let specs = match (req.yaml.is_empty(), req.jobs.is_empty()) {
+        (false, true) => parse_job_file(&req.yaml)?,
+        (true, false) => {
+            let mut names = BTreeSet::new();
+            let mut out = Vec::with_capacity(req.jobs.len());
+            for (i, j) in req.jobs.into_iter().enumerate() {
+                let spec = spec_from_pb(j, &format!("jobs[{i}]"))?;
+                if !names.insert(spec.name.clone()) {
+                    return Err(SpecError::new(
+                        format!("jobs[{i}].name"),
+                        format!("duplicate job name {:?}", spec.name),
+                    ));
+                }
+                out.push(spec);
+            }
+            out
+        }
+        (true, true) => return Err(SpecError::new("jobs", "at least one job is required")),
+        (false, false) => {
+            return Err(SpecError::new(
+                "yaml",
+                "give either a job file or a list of jobs, not both",
+            ))
+        }
+    };
+    if specs.len() > max_jobs {
+        return Err(SpecError::new(
+            "jobs",
+            format!("{} jobs in one call; at most {max_jobs}", specs.len()),
+        ));
+    }
+    Ok(specs)
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::AssignmentBatch, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerService {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let req = request.into_inner();
+        let submission_id = req.submission_id.clone();
+        let specs =
+            specs_of(req, self.shared.limits.max_jobs_per_submit).map_err(ServiceError::from)?;
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        let tasks: u64 = specs.iter().map(|s| u64::from(s.tasks)).sum();
+        let records = {
+            let state = self.shared.state();
+            let records = state
+                .check_submission(specs, &submission_id, crate::now_unix_ms())
+                .map_err(ServiceError::from)?;
+            let new: u64 = records.iter().map(|r| u64::from(r.tasks)).sum();
+            let max = self.shared.limits.max_pending_tasks;
+            if new > 0 && state.pending_tasks + new > max {
+                return Err(ServiceError::Busy(format!(
+                    "{} tasks are already waiting for a cluster (limit {max})",
+                    state.pending_tasks
+                ))
+                .into());
+            }
+            records
+        };
+        if !records.is_empty() {
+            ask(&self.shared, |reply| Command::Submit { records, reply }).await?;
+        }
+        Ok(Response::new(pb::SubmitResponse { jobs: names, tasks }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::JobStatus>, Status> {
+        let name = request.into_inner().name;
+        let state = self.shared.state();
+        let j = state.job(&name).ok_or(ServiceError::NotFound {
+            what: "job",
+            name: name.clone(),
+        })?;
+        Ok(Response::new(state.status(j)))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let want = request.into_inner().state;
+        let state = self.shared.state();
+        let mut jobs: Vec<&crate::state::JobEntry> = state.jobs().collect();
+        jobs.sort_by_key(|j| j.job.id);
+        let jobs = jobs
+            .into_iter()
+            .map(State::summary)
+            .filter(|s| want == 0 || s.state == want)
+            .collect();
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn describe_job(
+        &self,
+        request: Request<pb::DescribeJobRequest>,
+    ) -> Result<Response<pb::DescribeJobResponse>, Status> {
+        let name = request.into_inner().name;
+        let state = self.shared.state();
+        let j = state.job(&name).ok_or(ServiceError::NotFound {
+            what: "job",
+            name: name.clone(),
+        })?;
+        Ok(Response::new(pb::DescribeJobResponse {
+            status: Some(state.status(j)),
+            events: j.events.iter().cloned().collect(),
+            pending_reasons: state.pending_reasons(j),
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let name = request.into_inner().name;
+        if self.shared.state().job(&name).is_none() {
+            return Err(ServiceError::NotFound { what: "job", name }.into());
+        }
+        let state = ask(&self.shared, |reply| Command::Cancel { name, reply }).await?;
+        Ok(Response::new(pb::CancelJobResponse {
+            state: state as i32,
+        }))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let job = request.into_inner().job;
+        let rx = self.shared.state().events.subscribe();
+        let stream = BroadcastStream::new(rx).filter_map(move |e| match e {
+            Ok(e) if job.is_empty() || e.job == job => Some(Ok(e)),
+            Ok(_) => None,
+            // A slow watcher misses events rather than slowing the
+            // scheduler; tell it how many.
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                Some(Ok(pb::Event {
+                    unix_ms: crate::now_unix_ms(),
+                    job: String::new(),
+                    kind: "lagged".to_string(),
+                    message: format!("{n} event(s) dropped: the watcher fell behind"),
+                }))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_clusters(
+        &self,
+        _request: Request<pb::ListClustersRequest>,
+    ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        let state = self.shared.state();
+        let clusters = state
+            .registry
+            .entries()
+            .iter()
+            .map(|e| pb::ClusterStatus {
+                name: e.record.name.clone(),
+                location: e.record.location.clone(),
+                up: e.summary.up,
+                machines: e.summary.classes.iter().map(|c| c.count).sum(),
+                capacity: Some(to_pb_resources(&e.summary.capacity)),
+                allocated: Some(to_pb_resources(&e.summary.allocated)),
+                queued: Some(to_pb_resources(&e.summary.queued)),
+                queue_len: e.summary.queue_len,
+                in_flight: e.in_flight,
+                last_heartbeat_unix_ms: e.last_heartbeat_unix_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ListClustersResponse { clusters }))
+    }
+}
+
+fn classes_from_pb(
+    classes: Vec<pb::MachineClassStatus>,
+) -> Result<Vec<MachineClassRecord>, SpecError> {
+    let mut names = BTreeSet::new();
+    classes
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let field = format!("classes[{i}]");
+            check_name(&format!("{field}.name"), &c.name)?;
+            if !names.insert(c.name.clone()) {
+                return Err(SpecError::new(
+                    format!("{field}.name"),
+                    format!("duplicate class {:?}", c.name),
+                ));
+            }
+            let capacity = from_pb_resources(c.capacity.as_ref());
+            if capacity.cpu.0 == 0 || capacity.memory.0 == 0 {
+                return Err(SpecError::new(
+                    format!("{field}.capacity"),
+                    "a machine needs some cpu and memory",
+                ));
+            }
+            Ok(MachineClassRecord {
+                name: c.name,
+                capacity: capacity.into(),
+                labels: c.labels.into_iter().collect(),
+                count: c.count,
+            })
+        })
+        .collect()
+}
+
+impl ClustersService {
+    fn cluster_id(&self, name: &str) -> Result<sched_core::cluster::ClusterId, Status> {
+        self.shared.state().registry.id(name).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "cluster {name:?} is not registered; register first"
+            ))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Clusters for ClustersService {
+    async fn register_cluster(
+        &self,
+        request: Request<pb::RegisterClusterRequest>,
+    ) -> Result<Response<pb::RegisterClusterResponse>, Status> {
+        let r = request.into_inner();
+        check_name("cluster", &r.cluster).map_err(ServiceError::from)?;
+        check_name("location", &r.location).map_err(ServiceError::from)?;
+        let classes = classes_from_pb(r.classes).map_err(ServiceError::from)?;
+        let record = ClusterRecord {
+            name: r.cluster,
+            location: r.location,
+            classes,
+            registered_unix_ms: crate::now_unix_ms(),
+        };
+        ask(&self.shared, |reply| Command::Register { record, reply }).await?;
+        Ok(Response::new(pb::RegisterClusterResponse {
+            heartbeat_interval_ms: self.shared.limits.heartbeat_interval.as_millis() as u32,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let classes = if r.classes.is_empty() {
+            None
+        } else {
+            Some(classes_from_pb(r.classes).map_err(ServiceError::from)?)
+        };
+        let hb = Heartbeat {
+            classes,
+            allocated: from_pb_resources(r.allocated.as_ref()),
+            queued: from_pb_resources(r.queued.as_ref()),
+            queue_len: r.queue_len,
+        };
+        let known = self
+            .shared
+            .state()
+            .registry
+            .heartbeat(&r.cluster, hb)
+            .is_some();
+        if known {
+            self.shared.wake.notify_one();
+        }
+        Ok(Response::new(pb::HeartbeatResponse {
+            register_again: !known,
+        }))
+    }
+
+    type AssignmentsStream = AssignmentStream;
+
+    async fn assignments(
+        &self,
+        request: Request<pb::AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let id = self.cluster_id(&request.into_inner().cluster)?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        self.shared.open_stream(id, tx);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let r = request.into_inner();
+        let cluster = self.cluster_id(&r.cluster)?;
+        ask(&self.shared, |reply| Command::Report {
+            cluster,
+            tasks: r.tasks,
+            handed_back: r.handed_back,
+            reply,
+        })
+        .await?;
+        Ok(Response::new(pb::ReportResponse {}))
+    }
+}

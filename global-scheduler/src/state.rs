@@ -1,0 +1,893 @@
+//! The global scheduler's view of the world: jobs, their tasks, clusters.
+//!
+//! Plain data and decisions, no I/O: the [`engine`](crate::engine) asks for
+//! writes (`*_writes`), commits them to the store, and only then applies
+//! them here (`apply_*`). So memory never runs ahead of etcd, and a crash
+//! between the two loses nothing that was acknowledged.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use sched_core::cluster::ClusterId;
+use sched_core::error::SpecError;
+use sched_core::job::{Job, JobId, JobSpec};
+use sched_core::policy::Policy;
+use sched_core::rank::Ranker;
+use sched_core::resources::{ResourceKind, Resources};
+use sched_proto::pb;
+use sched_store::{Expect, KeyValue, Revision, Write};
+use tokio::sync::broadcast;
+
+use crate::keys::Keys;
+use crate::records::{JobRecord, TaskRecord, TaskState};
+use crate::registry::Registry;
+
+/// Events kept per job for `describe`; older ones are dropped.
+const EVENTS_PER_JOB: usize = 64;
+
+/// One task as the scheduler tracks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEntry {
+    pub state: TaskState,
+    pub cluster: Option<ClusterId>,
+    pub machine: Option<String>,
+    pub exit_code: Option<i32>,
+    pub handed_back: Vec<ClusterId>,
+    /// `mod_revision` of the task's key; 0 when it has none (pending).
+    pub rev: Revision,
+}
+
+impl TaskEntry {
+    fn pending() -> Self {
+        TaskEntry {
+            state: TaskState::Pending,
+            cluster: None,
+            machine: None,
+            exit_code: None,
+            handed_back: Vec::new(),
+            rev: 0,
+        }
+    }
+
+    fn expect(&self) -> Expect {
+        if self.rev == 0 {
+            Expect::Absent
+        } else {
+            Expect::ModRevision(self.rev)
+        }
+    }
+}
+
+/// One job.
+#[derive(Debug, Clone)]
+pub struct JobEntry {
+    pub job: Job,
+    pub record: JobRecord,
+    /// `mod_revision` of the job's key.
+    pub rev: Revision,
+    pub tasks: Vec<TaskEntry>,
+    /// Tasks in `pending`.
+    pub pending: u32,
+    pub events: VecDeque<pb::Event>,
+    /// Why the last scheduling pass could not assign its pending tasks.
+    pub unschedulable: Option<String>,
+}
+
+/// Tasks of one job that a pass hands to one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub job: String,
+    pub cluster: ClusterId,
+    pub indices: Vec<u32>,
+}
+
+/// A task change, computed before the write and applied after it.
+#[derive(Debug, Clone)]
+pub struct TaskChange {
+    pub job: String,
+    pub index: u32,
+    pub entry: TaskEntry,
+    pub write: Write,
+    /// For events: what happened.
+    pub note: Option<String>,
+}
+
+pub struct State {
+    pub keys: Keys,
+    pub registry: Registry,
+    pub policy: Policy,
+    jobs: BTreeMap<String, JobEntry>,
+    next_id: u32,
+    /// Tasks in `pending` over all jobs (bounded by `max_pending_tasks`).
+    pub pending_tasks: u64,
+    pub events: broadcast::Sender<pb::Event>,
+}
+
+impl State {
+    pub fn new(keys: Keys, registry: Registry, policy: Policy) -> Self {
+        State {
+            keys,
+            registry,
+            policy,
+            jobs: BTreeMap::new(),
+            next_id: 0,
+            pending_tasks: 0,
+            events: broadcast::channel(4096).0,
+        }
+    }
+
+    pub fn job(&self, name: &str) -> Option<&JobEntry> {
+        self.jobs.get(name)
+    }
+
+    pub fn jobs(&self) -> impl Iterator<Item = &JobEntry> {
+        self.jobs.values()
+    }
+
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    // ---- submissions ----
+
+    /// Checks specs (already validated one by one) against the world: names
+    /// free (or taken by this very submission, on a retry), locations
+    /// known, some machine large enough. Returns the records to create; jobs
+    /// a retry already created are left out.
+    pub fn check_submission(
+        &self,
+        specs: Vec<JobSpec>,
+        submission_id: &str,
+        now_ms: i64,
+    ) -> Result<Vec<JobRecord>, SpecError> {
+        let world = self.registry.topology();
+        let mut out = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            let field = format!("jobs[{i}]");
+            if let Some(existing) = self.jobs.get(&spec.name) {
+                if !submission_id.is_empty() && existing.record.submission_id == submission_id {
+                    continue;
+                }
+                return Err(SpecError::new(
+                    format!("{field}.name"),
+                    format!("a job named {:?} already exists", spec.name),
+                ));
+            }
+            let spec = if world.clusters.is_empty() {
+                // No cluster has registered: nothing to size against yet;
+                // the location must still be one the topology names.
+                if let Some(l) = &spec.locality {
+                    if world.locality.id(l).is_none() {
+                        return Err(unknown_location(&field, l, world.locality.names()));
+                    }
+                }
+                spec
+            } else {
+                spec.resolve(JobId(0), &world, &field)?.spec
+            };
+            out.push(job_record(spec, submission_id, now_ms));
+        }
+        Ok(out)
+    }
+
+    /// Adds a job whose key was written at `rev`.
+    pub fn insert_job(&mut self, record: JobRecord, rev: Revision) {
+        let name = record.name.clone();
+        if self.jobs.contains_key(&name) {
+            return;
+        }
+        let tasks = record.tasks;
+        let job = Job {
+            id: JobId(self.next_id),
+            locality: record
+                .locality
+                .as_deref()
+                .and_then(|l| self.registry.locality().id(l)),
+            spec: spec_of(&record),
+        };
+        self.next_id += 1;
+        self.pending_tasks += u64::from(tasks);
+        self.jobs.insert(
+            name.clone(),
+            JobEntry {
+                job,
+                record,
+                rev,
+                tasks: vec![TaskEntry::pending(); tasks as usize],
+                pending: tasks,
+                events: VecDeque::new(),
+                unschedulable: None,
+            },
+        );
+    }
+
+    /// Rebuilds jobs and tasks from store snapshots (after a restart).
+    pub fn load(&mut self, jobs: &[KeyValue], tasks: &[KeyValue]) -> Result<(), String> {
+        let mut records: Vec<(JobRecord, Revision, Revision)> = Vec::with_capacity(jobs.len());
+        for kv in jobs {
+            let r: JobRecord = serde_json::from_slice(&kv.value)
+                .map_err(|e| format!("{}: not a job record: {e}", kv.key))?;
+            records.push((r, kv.mod_revision, kv.create_revision));
+        }
+        // Submission order, as the ids were first given.
+        records.sort_by_key(|r| r.2);
+        for (r, rev, _) in records {
+            self.insert_job(r, rev);
+        }
+        for kv in tasks {
+            let Some((job, index)) = self.keys.parse_task(&kv.key) else {
+                return Err(format!("{}: not a task key", kv.key));
+            };
+            let r: TaskRecord = serde_json::from_slice(&kv.value)
+                .map_err(|e| format!("{}: not a task record: {e}", kv.key))?;
+            let entry = self.entry_of(&r, kv.mod_revision);
+            let Some(j) = self.jobs.get_mut(job) else {
+                tracing::warn!(key = %kv.key, "task of an unknown job; ignored");
+                continue;
+            };
+            let Some(t) = j.tasks.get_mut(index as usize) else {
+                tracing::warn!(key = %kv.key, "task index out of range; ignored");
+                continue;
+            };
+            if entry.state != TaskState::Pending {
+                j.pending -= 1;
+                self.pending_tasks -= 1;
+            }
+            *t = entry;
+        }
+        Ok(())
+    }
+
+    /// Replaces one job's tasks with what the store holds (after another
+    /// writer changed them).
+    pub fn reload_tasks(&mut self, job: &str, items: &[KeyValue]) -> Result<(), String> {
+        let Some(j) = self.jobs.get_mut(job) else {
+            return Ok(());
+        };
+        self.pending_tasks -= u64::from(j.pending);
+        j.pending = j.record.tasks;
+        self.pending_tasks += u64::from(j.pending);
+        for t in j.tasks.iter_mut() {
+            *t = TaskEntry::pending();
+        }
+        self.load(&[], items)
+    }
+
+    fn entry_of(&self, r: &TaskRecord, rev: Revision) -> TaskEntry {
+        let id = |name: &String| self.registry.id(name);
+        TaskEntry {
+            state: r.state,
+            cluster: r.cluster.as_ref().and_then(id),
+            machine: r.machine.clone(),
+            exit_code: r.exit_code,
+            handed_back: r.handed_back.iter().filter_map(id).collect(),
+            rev,
+        }
+    }
+
+    fn record_of(&self, t: &TaskEntry) -> TaskRecord {
+        TaskRecord {
+            state: t.state,
+            cluster: t.cluster.map(|c| self.registry.name(c).to_string()),
+            machine: t.machine.clone(),
+            exit_code: t.exit_code,
+            handed_back: t
+                .handed_back
+                .iter()
+                .map(|&c| self.registry.name(c).to_string())
+                .collect(),
+        }
+    }
+
+    // ---- scheduling ----
+
+    /// Chooses clusters for up to `limit` pending tasks: jobs by priority
+    /// (highest first), then submission order; each group of a job's
+    /// pending tasks goes to its best cluster, as many as the cluster's
+    /// unclaimed capacity holds, the rest to the next best, and so on.
+    pub fn plan(&mut self, limit: u64) -> Vec<Assignment> {
+        let mut order: Vec<(std::cmp::Reverse<u32>, JobId, String)> = self
+            .jobs
+            .values()
+            .filter(|j| j.pending > 0 && !j.record.cancelled)
+            .map(|j| {
+                (
+                    std::cmp::Reverse(j.job.spec.priority),
+                    j.job.id,
+                    j.record.name.clone(),
+                )
+            })
+            .collect();
+        order.sort();
+        let mut summaries = self.registry.summaries();
+        let ranker = Ranker::new(&self.policy, self.registry.locality());
+        let mut out = Vec::new();
+        let mut budget = limit;
+        for (_, _, name) in order {
+            if budget == 0 {
+                break;
+            }
+            let Some(j) = self.jobs.get_mut(&name) else {
+                continue;
+            };
+            // Pending tasks grouped by the clusters that handed them back.
+            let mut groups: BTreeMap<Vec<ClusterId>, Vec<u32>> = BTreeMap::new();
+            for (i, t) in j.tasks.iter().enumerate() {
+                if t.state == TaskState::Pending {
+                    groups
+                        .entry(t.handed_back.clone())
+                        .or_default()
+                        .push(i as u32);
+                }
+            }
+            let request = j.job.spec.request;
+            let mut why = None;
+            for (handed_back, mut indices) in groups {
+                indices.truncate(budget as usize);
+                let mut rest = &indices[..];
+                while !rest.is_empty() {
+                    let ranking = ranker.rank(&j.job, &summaries, &handed_back);
+                    let Some(best) = ranking.best() else {
+                        why = Some(unschedulable_reason(&ranking, &summaries));
+                        break;
+                    };
+                    let s = &mut summaries[best.0 as usize];
+                    let take = fit_count(&s.unclaimed(), &request).clamp(1, rest.len() as u64);
+                    let (now, later) = rest.split_at(take as usize);
+                    s.queued = s.queued.saturating_add(&request.times(take));
+                    s.queue_len += take;
+                    out.push(Assignment {
+                        job: name.clone(),
+                        cluster: best,
+                        indices: now.to_vec(),
+                    });
+                    budget -= take;
+                    rest = later;
+                }
+            }
+            if why != j.unschedulable {
+                if let Some(w) = &why {
+                    tracing::info!(job = %name, reason = %w, "tasks cannot be assigned");
+                }
+                j.unschedulable = why.clone();
+                if let Some(w) = why {
+                    let e = event(&name, "unschedulable", w);
+                    push_event(&self.events, j, e);
+                }
+            }
+        }
+        out
+    }
+
+    /// The writes that hand `a`'s tasks to its cluster.
+    pub fn assignment_changes(&self, a: &Assignment) -> Vec<TaskChange> {
+        let Some(j) = self.jobs.get(&a.job) else {
+            return Vec::new();
+        };
+        a.indices
+            .iter()
+            .filter_map(|&i| {
+                let t = j.tasks.get(i as usize)?;
+                if t.state != TaskState::Pending {
+                    return None;
+                }
+                let mut entry = t.clone();
+                entry.state = TaskState::Assigned;
+                entry.cluster = Some(a.cluster);
+                Some(self.change(&a.job, i, t, entry, None))
+            })
+            .collect()
+    }
+
+    fn change(
+        &self,
+        job: &str,
+        index: u32,
+        old: &TaskEntry,
+        entry: TaskEntry,
+        note: Option<String>,
+    ) -> TaskChange {
+        let value = serde_json::to_vec(&self.record_of(&entry))
+            .expect("task records serialize: plain strings and integers");
+        TaskChange {
+            job: job.to_string(),
+            index,
+            write: Write::put(self.keys.task(job, index), value, old.expect()),
+            entry,
+            note,
+        }
+    }
+
+    /// Applies committed changes (revision `rev`). Returns, per cluster, the
+    /// tasks newly assigned to it, for its assignment stream.
+    pub fn apply(
+        &mut self,
+        changes: Vec<TaskChange>,
+        rev: Revision,
+    ) -> Vec<(ClusterId, pb::Assignment)> {
+        let mut handed: BTreeMap<(ClusterId, String), Vec<u32>> = BTreeMap::new();
+        let mut notes: BTreeMap<(String, String), u32> = BTreeMap::new();
+        for c in changes {
+            let Some(j) = self.jobs.get_mut(&c.job) else {
+                continue;
+            };
+            let Some(t) = j.tasks.get_mut(c.index as usize) else {
+                continue;
+            };
+            let was_pending = t.state == TaskState::Pending;
+            let is_pending = c.entry.state == TaskState::Pending;
+            *t = c.entry;
+            t.rev = rev;
+            if was_pending && !is_pending {
+                j.pending -= 1;
+                self.pending_tasks -= 1;
+            } else if !was_pending && is_pending {
+                j.pending += 1;
+                self.pending_tasks += 1;
+            }
+            if t.state == TaskState::Assigned && was_pending {
+                if let Some(cluster) = t.cluster {
+                    handed
+                        .entry((cluster, c.job.clone()))
+                        .or_default()
+                        .push(c.index);
+                }
+            }
+            if let Some(n) = c.note {
+                *notes.entry((c.job, n)).or_insert(0) += 1;
+            }
+        }
+        for ((job, note), n) in notes {
+            if let Some(j) = self.jobs.get_mut(&job) {
+                let (kind, text) = note.split_once(':').unwrap_or((note.as_str(), ""));
+                let e = event(&job, kind, format!("{n} task(s){text}"));
+                push_event(&self.events, j, e);
+            }
+        }
+        let mut out = Vec::with_capacity(handed.len());
+        for ((cluster, job), indices) in handed {
+            let Some(j) = self.jobs.get_mut(&job) else {
+                continue;
+            };
+            let request = j.job.spec.request;
+            self.registry
+                .hand_over(cluster, &request, indices.len() as u64);
+            let e = event(
+                &job,
+                "assigned",
+                format!(
+                    "{} task(s) assigned to cluster {}",
+                    indices.len(),
+                    self.registry.name(cluster)
+                ),
+            );
+            push_event(&self.events, j, e);
+            out.push((cluster, assignment_message(j, indices)));
+        }
+        out
+    }
+
+    /// Every task currently assigned to `cluster` and not placed, for a
+    /// (re)connecting agent; and the cancelled jobs with tasks there.
+    pub fn assigned_to(&self, cluster: ClusterId) -> pb::AssignmentBatch {
+        let mut batch = pb::AssignmentBatch::default();
+        for j in self.jobs.values() {
+            let indices: Vec<u32> = j
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.cluster == Some(cluster) && t.state == TaskState::Assigned)
+                .map(|(i, _)| i as u32)
+                .collect();
+            if j.record.cancelled {
+                if j.tasks
+                    .iter()
+                    .any(|t| t.cluster == Some(cluster) && !t.state.is_final())
+                {
+                    batch.cancelled_jobs.push(j.record.name.clone());
+                }
+            } else if !indices.is_empty() {
+                batch.assignments.push(assignment_message(j, indices));
+            }
+        }
+        batch
+    }
+
+    // ---- reports from clusters ----
+
+    /// The change a cluster's task report asks for; `None` when it is stale
+    /// (the task is not that cluster's any more) or changes nothing.
+    pub fn report_change(&self, cluster: ClusterId, r: &pb::TaskReport) -> Option<TaskChange> {
+        let j = self.jobs.get(&r.job)?;
+        let t = j.tasks.get(r.index as usize)?;
+        if t.cluster != Some(cluster) || t.state.is_final() {
+            return None;
+        }
+        let state = match pb::TaskState::try_from(r.state).ok()? {
+            pb::TaskState::Placed => TaskState::Placed,
+            pb::TaskState::Running => TaskState::Running,
+            pb::TaskState::Succeeded => TaskState::Succeeded,
+            pb::TaskState::Failed => TaskState::Failed,
+            pb::TaskState::Lost => TaskState::Lost,
+            _ => return None,
+        };
+        let mut entry = t.clone();
+        entry.state = state;
+        if !r.machine.is_empty() {
+            entry.machine = Some(r.machine.clone());
+        }
+        if r.exit_code.is_some() {
+            entry.exit_code = r.exit_code;
+        }
+        if entry == *t {
+            return None;
+        }
+        let note = match state {
+            TaskState::Failed => Some(format!(
+                "failed: failed (exit code {})",
+                r.exit_code.map_or("unknown".to_string(), |c| c.to_string())
+            )),
+            TaskState::Lost => Some("lost: lost".to_string()),
+            TaskState::Succeeded => Some("succeeded: succeeded".to_string()),
+            TaskState::Placed => Some(format!(
+                "placed: placed on cluster {}",
+                self.registry.name(cluster)
+            )),
+            _ => None,
+        };
+        Some(self.change(&r.job, r.index, t, entry, note))
+    }
+
+    /// The changes that return tasks a cluster cannot place to `pending`,
+    /// remembering the cluster so the next pass tries another.
+    pub fn hand_back_changes(&self, cluster: ClusterId, h: &pb::HandBack) -> Vec<TaskChange> {
+        let Some(j) = self.jobs.get(&h.job) else {
+            return Vec::new();
+        };
+        let note = format!(
+            "handed_back: handed back by cluster {}: {}",
+            self.registry.name(cluster),
+            h.reason
+        );
+        h.indices
+            .iter()
+            .filter_map(|&i| {
+                let t = j.tasks.get(i as usize)?;
+                if t.cluster != Some(cluster)
+                    || !matches!(t.state, TaskState::Assigned | TaskState::Lost)
+                {
+                    return None;
+                }
+                let mut entry = t.clone();
+                entry.state = TaskState::Pending;
+                entry.cluster = None;
+                entry.machine = None;
+                if !entry.handed_back.contains(&cluster) {
+                    entry.handed_back.push(cluster);
+                }
+                Some(self.change(&h.job, i, t, entry, Some(note.clone())))
+            })
+            .collect()
+    }
+
+    // ---- cancel ----
+
+    /// The write that marks `name` cancelled.
+    pub fn cancel_write(&self, name: &str) -> Option<(JobRecord, Write)> {
+        let j = self.jobs.get(name)?;
+        let mut record = j.record.clone();
+        record.cancelled = true;
+        let value = serde_json::to_vec(&record).expect("job records serialize");
+        let write = Write::put(self.keys.job(name), value, Expect::ModRevision(j.rev));
+        Some((record, write))
+    }
+
+    /// Applies a committed cancel; returns the clusters holding its
+    /// unfinished tasks.
+    pub fn apply_cancel(&mut self, record: JobRecord, rev: Revision) -> Vec<ClusterId> {
+        let Some(j) = self.jobs.get_mut(&record.name) else {
+            return Vec::new();
+        };
+        j.record = record;
+        j.rev = rev;
+        let mut clusters: Vec<ClusterId> = j
+            .tasks
+            .iter()
+            .filter(|t| !t.state.is_final())
+            .filter_map(|t| t.cluster)
+            .collect();
+        clusters.sort();
+        clusters.dedup();
+        let name = j.record.name.clone();
+        push_event(
+            &self.events,
+            j,
+            event(&name, "cancelled", "job cancelled".to_string()),
+        );
+        clusters
+    }
+
+    pub fn push_job_event(&mut self, job: &str, kind: &str, message: String) {
+        if let Some(j) = self.jobs.get_mut(job) {
+            push_event(&self.events, j, event(job, kind, message));
+        }
+    }
+
+    // ---- views ----
+
+    pub fn job_state(j: &JobEntry) -> pb::JobState {
+        if j.record.cancelled {
+            return pb::JobState::Cancelled;
+        }
+        let mut all_final = true;
+        let mut any_failed = false;
+        let mut any_started = false;
+        for t in &j.tasks {
+            all_final &= t.state.is_final();
+            any_failed |= t.state == TaskState::Failed;
+            any_started |= !matches!(t.state, TaskState::Pending | TaskState::Assigned);
+        }
+        match (all_final, any_failed, any_started) {
+            (true, true, _) => pb::JobState::Failed,
+            (true, false, _) => pb::JobState::Succeeded,
+            (false, _, true) => pb::JobState::Running,
+            _ => pb::JobState::Pending,
+        }
+    }
+
+    pub fn summary(j: &JobEntry) -> pb::JobSummary {
+        let mut c = pb::TaskCounts::default();
+        for t in &j.tasks {
+            match t.state {
+                TaskState::Pending => c.pending += 1,
+                TaskState::Assigned => c.assigned += 1,
+                TaskState::Placed => c.placed += 1,
+                TaskState::Running => c.running += 1,
+                TaskState::Succeeded => c.succeeded += 1,
+                TaskState::Failed => c.failed += 1,
+                TaskState::Lost => c.lost += 1,
+            }
+        }
+        pb::JobSummary {
+            name: j.record.name.clone(),
+            state: Self::job_state(j) as i32,
+            tasks: j.record.tasks,
+            counts: Some(c),
+            submitted_unix_ms: j.record.submitted_unix_ms,
+            request: Some(to_pb_resources(&j.job.spec.request)),
+            priority: j.record.priority,
+            locality: j.record.locality.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn status(&self, j: &JobEntry) -> pb::JobStatus {
+        let r = &j.record;
+        pb::JobStatus {
+            summary: Some(Self::summary(j)),
+            spec: Some(pb::JobSpec {
+                name: r.name.clone(),
+                tasks: i64::from(r.tasks),
+                resources: Some(pb::ResourceRequest {
+                    cpu: r.request_text.get("cpu").cloned().unwrap_or_default(),
+                    memory: r.request_text.get("memory").cloned().unwrap_or_default(),
+                    disk: r.request_text.get("disk").cloned(),
+                    gpu: r.request_text.get("gpu").cloned(),
+                }),
+                priority: Some(i64::from(r.priority)),
+                locality: r.locality.clone(),
+                constraints: r.constraints.clone().into_iter().collect(),
+                command: r.command.clone(),
+            }),
+            tasks: j
+                .tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| pb::TaskStatus {
+                    index: i as u32,
+                    state: to_pb_state(t.state) as i32,
+                    cluster: t
+                        .cluster
+                        .map(|c| self.registry.name(c).to_string())
+                        .unwrap_or_default(),
+                    machine: t.machine.clone().unwrap_or_default(),
+                    exit_code: t.exit_code,
+                })
+                .collect(),
+        }
+    }
+
+    /// Why `j`'s unfinished tasks are where they are, one line per reason:
+    /// pending tasks get the core's ranking of every cluster right now.
+    pub fn pending_reasons(&self, j: &JobEntry) -> Vec<String> {
+        let mut out = Vec::new();
+        if j.record.cancelled {
+            return out;
+        }
+        let summaries = self.registry.summaries();
+        let ranker = Ranker::new(&self.policy, self.registry.locality());
+        let mut groups: BTreeMap<Vec<ClusterId>, u32> = BTreeMap::new();
+        let mut waiting: BTreeMap<ClusterId, u32> = BTreeMap::new();
+        for t in &j.tasks {
+            match t.state {
+                TaskState::Pending => *groups.entry(t.handed_back.clone()).or_insert(0) += 1,
+                TaskState::Assigned => {
+                    if let Some(c) = t.cluster {
+                        *waiting.entry(c).or_insert(0) += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (handed_back, n) in groups {
+            if summaries.is_empty() {
+                out.push(format!(
+                    "{n} task(s) pending: no cluster has registered yet"
+                ));
+                continue;
+            }
+            let ranking = ranker.rank(&j.job, &summaries, &handed_back);
+            match ranking.best() {
+                Some(best) => out.push(format!(
+                    "{n} task(s) pending: about to be assigned (best cluster: {})",
+                    self.registry.name(best)
+                )),
+                None => {
+                    out.push(format!(
+                        "{n} task(s) pending: {}",
+                        unschedulable_reason(&ranking, &summaries)
+                    ));
+                    for f in &ranking.filtered {
+                        out.push(format!(
+                            "  cluster {}: {} ({})",
+                            self.registry.name(f.cluster),
+                            f.rejection,
+                            f.filter
+                        ));
+                    }
+                }
+            }
+        }
+        for (c, n) in waiting {
+            out.push(format!(
+                "{n} task(s) assigned to cluster {}, waiting for a machine{}",
+                self.registry.name(c),
+                if self.registry.entries()[c.0 as usize].summary.up {
+                    ""
+                } else {
+                    " (the cluster is down)"
+                }
+            ));
+        }
+        out
+    }
+}
+
+/// How many tasks of `request` fit in `free`, resource by resource.
+fn fit_count(free: &Resources, request: &Resources) -> u64 {
+    ResourceKind::ALL
+        .iter()
+        .filter(|&&k| request.get(k) > 0)
+        .map(|&k| free.get(k) / request.get(k))
+        .min()
+        .unwrap_or(u64::MAX)
+}
+
+fn unschedulable_reason(
+    ranking: &sched_core::rank::Ranking,
+    summaries: &[sched_core::cluster::ClusterSummary],
+) -> String {
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for f in &ranking.filtered {
+        *counts.entry(f.rejection.summary()).or_insert(0) += 1;
+    }
+    let mut parts: Vec<(String, u32)> = counts.into_iter().collect();
+    parts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let list: Vec<String> = parts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    format!(
+        "0/{} clusters can take it: {}",
+        summaries.len(),
+        list.join(", ")
+    )
+}
+
+fn unknown_location(field: &str, name: &str, known: &[String]) -> SpecError {
+    SpecError::new(
+        format!("{field}.locality"),
+        format!("unknown location {name:?} (known: {})", known.join(", ")),
+    )
+}
+
+fn job_record(spec: JobSpec, submission_id: &str, now_ms: i64) -> JobRecord {
+    use sched_core::resources::{format_bytes, format_cpu, format_gpu};
+    let r = spec.request;
+    let mut text = BTreeMap::new();
+    text.insert("cpu".to_string(), format_cpu(r.cpu));
+    text.insert("memory".to_string(), format_bytes(r.memory));
+    if r.disk.0 > 0 {
+        text.insert("disk".to_string(), format_bytes(r.disk));
+    }
+    if r.gpu.0 > 0 {
+        text.insert("gpu".to_string(), format_gpu(r.gpu));
+    }
+    JobRecord {
+        name: spec.name,
+        tasks: spec.tasks,
+        request: spec.request.into(),
+        request_text: text,
+        priority: spec.priority,
+        locality: spec.locality,
+        constraints: spec.constraints,
+        command: spec.command,
+        submission_id: submission_id.to_string(),
+        submitted_unix_ms: now_ms,
+        cancelled: false,
+    }
+}
+
+fn spec_of(r: &JobRecord) -> JobSpec {
+    JobSpec {
+        name: r.name.clone(),
+        tasks: r.tasks,
+        request: r.request.into(),
+        priority: r.priority,
+        locality: r.locality.clone(),
+        constraints: r.constraints.clone(),
+        command: r.command.clone(),
+    }
+}
+
+fn assignment_message(j: &JobEntry, indices: Vec<u32>) -> pb::Assignment {
+    pb::Assignment {
+        job: j.record.name.clone(),
+        indices,
+        request: Some(to_pb_resources(&j.job.spec.request)),
+        constraints: j.record.constraints.clone().into_iter().collect(),
+        command: j.record.command.clone(),
+        priority: j.record.priority,
+    }
+}
+
+pub fn to_pb_resources(r: &Resources) -> pb::Resources {
+    let [cpu_millis, memory_bytes, disk_bytes, gpu_millis] = r.as_array();
+    pb::Resources {
+        cpu_millis,
+        memory_bytes,
+        disk_bytes,
+        gpu_millis,
+    }
+}
+
+pub fn from_pb_resources(r: Option<&pb::Resources>) -> Resources {
+    r.map_or(Resources::ZERO, |r| {
+        Resources::from_array([r.cpu_millis, r.memory_bytes, r.disk_bytes, r.gpu_millis])
+    })
+}
+
+pub fn to_pb_state(s: TaskState) -> pb::TaskState {
+    match s {
+        TaskState::Pending => pb::TaskState::Pending,
+        TaskState::Assigned => pb::TaskState::Assigned,
+        TaskState::Placed => pb::TaskState::Placed,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::Succeeded => pb::TaskState::Succeeded,
+        TaskState::Failed => pb::TaskState::Failed,
+        TaskState::Lost => pb::TaskState::Lost,
+    }
+}
+
+fn event(job: &str, kind: &str, message: String) -> pb::Event {
+    pb::Event {
+        unix_ms: crate::now_unix_ms(),
+        job: job.to_string(),
+        kind: kind.to_string(),
+        message,
+    }
+}
+
+fn push_event(tx: &broadcast::Sender<pb::Event>, j: &mut JobEntry, e: pb::Event) {
+    if j.events.len() == EVENTS_PER_JOB {
+        j.events.pop_front();
+    }
+    j.events.push_back(e.clone());
+    // No watcher is not an error.
+    let _ = tx.send(e);
+}
