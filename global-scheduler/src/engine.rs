@@ -70,6 +70,7 @@ pub struct Limits {
     /// Jobs in one submit call.
     pub max_jobs_per_submit: usize,
     pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
     /// Tasks one scheduling pass assigns at most.
     pub pass_size: u64,
 }
@@ -155,6 +156,17 @@ impl Engine {
         let mut tick = tokio::time::interval(self.shared.limits.heartbeat_interval / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_pass = Instant::now();
+        // After a restart, give the clusters known from the store one
+        // heartbeat timeout to report in before assigning anything, so that
+        // the first pass does not send everything to whichever cluster
+        // reconnected first.
+        let warmup_until = Instant::now() + self.shared.limits.heartbeat_timeout;
+        let shared = self.shared.clone();
+        let warming_up = move || {
+            let state = shared.state();
+            let clusters = state.registry.entries();
+            Instant::now() < warmup_until && clusters.iter().any(|c| !c.summary.up)
+        };
         loop {
             let schedule = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -180,7 +192,7 @@ impl Engine {
                     last_pass.elapsed() >= Duration::from_secs(1)
                 }
             };
-            if schedule {
+            if schedule && !warming_up() {
                 last_pass = Instant::now();
                 self.schedule().await;
             }

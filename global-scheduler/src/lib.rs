@@ -114,6 +114,7 @@ pub async fn run(
         max_pending_tasks: config.max_pending_tasks,
         max_jobs_per_submit: config.max_jobs_per_submit,
         heartbeat_interval: config.heartbeat_interval,
+        heartbeat_timeout: config.heartbeat_timeout,
         pass_size: u64::from(config.policy.local.batch_size.max(1)),
     };
     let (shared, rx) = Shared::new(state, limits);

@@ -327,7 +327,11 @@ impl State {
                 while !rest.is_empty() {
                     let ranking = ranker.rank(&j.job, &summaries, &handed_back);
                     let Some(best) = ranking.best() else {
-                        why = Some(unschedulable_reason(&ranking, &summaries));
+                        why = Some(if summaries.is_empty() {
+                            "no cluster has registered yet".to_string()
+                        } else {
+                            unschedulable_reason(&ranking, &summaries)
+                        });
                         break;
                     };
                     let s = &mut summaries[best.0 as usize];

@@ -6,9 +6,13 @@
 //! - `simulate`: `schedctl simulate`, the core's simulator over files, with
 //!   a table, JSON, a placements CSV and per-job explanations.
 //! - `policy`: `schedctl policy check`.
+//! - `jobs`: the commands served by the global scheduler (submit, run, get,
+//!   describe, cancel, watch), over `client`'s connection with retries.
 //!
 //! Exit codes: 0 success, 1 error, 2 usage (clap's own).
 
+mod client;
+mod jobs;
 mod policy;
 mod simulate;
 
@@ -24,6 +28,15 @@ use clap::{Parser, Subcommand};
     about = "Control and simulate the cluster scheduler"
 )]
 pub struct Cli {
+    /// The global scheduler's address.
+    #[arg(
+        long,
+        global = true,
+        env = "SCHEDCTL_SERVER",
+        default_value = "http://127.0.0.1:7070",
+        value_name = "URL"
+    )]
+    server: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,13 +49,43 @@ enum Command {
     /// Validate and show scheduling policy files.
     #[command(subcommand)]
     Policy(policy::Command),
+    /// Submit the jobs of a job file.
+    Submit(jobs::SubmitArgs),
+    /// Submit one job from the command line: `schedctl run NAME --cpu 1 --memory 1Gi -- CMD ARGS...`.
+    Run(jobs::RunArgs),
+    /// List jobs or clusters, or show one job.
+    #[command(subcommand)]
+    Get(jobs::GetCommand),
+    /// Show a job in detail, with why its pending tasks are pending.
+    #[command(subcommand)]
+    Describe(jobs::DescribeCommand),
+    /// Cancel a job.
+    Cancel { name: String },
+    /// Follow job events as they happen (all jobs, or one).
+    Watch { job: Option<String> },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let server = cli.server;
     match cli.command {
         Command::Simulate(args) => simulate::run(args),
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Submit(args) => remote(jobs::submit(&server, args)),
+        Command::Run(args) => remote(jobs::run(&server, args)),
+        Command::Get(cmd) => remote(jobs::get(&server, cmd)),
+        Command::Describe(cmd) => remote(jobs::describe(&server, cmd)),
+        Command::Cancel { name } => remote(jobs::cancel(&server, name)),
+        Command::Watch { job } => remote(jobs::watch(&server, job)),
     }
+}
+
+/// Runs a command that talks to the scheduler on a small runtime.
+fn remote(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?
+        .block_on(f)
 }
 
 /// Reads a file, naming it in the error.

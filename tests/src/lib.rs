@@ -1,1 +1,413 @@
-//! End-to-end tests live in `tests/tests/`; this library is empty on purpose.
+//! What the end-to-end tests in `tests/tests/` share:
+//!
+//! - [`Scheduler`]: the real `global-scheduler` binary on a free loopback
+//!   port, killed with SIGKILL and restarted at will;
+//! - [`TestCluster`]: a cluster that speaks the real `sched.v1.Clusters`
+//!   protocol (register, heartbeat, assignment stream, reports) and places
+//!   what it is handed on numbered machines, up to a slot limit, handing
+//!   back the rest. It stands where a local agent stands, so the global
+//!   scheduler can be tested on its own; it records every assignment it
+//!   receives so tests can prove nothing was handed over twice;
+//! - re-exports of the etcd helpers from `sched_store::testing`.
+//!
+//! The binaries are the ones `cargo test --workspace` builds next to the
+//! test executables (`target/<profile>/`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sched_proto::pb;
+use sched_proto::pb::clusters_client::ClustersClient;
+use sched_proto::pb::scheduler_client::SchedulerClient;
+pub use sched_store::testing::{etcd_available, free_port, EtcdServer, Guarded};
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A workspace binary built next to the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("tests run from target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// Starts etcd, or returns `None` (skipping the test) when it is not
+/// installed outside CI. In CI a missing etcd fails the test.
+pub fn etcd() -> Option<EtcdServer> {
+    if !etcd_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "etcd is not installed; CI must install etcd-server"
+        );
+        eprintln!("etcd is not installed: skipping");
+        return None;
+    }
+    Some(EtcdServer::start().expect("start etcd"))
+}
+
+/// The real `global-scheduler` on a loopback port.
+pub struct Scheduler {
+    child: Option<Guarded>,
+    pub port: u16,
+    args: Vec<String>,
+}
+
+impl Scheduler {
+    /// Starts it against `etcd_url` with `extra` arguments, and waits until
+    /// its health service says SERVING.
+    pub async fn start(etcd_url: &str, extra: &[&str]) -> Scheduler {
+        let port = free_port();
+        let mut args = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--etcd".to_string(),
+            etcd_url.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = Scheduler {
+            child: None,
+            port,
+            args,
+        };
+        s.restart().await;
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill();
+        }
+    }
+
+    /// SIGTERM; returns whether it exited within `deadline`.
+    pub fn terminate(&mut self, deadline: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        c.terminate();
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c.kill();
+        false
+    }
+
+    /// Starts it again with the same arguments (same port, same etcd).
+    pub async fn restart(&mut self) {
+        self.kill9();
+        let mut cmd = Command::new(bin("global-scheduler"));
+        cmd.args(&self.args).current_dir(repo());
+        self.child = Some(Guarded::spawn(cmd).expect("start global-scheduler"));
+        wait_serving(&self.url(), Duration::from_secs(30)).await;
+    }
+
+    pub async fn client(&self) -> SchedulerClient<Channel> {
+        SchedulerClient::new(channel(&self.url()))
+    }
+}
+
+/// A lazily connecting channel (calls fail with UNAVAILABLE while the
+/// server is down, and work again once it is back).
+pub fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .expect("a valid URL")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(20))
+        .connect_lazy()
+}
+
+/// Waits until the gRPC health service at `url` reports SERVING.
+pub async fn wait_serving(url: &str, timeout: Duration) {
+    let start = Instant::now();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(url));
+    loop {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        if let Ok(r) = r {
+            if r.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{url} not serving after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout`
+/// saying what it waited for.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How a [`TestCluster`] is made.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub location: String,
+    /// Machines of one class: how many, each with this cpu (millicores) and
+    /// memory (bytes).
+    pub machines: u32,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub labels: BTreeMap<String, String>,
+    /// Tasks it places before handing the rest back.
+    pub slots: usize,
+}
+
+impl ClusterSpec {
+    pub fn new(name: &str, location: &str) -> Self {
+        ClusterSpec {
+            name: name.to_string(),
+            location: location.to_string(),
+            machines: 10,
+            cpu_millis: 32_000,
+            memory_bytes: 128 << 30,
+            labels: BTreeMap::new(),
+            slots: usize::MAX,
+        }
+    }
+}
+
+/// What a test cluster has seen.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterLog {
+    /// Placed tasks: (job, index) -> machine.
+    pub placed: BTreeMap<(String, u32), String>,
+    /// Tasks handed back.
+    pub handed_back: Vec<(String, u32)>,
+    /// Assignments received for a task it already held (resyncs after a
+    /// reconnect resend what is still assigned; those are not counted
+    /// when the task was not yet reported placed).
+    pub repeated: u64,
+    pub cancelled: Vec<String>,
+    /// Reports the scheduler has acknowledged.
+    pub reports_acked: u64,
+}
+
+/// A cluster speaking the real protocol; see the crate docs.
+pub struct TestCluster {
+    pub spec: ClusterSpec,
+    log: Arc<Mutex<ClusterLog>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestCluster {
+    /// Registers with the scheduler at `url` and starts serving it.
+    pub fn start(url: &str, spec: ClusterSpec) -> TestCluster {
+        let log = Arc::new(Mutex::new(ClusterLog::default()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(cluster_loop(
+            channel(url),
+            spec.clone(),
+            log.clone(),
+            stop.clone(),
+        ));
+        TestCluster {
+            spec,
+            log,
+            stop,
+            task,
+        }
+    }
+
+    pub fn log(&self) -> ClusterLog {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Stops heartbeating and reading assignments, as a dead agent would.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+fn class(spec: &ClusterSpec) -> pb::MachineClassStatus {
+    pb::MachineClassStatus {
+        name: "std".to_string(),
+        capacity: Some(pb::Resources {
+            cpu_millis: spec.cpu_millis,
+            memory_bytes: spec.memory_bytes,
+            disk_bytes: 0,
+            gpu_millis: 0,
+        }),
+        labels: spec.labels.clone().into_iter().collect(),
+        count: spec.machines,
+    }
+}
+
+async fn register(
+    c: &mut ClustersClient<Channel>,
+    spec: &ClusterSpec,
+    stop: &CancellationToken,
+) -> Duration {
+    loop {
+        let r = c
+            .register_cluster(pb::RegisterClusterRequest {
+                cluster: spec.name.clone(),
+                location: spec.location.clone(),
+                classes: vec![class(spec)],
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                return Duration::from_millis(u64::from(
+                    r.into_inner().heartbeat_interval_ms.max(50),
+                ))
+            }
+            Err(_) if !stop.is_cancelled() => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => return Duration::from_secs(1),
+        }
+    }
+}
+
+async fn cluster_loop(
+    ch: Channel,
+    spec: ClusterSpec,
+    log: Arc<Mutex<ClusterLog>>,
+    stop: CancellationToken,
+) {
+    let mut c = ClustersClient::new(ch);
+    // Reports not yet acknowledged are resent until they are.
+    let mut unsent = pb::ReportRequest {
+        cluster: spec.name.clone(),
+        tasks: Vec::new(),
+        handed_back: Vec::new(),
+    };
+    let mut allocated_tasks: Vec<pb::Resources> = Vec::new();
+    'connect: while !stop.is_cancelled() {
+        let interval = register(&mut c, &spec, &stop).await;
+        let mut stream = match c
+            .assignments(pb::AssignmentsRequest {
+                cluster: spec.name.clone(),
+            })
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let mut beat = tokio::time::interval(interval);
+        loop {
+            if !unsent.tasks.is_empty() || !unsent.handed_back.is_empty() {
+                if c.report(unsent.clone()).await.is_ok() {
+                    log.lock().unwrap().reports_acked += 1;
+                    unsent.tasks.clear();
+                    unsent.handed_back.clear();
+                } else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'connect;
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = beat.tick() => {
+                    let allocated = allocated_tasks.iter().fold(pb::Resources::default(), |mut a, r| {
+                        a.cpu_millis += r.cpu_millis;
+                        a.memory_bytes += r.memory_bytes;
+                        a
+                    });
+                    match c.heartbeat(pb::HeartbeatRequest {
+                        cluster: spec.name.clone(),
+                        classes: vec![class(&spec)],
+                        allocated: Some(allocated),
+                        queued: None,
+                        queue_len: 0,
+                    }).await {
+                        Ok(r) if r.get_ref().register_again => continue 'connect,
+                        Ok(_) => {}
+                        Err(_) => continue 'connect,
+                    }
+                }
+                batch = stream.next() => {
+                    let Some(Ok(batch)) = batch else { continue 'connect };
+                    let mut log = log.lock().unwrap();
+                    log.cancelled.extend(batch.cancelled_jobs);
+                    for a in batch.assignments {
+                        let mut back = Vec::new();
+                        for i in a.indices {
+                            let key = (a.job.clone(), i);
+                            if log.placed.contains_key(&key) {
+                                log.repeated += 1;
+                                continue;
+                            }
+                            if log.placed.len() >= spec.slots {
+                                back.push(i);
+                                log.handed_back.push(key);
+                                continue;
+                            }
+                            let machine = format!("{}-m{}", spec.name, log.placed.len() as u32 % spec.machines.max(1));
+                            log.placed.insert(key, machine.clone());
+                            allocated_tasks.push(a.request.unwrap_or_default());
+                            unsent.tasks.push(pb::TaskReport {
+                                job: a.job.clone(),
+                                index: i,
+                                state: pb::TaskState::Placed as i32,
+                                machine,
+                                exit_code: None,
+                            });
+                        }
+                        if !back.is_empty() {
+                            unsent.handed_back.push(pb::HandBack {
+                                job: a.job.clone(),
+                                indices: back,
+                                reason: format!("{} has no free slot", spec.name),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The connection to the global scheduler, and retries.
+//!
+//! Calls that fail with UNAVAILABLE (the scheduler is down or restarting,
+//! or etcd is) or RESOURCE_EXHAUSTED (its queues are full) are retried with
+//! "full jitter" exponential backoff: sleep a random time in
+//! `[0, min(cap, base * 2^attempt)]` (AWS Architecture Blog, "Exponential
+//! Backoff And Jitter", 2015), so that many clients do not retry in step.
+
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sched_proto::pb::scheduler_client::SchedulerClient;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// First backoff step; doubles up to [`BACKOFF_CAP`].
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// Connects lazily: an unreachable server shows up as UNAVAILABLE on the
+/// first call, where it is retried like any other.
+pub fn connect(server: &str) -> anyhow::Result<SchedulerClient<Channel>> {
+    let endpoint = Channel::from_shared(server.to_string())
+        .with_context(|| format!("--server: {server:?} is not a URL (like http://127.0.0.1:7070)"))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30));
+    Ok(SchedulerClient::new(endpoint.connect_lazy()).max_decoding_message_size(256 << 20))
+}
+
+/// A random number, without a dependency: std's hasher keys are random per
+/// process, and the time varies per call.
+pub fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+pub fn retryable(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::ResourceExhausted)
+}
+
+/// Whether `s` is worth retrying: the transient codes, and tonic's report
+/// of a connection that could not be made or broke (`UNKNOWN: transport
+/// error`), which is the server being down, not a refusal.
+pub fn transient(s: &Status) -> bool {
+    retryable(s.code()) || (s.code() == Code::Unknown && s.message().contains("transport error"))
+}
+
+/// The backoff before retry number `attempt` (0-based).
+pub fn backoff(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    let ms = ceiling.as_millis() as u64;
+    Duration::from_millis(random_u64() % (ms + 1))
+}
+
+/// Runs `call` until it succeeds, fails with a code that is not worth
+/// retrying, or `deadline` passes.
+pub async fn retry<T, F, Fut>(deadline: Duration, mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let start = Instant::now();
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(s) if transient(&s) && start.elapsed() < deadline => {
+                let wait = backoff(attempt);
+                note_retry(&s, attempt, wait);
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            Err(s) => return Err(s),
+        }
+    }
+}
+
+fn note_retry(s: &Status, attempt: u32, wait: Duration) {
+    if attempt == 0 || attempt % 5 == 4 {
+        eprintln!(
+            "schedctl: {} ({}); retrying in {} ms",
+            code_name(s.code()),
+            s.message(),
+            wait.as_millis()
+        );
+    }
+}
+
+/// `INVALID_ARGUMENT`, as gRPC spells codes.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// An error for the user: the code and the server's message.
+pub fn status_error(s: Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", code_name(s.code()), s.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        for attempt in 0..40 {
+            let b = backoff(attempt);
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1 << attempt.min(16))
+                .min(BACKOFF_CAP);
+            assert!(b <= ceiling, "attempt {attempt}: {b:?} > {ceiling:?}");
+        }
+        // Full jitter: not every draw is the ceiling.
+        let draws: std::collections::BTreeSet<_> = (0..20).map(|_| backoff(10)).collect();
+        assert!(draws.len() > 1);
+    }
+
+    #[test]
+    fn only_transient_codes_are_retried() {
+        assert!(retryable(Code::Unavailable));
+        assert!(retryable(Code::ResourceExhausted));
+        assert!(!retryable(Code::InvalidArgument));
+        assert!(!retryable(Code::NotFound));
+    }
+}

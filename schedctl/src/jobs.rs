@@ -1,0 +1,727 @@
+//! The commands that talk to the global scheduler: submit, run, get,
+//! describe, cancel, watch.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use sched_core::resources::{format_bytes, format_cpu, format_gpu, Resources};
+use sched_proto::pb;
+use sched_proto::pb::scheduler_client::SchedulerClient;
+use serde::Serialize;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::client::{connect, random_u64, retry, status_error};
+
+/// How long a call keeps retrying UNAVAILABLE and RESOURCE_EXHAUSTED.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The job file (see DESIGN.md: `jobs: [{name, tasks, resources, ...}]`).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: PathBuf,
+    /// Wait, with a progress bar, until every task is placed on a machine.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this many seconds (exit 1).
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The job's name.
+    name: String,
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+    tasks: i64,
+    /// Cpu per task: cores (`2`, `0.5`) or millicores (`500m`).
+    #[arg(long, value_name = "Q", allow_hyphen_values = true)]
+    cpu: String,
+    /// Memory per task: bytes or with a suffix (`512Mi`, `2Gi`, `1G`).
+    #[arg(long, value_name = "Q", allow_hyphen_values = true)]
+    memory: String,
+    #[arg(long, value_name = "Q", allow_hyphen_values = true)]
+    disk: Option<String>,
+    #[arg(long, value_name = "Q", allow_hyphen_values = true)]
+    gpu: Option<String>,
+    #[arg(long, allow_hyphen_values = true)]
+    priority: Option<i64>,
+    /// Preferred location.
+    #[arg(long, value_name = "L")]
+    locality: Option<String>,
+    /// Machine labels the tasks require, `k=v,...`.
+    #[arg(long, value_name = "K=V,...", value_delimiter = ',')]
+    constraints: Vec<String>,
+    #[arg(long)]
+    wait: bool,
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    timeout: u64,
+    /// The command each task runs, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum GetCommand {
+    /// Every job, one line each.
+    Jobs {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+        /// Only jobs in this state.
+        #[arg(long, value_parser = ["pending", "running", "succeeded", "failed", "cancelled"])]
+        state: Option<String>,
+    },
+    /// One job and its tasks.
+    Job {
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// The clusters that registered, with their load.
+    Clusters {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DescribeCommand {
+    /// A job: its spec, tasks, why pending tasks are pending, its events.
+    Job { name: String },
+}
+
+async fn client(server: &str) -> anyhow::Result<SchedulerClient<Channel>> {
+    connect(server)
+}
+
+fn submission_id() -> String {
+    format!("{:016x}", random_u64())
+}
+
+pub async fn submit(server: &str, args: SubmitArgs) -> anyhow::Result<()> {
+    let yaml = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let request = pb::SubmitRequest {
+        yaml,
+        jobs: Vec::new(),
+        submission_id: submission_id(),
+    };
+    submit_request(server, request, args.wait, args.timeout).await
+}
+
+pub async fn run(server: &str, args: RunArgs) -> anyhow::Result<()> {
+    let mut constraints = std::collections::HashMap::new();
+    for c in &args.constraints {
+        let Some((k, v)) = c.split_once('=') else {
+            bail!("--constraints: {c:?} is not key=value");
+        };
+        constraints.insert(k.to_string(), v.to_string());
+    }
+    let job = pb::JobSpec {
+        name: args.name,
+        tasks: args.tasks,
+        resources: Some(pb::ResourceRequest {
+            cpu: args.cpu,
+            memory: args.memory,
+            disk: args.disk,
+            gpu: args.gpu,
+        }),
+        priority: args.priority,
+        locality: args.locality,
+        constraints,
+        command: args.command,
+    };
+    let request = pb::SubmitRequest {
+        yaml: String::new(),
+        jobs: vec![job],
+        submission_id: submission_id(),
+    };
+    submit_request(server, request, args.wait, args.timeout).await
+}
+
+async fn submit_request(
+    server: &str,
+    request: pb::SubmitRequest,
+    wait: bool,
+    timeout: u64,
+) -> anyhow::Result<()> {
+    let mut c = client(server).await?;
+    // The same submission id on every attempt: a retry after a lost answer
+    // is recognised, not refused as a duplicate.
+    let resp = retry(RETRY_FOR, || {
+        let mut c = c.clone();
+        let r = request.clone();
+        async move { c.submit(r).await }
+    })
+    .await
+    .map_err(status_error)?
+    .into_inner();
+    for j in &resp.jobs {
+        println!("job/{j} submitted");
+    }
+    if wait {
+        wait_placed(&mut c, &resp.jobs, resp.tasks, Duration::from_secs(timeout)).await?;
+    }
+    Ok(())
+}
+
+/// Polls the jobs until every task is on a machine (or finished).
+async fn wait_placed(
+    c: &mut SchedulerClient<Channel>,
+    jobs: &[String],
+    total: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} placed {pos}/{len} tasks [{bar:30}] {elapsed} {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let start = Instant::now();
+    loop {
+        let mut placed = 0u64;
+        let mut cancelled = Vec::new();
+        for name in jobs {
+            let s = retry(RETRY_FOR, || {
+                let mut c = c.clone();
+                let name = name.clone();
+                async move { c.get_job(pb::GetJobRequest { name }).await }
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+            let summary = s.summary.unwrap_or_default();
+            let n = summary.counts.unwrap_or_default();
+            placed += u64::from(n.placed + n.running + n.succeeded + n.failed);
+            if summary.state == pb::JobState::Cancelled as i32 {
+                cancelled.push(name.clone());
+            }
+        }
+        bar.set_position(placed);
+        if placed >= total {
+            bar.finish_with_message("done");
+            return Ok(());
+        }
+        if !cancelled.is_empty() {
+            bar.abandon();
+            bail!("cancelled while waiting: {}", cancelled.join(", "));
+        }
+        if start.elapsed() > timeout {
+            bar.abandon();
+            bail!(
+                "{placed}/{total} tasks placed after {} s; `schedctl describe job NAME` says why",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+// ---- views: what -o json / yaml print ----
+
+#[derive(Serialize)]
+struct RequestView {
+    cpu: String,
+    memory: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disk: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu: Option<String>,
+}
+
+#[derive(Serialize, Default)]
+struct CountsView {
+    pending: u32,
+    assigned: u32,
+    placed: u32,
+    running: u32,
+    succeeded: u32,
+    failed: u32,
+    lost: u32,
+}
+
+#[derive(Serialize)]
+struct JobSummaryView {
+    name: String,
+    state: &'static str,
+    task_count: u32,
+    counts: CountsView,
+    request: RequestView,
+    priority: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locality: Option<String>,
+    submitted_unix_ms: i64,
+}
+
+#[derive(Serialize)]
+struct TaskView {
+    index: u32,
+    state: &'static str,
+    cluster: Option<String>,
+    machine: Option<String>,
+    exit_code: Option<i32>,
+}
+
+#[derive(Serialize)]
+struct JobView {
+    #[serde(flatten)]
+    summary: JobSummaryView,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    command: Vec<String>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    constraints: std::collections::BTreeMap<String, String>,
+    tasks: Vec<TaskView>,
+}
+
+#[derive(Serialize)]
+struct ClusterView {
+    name: String,
+    location: String,
+    up: bool,
+    machines: u32,
+    capacity: RequestView,
+    allocated: RequestView,
+    queued: RequestView,
+    queue_len: u64,
+    last_heartbeat_unix_ms: i64,
+}
+
+fn resources(r: Option<&pb::Resources>) -> Resources {
+    r.map_or(Resources::ZERO, |r| {
+        Resources::from_array([r.cpu_millis, r.memory_bytes, r.disk_bytes, r.gpu_millis])
+    })
+}
+
+fn request_view(r: Option<&pb::Resources>) -> RequestView {
+    let r = resources(r);
+    RequestView {
+        cpu: format_cpu(r.cpu),
+        memory: format_bytes(r.memory),
+        disk: (r.disk.0 > 0).then(|| format_bytes(r.disk)),
+        gpu: (r.gpu.0 > 0).then(|| format_gpu(r.gpu)),
+    }
+}
+
+pub fn job_state_name(s: i32) -> &'static str {
+    match pb::JobState::try_from(s) {
+        Ok(pb::JobState::Pending) => "pending",
+        Ok(pb::JobState::Running) => "running",
+        Ok(pb::JobState::Succeeded) => "succeeded",
+        Ok(pb::JobState::Failed) => "failed",
+        Ok(pb::JobState::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+fn task_state_name(s: i32) -> &'static str {
+    match pb::TaskState::try_from(s) {
+        Ok(pb::TaskState::Pending) => "pending",
+        Ok(pb::TaskState::Assigned) => "assigned",
+        Ok(pb::TaskState::Placed) => "placed",
+        Ok(pb::TaskState::Running) => "running",
+        Ok(pb::TaskState::Succeeded) => "succeeded",
+        Ok(pb::TaskState::Failed) => "failed",
+        Ok(pb::TaskState::Lost) => "lost",
+        _ => "unknown",
+    }
+}
+
+fn summary_view(s: &pb::JobSummary) -> JobSummaryView {
+    let c = s.counts.unwrap_or_default();
+    JobSummaryView {
+        name: s.name.clone(),
+        state: job_state_name(s.state),
+        task_count: s.tasks,
+        counts: CountsView {
+            pending: c.pending,
+            assigned: c.assigned,
+            placed: c.placed,
+            running: c.running,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            lost: c.lost,
+        },
+        request: request_view(s.request.as_ref()),
+        priority: s.priority,
+        locality: (!s.locality.is_empty()).then(|| s.locality.clone()),
+        submitted_unix_ms: s.submitted_unix_ms,
+    }
+}
+
+fn job_view(s: &pb::JobStatus) -> JobView {
+    let spec = s.spec.clone().unwrap_or_default();
+    JobView {
+        summary: summary_view(&s.summary.clone().unwrap_or_default()),
+        command: spec.command,
+        constraints: spec.constraints.into_iter().collect(),
+        tasks: s
+            .tasks
+            .iter()
+            .map(|t| TaskView {
+                index: t.index,
+                state: task_state_name(t.state),
+                cluster: (!t.cluster.is_empty()).then(|| t.cluster.clone()),
+                machine: (!t.machine.is_empty()).then(|| t.machine.clone()),
+                exit_code: t.exit_code,
+            })
+            .collect(),
+    }
+}
+
+fn print_structured<T: Serialize>(value: &T, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Format::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        Format::Table => unreachable!("tables are printed by each command"),
+    }
+    Ok(())
+}
+
+/// Columns padded to their widest cell.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+fn age(unix_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return "-".to_string();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let s = ((now - unix_ms) / 1000).max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+pub async fn get(server: &str, cmd: GetCommand) -> anyhow::Result<()> {
+    let c = client(server).await?;
+    match cmd {
+        GetCommand::Jobs { output, state } => {
+            let state = match state.as_deref() {
+                None => pb::JobState::Unspecified,
+                Some("pending") => pb::JobState::Pending,
+                Some("running") => pb::JobState::Running,
+                Some("succeeded") => pb::JobState::Succeeded,
+                Some("failed") => pb::JobState::Failed,
+                Some(_) => pb::JobState::Cancelled,
+            } as i32;
+            let jobs = retry(RETRY_FOR, || {
+                let mut c = c.clone();
+                async move { c.list_jobs(pb::ListJobsRequest { state }).await }
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .jobs;
+            if output != Format::Table {
+                let views: Vec<JobSummaryView> = jobs.iter().map(summary_view).collect();
+                return print_structured(&views, output);
+            }
+            let rows = jobs
+                .iter()
+                .map(|j| {
+                    let n = j.counts.unwrap_or_default();
+                    vec![
+                        j.name.clone(),
+                        job_state_name(j.state).to_string(),
+                        j.tasks.to_string(),
+                        n.pending.to_string(),
+                        n.assigned.to_string(),
+                        (n.placed + n.running).to_string(),
+                        n.succeeded.to_string(),
+                        n.failed.to_string(),
+                        age(j.submitted_unix_ms),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "NAME",
+                        "STATE",
+                        "TASKS",
+                        "PENDING",
+                        "ASSIGNED",
+                        "PLACED",
+                        "SUCCEEDED",
+                        "FAILED",
+                        "AGE"
+                    ],
+                    rows
+                )
+            );
+        }
+        GetCommand::Job { name, output } => {
+            let s = get_job(&c, &name).await?;
+            if output != Format::Table {
+                return print_structured(&job_view(&s), output);
+            }
+            let v = job_view(&s);
+            println!(
+                "job/{}  {}  {} task(s)",
+                v.summary.name, v.summary.state, v.summary.task_count
+            );
+            let rows = v
+                .tasks
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.index.to_string(),
+                        t.state.to_string(),
+                        t.cluster.clone().unwrap_or_else(|| "-".into()),
+                        t.machine.clone().unwrap_or_else(|| "-".into()),
+                        t.exit_code.map_or("-".into(), |c| c.to_string()),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["INDEX", "STATE", "CLUSTER", "MACHINE", "EXIT"], rows)
+            );
+        }
+        GetCommand::Clusters { output } => {
+            let clusters = retry(RETRY_FOR, || {
+                let mut c = c.clone();
+                async move { c.list_clusters(pb::ListClustersRequest {}).await }
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .clusters;
+            if output != Format::Table {
+                let views: Vec<ClusterView> = clusters
+                    .iter()
+                    .map(|c| ClusterView {
+                        name: c.name.clone(),
+                        location: c.location.clone(),
+                        up: c.up,
+                        machines: c.machines,
+                        capacity: request_view(c.capacity.as_ref()),
+                        allocated: request_view(c.allocated.as_ref()),
+                        queued: request_view(c.queued.as_ref()),
+                        queue_len: c.queue_len,
+                        last_heartbeat_unix_ms: c.last_heartbeat_unix_ms,
+                    })
+                    .collect();
+                return print_structured(&views, output);
+            }
+            let rows = clusters
+                .iter()
+                .map(|c| {
+                    let cap = resources(c.capacity.as_ref());
+                    let alloc = resources(c.allocated.as_ref());
+                    vec![
+                        c.name.clone(),
+                        c.location.clone(),
+                        if c.up { "up" } else { "down" }.to_string(),
+                        c.machines.to_string(),
+                        format!("{}/{}", format_cpu(alloc.cpu), format_cpu(cap.cpu)),
+                        format!(
+                            "{}/{}",
+                            format_bytes(alloc.memory),
+                            format_bytes(cap.memory)
+                        ),
+                        c.queue_len.to_string(),
+                        age(c.last_heartbeat_unix_ms),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "NAME",
+                        "LOCATION",
+                        "STATUS",
+                        "MACHINES",
+                        "CPU",
+                        "MEMORY",
+                        "QUEUE",
+                        "HEARTBEAT"
+                    ],
+                    rows
+                )
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn get_job(c: &SchedulerClient<Channel>, name: &str) -> anyhow::Result<pb::JobStatus> {
+    Ok(retry(RETRY_FOR, || {
+        let mut c = c.clone();
+        let name = name.to_string();
+        async move { c.get_job(pb::GetJobRequest { name }).await }
+    })
+    .await
+    .map_err(status_error)?
+    .into_inner())
+}
+
+pub async fn describe(server: &str, cmd: DescribeCommand) -> anyhow::Result<()> {
+    let DescribeCommand::Job { name } = cmd;
+    let c = client(server).await?;
+    let d = retry(RETRY_FOR, || {
+        let mut c = c.clone();
+        let name = name.clone();
+        async move { c.describe_job(pb::DescribeJobRequest { name }).await }
+    })
+    .await
+    .map_err(status_error)?
+    .into_inner();
+    let status = d.status.unwrap_or_default();
+    let v = job_view(&status);
+    let s = &v.summary;
+    let spec = status.spec.unwrap_or_default();
+    let req = spec.resources.unwrap_or_default();
+    println!("Name:         {}", s.name);
+    println!("State:        {}", s.state);
+    let c = &s.counts;
+    println!(
+        "Tasks:        {} (pending {}, assigned {}, placed {}, running {}, succeeded {}, failed {}, lost {})",
+        s.task_count, c.pending, c.assigned, c.placed, c.running, c.succeeded, c.failed, c.lost
+    );
+    let mut request = format!("cpu {}, memory {}", req.cpu, req.memory);
+    if let Some(d) = &req.disk {
+        request.push_str(&format!(", disk {d}"));
+    }
+    if let Some(g) = &req.gpu {
+        request.push_str(&format!(", gpu {g}"));
+    }
+    println!("Request:      {request} per task");
+    println!("Priority:     {}", s.priority);
+    println!("Locality:     {}", s.locality.as_deref().unwrap_or("-"));
+    if !v.constraints.is_empty() {
+        let list: Vec<String> = v
+            .constraints
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("Constraints:  {}", list.join(", "));
+    }
+    if !v.command.is_empty() {
+        println!("Command:      {}", v.command.join(" "));
+    }
+    // Where the tasks are, grouped.
+    let mut by_place: std::collections::BTreeMap<(String, &str), u32> = Default::default();
+    for t in &v.tasks {
+        if let Some(cl) = &t.cluster {
+            *by_place.entry((cl.clone(), t.state)).or_insert(0) += 1;
+        }
+    }
+    if !by_place.is_empty() {
+        println!("Clusters:");
+        for ((cl, st), n) in by_place {
+            println!("  {cl}: {n} {st}");
+        }
+    }
+    if !d.pending_reasons.is_empty() {
+        println!("Why not running:");
+        for r in &d.pending_reasons {
+            println!("  {r}");
+        }
+    }
+    println!("Events:");
+    if d.events.is_empty() {
+        println!("  <none>");
+    }
+    for e in &d.events {
+        println!("  {:>5}  {:<13}  {}", age(e.unix_ms), e.kind, e.message);
+    }
+    Ok(())
+}
+
+pub async fn cancel(server: &str, name: String) -> anyhow::Result<()> {
+    let c = client(server).await?;
+    retry(RETRY_FOR, || {
+        let mut c = c.clone();
+        let name = name.clone();
+        async move { c.cancel_job(pb::CancelJobRequest { name }).await }
+    })
+    .await
+    .map_err(status_error)?;
+    println!("job/{name} cancelled");
+    Ok(())
+}
+
+/// Prints events as they happen; reconnects when the scheduler restarts.
+pub async fn watch(server: &str, job: Option<String>) -> anyhow::Result<()> {
+    let c = client(server).await?;
+    let job = job.unwrap_or_default();
+    loop {
+        let mut stream = retry(Duration::MAX, || {
+            let mut c = c.clone();
+            let job = job.clone();
+            async move { c.watch(pb::WatchRequest { job }).await }
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+        while let Some(e) = stream.next().await {
+            match e {
+                Ok(e) => println!(
+                    "{}  {:<20}  {:<13}  {}",
+                    clock(e.unix_ms),
+                    e.job,
+                    e.kind,
+                    e.message
+                ),
+                Err(s) if crate::client::transient(&s) => break,
+                Err(s) => return Err(status_error(s)),
+            }
+        }
+        eprintln!("schedctl: watch stream ended; reconnecting");
+        tokio::time::sleep(crate::client::backoff(3)).await;
+    }
+}
+
+/// `HH:MM:SS.mmm` UTC.
+fn clock(unix_ms: i64) -> String {
+    let ms = unix_ms.rem_euclid(86_400_000);
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
