@@ -1,11 +1,13 @@
-//! The one task that writes: it takes submissions, cluster reports and
-//! cancels from a bounded queue, batches their writes into store commits
-//! (at most 128 operations each, every key guarded by its revision), applies
-//! what committed to the in-memory [`State`], and then runs a scheduling
-//! pass that assigns pending tasks to clusters the same way.
+//! The one task that writes task and cluster keys: it takes cluster reports,
+//! cancels and registrations from a bounded queue, batches their writes into
+//! store commits (at most 128 operations each, every key guarded by its
+//! revision), applies what committed to the in-memory [`State`], and runs
+//! scheduling passes that assign pending tasks to clusters the same way.
 //!
 //! One writer means the revisions it guards with are always the latest it
-//! knows, and memory changes only after etcd has the change.
+//! knows, and memory changes only after etcd has the change. (New jobs are
+//! written by the [`submitter`](crate::submitter)s: creating a key guarded
+//! by `Absent` cannot race with anything the engine writes.)
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,15 +20,11 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ServiceError;
-use crate::records::{ClusterRecord, JobRecord};
+use crate::records::ClusterRecord;
 use crate::state::{State, TaskChange};
 
 /// Commands for the engine.
 pub enum Command {
-    Submit {
-        records: Vec<JobRecord>,
-        reply: oneshot::Sender<Result<(), ServiceError>>,
-    },
     Report {
         cluster: ClusterId,
         tasks: Vec<pb::TaskReport>,
@@ -54,6 +52,8 @@ pub struct Shared {
     /// Open assignment streams, one per cluster.
     streams: Mutex<BTreeMap<ClusterId, AssignmentSender>>,
     pub commands: mpsc::Sender<Command>,
+    /// Accepted submissions waiting for a [`Submitter`](crate::submitter::Submitter).
+    pub submissions: mpsc::Sender<crate::submitter::Submission>,
     /// Wakes the engine for a scheduling pass (a heartbeat changed what
     /// clusters can take).
     pub wake: Notify,
@@ -76,16 +76,26 @@ pub struct Limits {
 }
 
 impl Shared {
-    pub fn new(state: State, limits: Limits) -> (Arc<Shared>, mpsc::Receiver<Command>) {
+    #[allow(clippy::type_complexity)]
+    pub fn new(
+        state: State,
+        limits: Limits,
+    ) -> (
+        Arc<Shared>,
+        mpsc::Receiver<Command>,
+        mpsc::Receiver<crate::submitter::Submission>,
+    ) {
         let (tx, rx) = mpsc::channel(limits.queue);
+        let (stx, srx) = mpsc::channel(limits.queue);
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             streams: Mutex::new(BTreeMap::new()),
             commands: tx,
+            submissions: stx,
             wake: Notify::new(),
             limits,
         });
-        (shared, rx)
+        (shared, rx, srx)
     }
 
     /// The state, for a short critical section (never across an await).
@@ -187,9 +197,14 @@ impl Engine {
                     for c in down {
                         tracing::warn!(cluster = %c, "cluster missed its heartbeats: marked down");
                     }
-                    // Retry pending work now and then (a cluster may have
-                    // freed room without a visible change).
-                    last_pass.elapsed() >= Duration::from_secs(1)
+                    // Retry every pending job now and then (a cluster may
+                    // have freed room without a visible change).
+                    if last_pass.elapsed() >= Duration::from_secs(1) {
+                        self.shared.state().mark_rescan();
+                        true
+                    } else {
+                        false
+                    }
                 }
             };
             if schedule && !warming_up() {
@@ -202,11 +217,9 @@ impl Engine {
 
     /// Handles one round of commands; true if a scheduling pass is due.
     async fn handle(&mut self, batch: Vec<Command>) -> bool {
-        let mut submits = Vec::new();
         let mut schedule = false;
         for cmd in batch {
             match cmd {
-                Command::Submit { records, reply } => submits.push((records, reply)),
                 Command::Report {
                     cluster,
                     tasks,
@@ -226,167 +239,7 @@ impl Engine {
                 }
             }
         }
-        if !submits.is_empty() {
-            self.submit(submits).await;
-            schedule = true;
-        }
         schedule
-    }
-
-    /// Group commit: the jobs of many submit calls in as few transactions
-    /// as the limits allow; a call is answered once all its jobs are in.
-    async fn submit(&mut self, submits: Vec<(Vec<JobRecord>, Reply<()>)>) {
-        // A name in two calls of one round: the later call loses, as it
-        // would have a moment later.
-        let mut seen = std::collections::BTreeSet::new();
-        let mut accepted = Vec::with_capacity(submits.len());
-        for (records, reply) in submits {
-            if let Some(dup) = records.iter().find(|r| seen.contains(&r.name)) {
-                let err = sched_core::error::SpecError::new(
-                    "jobs.name",
-                    format!(
-                        "a job named {:?} is being submitted by another call",
-                        dup.name
-                    ),
-                );
-                let _ = reply.send(Err(err.into()));
-                continue;
-            }
-            seen.extend(records.iter().map(|r| r.name.clone()));
-            accepted.push((records, reply));
-        }
-        let submits = accepted;
-        let keys = self.shared.state().keys.clone();
-        // Greedy packing of whole calls into commits.
-        let mut pending: Vec<(Vec<JobRecord>, Vec<Write>, Reply<()>)> = submits
-            .into_iter()
-            .filter(|(records, _)| !records.is_empty())
-            .map(|(records, reply)| {
-                let writes = records.iter().map(|r| job_write(&keys, r)).collect();
-                (records, writes, reply)
-            })
-            .collect();
-        while !pending.is_empty() {
-            let mut group = Vec::new();
-            let (mut ops, mut bytes) = (0usize, 0usize);
-            while let Some((_, w, _)) = pending.first() {
-                let b: usize = w.iter().map(Write::size).sum();
-                if !group.is_empty()
-                    && (ops + w.len() > MAX_OPS_PER_COMMIT || bytes + b > MAX_COMMIT_BYTES)
-                {
-                    break;
-                }
-                ops += w.len();
-                bytes += b;
-                group.push(pending.remove(0));
-                if ops >= MAX_OPS_PER_COMMIT {
-                    break;
-                }
-            }
-            if group.len() == 1 {
-                let (records, _, reply) = group.pop().expect("one call");
-                let r = self.submit_one(records).await;
-                let _ = reply.send(r);
-                continue;
-            }
-            let writes: Vec<Write> = group
-                .iter()
-                .flat_map(|(_, w, _)| w.iter().cloned())
-                .collect();
-            match self.store.commit(&writes).await {
-                Ok(rev) => {
-                    for (records, _, reply) in group {
-                        self.accept(records, rev);
-                        let _ = reply.send(Ok(()));
-                    }
-                }
-                Err(StoreError::Conflict { .. }) => {
-                    // Someone else holds one of the names: commit call by
-                    // call to find out whose.
-                    for (records, _, reply) in group {
-                        let r = self.submit_one(records).await;
-                        let _ = reply.send(r);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(cause = %e, "cannot persist submissions");
-                    for (_, _, reply) in group {
-                        let _ = reply.send(Err(e.clone().into()));
-                    }
-                }
-            }
-        }
-    }
-
-    /// One call's jobs, in as many commits as it needs.
-    async fn submit_one(&mut self, records: Vec<JobRecord>) -> Result<(), ServiceError> {
-        let keys = self.shared.state().keys.clone();
-        let mut todo: std::collections::VecDeque<JobRecord> = records.into();
-        while !todo.is_empty() {
-            let mut chunk = Vec::new();
-            let mut bytes = 0;
-            while let Some(r) = todo.front() {
-                let size = job_write(&keys, r).size();
-                if !chunk.is_empty()
-                    && (chunk.len() == MAX_OPS_PER_COMMIT || bytes + size > MAX_COMMIT_BYTES)
-                {
-                    break;
-                }
-                bytes += size;
-                chunk.extend(todo.pop_front());
-            }
-            let writes: Vec<Write> = chunk.iter().map(|r| job_write(&keys, r)).collect();
-            match self.store.commit(&writes).await {
-                Ok(rev) => self.accept(chunk, rev),
-                Err(StoreError::Conflict { key, .. }) => {
-                    // Either an earlier attempt of this very submission got
-                    // in (its answer was lost), or the name is taken.
-                    let Some(i) = chunk.iter().position(|r| keys.job(&r.name) == key) else {
-                        return Err(StoreError::Conflict {
-                            key,
-                            expected: Expect::Absent,
-                            actual: None,
-                        }
-                        .into());
-                    };
-                    let mine = chunk.remove(i);
-                    let theirs: Option<(JobRecord, i64)> =
-                        self.store.get(&key).await?.and_then(|kv| {
-                            Some((serde_json::from_slice(&kv.value).ok()?, kv.mod_revision))
-                        });
-                    match theirs {
-                        Some((t, rev))
-                            if !mine.submission_id.is_empty()
-                                && t.submission_id == mine.submission_id =>
-                        {
-                            self.accept(vec![t], rev);
-                            for r in chunk.into_iter().rev() {
-                                todo.push_front(r);
-                            }
-                        }
-                        _ => {
-                            return Err(sched_core::error::SpecError::new(
-                                "jobs.name",
-                                format!("a job named {:?} already exists", mine.name),
-                            )
-                            .into())
-                        }
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Applies committed job records.
-    fn accept(&self, records: Vec<JobRecord>, rev: i64) {
-        let mut state = self.shared.state();
-        for r in records {
-            let (name, tasks) = (r.name.clone(), r.tasks);
-            state.insert_job(r, rev);
-            state.push_job_event(&name, "submitted", format!("accepted with {tasks} task(s)"));
-        }
     }
 
     async fn report(
@@ -457,7 +310,11 @@ impl Engine {
             .commit(&[Write::put(key, value, Expect::Any)])
             .await?;
         let name = record.name.clone();
-        self.shared.state().registry.register(record, true);
+        {
+            let mut state = self.shared.state();
+            state.registry.register(record, true);
+            state.mark_rescan();
+        }
         tracing::info!(cluster = %name, "cluster registered");
         Ok(())
     }
@@ -546,10 +403,4 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-/// The write that creates a job's key.
-fn job_write(keys: &crate::keys::Keys, r: &JobRecord) -> Write {
-    let value = serde_json::to_vec(r).expect("job records serialize: strings and integers");
-    Write::put(keys.job(&r.name), value, Expect::Absent)
 }

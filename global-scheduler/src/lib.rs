@@ -6,8 +6,9 @@
 //! - [`registry`]: clusters, from registrations and heartbeats.
 //! - [`state`]: jobs and tasks in memory, and the decisions over them (the
 //!   ranking itself is `sched_core::rank`).
-//! - [`engine`]: the single writer: batches submissions, reports and
-//!   scheduling passes into guarded store commits.
+//! - [`submitter`]: writers of new jobs, group-committing submit calls.
+//! - [`engine`]: the single writer of tasks: batches cluster reports,
+//!   cancels and scheduling passes into guarded store commits.
 //! - [`service`]: the gRPC handlers (`sched.v1.Scheduler`, `sched.v1.Clusters`,
 //!   and `grpc.health.v1.Health`).
 //!
@@ -21,6 +22,7 @@ pub mod records;
 pub mod registry;
 pub mod service;
 pub mod state;
+pub mod submitter;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,9 +119,12 @@ pub async fn run(
         heartbeat_timeout: config.heartbeat_timeout,
         pass_size: u64::from(config.policy.local.batch_size.max(1)),
     };
-    let (shared, rx) = Shared::new(state, limits);
+    let (shared, rx, submissions) = Shared::new(state, limits);
 
     let tracker = TaskTracker::new();
+    for s in submitter::Submitter::pool(shared.clone(), store.clone(), submissions) {
+        tracker.spawn(s.run(shutdown.clone()));
+    }
     let engine = Engine::new(shared.clone(), store, rx);
     tracker.spawn(engine.run(shutdown.clone()));
 

@@ -132,9 +132,16 @@ impl Registry {
         id
     }
 
-    /// Records a heartbeat; `None` if the cluster is not registered.
-    pub fn heartbeat(&mut self, name: &str, hb: Heartbeat) -> Option<ClusterId> {
+    /// Records a heartbeat; `None` if the cluster is not registered, else
+    /// whether the cluster can now take more than before (it came up, or
+    /// has more unclaimed capacity in some resource), which is worth a
+    /// scheduling pass over every pending job.
+    pub fn heartbeat(&mut self, name: &str, hb: Heartbeat) -> Option<bool> {
         let id = *self.by_name.get(name)?;
+        let before = {
+            let s = &self.clusters[id.0 as usize].summary;
+            (s.up, s.unclaimed(), s.classes.clone())
+        };
         if let Some(classes) = hb.classes {
             let mut record = self.clusters[id.0 as usize].record.clone();
             record.classes = classes;
@@ -151,7 +158,9 @@ impl Registry {
         e.in_flight = 0;
         e.in_flight_request = Resources::ZERO;
         e.refresh_queue();
-        Some(id)
+        let after = e.summary.unclaimed().as_array();
+        let grew = before.1.as_array().iter().zip(after).any(|(b, a)| a > *b);
+        Some(!before.0 || grew || before.2 != e.summary.classes)
     }
 
     /// Marks clusters whose heartbeats stopped as down; returns their names.

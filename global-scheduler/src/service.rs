@@ -22,6 +22,7 @@ use crate::error::ServiceError;
 use crate::records::{ClusterRecord, MachineClassRecord};
 use crate::registry::Heartbeat;
 use crate::state::{from_pb_resources, to_pb_resources, State};
+use crate::submitter::Submission;
 
 /// Batches an assignment stream may hold before the agent is cut off.
 const STREAM_BUFFER: usize = 1024;
@@ -144,7 +145,17 @@ impl Scheduler for SchedulerService {
             records
         };
         if !records.is_empty() {
-            ask(&self.shared, |reply| Command::Submit { records, reply }).await?;
+            let (reply, answer) = oneshot::channel();
+            self.shared
+                .submissions
+                .try_send(Submission { records, reply })
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        ServiceError::Busy("the scheduler's submission queue is full".to_string())
+                    }
+                    mpsc::error::TrySendError::Closed(_) => ServiceError::ShuttingDown,
+                })?;
+            answer.await.map_err(|_| ServiceError::ShuttingDown)??;
         }
         Ok(Response::new(pb::SubmitResponse { jobs: names, tasks }))
     }

@@ -5,7 +5,8 @@
 //! them here (`apply_*`). So memory never runs ahead of etcd, and a crash
 //! between the two loses nothing that was acknowledged.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use sched_core::cluster::ClusterId;
 use sched_core::error::SpecError;
@@ -23,6 +24,17 @@ use crate::registry::Registry;
 
 /// Events kept per job for `describe`; older ones are dropped.
 const EVENTS_PER_JOB: usize = 64;
+
+/// Pass order: highest priority first, then submission order.
+type JobKey = (Reverse<u32>, JobId, String);
+
+fn job_key(j: &JobEntry) -> JobKey {
+    (
+        Reverse(j.job.spec.priority),
+        j.job.id,
+        j.record.name.clone(),
+    )
+}
 
 /// One task as the scheduler tracks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +111,11 @@ pub struct State {
     next_id: u32,
     /// Tasks in `pending` over all jobs (bounded by `max_pending_tasks`).
     pub pending_tasks: u64,
+    /// Jobs the next pass must look at: new, or with tasks handed back.
+    dirty: BTreeSet<JobKey>,
+    /// The next pass looks at every job with pending tasks (the clusters
+    /// changed: one registered, came back, or freed capacity).
+    rescan: bool,
     pub events: broadcast::Sender<pb::Event>,
 }
 
@@ -111,6 +128,8 @@ impl State {
             jobs: BTreeMap::new(),
             next_id: 0,
             pending_tasks: 0,
+            dirty: BTreeSet::new(),
+            rescan: false,
             events: broadcast::channel(4096).0,
         }
     }
@@ -186,6 +205,8 @@ impl State {
         };
         self.next_id += 1;
         self.pending_tasks += u64::from(tasks);
+        self.dirty
+            .insert((Reverse(record.priority), job.id, name.clone()));
         self.jobs.insert(
             name.clone(),
             JobEntry {
@@ -213,6 +234,7 @@ impl State {
         for (r, rev, _) in records {
             self.insert_job(r, rev);
         }
+        self.rescan = true;
         for kv in tasks {
             let Some((job, index)) = self.keys.parse_task(&kv.key) else {
                 return Err(format!("{}: not a task key", kv.key));
@@ -285,30 +307,36 @@ impl State {
     /// pending tasks goes to its best cluster, as many as the cluster's
     /// unclaimed capacity holds, the rest to the next best, and so on.
     pub fn plan(&mut self, limit: u64) -> Vec<Assignment> {
-        let mut order: Vec<(std::cmp::Reverse<u32>, JobId, String)> = self
-            .jobs
-            .values()
-            .filter(|j| j.pending > 0 && !j.record.cancelled)
-            .map(|j| {
-                (
-                    std::cmp::Reverse(j.job.spec.priority),
-                    j.job.id,
-                    j.record.name.clone(),
-                )
-            })
-            .collect();
-        order.sort();
+        let order: Vec<JobKey> = if std::mem::take(&mut self.rescan) {
+            self.dirty.clear();
+            let mut all: Vec<JobKey> = self
+                .jobs
+                .values()
+                .filter(|j| j.pending > 0 && !j.record.cancelled)
+                .map(job_key)
+                .collect();
+            all.sort();
+            all
+        } else {
+            std::mem::take(&mut self.dirty).into_iter().collect()
+        };
         let mut summaries = self.registry.summaries();
         let ranker = Ranker::new(&self.policy, self.registry.locality());
         let mut out = Vec::new();
         let mut budget = limit;
-        for (_, _, name) in order {
+        for key in order {
             if budget == 0 {
-                break;
+                // Out of budget: the next pass carries on from here.
+                self.dirty.insert(key);
+                continue;
             }
+            let name = key.2.clone();
             let Some(j) = self.jobs.get_mut(&name) else {
                 continue;
             };
+            if j.pending == 0 || j.record.cancelled {
+                continue;
+            }
             // Pending tasks grouped by the clusters that handed them back.
             let mut groups: BTreeMap<Vec<ClusterId>, Vec<u32>> = BTreeMap::new();
             for (i, t) in j.tasks.iter().enumerate() {
@@ -322,7 +350,10 @@ impl State {
             let request = j.job.spec.request;
             let mut why = None;
             for (handed_back, mut indices) in groups {
-                indices.truncate(budget as usize);
+                if indices.len() as u64 > budget {
+                    indices.truncate(budget as usize);
+                    self.dirty.insert(key.clone());
+                }
                 let mut rest = &indices[..];
                 while !rest.is_empty() {
                     let ranking = ranker.rank(&j.job, &summaries, &handed_back);
@@ -360,6 +391,11 @@ impl State {
             }
         }
         out
+    }
+
+    /// Makes the next pass look at every job with pending tasks.
+    pub fn mark_rescan(&mut self) {
+        self.rescan = true;
     }
 
     /// The writes that hand `a`'s tasks to its cluster.
@@ -421,13 +457,6 @@ impl State {
             let is_pending = c.entry.state == TaskState::Pending;
             *t = c.entry;
             t.rev = rev;
-            if was_pending && !is_pending {
-                j.pending -= 1;
-                self.pending_tasks -= 1;
-            } else if !was_pending && is_pending {
-                j.pending += 1;
-                self.pending_tasks += 1;
-            }
             if t.state == TaskState::Assigned && was_pending {
                 if let Some(cluster) = t.cluster {
                     handed
@@ -435,6 +464,14 @@ impl State {
                         .or_default()
                         .push(c.index);
                 }
+            }
+            if was_pending && !is_pending {
+                j.pending -= 1;
+                self.pending_tasks -= 1;
+            } else if !was_pending && is_pending {
+                j.pending += 1;
+                self.pending_tasks += 1;
+                self.dirty.insert(job_key(j));
             }
             if let Some(n) = c.note {
                 *notes.entry((c.job, n)).or_insert(0) += 1;
