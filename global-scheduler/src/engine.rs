@@ -297,6 +297,7 @@ impl Engine {
                 pb::AssignmentBatch {
                     assignments: Vec::new(),
                     cancelled_jobs: vec![name.to_string()],
+                    seq: 0,
                 },
             );
         }
@@ -362,14 +363,8 @@ impl Engine {
                     // Sent after the state lock is released; a stream opened
                     // in between already saw these tasks in its resync and
                     // will see them once more: agents ignore duplicates.
-                    for (cluster, a) in handed {
-                        self.shared.push(
-                            cluster,
-                            pb::AssignmentBatch {
-                                assignments: vec![a],
-                                cancelled_jobs: Vec::new(),
-                            },
-                        );
+                    for (cluster, batch) in handed {
+                        self.shared.push(cluster, batch);
                     }
                 }
                 Err(StoreError::Conflict { key, .. }) => {

@@ -24,9 +24,14 @@ pub struct ClusterEntry {
     /// Queue reported by the last heartbeat.
     heartbeat_queued: Resources,
     heartbeat_queue_len: u64,
-    /// Tasks handed over since the last heartbeat, not counted in it yet.
+    /// Tasks handed over that the agent had not taken in at its last
+    /// heartbeat, so its figures do not count them yet.
     pub in_flight: u64,
     in_flight_request: Resources,
+    /// Tasks handed over, in all (the assignment stream's `seq`).
+    pub handed_total: u64,
+    /// Handed over and not yet seen: `(seq after, tasks, their requests)`.
+    unseen: std::collections::VecDeque<(u64, u64, Resources)>,
 }
 
 /// Heartbeat figures from a local agent.
@@ -36,6 +41,8 @@ pub struct Heartbeat {
     pub allocated: Resources,
     pub queued: Resources,
     pub queue_len: u64,
+    /// The highest assignment `seq` the agent had taken in.
+    pub seq_seen: u64,
 }
 
 /// Locations (from the topology file, then from registrations) and clusters.
@@ -115,6 +122,8 @@ impl Registry {
                     heartbeat_queue_len: 0,
                     in_flight: 0,
                     in_flight_request: Resources::ZERO,
+                    handed_total: 0,
+                    unseen: std::collections::VecDeque::new(),
                 });
                 id
             }
@@ -154,9 +163,13 @@ impl Registry {
         e.summary.allocated = hb.allocated;
         e.heartbeat_queued = hb.queued;
         e.heartbeat_queue_len = hb.queue_len;
-        // The heartbeat counts everything the agent had received.
-        e.in_flight = 0;
-        e.in_flight_request = Resources::ZERO;
+        // The heartbeat's figures count every task up to `seq_seen`.
+        while e.unseen.front().is_some_and(|u| u.0 <= hb.seq_seen) {
+            if let Some((_, tasks, request)) = e.unseen.pop_front() {
+                e.in_flight -= tasks;
+                e.in_flight_request = e.in_flight_request.saturating_sub(&request);
+            }
+        }
         e.refresh_queue();
         let after = e.summary.unclaimed().as_array();
         let grew = before.1.as_array().iter().zip(after).any(|(b, a)| a > *b);
@@ -178,12 +191,17 @@ impl Registry {
         down
     }
 
-    /// Counts tasks handed to `id` until its next heartbeat.
-    pub fn hand_over(&mut self, id: ClusterId, request: &Resources, tasks: u64) {
+    /// Counts tasks handed to `id` until a heartbeat says the agent has
+    /// them; returns the assignment `seq` after them.
+    pub fn hand_over(&mut self, id: ClusterId, request: &Resources, tasks: u64) -> u64 {
         let e = &mut self.clusters[id.0 as usize];
+        let total = request.times(tasks);
+        e.handed_total += tasks;
         e.in_flight += tasks;
-        e.in_flight_request = e.in_flight_request.saturating_add(&request.times(tasks));
+        e.in_flight_request = e.in_flight_request.saturating_add(&total);
+        e.unseen.push_back((e.handed_total, tasks, total));
         e.refresh_queue();
+        e.handed_total
     }
 
     pub fn id(&self, name: &str) -> Option<ClusterId> {

@@ -351,6 +351,7 @@ impl Clusters for ClustersService {
             allocated: from_pb_resources(r.allocated.as_ref()),
             queued: from_pb_resources(r.queued.as_ref()),
             queue_len: r.queue_len,
+            seq_seen: r.seq_seen,
         };
         let known = self
             .shared

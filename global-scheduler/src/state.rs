@@ -25,6 +25,13 @@ use crate::registry::Registry;
 /// Events kept per job for `describe`; older ones are dropped.
 const EVENTS_PER_JOB: usize = 64;
 
+/// Tasks every feasible cluster handed back are offered again, to the best
+/// cluster as if none had, once this long has passed since the job's last
+/// hand-back: capacity may have freed up since. Long enough that a full
+/// cluster is not asked again and again (each refusal costs a round trip
+/// and an etcd write per task).
+pub const HAND_BACK_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Pass order: highest priority first, then submission order.
 type JobKey = (Reverse<u32>, JobId, String);
 
@@ -82,6 +89,9 @@ pub struct JobEntry {
     pub events: VecDeque<pb::Event>,
     /// Why the last scheduling pass could not assign its pending tasks.
     pub unschedulable: Option<String>,
+    /// When a cluster last handed some of its tasks back (not persisted: a
+    /// restarted scheduler retries them at once).
+    pub last_hand_back: Option<std::time::Instant>,
 }
 
 /// Tasks of one job that a pass hands to one cluster.
@@ -217,6 +227,7 @@ impl State {
                 pending: tasks,
                 events: VecDeque::new(),
                 unschedulable: None,
+                last_hand_back: None,
             },
         );
     }
@@ -232,7 +243,13 @@ impl State {
         // Submission order, as the ids were first given.
         records.sort_by_key(|r| r.2);
         for (r, rev, _) in records {
+            let name = r.name.clone();
             self.insert_job(r, rev);
+            self.push_job_event(
+                &name,
+                "recovered",
+                "state read back from the store after a scheduler start".to_string(),
+            );
         }
         self.rescan = true;
         for kv in tasks {
@@ -356,7 +373,14 @@ impl State {
                 }
                 let mut rest = &indices[..];
                 while !rest.is_empty() {
-                    let ranking = ranker.rank(&j.job, &summaries, &handed_back);
+                    let mut ranking = ranker.rank(&j.job, &summaries, &handed_back);
+                    if ranking.best().is_none()
+                        && !handed_back.is_empty()
+                        && j.last_hand_back
+                            .is_none_or(|t| t.elapsed() >= HAND_BACK_RETRY)
+                    {
+                        ranking = ranker.rank(&j.job, &summaries, &[]);
+                    }
                     let Some(best) = ranking.best() else {
                         why = Some(if summaries.is_empty() {
                             "no cluster has registered yet".to_string()
@@ -443,7 +467,7 @@ impl State {
         &mut self,
         changes: Vec<TaskChange>,
         rev: Revision,
-    ) -> Vec<(ClusterId, pb::Assignment)> {
+    ) -> Vec<(ClusterId, pb::AssignmentBatch)> {
         let mut handed: BTreeMap<(ClusterId, String), Vec<u32>> = BTreeMap::new();
         let mut notes: BTreeMap<(String, String), u32> = BTreeMap::new();
         for c in changes {
@@ -471,6 +495,7 @@ impl State {
             } else if !was_pending && is_pending {
                 j.pending += 1;
                 self.pending_tasks += 1;
+                j.last_hand_back = Some(std::time::Instant::now());
                 self.dirty.insert(job_key(j));
             }
             if let Some(n) = c.note {
@@ -490,7 +515,8 @@ impl State {
                 continue;
             };
             let request = j.job.spec.request;
-            self.registry
+            let seq = self
+                .registry
                 .hand_over(cluster, &request, indices.len() as u64);
             let e = event(
                 &job,
@@ -502,7 +528,14 @@ impl State {
                 ),
             );
             push_event(&self.events, j, e);
-            out.push((cluster, assignment_message(j, indices)));
+            out.push((
+                cluster,
+                pb::AssignmentBatch {
+                    assignments: vec![assignment_message(j, indices)],
+                    cancelled_jobs: Vec::new(),
+                    seq,
+                },
+            ));
         }
         out
     }
@@ -510,7 +543,10 @@ impl State {
     /// Every task currently assigned to `cluster` and not placed, for a
     /// (re)connecting agent; and the cancelled jobs with tasks there.
     pub fn assigned_to(&self, cluster: ClusterId) -> pb::AssignmentBatch {
-        let mut batch = pb::AssignmentBatch::default();
+        let mut batch = pb::AssignmentBatch {
+            seq: self.registry.entries()[cluster.0 as usize].handed_total,
+            ..Default::default()
+        };
         for j in self.jobs.values() {
             let indices: Vec<u32> = j
                 .tasks
@@ -772,8 +808,16 @@ impl State {
                     self.registry.name(best)
                 )),
                 None => {
+                    let retry = if handed_back.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; clusters that handed tasks back are asked again {} s after the last hand-back",
+                            HAND_BACK_RETRY.as_secs()
+                        )
+                    };
                     out.push(format!(
-                        "{n} task(s) pending: {}",
+                        "{n} task(s) pending: {}{retry}",
                         unschedulable_reason(&ranking, &summaries)
                     ));
                     for f in &ranking.filtered {

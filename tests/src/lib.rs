@@ -324,6 +324,7 @@ async fn cluster_loop(
         handed_back: Vec::new(),
     };
     let mut allocated_tasks: Vec<pb::Resources> = Vec::new();
+    let mut seq_seen = 0;
     'connect: while !stop.is_cancelled() {
         let interval = register(&mut c, &spec, &stop).await;
         let mut stream = match c
@@ -364,6 +365,7 @@ async fn cluster_loop(
                         allocated: Some(allocated),
                         queued: None,
                         queue_len: 0,
+                        seq_seen,
                     }).await {
                         Ok(r) if r.get_ref().register_again => continue 'connect,
                         Ok(_) => {}
@@ -372,6 +374,7 @@ async fn cluster_loop(
                 }
                 batch = stream.next() => {
                     let Some(Ok(batch)) = batch else { continue 'connect };
+                    seq_seen = seq_seen.max(batch.seq);
                     let mut log = log.lock().unwrap();
                     log.cancelled.extend(batch.cancelled_jobs);
                     for a in batch.assignments {

@@ -542,3 +542,53 @@ async fn sigterm_stops_the_scheduler_within_a_deadline() {
     let mut sched = Scheduler::start(&etcd.url(), &[]).await;
     assert!(sched.terminate(Duration::from_secs(10)));
 }
+
+/// `schedctl submit --wait` returns once every task is on a machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_returns_once_every_task_is_placed() {
+    let Some(etcd) = etcd() else { return };
+    let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
+    let cluster = TestCluster::start(&sched.url(), ClusterSpec::new("eu-a", "eu-west"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &path,
+        "jobs:\n  - {name: a, tasks: 5, resources: {cpu: 1, memory: 1Gi}, command: [\"true\"]}\n  - {name: b, tasks: 7, resources: {cpu: 500m, memory: 256Mi}, locality: eu-west}\n",
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let url = sched.url();
+        move || {
+            std::process::Command::new(sched_tests::bin("schedctl"))
+                .args([
+                    "--server",
+                    &url,
+                    "submit",
+                    "-f",
+                    path.to_str().unwrap(),
+                    "--wait",
+                    "--timeout",
+                    "60",
+                ])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("job/a submitted") && stdout.contains("job/b submitted"),
+        "{stdout}"
+    );
+    assert_eq!(cluster.log().placed.len(), 12);
+    let b = status(&sched, "b").await.unwrap();
+    assert_eq!(counts(&b).placed, 7);
+    assert_eq!(b.summary.unwrap().state, pb::JobState::Running as i32);
+    cluster.stop().await;
+}
