@@ -976,3 +976,221 @@ fn push_event(tx: &broadcast::Sender<pb::Event>, j: &mut JobEntry, e: pb::Event)
     // No watcher is not an error.
     let _ = tx.send(e);
 }
+
+#[cfg(test)]
+mod tests {
+    use sched_core::resources::Resources;
+    use sched_core::topology::Topology;
+
+    use super::*;
+    use crate::records::{ClusterRecord, MachineClassRecord};
+    use crate::registry::Heartbeat;
+
+    const TOPOLOGY: &str = r#"
+locations: [{name: east}, {name: west}]
+links: [{from: east, to: west, latency_ms: 70}]
+clusters:
+  - {name: unused, location: east, machines: [{class: std, count: 1, cpu: 1, memory: 1Gi}]}
+"#;
+
+    /// A state with clusters `(name, location, machines of 4 cpu / 16 GiB)`,
+    /// all up and empty.
+    fn state(clusters: &[(&str, &str, u32)]) -> State {
+        let topology = Topology::from_yaml(TOPOLOGY).unwrap();
+        let mut registry = Registry::new(Some(&topology), std::time::Duration::from_secs(5));
+        for (name, location, machines) in clusters {
+            registry.register(
+                ClusterRecord {
+                    name: name.to_string(),
+                    location: location.to_string(),
+                    classes: vec![MachineClassRecord {
+                        name: "std".into(),
+                        capacity: Resources::new(4000, 16 << 30).into(),
+                        labels: Default::default(),
+                        count: *machines,
+                    }],
+                    registered_unix_ms: 0,
+                },
+                true,
+            );
+        }
+        State::new(Keys::new("/t"), registry, Policy::default())
+    }
+
+    fn submit(
+        s: &mut State,
+        name: &str,
+        tasks: u32,
+        cpu_millis: u64,
+        locality: Option<&str>,
+        priority: u32,
+    ) {
+        let spec = JobSpec {
+            name: name.into(),
+            tasks,
+            request: Resources::new(cpu_millis, 1 << 30),
+            priority,
+            locality: locality.map(str::to_string),
+            constraints: Default::default(),
+            command: Vec::new(),
+        };
+        let records = s.check_submission(vec![spec], "sub", 0).unwrap();
+        for r in records {
+            s.insert_job(r, 1);
+        }
+    }
+
+    /// Plans, and applies the plan as if etcd took it.
+    fn pass(s: &mut State, limit: u64) -> Vec<(String, String, usize)> {
+        let plan = s.plan(limit);
+        let changes: Vec<TaskChange> = plan.iter().flat_map(|a| s.assignment_changes(a)).collect();
+        s.apply(changes, 2);
+        plan.iter()
+            .map(|a| {
+                (
+                    a.job.clone(),
+                    s.registry.name(a.cluster).to_string(),
+                    a.indices.len(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_job_goes_to_its_location_as_far_as_unclaimed_capacity_holds() {
+        // east-a: 2 machines x 4 cpu = 8 cpu; 12 tasks of 1 cpu: 8 fit east
+        // (locality wins), the other 4 go to the next best, west-a.
+        let mut s = state(&[("east-a", "east", 2), ("west-a", "west", 10)]);
+        submit(&mut s, "web", 12, 1000, Some("east"), 0);
+        assert_eq!(
+            pass(&mut s, 1000),
+            [
+                ("web".into(), "east-a".into(), 8),
+                ("web".into(), "west-a".into(), 4)
+            ]
+        );
+        assert_eq!(s.pending_tasks, 0);
+        // Everything is promised: the next pass has nothing to do.
+        assert!(pass(&mut s, 1000).is_empty());
+    }
+
+    #[test]
+    fn higher_priority_first_when_the_pass_is_limited() {
+        let mut s = state(&[("east-a", "east", 10)]);
+        submit(&mut s, "low", 5, 100, None, 0);
+        submit(&mut s, "high", 5, 100, None, 500);
+        // A pass of 7 tasks: all of `high`, then 2 of `low`; `low` is
+        // carried over to the next pass.
+        assert_eq!(
+            pass(&mut s, 7),
+            [
+                ("high".into(), "east-a".into(), 5),
+                ("low".into(), "east-a".into(), 2)
+            ]
+        );
+        assert_eq!(pass(&mut s, 7), [("low".into(), "east-a".into(), 3)]);
+    }
+
+    #[test]
+    fn handed_back_tasks_skip_the_cluster_that_refused_them() {
+        let mut s = state(&[("east-a", "east", 10), ("west-a", "west", 10)]);
+        submit(&mut s, "web", 4, 1000, Some("east"), 0);
+        assert_eq!(pass(&mut s, 100), [("web".into(), "east-a".into(), 4)]);
+        let east = s.registry.id("east-a").unwrap();
+        let changes = s.hand_back_changes(
+            east,
+            &pb::HandBack {
+                job: "web".into(),
+                indices: vec![1, 3],
+                reason: "full".into(),
+            },
+        );
+        assert_eq!(changes.len(), 2);
+        s.apply(changes, 3);
+        assert_eq!(s.job("web").unwrap().pending, 2);
+        assert_eq!(pass(&mut s, 100), [("web".into(), "west-a".into(), 2)]);
+        // A stale report (a task now on west-a) changes nothing.
+        let stale = pb::TaskReport {
+            job: "web".into(),
+            index: 1,
+            state: pb::TaskState::Placed as i32,
+            machine: "m1".into(),
+            exit_code: None,
+        };
+        assert!(s.report_change(east, &stale).is_none());
+    }
+
+    #[test]
+    fn a_heartbeat_counts_only_the_assignments_it_has_seen() {
+        let mut s = state(&[("east-a", "east", 1)]);
+        submit(&mut s, "a", 3, 1000, None, 0);
+        pass(&mut s, 100);
+        let e = &s.registry.entries()[0];
+        assert_eq!((e.in_flight, e.handed_total), (3, 3));
+        // A heartbeat sent before the agent took the batch in (seq 0):
+        // the 3 tasks stay counted, so only 1 more cpu looks free.
+        s.registry.heartbeat("east-a", Heartbeat::default());
+        assert_eq!(s.registry.entries()[0].summary.unclaimed().cpu.0, 1000);
+        // Once it has seen seq 3 its own figures count them.
+        s.registry.heartbeat(
+            "east-a",
+            Heartbeat {
+                allocated: Resources::new(3000, 3 << 30),
+                seq_seen: 3,
+                ..Default::default()
+            },
+        );
+        let e = &s.registry.entries()[0];
+        assert_eq!(e.in_flight, 0);
+        assert_eq!(e.summary.unclaimed().cpu.0, 1000);
+    }
+
+    #[test]
+    fn a_resubmission_with_the_same_id_is_skipped_and_another_is_refused() {
+        let mut s = state(&[("east-a", "east", 1)]);
+        submit(&mut s, "a", 1, 100, None, 0);
+        let spec = s.job("a").unwrap().job.spec.clone();
+        assert!(s
+            .check_submission(vec![spec.clone()], "sub", 0)
+            .unwrap()
+            .is_empty());
+        let err = s.check_submission(vec![spec], "other", 0).unwrap_err();
+        assert_eq!(err.field, "jobs[0].name");
+    }
+
+    #[test]
+    fn load_rebuilds_pending_counts_from_task_keys() {
+        let mut s = state(&[("east-a", "east", 10)]);
+        submit(&mut s, "web", 5, 100, None, 0);
+        pass(&mut s, 2);
+        let job = serde_json::to_vec(&s.job("web").unwrap().record).unwrap();
+        let task = |i: u32| {
+            let t = &s.job("web").unwrap().tasks[i as usize];
+            KeyValue {
+                key: s.keys.task("web", i),
+                value: serde_json::to_vec(&s.record_of(t)).unwrap(),
+                mod_revision: 2,
+                create_revision: 2,
+            }
+        };
+        let tasks = [task(0), task(1)];
+        let mut fresh = state(&[("east-a", "east", 10)]);
+        fresh
+            .load(
+                &[KeyValue {
+                    key: "/t/jobs/web".into(),
+                    value: job,
+                    mod_revision: 1,
+                    create_revision: 1,
+                }],
+                &tasks,
+            )
+            .unwrap();
+        let j = fresh.job("web").unwrap();
+        assert_eq!(j.pending, 3);
+        assert_eq!(fresh.pending_tasks, 3);
+        assert_eq!(j.tasks[0].state, TaskState::Assigned);
+        assert_eq!(j.tasks[0].rev, 2);
+        assert_eq!(j.events.back().unwrap().kind, "recovered");
+    }
+}
