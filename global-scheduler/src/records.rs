@@ -120,6 +120,9 @@ pub struct MachineClassRecord {
 pub struct ClusterRecord {
     pub name: String,
     pub location: String,
+    /// Where its local agent serves `sched.v1.Machines`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
     pub classes: Vec<MachineClassRecord>,
     pub registered_unix_ms: i64,
 }

@@ -114,6 +114,24 @@ fn specs_of(req: pb::SubmitRequest, max_jobs: usize) -> Result<Vec<JobSpec>, Spe
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+/// A client for a local agent's `Machines` service.
+async fn agent_client(
+    address: &str,
+) -> Result<sched_proto::pb::machines_client::MachinesClient<tonic::transport::Channel>, Status> {
+    let endpoint = tonic::transport::Channel::from_shared(address.to_string())
+        .map_err(|e| Status::internal(format!("bad agent address {address:?}: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(10));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("local agent at {address}: {e}")))?;
+    Ok(sched_proto::pb::machines_client::MachinesClient::new(
+        channel,
+    ))
+}
 type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::AssignmentBatch, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -158,6 +176,93 @@ impl Scheduler for SchedulerService {
             answer.await.map_err(|_| ServiceError::ShuttingDown)??;
         }
         Ok(Response::new(pb::SubmitResponse { jobs: names, tasks }))
+    }
+
+    async fn list_machines(
+        &self,
+        request: Request<pb::ListMachinesRequest>,
+    ) -> Result<Response<pb::ListMachinesResponse>, Status> {
+        let want = request.into_inner().cluster;
+        let agents: Vec<(String, String)> = {
+            let state = self.shared.state();
+            state
+                .registry
+                .entries()
+                .iter()
+                .filter(|e| want.is_empty() || e.record.name == want)
+                .map(|e| (e.record.name.clone(), e.record.address.clone()))
+                .collect()
+        };
+        if !want.is_empty() && agents.is_empty() {
+            return Err(ServiceError::NotFound {
+                what: "cluster",
+                name: want,
+            }
+            .into());
+        }
+        let mut machines = Vec::new();
+        for (name, address) in agents {
+            if address.is_empty() {
+                continue;
+            }
+            let r = async {
+                let mut c = agent_client(&address).await?;
+                c.list_machines(pb::ListMachinesRequest {
+                    cluster: name.clone(),
+                })
+                .await
+            }
+            .await;
+            match r {
+                Ok(r) => machines.extend(r.into_inner().machines),
+                // One cluster down does not hide the others; asked for
+                // alone, it is an error.
+                Err(e) if want.is_empty() => {
+                    tracing::warn!(cluster = %name, cause = %e, "cannot list machines");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Response::new(pb::ListMachinesResponse { machines }))
+    }
+
+    type TaskLogsStream = LogStream;
+
+    async fn task_logs(
+        &self,
+        request: Request<pb::TaskLogsRequest>,
+    ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        let r = request.into_inner();
+        let address = {
+            let state = self.shared.state();
+            let j = state.job(&r.job).ok_or(ServiceError::NotFound {
+                what: "job",
+                name: r.job.clone(),
+            })?;
+            let t = j.tasks.get(r.index as usize).ok_or_else(|| {
+                Status::not_found(format!("job {} has no task {}", r.job, r.index))
+            })?;
+            let cluster = t.cluster.ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "task {}/{} is not on a cluster yet ({})",
+                    r.job,
+                    r.index,
+                    t.state.as_str()
+                ))
+            })?;
+            state.registry.entries()[cluster.0 as usize]
+                .record
+                .address
+                .clone()
+        };
+        if address.is_empty() {
+            return Err(Status::failed_precondition(
+                "the task's cluster has no agent address",
+            ));
+        }
+        let mut c = agent_client(&address).await?;
+        let stream = c.task_logs(r).await?.into_inner();
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_job(
@@ -327,6 +432,7 @@ impl Clusters for ClustersService {
         let record = ClusterRecord {
             name: r.cluster,
             location: r.location,
+            address: r.address,
             classes,
             registered_unix_ms: crate::now_unix_ms(),
         };
@@ -353,13 +459,19 @@ impl Clusters for ClustersService {
             queue_len: r.queue_len,
             seq_seen: r.seq_seen,
         };
-        let known = self
-            .shared
-            .state()
-            .registry
-            .heartbeat(&r.cluster, hb)
-            .is_some();
-        if known {
+        // A pass over every pending job only when the cluster can take more
+        // than before; otherwise heartbeats would re-rank everything each
+        // second per cluster.
+        let improved = {
+            let mut state = self.shared.state();
+            let improved = state.registry.heartbeat(&r.cluster, hb);
+            if improved == Some(true) {
+                state.mark_rescan();
+            }
+            improved
+        };
+        let known = improved.is_some();
+        if improved == Some(true) {
             self.shared.wake.notify_one();
         }
         Ok(Response::new(pb::HeartbeatResponse {

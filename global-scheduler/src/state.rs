@@ -1003,6 +1003,7 @@ clusters:
                 ClusterRecord {
                     name: name.to_string(),
                     location: location.to_string(),
+                    address: String::new(),
                     classes: vec![MachineClassRecord {
                         name: "std".into(),
                         capacity: Resources::new(4000, 16 << 30).into(),
@@ -1143,6 +1144,46 @@ clusters:
         let e = &s.registry.entries()[0];
         assert_eq!(e.in_flight, 0);
         assert_eq!(e.summary.unclaimed().cpu.0, 1000);
+    }
+
+    #[test]
+    fn freed_capacity_gets_the_rest_of_a_job() {
+        let mut s = state(&[("east-a", "east", 1)]);
+        submit(&mut s, "a", 5, 1000, None, 0);
+        assert_eq!(pass(&mut s, 100), [("a".into(), "east-a".into(), 4)]);
+        assert!(pass(&mut s, 100).is_empty());
+        let east = s.registry.id("east-a").unwrap();
+        // The agent took the batch in and placed the four; then they finished.
+        let improved = s.registry.heartbeat(
+            "east-a",
+            Heartbeat {
+                allocated: Resources::new(4000, 4 << 30),
+                seq_seen: 4,
+                ..Default::default()
+            },
+        );
+        assert_eq!(improved, Some(false));
+        for i in 0..4 {
+            let r = pb::TaskReport {
+                job: "a".into(),
+                index: i,
+                state: pb::TaskState::Succeeded as i32,
+                machine: "m".into(),
+                exit_code: Some(0),
+            };
+            let c = s.report_change(east, &r).unwrap();
+            s.apply(vec![c], 5);
+        }
+        let improved = s.registry.heartbeat(
+            "east-a",
+            Heartbeat {
+                seq_seen: 4,
+                ..Default::default()
+            },
+        );
+        assert_eq!(improved, Some(true));
+        s.mark_rescan();
+        assert_eq!(pass(&mut s, 100), [("a".into(), "east-a".into(), 1)]);
     }
 
     #[test]

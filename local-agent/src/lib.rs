@@ -1,6 +1,35 @@
 //! The local agent (one per cluster) and the node agent (one per machine).
 //!
-//! Placement decisions live in `sched-core` ([`sched_core::pack`] over a
-//! [`sched_core::cell::Cell`]); the services that wrap them are still to come.
+//! # Layout
+//! - [`agent`]: `local-agent serve`: keeps the cluster's machines from node
+//!   agent registrations, packs the tasks the global scheduler hands over
+//!   onto them (`sched_core::pack`), persists placements in the store
+//!   before any node hears of them, hands back what does not fit.
+//! - [`node`]: `local-agent node`: runs tasks as processes (or hollow
+//!   machines, for scale tests), keeps their output, reports their states.
+//! - [`supervise`]: `local-agent supervise`, the parent of each task process.
+//! - [`backoff`]: jittered exponential backoff for reconnects.
 
-pub use sched_core::pack::pack;
+pub mod agent;
+pub mod backoff;
+pub mod node;
+pub mod supervise;
+
+use sched_core::resources::Resources;
+use sched_proto::pb;
+
+pub fn to_pb(r: &Resources) -> pb::Resources {
+    let [cpu_millis, memory_bytes, disk_bytes, gpu_millis] = r.as_array();
+    pb::Resources {
+        cpu_millis,
+        memory_bytes,
+        disk_bytes,
+        gpu_millis,
+    }
+}
+
+pub fn from_pb(r: Option<&pb::Resources>) -> Resources {
+    r.map_or(Resources::ZERO, |r| {
+        Resources::from_array([r.cpu_millis, r.memory_bytes, r.disk_bytes, r.gpu_millis])
+    })
+}

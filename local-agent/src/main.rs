@@ -1,10 +1,18 @@
-//! `local-agent`: the per-cluster agent (`serve`) and the per-machine node
-//! agent (`node`). Neither service is built yet: today the packing core runs
-//! in `schedctl simulate`.
+//! `local-agent`: the per-cluster agent (`serve`), the per-machine node
+//! agent (`node`), and the supervisor of task processes (`supervise`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use local_agent::agent::AgentConfig;
+use local_agent::node::{detect_capacity, MachineConfig, NodeConfig};
+use sched_core::quantity::QuantityText;
+use sched_store::{EtcdStore, MemStore, Store};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(name = "local-agent", version, about)]
@@ -15,17 +23,229 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The cluster agent (not available in this version).
-    Serve,
-    /// The node agent (not available in this version).
-    Node,
+    /// The cluster agent: places the tasks the global scheduler hands over
+    /// on the cluster's machines.
+    Serve(ServeArgs),
+    /// The node agent: runs tasks on this machine (or on N hollow ones).
+    Node(NodeArgs),
+    /// Runs one task process for the node agent (internal).
+    #[command(hide = true)]
+    Supervise(local_agent::supervise::Args),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The cluster's name.
+    #[arg(long, value_name = "NAME")]
+    cluster: String,
+    /// The cluster's location (a name from the global scheduler's topology).
+    #[arg(long, value_name = "LOC")]
+    location: String,
+    /// Where node agents reach this agent.
+    #[arg(long, default_value = "127.0.0.1:7080", value_name = "ADDR")]
+    listen: String,
+    /// The global scheduler.
+    #[arg(long, default_value = "http://127.0.0.1:7070", value_name = "URL")]
+    global: String,
+    /// etcd endpoints, comma-separated. Without it, placements are kept in
+    /// memory only.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    etcd: Vec<String>,
+    #[arg(long, default_value = "/sched", value_name = "P")]
+    prefix: String,
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// How often node agents heartbeat, in milliseconds.
+    #[arg(long, default_value_t = 500, value_name = "MS")]
+    node_heartbeat_ms: u64,
+    /// A node silent this long is lost with its machines, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    machine_timeout_ms: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// The cluster's local agent.
+    #[arg(long, default_value = "http://127.0.0.1:7080", value_name = "URL")]
+    agent: String,
+    /// The machine's name (with --hollow: the prefix of NAME-0, NAME-1, ...).
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Cpu to offer (default: every cpu of this machine).
+    #[arg(long, value_name = "Q", allow_hyphen_values = true)]
+    cpu: Option<String>,
+    /// Memory to offer (default: all memory of this machine).
+    #[arg(long, value_name = "Q", allow_hyphen_values = true)]
+    memory: Option<String>,
+    /// Machine labels, `k=v,...`.
+    #[arg(long, value_name = "K=V,...", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Where task directories (output, exit codes) live.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Host N simulated machines whose tasks only pretend to run.
+    #[arg(long, value_name = "N")]
+    hollow: Option<u32>,
+    /// How long a hollow task runs, unless its command is `sleep N`.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    hollow_duration_ms: u64,
+    /// Tasks are killed when this agent has been gone this long; keep it
+    /// below the local agent's --machine-timeout-ms.
+    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    lease_ms: u64,
+    /// Where to serve task logs.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    listen: String,
+}
+
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("signal received: shutting down");
+        t.cancel();
+    });
+    token
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    sched_core::names::check_name("--cluster", &args.cluster)?;
+    sched_core::names::check_name("--location", &args.location)?;
+    let policy = match &args.policy {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            sched_core::policy::Policy::from_yaml(&text)
+                .with_context(|| format!("invalid {}", p.display()))?
+        }
+        None => Default::default(),
+    };
+    let store: Arc<dyn Store> = if args.etcd.is_empty() {
+        tracing::warn!("no --etcd given: placements are kept in memory and lost on exit");
+        Arc::new(MemStore::new())
+    } else {
+        Arc::new(
+            EtcdStore::connect(&args.etcd)
+                .await
+                .with_context(|| format!("cannot connect to etcd at {}", args.etcd.join(",")))?,
+        )
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let config = AgentConfig {
+        cluster: args.cluster,
+        location: args.location,
+        global: args.global,
+        prefix: args.prefix,
+        policy,
+        node_heartbeat: Duration::from_millis(args.node_heartbeat_ms.max(10)),
+        machine_timeout: Duration::from_millis(args.machine_timeout_ms.max(20)),
+        advertise: None,
+    };
+    local_agent::agent::run(listener, store, config, shutdown_on_signal()).await
+}
+
+async fn node(args: NodeArgs) -> anyhow::Result<()> {
+    sched_core::names::check_name("--name", &args.name)?;
+    let detected = detect_capacity();
+    let quantity =
+        |q: &Option<String>, default: String| QuantityText::Text(q.clone().unwrap_or(default));
+    let capacity = sched_core::quantity::parse_resources(
+        "machine",
+        &quantity(&args.cpu, format!("{}m", detected.cpu.0)),
+        &quantity(&args.memory, detected.memory.0.to_string()),
+        None,
+        None,
+    )?;
+    if capacity.cpu.0 == 0 || capacity.memory.0 == 0 {
+        anyhow::bail!("--cpu and --memory must be more than zero");
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    for l in &args.labels {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--labels: {l:?} is not key=value"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let machines = match args.hollow {
+        None => vec![MachineConfig {
+            name: args.name.clone(),
+            capacity,
+            labels,
+        }],
+        Some(n) => (0..n)
+            .map(|i| MachineConfig {
+                name: format!("{}-{i}", args.name),
+                capacity,
+                labels: labels.clone(),
+            })
+            .collect(),
+    };
+    let work_dir = args
+        .work_dir
+        .unwrap_or_else(|| std::env::temp_dir().join("sched-node").join(&args.name));
+    let config = NodeConfig {
+        agent: args.agent,
+        name: args.name,
+        machines,
+        work_dir,
+        hollow: args
+            .hollow
+            .map(|_| Duration::from_millis(args.hollow_duration_ms)),
+        lease: Duration::from_millis(args.lease_ms.max(500)),
+        listen: args.listen,
+        supervisor: std::env::current_exe().context("cannot find the local-agent binary")?,
+    };
+    local_agent::node::run(config, shutdown_on_signal()).await
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    eprintln!(
-        "local-agent {:?}: not available in this version; see `schedctl simulate`",
-        args.command
-    );
-    ExitCode::from(1)
+    if let Command::Supervise(a) = args.command {
+        return match local_agent::supervise::run(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("supervise: {e:#}");
+                ExitCode::from(127)
+            }
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match args.command {
+            Command::Serve(a) => serve(a).await,
+            Command::Node(a) => node(a).await,
+            Command::Supervise(_) => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

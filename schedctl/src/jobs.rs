@@ -87,6 +87,14 @@ pub enum GetCommand {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// Machines, as their clusters' local agents see them.
+    Machines {
+        /// Only this cluster's machines.
+        #[arg(long, value_name = "C")]
+        cluster: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
     /// The clusters that registered, with their load.
     Clusters {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
@@ -284,6 +292,17 @@ struct JobView {
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     constraints: std::collections::BTreeMap<String, String>,
     tasks: Vec<TaskView>,
+}
+
+#[derive(Serialize)]
+struct MachineView {
+    name: String,
+    cluster: String,
+    up: bool,
+    capacity: RequestView,
+    allocated: RequestView,
+    labels: std::collections::BTreeMap<String, String>,
+    tasks: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -518,6 +537,60 @@ pub async fn get(server: &str, cmd: GetCommand) -> anyhow::Result<()> {
                 table(&["INDEX", "STATE", "CLUSTER", "MACHINE", "EXIT"], rows)
             );
         }
+        GetCommand::Machines { cluster, output } => {
+            let cluster = cluster.unwrap_or_default();
+            let mut machines = retry(RETRY_FOR, || {
+                let mut c = c.clone();
+                let cluster = cluster.clone();
+                async move { c.list_machines(pb::ListMachinesRequest { cluster }).await }
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .machines;
+            machines.sort_by(|a, b| (&a.cluster, &a.name).cmp(&(&b.cluster, &b.name)));
+            if output != Format::Table {
+                let views: Vec<MachineView> = machines
+                    .iter()
+                    .map(|m| MachineView {
+                        name: m.name.clone(),
+                        cluster: m.cluster.clone(),
+                        up: m.up,
+                        capacity: request_view(m.capacity.as_ref()),
+                        allocated: request_view(m.allocated.as_ref()),
+                        labels: m.labels.clone().into_iter().collect(),
+                        tasks: m.tasks.clone(),
+                    })
+                    .collect();
+                return print_structured(&views, output);
+            }
+            let rows = machines
+                .iter()
+                .map(|m| {
+                    let cap = resources(m.capacity.as_ref());
+                    let alloc = resources(m.allocated.as_ref());
+                    vec![
+                        m.cluster.clone(),
+                        m.name.clone(),
+                        if m.up { "up" } else { "lost" }.to_string(),
+                        format!("{}/{}", format_cpu(alloc.cpu), format_cpu(cap.cpu)),
+                        format!(
+                            "{}/{}",
+                            format_bytes(alloc.memory),
+                            format_bytes(cap.memory)
+                        ),
+                        m.tasks.len().to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["CLUSTER", "MACHINE", "STATUS", "CPU", "MEMORY", "TASKS"],
+                    rows
+                )
+            );
+        }
         GetCommand::Clusters { output } => {
             let clusters = retry(RETRY_FOR, || {
                 let mut c = c.clone();
@@ -724,4 +797,68 @@ fn clock(unix_ms: i64) -> String {
         ms / 1000 % 60,
         ms % 1000
     )
+}
+
+/// `schedctl logs JOB[/INDEX] [-f]`: a task's output (every task's, one
+/// after the other, without an index).
+pub async fn logs(server: &str, target: String, follow: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let (job, index) = match target.split_once('/') {
+        Some((j, i)) => (
+            j.to_string(),
+            Some(i.parse::<u32>().map_err(|_| {
+                anyhow::anyhow!("{target:?}: the task index after '/' must be a number")
+            })?),
+        ),
+        None => (target.clone(), None),
+    };
+    let c = client(server).await?;
+    let indices: Vec<u32> = match index {
+        Some(i) => vec![i],
+        None => {
+            if follow {
+                bail!("-f follows one task: give JOB/INDEX");
+            }
+            let s = get_job(&c, &job).await?;
+            s.tasks.iter().map(|t| t.index).collect()
+        }
+    };
+    let many = indices.len() > 1;
+    for i in indices {
+        if many {
+            println!("==> {job}/{i} <==");
+        }
+        let stream = retry(RETRY_FOR, || {
+            let mut c = c.clone();
+            let job = job.clone();
+            async move {
+                c.task_logs(pb::TaskLogsRequest {
+                    job,
+                    index: i,
+                    follow,
+                    machine: String::new(),
+                })
+                .await
+            }
+        })
+        .await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(s) if many => {
+                println!("({})", s.message());
+                continue;
+            }
+            Err(s) => return Err(status_error(s)),
+        };
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(status_error)?;
+            if chunk.stream == "stderr" {
+                std::io::stderr().write_all(&chunk.data)?;
+            } else {
+                std::io::stdout().write_all(&chunk.data)?;
+            }
+        }
+        std::io::stdout().flush()?;
+    }
+    Ok(())
 }

@@ -63,6 +63,14 @@ enum Command {
     Cancel { name: String },
     /// Follow job events as they happen (all jobs, or one).
     Watch { job: Option<String> },
+    /// Print a task's output: `JOB/INDEX` (or every task of `JOB`).
+    Logs {
+        #[arg(value_name = "JOB[/INDEX]")]
+        target: String,
+        /// Keep printing until the task exits.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -76,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Describe(cmd) => remote(jobs::describe(&server, cmd)),
         Command::Cancel { name } => remote(jobs::cancel(&server, name)),
         Command::Watch { job } => remote(jobs::watch(&server, job)),
+        Command::Logs { target, follow } => remote(jobs::logs(&server, target, follow)),
     }
 }
 

@@ -296,6 +296,7 @@ async fn register(
                 cluster: spec.name.clone(),
                 location: spec.location.clone(),
                 classes: vec![class(spec)],
+                address: String::new(),
             })
             .await;
         match r {

@@ -1,0 +1,300 @@
+//! The local agent: one per cluster.
+//!
+//! # Layout
+//! - [`state`]: machines, the queue of tasks handed over, placements, and
+//!   the decisions over them (packing is `sched_core::pack`).
+//! - [`service`]: the `Machines` gRPC service for node agents (and for the
+//!   global scheduler's machine listings and log requests).
+//! - this module: the planner (the one writer of placement keys), the
+//!   machine-loss timer, and the connection to the global scheduler
+//!   (register, heartbeat with jitter, assignment stream, reports).
+
+pub mod service;
+pub mod state;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sched_core::policy::Policy;
+use sched_proto::pb;
+use sched_proto::pb::clusters_client::ClustersClient;
+use sched_proto::pb::machines_server::MachinesServer;
+use sched_store::{Store, StoreError, Write, MAX_OPS_PER_COMMIT};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
+
+use crate::backoff::{jitter, Backoff};
+use state::AgentState;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub cluster: String,
+    pub location: String,
+    /// The global scheduler's URL.
+    pub global: String,
+    pub prefix: String,
+    pub policy: Policy,
+    /// How often node agents heartbeat.
+    pub node_heartbeat: Duration,
+    /// A node silent this long is lost, with its machines.
+    pub machine_timeout: Duration,
+    /// The address node agents and the global scheduler reach us at
+    /// (defaults to the listener's).
+    pub advertise: Option<String>,
+}
+
+pub struct Agent {
+    state: Mutex<AgentState>,
+    /// Wakes the planner.
+    pub wake: Notify,
+    /// Wakes the upstream loop (reports to send).
+    pub upstream: Notify,
+    pub config: AgentConfig,
+}
+
+impl Agent {
+    pub fn state(&self) -> MutexGuard<'_, AgentState> {
+        // State changes are applied in single steps under the lock; a panic
+        // elsewhere leaves it consistent enough to go on.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Loads placements, then serves node agents and follows the global
+/// scheduler until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    config: AgentConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut state = AgentState::new(
+        &config.cluster,
+        &config.prefix,
+        config.policy.local.clone(),
+        config.machine_timeout,
+    );
+    let snap = store.list(state.placements_prefix()).await?;
+    state.load(&snap.items).map_err(anyhow::Error::msg)?;
+    tracing::info!(cluster = %config.cluster, placements = snap.items.len(), "placements read back from the store");
+    let address = config
+        .advertise
+        .clone()
+        .unwrap_or(format!("http://{}", listener.local_addr()?));
+    let agent = Arc::new(Agent {
+        state: Mutex::new(state),
+        wake: Notify::new(),
+        upstream: Notify::new(),
+        config,
+    });
+    let tracker = TaskTracker::new();
+    tracker.spawn(planner(agent.clone(), store, shutdown.clone()));
+    tracker.spawn(upstream(agent.clone(), address.clone(), shutdown.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<MachinesServer<service::MachinesService>>()
+        .await;
+    tracing::info!(%address, "serving node agents");
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(MachinesServer::new(service::MachinesService::new(
+            agent.clone(),
+        )))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        )
+        .await;
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the planner did not stop within 10 s");
+    }
+    result?;
+    Ok(())
+}
+
+/// The one writer of placement keys: expire silent nodes, pack the queue,
+/// persist, then tell nodes and the global scheduler.
+async fn planner(agent: Arc<Agent>, store: Arc<dyn Store>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let batch = agent.config.policy.local.batch_size.max(1) as usize;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = agent.wake.notified() => {}
+            _ = tick.tick() => {}
+        }
+        agent.state().expire(Instant::now());
+        // Placements.
+        let plan = agent.state().plan(batch);
+        let mut writes = plan.writes;
+        while !writes.is_empty() {
+            let rest = writes.split_off(writes.len().min(MAX_OPS_PER_COMMIT));
+            let chunk = std::mem::replace(&mut writes, rest);
+            let ws: Vec<Write> = chunk.iter().map(|(_, _, w)| w.clone()).collect();
+            match store.commit(&ws).await {
+                Ok(rev) => agent.state().apply(chunk, rev),
+                Err(e) => {
+                    tracing::warn!(cause = %e, tasks = chunk.len(), "placements not persisted; will retry");
+                    let mut st = agent.state();
+                    st.revert(chunk);
+                    st.revert(std::mem::take(&mut writes));
+                    if let StoreError::Conflict { key, .. } = &e {
+                        tracing::error!(%key, "a placement changed under us: another agent for this cluster?");
+                    }
+                }
+            }
+        }
+        // Final and lost states.
+        loop {
+            let dirty = agent.state().dirty_writes(MAX_OPS_PER_COMMIT);
+            if dirty.is_empty() {
+                break;
+            }
+            let ws: Vec<Write> = dirty.iter().map(|(_, w)| w.clone()).collect();
+            match store.commit(&ws).await {
+                Ok(rev) => {
+                    let mut st = agent.state();
+                    for (k, _) in &dirty {
+                        st.set_rev(k, rev);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, "task states not persisted; will retry");
+                    let mut st = agent.state();
+                    for (k, _) in dirty {
+                        st.mark_dirty(k);
+                    }
+                    break;
+                }
+            }
+        }
+        debug_assert!(agent.state().check().is_ok());
+        agent.upstream.notify_one();
+    }
+}
+
+fn channel(url: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy())
+}
+
+/// The connection to the global scheduler, re-established with backoff.
+async fn upstream(agent: Arc<Agent>, address: String, shutdown: CancellationToken) {
+    let client = match channel(&agent.config.global) {
+        Ok(c) => ClustersClient::new(c),
+        Err(e) => {
+            tracing::error!(cause = %e, "bad --global URL");
+            return;
+        }
+    };
+    let mut backoff = Backoff::new();
+    while !shutdown.is_cancelled() {
+        match session(&agent, client.clone(), &address, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(cause = %e, "lost the global scheduler; reconnecting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn session(
+    agent: &Arc<Agent>,
+    mut client: ClustersClient<Channel>,
+    address: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let cluster = agent.config.cluster.clone();
+    let classes = agent.state().classes();
+    let r = client
+        .register_cluster(pb::RegisterClusterRequest {
+            cluster: cluster.clone(),
+            location: agent.config.location.clone(),
+            classes,
+            address: address.to_string(),
+        })
+        .await?
+        .into_inner();
+    let interval = Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(50)));
+    let mut stream = client
+        .assignments(pb::AssignmentsRequest {
+            cluster: cluster.clone(),
+        })
+        .await?
+        .into_inner();
+    tracing::info!(%cluster, "registered with the global scheduler");
+    let mut next_beat = tokio::time::Instant::now();
+    loop {
+        // Reports first: they are what the global scheduler waits for.
+        let (tasks, handed_back) = {
+            let mut st = agent.state();
+            (
+                std::mem::take(&mut st.reports),
+                std::mem::take(&mut st.hand_backs),
+            )
+        };
+        if !tasks.is_empty() || !handed_back.is_empty() {
+            let req = pb::ReportRequest {
+                cluster: cluster.clone(),
+                tasks: tasks.clone(),
+                handed_back: handed_back.clone(),
+            };
+            if let Err(e) = client.report(req).await {
+                // Keep them for the next connection, in order.
+                let mut st = agent.state();
+                let later = std::mem::replace(&mut st.reports, tasks);
+                st.reports.extend(later);
+                let later = std::mem::replace(&mut st.hand_backs, handed_back);
+                st.hand_backs.extend(later);
+                return Err(e.into());
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = agent.upstream.notified() => {}
+            _ = tokio::time::sleep_until(next_beat) => {
+                let hb = {
+                    let st = agent.state();
+                    pb::HeartbeatRequest {
+                        cluster: cluster.clone(),
+                        classes: st.classes(),
+                        allocated: Some(crate::to_pb(&st.allocated())),
+                        queued: Some(crate::to_pb(&st.queued())),
+                        queue_len: st.queue.len() as u64,
+                        seq_seen: st.seq_seen,
+                    }
+                };
+                if client.heartbeat(hb).await?.into_inner().register_again {
+                    anyhow::bail!("the global scheduler asked to register again");
+                }
+                // Jitter: a tenth of the interval either way.
+                next_beat = tokio::time::Instant::now() + interval - interval / 10 + jitter(interval / 5);
+            }
+            batch = stream.next() => {
+                let batch = match batch {
+                    Some(b) => b?,
+                    None => anyhow::bail!("assignment stream ended"),
+                };
+                agent.state().receive(batch);
+                agent.wake.notify_one();
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The node agent: registers its machine (or many hollow ones) with the
+//! cluster's local agent, heartbeats, runs the tasks it is given as
+//! processes, keeps their output, and reports their states.
+//!
+//! # Layout
+//! - [`tasks`]: task processes, their directories under the work dir, and
+//!   finding them again after a restart.
+//! - [`logs`]: the `Node` gRPC service that serves task output.
+//! - this module: the connection to the local agent (register, heartbeat,
+//!   work stream, reports), with jittered exponential backoff.
+
+pub mod logs;
+pub mod tasks;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sched_core::resources::Resources;
+use sched_proto::pb;
+use sched_proto::pb::machines_client::MachinesClient;
+use sched_proto::pb::node_server::NodeServer;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
+
+use crate::backoff::Backoff;
+use tasks::Tasks;
+
+/// One machine the node hosts.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    pub name: String,
+    pub capacity: Resources,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The local agent's URL.
+    pub agent: String,
+    /// The node's name (the machine's, for a real node).
+    pub name: String,
+    pub machines: Vec<MachineConfig>,
+    pub work_dir: PathBuf,
+    /// Hollow machines: tasks pretend to run for this long (or the `N` of a
+    /// `sleep N` command) instead of starting processes.
+    pub hollow: Option<Duration>,
+    /// Tasks are killed when the node agent has been gone this long.
+    pub lease: Duration,
+    /// Where to serve task logs.
+    pub listen: String,
+    /// The `local-agent` binary, which supervises task processes.
+    pub supervisor: PathBuf,
+}
+
+/// Capacity of this machine: all cpus and all memory.
+pub fn detect_capacity() -> Resources {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(1 << 30, |kb| kb * 1024);
+    Resources::new(cpus * 1000, memory)
+}
+
+fn channel(url: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy())
+}
+
+/// Runs the node agent until `shutdown`; then stops its tasks.
+pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.work_dir)?;
+    let (report_tx, report_rx) = mpsc::unbounded_channel();
+    let tasks = Tasks::new(&config, report_tx)?;
+    let tracker = TaskTracker::new();
+
+    // The lease the task supervisors watch.
+    {
+        let tasks = tasks.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => tasks.renew_lease(),
+                }
+            }
+        });
+    }
+
+    // Task logs.
+    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    let address = format!("http://{}", listener.local_addr()?);
+    {
+        let service = NodeServer::new(logs::LogsService::new(tasks.clone()));
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    shutdown.cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = r {
+                tracing::error!(cause = %e, "logs server stopped");
+            }
+        });
+    }
+
+    let client = MachinesClient::new(channel(&config.agent)?);
+    tracker.spawn(report_loop(
+        client.clone(),
+        config.name.clone(),
+        report_rx,
+        shutdown.clone(),
+    ));
+    tracing::info!(node = %config.name, machines = config.machines.len(), %address, "node agent started");
+
+    let mut backoff = Backoff::new();
+    while !shutdown.is_cancelled() {
+        match session(&config, &address, client.clone(), &tasks, &shutdown).await {
+            Ok(()) => backoff.reset(),
+            Err(e) => {
+                tracing::warn!(cause = %e, "lost the local agent; reconnecting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    }
+    // Stop cleanly: the tasks go, and the local agent hears they are lost so
+    // it can place them elsewhere at once.
+    tasks.stop_all(Duration::from_secs(5)).await;
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
+    Ok(())
+}
+
+/// One connection: register, then follow the work stream while heartbeating.
+async fn session(
+    config: &NodeConfig,
+    address: &str,
+    mut client: MachinesClient<Channel>,
+    tasks: &Arc<Tasks>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let machines = config
+        .machines
+        .iter()
+        .map(|m| pb::MachineSpec {
+            name: m.name.clone(),
+            capacity: Some(crate::to_pb(&m.capacity)),
+            labels: m.labels.clone().into_iter().collect(),
+        })
+        .collect();
+    let r = client
+        .register_node(pb::RegisterNodeRequest {
+            node: config.name.clone(),
+            address: address.to_string(),
+            machines,
+            tasks: tasks.known(),
+        })
+        .await?
+        .into_inner();
+    let interval = Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(50)));
+    let mut work = client
+        .work(pb::WorkRequest {
+            node: config.name.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut beat = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = beat.tick() => {
+                // Jitter: up to a tenth of the interval, so that many nodes
+                // started together do not beat in step.
+                tokio::time::sleep(crate::backoff::jitter(interval / 10)).await;
+                let r = client.node_heartbeat(pb::NodeHeartbeatRequest { node: config.name.clone() }).await?;
+                if r.into_inner().register_again {
+                    anyhow::bail!("the local agent asked to register again");
+                }
+            }
+            batch = work.next() => {
+                let batch = match batch {
+                    Some(b) => b?,
+                    None => anyhow::bail!("work stream ended"),
+                };
+                for s in batch.stop {
+                    tasks.stop(&s.job, s.index);
+                }
+                for s in batch.start {
+                    tasks.start(s);
+                }
+            }
+        }
+    }
+}
+
+/// Sends task reports to the local agent in batches, keeping them until
+/// they are acknowledged.
+async fn report_loop(
+    mut client: MachinesClient<Channel>,
+    node: String,
+    mut rx: mpsc::UnboundedReceiver<pb::NodeTask>,
+    shutdown: CancellationToken,
+) {
+    let mut unsent: Vec<pb::NodeTask> = Vec::new();
+    let mut backoff = Backoff::new();
+    loop {
+        if unsent.is_empty() {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(t) => unsent.push(t),
+                    None => return,
+                },
+                _ = shutdown.cancelled() => {
+                    // Flush what the shutdown itself produced, briefly.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    while let Ok(t) = rx.try_recv() { unsent.push(t); }
+                    if !unsent.is_empty() {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), client.node_report(pb::NodeReportRequest { node: node.clone(), tasks: unsent.clone() })).await;
+                    }
+                    return;
+                }
+            }
+        }
+        while let Ok(t) = rx.try_recv() {
+            unsent.push(t);
+        }
+        let req = pb::NodeReportRequest {
+            node: node.clone(),
+            tasks: unsent.clone(),
+        };
+        match client.node_report(req).await {
+            Ok(_) => {
+                unsent.clear();
+                backoff.reset();
+            }
+            Err(e) => {
+                tracing::debug!(cause = %e, "report not delivered; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
