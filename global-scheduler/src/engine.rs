@@ -248,6 +248,7 @@ impl Engine {
         tasks: &[pb::TaskReport],
         handed_back: &[pb::HandBack],
     ) -> Result<(), ServiceError> {
+        let mut lost_on_the_way: BTreeMap<String, u32> = BTreeMap::new();
         let changes: Vec<TaskChange> = {
             let state = self.shared.state();
             let mut seen = std::collections::BTreeSet::new();
@@ -259,10 +260,20 @@ impl Engine {
                     }
                 }
             }
-            // Several reports of one task in one call: the last one wins.
+            // Several reports of one task in one call: the last one wins
+            // (one write per key), but a loss on the way is still told.
             let mut last: BTreeMap<(String, u32), &pb::TaskReport> = BTreeMap::new();
             for t in tasks {
                 last.insert((t.job.clone(), t.index), t);
+            }
+            for t in tasks {
+                if t.state == pb::TaskState::Lost as i32
+                    && last
+                        .get(&(t.job.clone(), t.index))
+                        .is_some_and(|l| l.state != t.state)
+                {
+                    *lost_on_the_way.entry(t.job.clone()).or_insert(0) += 1;
+                }
             }
             for ((job, index), t) in last {
                 if seen.contains(&(job, index)) {
@@ -274,7 +285,18 @@ impl Engine {
             }
             out
         };
-        self.commit_changes(changes).await
+        let result = self.commit_changes(changes).await;
+        if result.is_ok() {
+            let mut state = self.shared.state();
+            for (job, n) in lost_on_the_way {
+                state.push_job_event(
+                    &job,
+                    "lost",
+                    format!("{n} task(s) lost with their machine and placed again"),
+                );
+            }
+        }
+        result
     }
 
     async fn cancel(&mut self, name: &str) -> Result<pb::JobState, ServiceError> {

@@ -133,6 +133,136 @@ impl Scheduler {
     }
 }
 
+/// A real `local-agent serve` for one cluster.
+pub struct LocalAgent {
+    child: Option<Guarded>,
+    pub port: u16,
+    args: Vec<String>,
+}
+
+impl LocalAgent {
+    /// Starts it for `cluster` at `location`, against the scheduler at
+    /// `global` and etcd at `etcd_url`, with quick heartbeats for tests.
+    pub async fn start(cluster: &str, location: &str, global: &str, etcd_url: &str) -> LocalAgent {
+        let port = free_port();
+        let args = [
+            "serve",
+            "--cluster",
+            cluster,
+            "--location",
+            location,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--global",
+            global,
+            "--etcd",
+            etcd_url,
+            "--node-heartbeat-ms",
+            "200",
+            "--machine-timeout-ms",
+            "2000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut a = LocalAgent {
+            child: None,
+            port,
+            args,
+        };
+        a.restart().await;
+        a
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill9();
+        let mut cmd = Command::new(bin("local-agent"));
+        cmd.args(&self.args).current_dir(repo());
+        self.child = Some(Guarded::spawn(cmd).expect("start local-agent serve"));
+        wait_serving(&self.url(), Duration::from_secs(30)).await;
+    }
+}
+
+/// A real `local-agent node` with a declared capacity and its own work dir.
+pub struct NodeAgent {
+    child: Option<Guarded>,
+    pub name: String,
+    pub work_dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl NodeAgent {
+    pub fn start(agent: &str, name: &str, cpu: &str, memory: &str, work_dir: PathBuf) -> NodeAgent {
+        let args = [
+            "node",
+            "--agent",
+            agent,
+            "--name",
+            name,
+            "--cpu",
+            cpu,
+            "--memory",
+            memory,
+            "--work-dir",
+            work_dir.to_str().expect("a UTF-8 path"),
+            "--lease-ms",
+            "1000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut n = NodeAgent {
+            child: None,
+            name: name.to_string(),
+            work_dir,
+            args,
+        };
+        n.restart();
+        n
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        let mut cmd = Command::new(bin("local-agent"));
+        cmd.args(&self.args).current_dir(repo());
+        self.child = Some(Guarded::spawn(cmd).expect("start local-agent node"));
+    }
+
+    /// Attempt directories of `job`'s task `index` on this node.
+    pub fn attempts(&self, job: &str, index: u32) -> Vec<u64> {
+        let dir = self
+            .work_dir
+            .join("tasks")
+            .join(job)
+            .join(index.to_string());
+        let mut out: Vec<u64> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+}
+
 /// A lazily connecting channel (calls fail with UNAVAILABLE while the
 /// server is down, and work again once it is back).
 pub fn channel(url: &str) -> Channel {

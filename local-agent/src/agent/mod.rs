@@ -241,6 +241,7 @@ async fn session(
         .into_inner();
     tracing::info!(%cluster, "registered with the global scheduler");
     let mut next_beat = tokio::time::Instant::now();
+    let mut sent_classes: Vec<pb::MachineClassStatus> = Vec::new();
     loop {
         // Reports first: they are what the global scheduler waits for.
         let (tasks, handed_back) = {
@@ -266,27 +267,35 @@ async fn session(
                 return Err(e.into());
             }
         }
+        // Heartbeat when due, or at once when machines came or went, so
+        // the global scheduler sizes jobs against the machines there are.
+        let hb = {
+            let st = agent.state();
+            let classes = st.classes();
+            (tokio::time::Instant::now() >= next_beat || classes != sent_classes).then(|| {
+                pb::HeartbeatRequest {
+                    cluster: cluster.clone(),
+                    classes,
+                    allocated: Some(crate::to_pb(&st.allocated())),
+                    queued: Some(crate::to_pb(&st.queued())),
+                    queue_len: st.queue.len() as u64,
+                    seq_seen: st.seq_seen,
+                }
+            })
+        };
+        if let Some(hb) = hb {
+            sent_classes = hb.classes.clone();
+            if client.heartbeat(hb).await?.into_inner().register_again {
+                anyhow::bail!("the global scheduler asked to register again");
+            }
+            // Jitter: a tenth of the interval either way.
+            next_beat =
+                tokio::time::Instant::now() + interval - interval / 10 + jitter(interval / 5);
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = agent.upstream.notified() => {}
-            _ = tokio::time::sleep_until(next_beat) => {
-                let hb = {
-                    let st = agent.state();
-                    pb::HeartbeatRequest {
-                        cluster: cluster.clone(),
-                        classes: st.classes(),
-                        allocated: Some(crate::to_pb(&st.allocated())),
-                        queued: Some(crate::to_pb(&st.queued())),
-                        queue_len: st.queue.len() as u64,
-                        seq_seen: st.seq_seen,
-                    }
-                };
-                if client.heartbeat(hb).await?.into_inner().register_again {
-                    anyhow::bail!("the global scheduler asked to register again");
-                }
-                // Jitter: a tenth of the interval either way.
-                next_beat = tokio::time::Instant::now() + interval - interval / 10 + jitter(interval / 5);
-            }
+            _ = tokio::time::sleep_until(next_beat) => {}
             batch = stream.next() => {
                 let batch = match batch {
                     Some(b) => b?,

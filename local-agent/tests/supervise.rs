@@ -1,0 +1,69 @@
+//! `local-agent supervise`, the parent of every task process.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn supervise(
+    lease: &std::path::Path,
+    exit: &std::path::Path,
+    lease_ms: u64,
+    cmd: &[&str],
+) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_local-agent"))
+        .arg("supervise")
+        .arg("--lease")
+        .arg(lease)
+        .arg("--lease-ms")
+        .arg(lease_ms.to_string())
+        .arg("--exit-file")
+        .arg(exit)
+        .arg("--")
+        .args(cmd)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn the_exit_code_is_written_to_the_exit_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let lease = dir.path().join("lease");
+    std::fs::write(&lease, "").unwrap();
+    let exit = dir.path().join("exit");
+    let status = supervise(&lease, &exit, 60_000, &["sh", "-c", "exit 7"])
+        .wait()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read_to_string(&exit).unwrap(), "7");
+}
+
+#[test]
+fn a_stale_lease_kills_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let lease = dir.path().join("lease");
+    std::fs::write(&lease, "").unwrap();
+    let exit = dir.path().join("exit");
+    let start = Instant::now();
+    // Nobody renews the lease: after 500 ms the task (a 60 s sleep) is
+    // killed with SIGKILL, exit code 128 + 9.
+    supervise(&lease, &exit, 500, &["sleep", "60"])
+        .wait()
+        .unwrap();
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert_eq!(std::fs::read_to_string(&exit).unwrap(), "137");
+}
+
+#[test]
+fn sigterm_reaches_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let lease = dir.path().join("lease");
+    std::fs::write(&lease, "").unwrap();
+    let exit = dir.path().join("exit");
+    let mut child = supervise(&lease, &exit, 60_000, &["sleep", "60"]);
+    std::thread::sleep(Duration::from_millis(300));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    assert_eq!(std::fs::read_to_string(&exit).unwrap(), "143");
+}

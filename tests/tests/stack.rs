@@ -1,0 +1,352 @@
+//! The whole stack end to end: real etcd, the real global scheduler, local
+//! agents and node agents running real processes, on loopback.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sched_proto::pb;
+use sched_tests::{etcd, eventually, LocalAgent, NodeAgent, Scheduler};
+
+const TOPOLOGY: &str = "config/examples/topology.yaml";
+
+fn job(
+    name: &str,
+    tasks: i64,
+    cpu: &str,
+    locality: Option<&str>,
+    script: &str,
+) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        yaml: String::new(),
+        jobs: vec![pb::JobSpec {
+            name: name.to_string(),
+            tasks,
+            resources: Some(pb::ResourceRequest {
+                cpu: cpu.to_string(),
+                memory: "128Mi".to_string(),
+                disk: None,
+                gpu: None,
+            }),
+            priority: None,
+            locality: locality.map(str::to_string),
+            constraints: Default::default(),
+            command: vec!["sh".to_string(), "-c".to_string(), script.to_string()],
+        }],
+        submission_id: name.to_string(),
+    }
+}
+
+async fn status(s: &Scheduler, name: &str) -> Option<pb::JobStatus> {
+    s.client()
+        .await
+        .get_job(pb::GetJobRequest {
+            name: name.to_string(),
+        })
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+async fn wait_state(
+    s: &Scheduler,
+    name: &str,
+    want: pb::JobState,
+    timeout: Duration,
+) -> pb::JobStatus {
+    eventually(&format!("job {name} {want:?}"), timeout, || async {
+        let st = status(s, name).await?;
+        (st.summary.as_ref()?.state == want as i32).then_some(st)
+    })
+    .await
+}
+
+/// Waits until `n` machines are up, as the local agents and the global
+/// scheduler (through heartbeats) both see them.
+async fn wait_machines(s: &Scheduler, n: usize) {
+    eventually(
+        &format!("{n} machines up"),
+        Duration::from_secs(20),
+        || async {
+            let up = machines(s).await.iter().filter(|m| m.up).count();
+            let seen: u32 = s
+                .client()
+                .await
+                .list_clusters(pb::ListClustersRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .clusters
+                .iter()
+                .filter(|c| c.up)
+                .map(|c| c.machines)
+                .sum();
+            (up == n && seen as usize == n).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn machines(s: &Scheduler) -> Vec<pb::MachineStatus> {
+    s.client()
+        .await
+        .list_machines(pb::ListMachinesRequest {
+            cluster: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().machines)
+        .unwrap_or_default()
+}
+
+fn schedctl(url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(sched_tests::bin("schedctl"))
+        .arg("--server")
+        .arg(url)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Seconds since the epoch as a float, from a task's output line.
+fn stamps(text: &str, tag: &str) -> Vec<f64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(tag))
+        .filter_map(|t| t.trim().parse().ok())
+        .collect()
+}
+
+/// A job of more tasks than a machine holds runs to `succeeded` across
+/// machines and clusters; each task's log is its own; no machine ever holds
+/// more than its declared cpu; the cluster too small for the job sends the
+/// rest to the next best cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_to_success_across_machines_and_clusters() {
+    let Some(etcd) = etcd() else { return };
+    let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
+    let east = LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
+    let west = LocalAgent::start("west-a", "us-west", &sched.url(), &etcd.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _nodes: Vec<NodeAgent> = [("e1", &east), ("e2", &east), ("w1", &west), ("w2", &west)]
+        .iter()
+        .map(|(n, a)| NodeAgent::start(&a.url(), n, "2", "1Gi", dir.path().join(n)))
+        .collect();
+    wait_machines(&sched, 4).await;
+
+    // 7 tasks of 1 cpu preferring us-east, whose cluster has 4 cpu: 4 run
+    // there, 3 go west. Each task prints who it is and when it ran.
+    let script = "echo \"I am $SCHED_JOB/$SCHED_TASK_INDEX on $SCHED_MACHINE in $SCHED_CLUSTER\"; \
+                  echo \"start $(date +%s.%N)\"; sleep 1; echo \"end $(date +%s.%N)\"";
+    sched
+        .client()
+        .await
+        .submit(job("wide", 7, "1", Some("us-east"), script))
+        .await
+        .unwrap();
+
+    // Sample the machines while it runs: never more allocated than capacity.
+    let sampler = {
+        let url = sched.url();
+        tokio::spawn(async move {
+            let mut c =
+                sched_proto::pb::scheduler_client::SchedulerClient::new(sched_tests::channel(&url));
+            let mut worst = 0u64;
+            for _ in 0..60 {
+                if let Ok(r) = c
+                    .list_machines(pb::ListMachinesRequest {
+                        cluster: String::new(),
+                    })
+                    .await
+                {
+                    for m in r.into_inner().machines {
+                        let (a, cap) = (
+                            m.allocated.unwrap_or_default(),
+                            m.capacity.unwrap_or_default(),
+                        );
+                        assert!(
+                            a.cpu_millis <= cap.cpu_millis,
+                            "{} over capacity: {a:?}",
+                            m.name
+                        );
+                        worst = worst.max(a.cpu_millis);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            worst
+        })
+    };
+    let st = wait_state(
+        &sched,
+        "wide",
+        pb::JobState::Succeeded,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(sampler.await.unwrap() > 0, "the sampler saw tasks running");
+    let by_cluster = st
+        .tasks
+        .iter()
+        .fold(BTreeMap::<String, u32>::new(), |mut m, t| {
+            *m.entry(t.cluster.clone()).or_default() += 1;
+            m
+        });
+    assert_eq!(by_cluster.get("east-a"), Some(&4), "{by_cluster:?}");
+    assert_eq!(by_cluster.get("west-a"), Some(&3), "{by_cluster:?}");
+
+    // Each log is its own task's, and per machine at most 2 tasks (2 cpu)
+    // ran at any instant.
+    let mut intervals: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for t in &st.tasks {
+        assert_eq!(t.exit_code, Some(0));
+        let out = schedctl(&sched.url(), &["logs", &format!("wide/{}", t.index)]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!(
+                "I am wide/{} on {} in {}",
+                t.index, t.machine, t.cluster
+            )),
+            "{text}"
+        );
+        let (s, e) = (stamps(&text, "start "), stamps(&text, "end "));
+        intervals
+            .entry(t.machine.clone())
+            .or_default()
+            .push((s[0], e[0]));
+    }
+    for (machine, spans) in &intervals {
+        for &(s, _) in spans {
+            let overlapping = spans.iter().filter(|&&(a, b)| a <= s && s < b).count();
+            assert!(
+                overlapping <= 2,
+                "{machine} ran {overlapping} 1-cpu tasks at once on 2 cpu"
+            );
+        }
+    }
+}
+
+/// Kill -9 a node agent while its tasks run: they are killed by their lease,
+/// become `lost`, run again on another machine, and the job finishes; the
+/// two copies never run at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_a_node_agent_and_its_tasks_run_again_elsewhere() {
+    let Some(etcd) = etcd() else { return };
+    let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
+    let agent = LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<NodeAgent> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| NodeAgent::start(&agent.url(), n, "1", "1Gi", dir.path().join(n)))
+        .collect();
+    wait_machines(&sched, 3).await;
+    // Two tasks, each a second-by-second ticker for 4 s.
+    let script = "for i in 1 2 3 4 5 6 7 8; do echo \"tick $(date +%s.%N)\"; sleep 0.5; done";
+    sched
+        .client()
+        .await
+        .submit(job("ticker", 2, "1", None, script))
+        .await
+        .unwrap();
+    let st = wait_state(
+        &sched,
+        "ticker",
+        pb::JobState::Running,
+        Duration::from_secs(20),
+    )
+    .await;
+    let victim_machine = st.tasks[0].machine.clone();
+    let victim = nodes.iter_mut().find(|n| n.name == victim_machine).unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    victim.kill9();
+
+    let st = wait_state(
+        &sched,
+        "ticker",
+        pb::JobState::Succeeded,
+        Duration::from_secs(60),
+    )
+    .await;
+    let moved = &st.tasks[0];
+    assert_ne!(moved.machine, victim_machine, "task 0 ran again elsewhere");
+    let d = sched
+        .client()
+        .await
+        .describe_job(pb::DescribeJobRequest {
+            name: "ticker".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(d.events.iter().any(|e| e.kind == "lost"), "{:?}", d.events);
+
+    // The first copy's last tick came before the second copy's first.
+    let first = std::fs::read_to_string(
+        dir.path()
+            .join(&victim_machine)
+            .join("tasks/ticker/0/1/stdout"),
+    )
+    .unwrap();
+    let second = std::fs::read_to_string(
+        dir.path()
+            .join(&moved.machine)
+            .join("tasks/ticker/0/2/stdout"),
+    )
+    .unwrap();
+    let (a, b) = (stamps(&first, "tick "), stamps(&second, "tick "));
+    assert!(!a.is_empty() && b.len() == 8, "first {a:?} second {b:?}");
+    assert!(
+        a.last().unwrap() < b.first().unwrap(),
+        "the copies overlapped: {a:?} vs {b:?}"
+    );
+}
+
+/// Kill -9 the local agent while tasks run and start it again: it reads its
+/// placements back, the nodes re-register with what they run, and nothing
+/// is started twice or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_a_local_agent_starts_nothing_twice() {
+    let Some(etcd) = etcd() else { return };
+    let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
+    let mut agent = LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<NodeAgent> = ["n1", "n2"]
+        .iter()
+        .map(|n| NodeAgent::start(&agent.url(), n, "2", "1Gi", dir.path().join(n)))
+        .collect();
+    wait_machines(&sched, 2).await;
+    sched
+        .client()
+        .await
+        .submit(job("steady", 4, "1", None, "sleep 3; echo done"))
+        .await
+        .unwrap();
+    wait_state(
+        &sched,
+        "steady",
+        pb::JobState::Running,
+        Duration::from_secs(20),
+    )
+    .await;
+    eventually("all 4 running", Duration::from_secs(20), || async {
+        let st = status(&sched, "steady").await?;
+        (st.summary?.counts?.running == 4).then_some(())
+    })
+    .await;
+    agent.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    agent.restart().await;
+    // And once more while they finish.
+    let st = wait_state(
+        &sched,
+        "steady",
+        pb::JobState::Succeeded,
+        Duration::from_secs(60),
+    )
+    .await;
+    for t in &st.tasks {
+        assert_eq!(t.exit_code, Some(0));
+        let attempts: Vec<u64> = nodes
+            .iter()
+            .flat_map(|n| n.attempts("steady", t.index))
+            .collect();
+        assert_eq!(attempts, [1], "task {} started once: {attempts:?}", t.index);
+    }
+}
