@@ -58,6 +58,8 @@ pub struct Shared {
     /// clusters can take).
     pub wake: Notify,
     pub limits: Limits,
+    /// Fires when the server shuts down: open streams end.
+    pub shutdown: CancellationToken,
 }
 
 /// Bounds that keep memory in check under overload.
@@ -80,6 +82,7 @@ impl Shared {
     pub fn new(
         state: State,
         limits: Limits,
+        shutdown: CancellationToken,
     ) -> (
         Arc<Shared>,
         mpsc::Receiver<Command>,
@@ -94,6 +97,7 @@ impl Shared {
             submissions: stx,
             wake: Notify::new(),
             limits,
+            shutdown,
         });
         (shared, rx, srx)
     }

@@ -49,6 +49,29 @@ pub fn now_unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// How long open connections may take to close after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs `serve` until it ends, but no longer than [`SHUTDOWN_GRACE`] after
+/// `shutdown` fires: a client that keeps its connection open (and does not
+/// answer the server's GOAWAY) must not hold the process up.
+pub async fn with_grace<F, E>(serve: F, shutdown: &CancellationToken) -> Result<(), E>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    tokio::pin!(serve);
+    tokio::select! {
+        r = &mut serve => r,
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("connections still open {} s after shutdown; closing them", SHUTDOWN_GRACE.as_secs());
+            Ok(())
+        }
+    }
+}
+
 /// Everything `run` needs besides the listener and the store.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -119,7 +142,7 @@ pub async fn run(
         heartbeat_timeout: config.heartbeat_timeout,
         pass_size: u64::from(config.policy.local.batch_size.max(1)),
     };
-    let (shared, rx, submissions) = Shared::new(state, limits);
+    let (shared, rx, submissions) = Shared::new(state, limits, shutdown.clone());
 
     let tracker = TaskTracker::new();
     for s in submitter::Submitter::pool(shared.clone(), store.clone(), submissions) {
@@ -147,7 +170,7 @@ pub async fn run(
             TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
         );
-    let result = serve.await;
+    let result = with_grace(serve, &shutdown).await;
     // The server stops when `shutdown` fires or fails; either way stop the
     // engine and let it finish its current commit.
     shutdown.cancel();

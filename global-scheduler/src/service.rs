@@ -12,6 +12,7 @@ use sched_core::quantity::QuantityText;
 use sched_proto::pb;
 use sched_proto::pb::clusters_server::Clusters;
 use sched_proto::pb::scheduler_server::Scheduler;
+use sched_proto::shutdown::Until;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use tokio_stream::{Stream, StreamExt};
@@ -347,7 +348,10 @@ impl Scheduler for SchedulerService {
                 }))
             }
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(Until::new(
+            stream,
+            self.shared.shutdown.clone(),
+        ))))
     }
 
     async fn list_clusters(
@@ -488,7 +492,10 @@ impl Clusters for ClustersService {
         let id = self.cluster_id(&request.into_inner().cluster)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         self.shared.open_stream(id, tx);
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(Until::new(
+            ReceiverStream::new(rx),
+            self.shared.shutdown.clone(),
+        ))))
     }
 
     async fn report(

@@ -77,6 +77,12 @@ struct NodeArgs {
     /// Memory to offer (default: all memory of this machine).
     #[arg(long, value_name = "Q", allow_hyphen_values = true)]
     memory: Option<String>,
+    /// Disk to offer (default: none).
+    #[arg(long, value_name = "Q")]
+    disk: Option<String>,
+    /// GPUs to offer (default: none).
+    #[arg(long, value_name = "Q")]
+    gpu: Option<String>,
     /// Machine labels, `k=v,...`.
     #[arg(long, value_name = "K=V,...", value_delimiter = ',')]
     labels: Vec<String>,
@@ -164,8 +170,8 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         "machine",
         &quantity(&args.cpu, format!("{}m", detected.cpu.0)),
         &quantity(&args.memory, detected.memory.0.to_string()),
-        None,
-        None,
+        args.disk.clone().map(QuantityText::Text).as_ref(),
+        args.gpu.clone().map(QuantityText::Text).as_ref(),
     )?;
     if capacity.cpu.0 == 0 || capacity.memory.0 == 0 {
         anyhow::bail!("--cpu and --memory must be more than zero");

@@ -116,6 +116,74 @@ fn submission_id() -> String {
     format!("{:016x}", random_u64())
 }
 
+/// Submits a job file (for `schedctl dev --submit`).
+pub async fn submit_file(server: &str, file: &std::path::Path) -> anyhow::Result<()> {
+    let yaml =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let request = pb::SubmitRequest {
+        yaml,
+        jobs: Vec::new(),
+        submission_id: submission_id(),
+    };
+    submit_request(server, request, false, 0).await
+}
+
+/// Waits until every job has finished, prints them; an error if any failed.
+pub async fn wait_done_and_print(server: &str, timeout: Duration) -> anyhow::Result<()> {
+    let c = client(server).await?;
+    let start = Instant::now();
+    loop {
+        let jobs = retry(RETRY_FOR, || {
+            let mut c = c.clone();
+            async move { c.list_jobs(pb::ListJobsRequest { state: 0 }).await }
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .jobs;
+        let done = |s: i32| {
+            [
+                pb::JobState::Succeeded,
+                pb::JobState::Failed,
+                pb::JobState::Cancelled,
+            ]
+            .iter()
+            .any(|d| *d as i32 == s)
+        };
+        if jobs.iter().all(|j| done(j.state)) {
+            get(
+                server,
+                GetCommand::Jobs {
+                    output: Format::Table,
+                    state: None,
+                },
+            )
+            .await?;
+            let failed: Vec<&str> = jobs
+                .iter()
+                .filter(|j| j.state != pb::JobState::Succeeded as i32)
+                .map(|j| j.name.as_str())
+                .collect();
+            if !failed.is_empty() {
+                bail!("not succeeded: {}", failed.join(", "));
+            }
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            get(
+                server,
+                GetCommand::Jobs {
+                    output: Format::Table,
+                    state: None,
+                },
+            )
+            .await?;
+            bail!("jobs not finished after {} s", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 pub async fn submit(server: &str, args: SubmitArgs) -> anyhow::Result<()> {
     let yaml = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;

@@ -7,11 +7,13 @@
 //!   a table, JSON, a placements CSV and per-job explanations.
 //! - `policy`: `schedctl policy check`.
 //! - `jobs`: the commands served by the global scheduler (submit, run, get,
-//!   describe, cancel, watch), over `client`'s connection with retries.
+//!   describe, cancel, watch, logs), over `client`'s connection with retries.
+//! - `dev`: `schedctl dev`, the whole stack on loopback.
 //!
 //! Exit codes: 0 success, 1 error, 2 usage (clap's own).
 
 mod client;
+mod dev;
 mod jobs;
 mod policy;
 mod simulate;
@@ -63,6 +65,9 @@ enum Command {
     Cancel { name: String },
     /// Follow job events as they happen (all jobs, or one).
     Watch { job: Option<String> },
+    /// Start the whole stack on loopback (global scheduler, a local agent
+    /// per cluster, node agents) for trying it out.
+    Dev(dev::Args),
     /// Print a task's output: `JOB/INDEX` (or every task of `JOB`).
     Logs {
         #[arg(value_name = "JOB[/INDEX]")]
@@ -84,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Describe(cmd) => remote(jobs::describe(&server, cmd)),
         Command::Cancel { name } => remote(jobs::cancel(&server, name)),
         Command::Watch { job } => remote(jobs::watch(&server, job)),
+        Command::Dev(args) => dev::run(args),
         Command::Logs { target, follow } => remote(jobs::logs(&server, target, follow)),
     }
 }

@@ -54,6 +54,8 @@ pub struct Agent {
     /// Wakes the upstream loop (reports to send).
     pub upstream: Notify,
     pub config: AgentConfig,
+    /// Fires when the agent shuts down: open streams end.
+    pub shutdown: CancellationToken,
 }
 
 impl Agent {
@@ -90,6 +92,7 @@ pub async fn run(
         wake: Notify::new(),
         upstream: Notify::new(),
         config,
+        shutdown: shutdown.clone(),
     });
     let tracker = TaskTracker::new();
     tracker.spawn(planner(agent.clone(), store, shutdown.clone()));
@@ -100,7 +103,7 @@ pub async fn run(
         .set_serving::<MachinesServer<service::MachinesService>>()
         .await;
     tracing::info!(%address, "serving node agents");
-    let result = tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(MachinesServer::new(service::MachinesService::new(
             agent.clone(),
@@ -108,8 +111,17 @@ pub async fn run(
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
-        )
-        .await;
+        );
+    tokio::pin!(serve);
+    // No longer than a few seconds after the signal: a client that keeps its
+    // connection open must not hold the agent up.
+    let result = tokio::select! {
+        r = &mut serve => r,
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        } => Ok(()),
+    };
     shutdown.cancel();
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(10), tracker.wait())

@@ -8,6 +8,7 @@ use sched_core::names::check_name;
 use sched_proto::pb;
 use sched_proto::pb::machines_server::Machines;
 use sched_proto::pb::node_client::NodeClient;
+use sched_proto::shutdown::Until;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -94,9 +95,10 @@ impl Machines for MachinesService {
                 "node {node:?} is not registered; register first"
             )));
         }
-        Ok(Response::new(Box::pin(
+        Ok(Response::new(Box::pin(Until::new(
             tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+            self.agent.shutdown.clone(),
+        ))))
     }
 
     async fn node_report(
@@ -152,6 +154,9 @@ impl Machines for MachinesService {
             .await
             .map_err(|e| Status::unavailable(format!("node at {address}: {e}")))?;
         let stream = node.task_logs(r).await?.into_inner();
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(Until::new(
+            stream,
+            self.agent.shutdown.clone(),
+        ))))
     }
 }
