@@ -59,6 +59,11 @@ impl EtcdServer {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// etcd's own pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.program_pid()
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
@@ -182,6 +187,21 @@ impl Guarded {
     /// The watchdog's pid, which is also the process group id.
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The program's own pid (the watchdog's child), once it has started.
+    pub fn program_pid(&self) -> Option<u32> {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()?
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            // The watchdog also runs `sleep` between checks; the program is
+            // the child that is not `sleep`.
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() != "sleep")
+            })
     }
 
     /// SIGKILL to the program and its watchdog; waits for the watchdog.

@@ -102,6 +102,11 @@ impl Scheduler {
         }
     }
 
+    /// The scheduler's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref()?.program_pid()
+    }
+
     /// SIGTERM; returns whether it exited within `deadline`.
     pub fn terminate(&mut self, deadline: Duration) -> bool {
         let Some(mut c) = self.child.take() else {
@@ -182,6 +187,11 @@ impl LocalAgent {
         if let Some(mut c) = self.child.take() {
             c.kill();
         }
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref()?.program_pid()
     }
 
     pub async fn restart(&mut self) {
@@ -544,4 +554,19 @@ async fn cluster_loop(
             }
         }
     }
+}
+
+/// Peak and current resident memory of a process, in bytes, from
+/// `/proc/<pid>/status` (`VmHWM`, `VmRSS`).
+pub fn memory(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
 }

@@ -676,10 +676,14 @@ impl AgentState {
     /// The write for `plan` is in the store (at `rev`): record the
     /// placements, tell the nodes, tell the global scheduler.
     pub fn apply(&mut self, writes: Vec<(TaskKey, Placement, Write)>, rev: Revision) {
+        // One work batch per node, not one per task.
+        let mut starts: BTreeMap<String, Vec<pb::TaskStart>> = BTreeMap::new();
         for (k, mut p, _) in writes {
             p.rev = rev;
             let start = self.start_message(&k, &p);
-            let node = self.machines.get(&p.record.machine).map(|m| m.node.clone());
+            if let Some(m) = self.machines.get(&p.record.machine) {
+                starts.entry(m.node.clone()).or_default().push(start);
+            }
             self.reports.push(pb::TaskReport {
                 job: k.0.clone(),
                 index: k.1,
@@ -688,9 +692,9 @@ impl AgentState {
                 exit_code: None,
             });
             self.placements.insert(k, p);
-            if let Some(node) = node {
-                self.send(&node, |b| b.start.push(start));
-            }
+        }
+        for (node, s) in starts {
+            self.send(&node, |b| b.start = s);
         }
     }
 
