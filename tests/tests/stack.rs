@@ -350,3 +350,82 @@ async fn kill_9_and_restart_a_local_agent_starts_nothing_twice() {
         assert_eq!(attempts, [1], "task {} started once: {attempts:?}", t.index);
     }
 }
+
+/// A node agent killed and restarted within its lease finds its task still
+/// running, adopts it, and reports its exit: the task is not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_agent_adopts_its_running_tasks() {
+    let Some(etcd) = etcd() else { return };
+    let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
+    let agent = LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = NodeAgent::start(&agent.url(), "n1", "2", "1Gi", dir.path().join("n1"));
+    wait_machines(&sched, 1).await;
+    sched
+        .client()
+        .await
+        .submit(job("adopted", 1, "1", None, "sleep 2; echo finished"))
+        .await
+        .unwrap();
+    eventually("the task running", Duration::from_secs(20), || async {
+        let st = status(&sched, "adopted").await?;
+        (st.summary?.counts?.running == 1).then_some(())
+    })
+    .await;
+    node.kill9();
+    node.restart();
+    let st = wait_state(
+        &sched,
+        "adopted",
+        pb::JobState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(st.tasks[0].exit_code, Some(0));
+    assert_eq!(node.attempts("adopted", 0), [1], "not run again");
+    let out = std::fs::read_to_string(dir.path().join("n1/tasks/adopted/0/1/stdout")).unwrap();
+    assert_eq!(out.trim(), "finished");
+}
+
+/// Cancelling a job stops its running tasks on their machines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_running_tasks() {
+    let Some(etcd) = etcd() else { return };
+    let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
+    let agent = LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _node = NodeAgent::start(&agent.url(), "n1", "4", "2Gi", dir.path().join("n1"));
+    wait_machines(&sched, 1).await;
+    sched
+        .client()
+        .await
+        .submit(job("forever", 2, "1", None, "sleep 300"))
+        .await
+        .unwrap();
+    eventually("both running", Duration::from_secs(20), || async {
+        let st = status(&sched, "forever").await?;
+        (st.summary?.counts?.running == 2).then_some(())
+    })
+    .await;
+    let out = schedctl(&sched.url(), &["cancel", "forever"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SIGTERM: exit code 128 + 15, and the machine is free again.
+    let st = eventually("both stopped", Duration::from_secs(20), || async {
+        let st = status(&sched, "forever").await?;
+        st.tasks
+            .iter()
+            .all(|t| t.exit_code == Some(143))
+            .then_some(st)
+    })
+    .await;
+    assert_eq!(st.summary.unwrap().state, pb::JobState::Cancelled as i32);
+    eventually("the machine free", Duration::from_secs(10), || async {
+        let m = machines(&sched).await;
+        (m.len() == 1 && m[0].allocated.unwrap_or_default().cpu_millis == 0).then_some(())
+    })
+    .await;
+}
