@@ -931,21 +931,7 @@ fn assignment_message(j: &JobEntry, indices: Vec<u32>) -> pb::Assignment {
     }
 }
 
-pub fn to_pb_resources(r: &Resources) -> pb::Resources {
-    let [cpu_millis, memory_bytes, disk_bytes, gpu_millis] = r.as_array();
-    pb::Resources {
-        cpu_millis,
-        memory_bytes,
-        disk_bytes,
-        gpu_millis,
-    }
-}
-
-pub fn from_pb_resources(r: Option<&pb::Resources>) -> Resources {
-    r.map_or(Resources::ZERO, |r| {
-        Resources::from_array([r.cpu_millis, r.memory_bytes, r.disk_bytes, r.gpu_millis])
-    })
-}
+pub use sched_proto::convert::{from_pb as from_pb_resources, to_pb as to_pb_resources};
 
 pub fn to_pb_state(s: TaskState) -> pb::TaskState {
     match s {

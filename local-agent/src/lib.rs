@@ -15,21 +15,4 @@ pub mod backoff;
 pub mod node;
 pub mod supervise;
 
-use sched_core::resources::Resources;
-use sched_proto::pb;
-
-pub fn to_pb(r: &Resources) -> pb::Resources {
-    let [cpu_millis, memory_bytes, disk_bytes, gpu_millis] = r.as_array();
-    pb::Resources {
-        cpu_millis,
-        memory_bytes,
-        disk_bytes,
-        gpu_millis,
-    }
-}
-
-pub fn from_pb(r: Option<&pb::Resources>) -> Resources {
-    r.map_or(Resources::ZERO, |r| {
-        Resources::from_array([r.cpu_millis, r.memory_bytes, r.disk_bytes, r.gpu_millis])
-    })
-}
+pub use sched_proto::convert::{from_pb, to_pb};

@@ -9,6 +9,31 @@ pub mod pb {
     tonic::include_proto!("sched.v1");
 }
 
+/// Resource amounts between the core's units and the wire's (the same
+/// integers, named).
+pub mod convert {
+    use sched_core::resources::Resources;
+
+    use super::pb;
+
+    pub fn to_pb(r: &Resources) -> pb::Resources {
+        let [cpu_millis, memory_bytes, disk_bytes, gpu_millis] = r.as_array();
+        pb::Resources {
+            cpu_millis,
+            memory_bytes,
+            disk_bytes,
+            gpu_millis,
+        }
+    }
+
+    /// A missing message is zero.
+    pub fn from_pb(r: Option<&pb::Resources>) -> Resources {
+        r.map_or(Resources::ZERO, |r| {
+            Resources::from_array([r.cpu_millis, r.memory_bytes, r.disk_bytes, r.gpu_millis])
+        })
+    }
+}
+
 /// Server streams that end when the server shuts down.
 ///
 /// tonic's graceful shutdown waits for every open response stream, and

@@ -179,12 +179,7 @@ impl Store for EtcdStore {
                 continue;
             };
             let actual = get.kvs().first().map(|kv| kv.mod_revision());
-            let holds = match w.expect {
-                Expect::Any => true,
-                Expect::Absent => actual.is_none(),
-                Expect::ModRevision(r) => actual == Some(r),
-            };
-            if !holds {
+            if !w.expect.holds(actual) {
                 return Err(StoreError::Conflict {
                     key: w.key.clone(),
                     expected: w.expect,

@@ -69,6 +69,17 @@ pub enum Expect {
     ModRevision(Revision),
 }
 
+impl Expect {
+    /// Whether a key last changed at `actual` (`None`: absent) meets it.
+    pub fn holds(self, actual: Option<Revision>) -> bool {
+        match self {
+            Expect::Any => true,
+            Expect::Absent => actual.is_none(),
+            Expect::ModRevision(r) => actual == Some(r),
+        }
+    }
+}
+
 /// One write of a commit: `value` `None` deletes the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {

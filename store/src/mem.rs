@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::{check_commit, Expect, KeyValue, Revision, Snapshot, Store, StoreError, Write};
+use crate::{check_commit, KeyValue, Revision, Snapshot, Store, StoreError, Write};
 
 #[derive(Debug, Default)]
 pub struct MemStore {
@@ -56,12 +56,7 @@ impl Store for MemStore {
         let mut inner = self.lock();
         for w in writes {
             let actual = inner.keys.get(&w.key).map(|kv| kv.mod_revision);
-            let holds = match w.expect {
-                Expect::Any => true,
-                Expect::Absent => actual.is_none(),
-                Expect::ModRevision(r) => actual == Some(r),
-            };
-            if !holds {
+            if !w.expect.holds(actual) {
                 return Err(StoreError::Conflict {
                     key: w.key.clone(),
                     expected: w.expect,

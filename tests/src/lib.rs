@@ -136,6 +136,19 @@ impl Scheduler {
     pub async fn client(&self) -> SchedulerClient<Channel> {
         SchedulerClient::new(channel(&self.url()))
     }
+
+    /// A job's status, or `None` if the call fails (not found, or the
+    /// scheduler is down).
+    pub async fn job(&self, name: &str) -> Option<pb::JobStatus> {
+        self.client()
+            .await
+            .get_job(pb::GetJobRequest {
+                name: name.to_string(),
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
 }
 
 /// A real `local-agent serve` for one cluster.

@@ -37,14 +37,7 @@ fn submit_one(spec: pb::JobSpec, id: &str) -> pb::SubmitRequest {
 }
 
 async fn status(s: &Scheduler, name: &str) -> Option<pb::JobStatus> {
-    s.client()
-        .await
-        .get_job(pb::GetJobRequest {
-            name: name.to_string(),
-        })
-        .await
-        .ok()
-        .map(|r| r.into_inner())
+    s.job(name).await
 }
 
 fn counts(s: &pb::JobStatus) -> pb::TaskCounts {

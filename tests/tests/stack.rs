@@ -37,14 +37,7 @@ fn job(
 }
 
 async fn status(s: &Scheduler, name: &str) -> Option<pb::JobStatus> {
-    s.client()
-        .await
-        .get_job(pb::GetJobRequest {
-            name: name.to_string(),
-        })
-        .await
-        .ok()
-        .map(|r| r.into_inner())
+    s.job(name).await
 }
 
 async fn wait_state(
