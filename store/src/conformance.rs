@@ -6,7 +6,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use crate::{Expect, Store, StoreError, Write, MAX_OPS_PER_COMMIT};
 
@@ -14,11 +16,11 @@ fn put(key: &str, value: &str, expect: Expect) -> Write {
     Write::put(key, value.as_bytes().to_vec(), expect)
 }
 
-pub async fn get_missing_is_none(s: &dyn Store, p: &str) {
+pub async fn get_missing_is_none(s: &Arc<dyn Store>, p: &str) {
     assert_eq!(s.get(&format!("{p}/nothing")).await.unwrap(), None);
 }
 
-pub async fn put_then_get(s: &dyn Store, p: &str) {
+pub async fn put_then_get(s: &Arc<dyn Store>, p: &str) {
     let key = format!("{p}/a");
     let rev = s.commit(&[put(&key, "1", Expect::Absent)]).await.unwrap();
     let kv = s.get(&key).await.unwrap().expect("written");
@@ -27,7 +29,7 @@ pub async fn put_then_get(s: &dyn Store, p: &str) {
     assert_eq!(kv.create_revision, rev);
 }
 
-pub async fn absent_guard_refuses_existing_key(s: &dyn Store, p: &str) {
+pub async fn absent_guard_refuses_existing_key(s: &Arc<dyn Store>, p: &str) {
     let key = format!("{p}/a");
     let rev = s.commit(&[put(&key, "1", Expect::Absent)]).await.unwrap();
     let err = s
@@ -45,7 +47,7 @@ pub async fn absent_guard_refuses_existing_key(s: &dyn Store, p: &str) {
     assert_eq!(s.get(&key).await.unwrap().unwrap().value, b"1");
 }
 
-pub async fn revision_guard_is_compare_and_swap(s: &dyn Store, p: &str) {
+pub async fn revision_guard_is_compare_and_swap(s: &Arc<dyn Store>, p: &str) {
     let key = format!("{p}/a");
     let r1 = s.commit(&[put(&key, "1", Expect::Absent)]).await.unwrap();
     let r2 = s
@@ -65,7 +67,7 @@ pub async fn revision_guard_is_compare_and_swap(s: &dyn Store, p: &str) {
     assert_eq!(kv.mod_revision, r2);
 }
 
-pub async fn commit_is_all_or_nothing(s: &dyn Store, p: &str) {
+pub async fn commit_is_all_or_nothing(s: &Arc<dyn Store>, p: &str) {
     let a = format!("{p}/a");
     let b = format!("{p}/b");
     s.commit(&[put(&b, "old", Expect::Absent)]).await.unwrap();
@@ -79,7 +81,7 @@ pub async fn commit_is_all_or_nothing(s: &dyn Store, p: &str) {
     assert_eq!(s.get(&b).await.unwrap().unwrap().value, b"old");
 }
 
-pub async fn delete_with_guard(s: &dyn Store, p: &str) {
+pub async fn delete_with_guard(s: &Arc<dyn Store>, p: &str) {
     let key = format!("{p}/a");
     let r = s.commit(&[put(&key, "1", Expect::Absent)]).await.unwrap();
     let err = s
@@ -97,7 +99,7 @@ pub async fn delete_with_guard(s: &dyn Store, p: &str) {
         .unwrap();
 }
 
-pub async fn list_is_ordered_and_bounded_by_prefix(s: &dyn Store, p: &str) {
+pub async fn list_is_ordered_and_bounded_by_prefix(s: &Arc<dyn Store>, p: &str) {
     let writes: Vec<Write> = ["b", "a", "c/x"]
         .iter()
         .map(|k| put(&format!("{p}/in/{k}"), k, Expect::Any))
@@ -120,7 +122,7 @@ pub async fn list_is_ordered_and_bounded_by_prefix(s: &dyn Store, p: &str) {
     assert!(snap.revision >= rev);
 }
 
-pub async fn list_pages_through_many_keys(s: &dyn Store, p: &str) {
+pub async fn list_pages_through_many_keys(s: &Arc<dyn Store>, p: &str) {
     // More keys than one etcd page (10,000) in 128-write commits.
     let n = 10_300;
     let keys: Vec<String> = (0..n).map(|i| format!("{p}/many/{i:06}")).collect();
@@ -133,8 +135,8 @@ pub async fn list_pages_through_many_keys(s: &dyn Store, p: &str) {
     assert!(snap.items.windows(2).all(|w| w[0].key < w[1].key));
 }
 
-pub async fn limits_are_enforced(s: &dyn Store, p: &str) {
-    let too_many: Vec<Write> = (0..=MAX_OPS_PER_COMMIT)
+pub async fn limits_are_enforced(s: &Arc<dyn Store>, p: &str) {
+    let too_many: Vec<Write> = (0..=crate::ETCD_MAX_TXN_OPS)
         .map(|i| put(&format!("{p}/{i}"), "v", Expect::Any))
         .collect();
     assert!(matches!(
@@ -152,7 +154,7 @@ pub async fn limits_are_enforced(s: &dyn Store, p: &str) {
     assert!(s.list(&format!("{p}/")).await.unwrap().items.is_empty());
 }
 
-pub async fn concurrent_creators_one_wins(s: &dyn Store, p: &str) {
+pub async fn concurrent_creators_one_wins(s: &Arc<dyn Store>, p: &str) {
     // Sixteen writers race to create the same key: exactly one succeeds.
     let key = format!("{p}/leader");
     let attempts = (0..16).map(|i| {
@@ -161,6 +163,98 @@ pub async fn concurrent_creators_one_wins(s: &dyn Store, p: &str) {
     });
     let results = join_all(attempts).await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+}
+
+pub async fn check_writes_guard_without_writing(s: &Arc<dyn Store>, p: &str) {
+    let fence = format!("{p}/fence");
+    let other = format!("{p}/other");
+    let r = s.commit(&[put(&fence, "f", Expect::Absent)]).await.unwrap();
+    let err = s
+        .commit(&[
+            Write::check(&fence, Expect::ModRevision(r + 1)),
+            put(&other, "1", Expect::Any),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { ref key, .. } if *key == fence));
+    assert_eq!(s.get(&other).await.unwrap(), None);
+    s.commit(&[
+        Write::check(&fence, Expect::ModRevision(r)),
+        put(&other, "1", Expect::Any),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.get(&fence).await.unwrap().unwrap().mod_revision, r);
+    assert!(s.get(&other).await.unwrap().is_some());
+}
+
+pub async fn revoking_a_lease_removes_its_keys(s: &Arc<dyn Store>, p: &str) {
+    let key = format!("{p}/leased");
+    let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+    s.commit(&[Write::put_with_lease(
+        &key,
+        b"x".to_vec(),
+        lease,
+        Expect::Absent,
+    )])
+    .await
+    .unwrap();
+    s.keep_alive(lease).await.unwrap();
+    assert!(s.get(&key).await.unwrap().is_some());
+    s.revoke_lease(lease).await.unwrap();
+    assert_eq!(s.get(&key).await.unwrap(), None);
+    let r = s.keep_alive(lease).await;
+    assert!(matches!(r, Err(StoreError::LeaseExpired(_))), "{r:?}");
+}
+
+pub async fn an_expired_lease_removes_its_keys(s: &Arc<dyn Store>, p: &str) {
+    let key = format!("{p}/leased");
+    let lease = s.grant_lease(Duration::from_secs(1)).await.unwrap();
+    s.commit(&[Write::put_with_lease(
+        &key,
+        b"x".to_vec(),
+        lease,
+        Expect::Absent,
+    )])
+    .await
+    .unwrap();
+    let start = std::time::Instant::now();
+    while s.get(&key).await.unwrap().is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the key outlived its lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn a_fenced_commit_fails_once_the_fence_moves(s: &Arc<dyn Store>, p: &str) {
+    let fence = format!("{p}/leader");
+    let key = format!("{p}/data");
+    let r = s
+        .commit(&[put(&fence, "me", Expect::Absent)])
+        .await
+        .unwrap();
+    let lost = tokio_util::sync::CancellationToken::new();
+    let fenced = crate::Fenced::new(s.clone(), fence.clone(), r, lost.clone());
+    fenced
+        .commit(&[put(&key, "1", Expect::Absent)])
+        .await
+        .unwrap();
+    // Another leader takes over: the key is re-created.
+    s.commit(&[Write::delete(&fence, Expect::Any)])
+        .await
+        .unwrap();
+    s.commit(&[put(&fence, "them", Expect::Absent)])
+        .await
+        .unwrap();
+    let err = fenced
+        .commit(&[put(&key, "2", Expect::Any)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err:?}");
+    assert!(lost.is_cancelled());
+    assert_eq!(s.get(&key).await.unwrap().unwrap().value, b"1");
 }
 
 /// Awaits every future concurrently, in one task (without pulling in `futures`).
@@ -202,13 +296,17 @@ macro_rules! store_conformance_suite {
             list_pages_through_many_keys,
             limits_are_enforced,
             concurrent_creators_one_wins,
+            check_writes_guard_without_writing,
+            revoking_a_lease_removes_its_keys,
+            an_expired_lease_removes_its_keys,
+            a_fenced_commit_fails_once_the_fence_moves,
         );
     };
     (@tests $make:expr; $($name:ident,)*) => {
         $(
             #[tokio::test]
             async fn $name() {
-                let store = $make;
+                let store: std::sync::Arc<dyn $crate::Store> = std::sync::Arc::new($make);
                 $crate::conformance::$name(&store, concat!("/conformance/", stringify!($name))).await;
             }
         )*

@@ -26,6 +26,13 @@ pub enum StoreError {
     /// The same key twice in one commit (etcd refuses it too).
     #[error("key {0} written twice in one commit")]
     DuplicateKey(String),
+    /// The lease is gone (expired or revoked).
+    #[error("lease {0} expired")]
+    LeaseExpired(i64),
+    /// A fenced commit found its fence moved: this writer lost the right
+    /// to write (a leader that was deposed).
+    #[error("fenced off: {0} changed; this process is no longer the leader")]
+    Fenced(String),
     /// Anything else the backend reported.
     #[error("store error: {0}")]
     Backend(String),

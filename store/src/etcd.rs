@@ -4,10 +4,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
 
-use crate::{check_commit, Expect, KeyValue, Revision, Snapshot, Store, StoreError, Write};
+use crate::{
+    check_commit, Expect, KeyValue, LeaseId, Op, Revision, Snapshot, Store, StoreError, Write,
+};
 
 /// Keys per page when listing a prefix: large prefixes (a million task keys)
 /// would otherwise exceed gRPC's 4 MiB default message size in one response.
@@ -59,8 +61,14 @@ fn map_error(e: etcd_client::Error) -> StoreError {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 StoreError::Unavailable(s.message().to_string())
             }
+            tonic::Code::NotFound if s.message().contains("lease not found") => {
+                StoreError::LeaseExpired(0)
+            }
             _ => StoreError::Backend(format!("{:?}: {}", s.code(), s.message())),
         },
+        E::LeaseKeepAliveError(ref m) if m.contains("lease not found") => {
+            StoreError::LeaseExpired(0)
+        }
         other => StoreError::Backend(other.to_string()),
     }
 }
@@ -158,9 +166,15 @@ impl Store for EtcdStore {
             .collect();
         let ops: Vec<TxnOp> = writes
             .iter()
-            .map(|w| match &w.value {
-                Some(v) => TxnOp::put(w.key.as_str(), v.clone(), None),
-                None => TxnOp::delete(w.key.as_str(), None),
+            .filter_map(|w| match &w.op {
+                Op::Put(v) => Some(TxnOp::put(w.key.as_str(), v.clone(), None)),
+                Op::PutWithLease(v, lease) => Some(TxnOp::put(
+                    w.key.as_str(),
+                    v.clone(),
+                    Some(PutOptions::new().with_lease(*lease)),
+                )),
+                Op::Delete => Some(TxnOp::delete(w.key.as_str(), None)),
+                Op::Check => None,
             })
             .collect();
         // On failure, read back the guarded keys to say which one moved.
@@ -194,5 +208,41 @@ impl Store for EtcdStore {
             expected: guarded.first().map_or(Expect::Any, |w| w.expect),
             actual: None,
         })
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let secs = ttl.as_secs().max(1) as i64;
+        let r = self
+            .client
+            .lease_client()
+            .grant(secs, None)
+            .await
+            .map_err(map_error)?;
+        Ok(r.id())
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let (mut keeper, mut stream) = self
+            .client
+            .lease_client()
+            .keep_alive(lease)
+            .await
+            .map_err(map_error)?;
+        keeper.keep_alive().await.map_err(map_error)?;
+        match stream.message().await.map_err(map_error)? {
+            // etcd answers a TTL of 0 for a lease it no longer has.
+            Some(r) if r.ttl() > 0 => Ok(()),
+            _ => Err(StoreError::LeaseExpired(lease)),
+        }
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        match self.client.lease_client().revoke(lease).await {
+            Ok(_) => Ok(()),
+            Err(e) => match map_error(e) {
+                StoreError::LeaseExpired(_) => Ok(()),
+                other => Err(other),
+            },
+        }
     }
 }

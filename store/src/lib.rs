@@ -28,11 +28,23 @@ pub use error::StoreError;
 pub use etcd::EtcdStore;
 pub use mem::MemStore;
 
+pub mod fence;
+pub use fence::Fenced;
+
 /// etcd's store revision: increases with every committed change.
 pub type Revision = i64;
 
-/// etcd's default `--max-txn-ops`: the most writes one commit may carry.
-pub const MAX_OPS_PER_COMMIT: usize = 128;
+/// A lease: keys put with it vanish when it expires or is revoked.
+pub type LeaseId = i64;
+
+/// etcd's default `--max-txn-ops`: the most operations one transaction may
+/// carry.
+pub const ETCD_MAX_TXN_OPS: usize = 128;
+
+/// The most writes callers put in one commit: one operation of etcd's 128
+/// is kept for a fence (see [`Write::check`]), which a leader adds to every
+/// commit.
+pub const MAX_OPS_PER_COMMIT: usize = ETCD_MAX_TXN_OPS - 1;
 
 /// etcd's default `--max-request-bytes` is 1.5 MiB; keep a commit's keys and
 /// values under this, leaving room for the request's framing.
@@ -80,11 +92,22 @@ impl Expect {
     }
 }
 
-/// One write of a commit: `value` `None` deletes the key.
+/// What a write does to its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put(Vec<u8>),
+    /// A put whose key vanishes with the lease.
+    PutWithLease(Vec<u8>, LeaseId),
+    Delete,
+    /// Nothing: only the expectation counts (a fence).
+    Check,
+}
+
+/// One write of a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
     pub key: String,
-    pub value: Option<Vec<u8>>,
+    pub op: Op,
     pub expect: Expect,
 }
 
@@ -92,7 +115,20 @@ impl Write {
     pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>, expect: Expect) -> Self {
         Write {
             key: key.into(),
-            value: Some(value.into()),
+            op: Op::Put(value.into()),
+            expect,
+        }
+    }
+
+    pub fn put_with_lease(
+        key: impl Into<String>,
+        value: impl Into<Vec<u8>>,
+        lease: LeaseId,
+        expect: Expect,
+    ) -> Self {
+        Write {
+            key: key.into(),
+            op: Op::PutWithLease(value.into(), lease),
             expect,
         }
     }
@@ -100,7 +136,16 @@ impl Write {
     pub fn delete(key: impl Into<String>, expect: Expect) -> Self {
         Write {
             key: key.into(),
-            value: None,
+            op: Op::Delete,
+            expect,
+        }
+    }
+
+    /// Changes nothing; the commit applies only if `key` meets `expect`.
+    pub fn check(key: impl Into<String>, expect: Expect) -> Self {
+        Write {
+            key: key.into(),
+            op: Op::Check,
             expect,
         }
     }
@@ -108,7 +153,11 @@ impl Write {
     /// Bytes this write adds to a request, for batching under
     /// [`MAX_COMMIT_BYTES`].
     pub fn size(&self) -> usize {
-        self.key.len() + self.value.as_ref().map_or(0, Vec::len) + 16
+        let value = match &self.op {
+            Op::Put(v) | Op::PutWithLease(v, _) => v.len(),
+            Op::Delete | Op::Check => 0,
+        };
+        self.key.len() + value + 16
     }
 }
 
@@ -122,19 +171,29 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> Result<Snapshot, StoreError>;
 
     /// Applies `writes` atomically if each one's expectation holds, and
-    /// returns the new revision. At most [`MAX_OPS_PER_COMMIT`] writes, each
+    /// returns the new revision. At most [`ETCD_MAX_TXN_OPS`] writes, each
     /// key at most once. On a failed expectation nothing changes and the
     /// error names the first key that did not match.
     async fn commit(&self, writes: &[Write]) -> Result<Revision, StoreError>;
+
+    /// A new lease that lives `ttl` unless kept alive.
+    async fn grant_lease(&self, ttl: std::time::Duration) -> Result<LeaseId, StoreError>;
+
+    /// Renews a lease for another TTL; [`StoreError::LeaseExpired`] if it
+    /// is gone.
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError>;
+
+    /// Ends a lease now; its keys vanish.
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError>;
 }
 
 /// Checks the limits every backend enforces the same way.
 fn check_commit(writes: &[Write]) -> Result<(), StoreError> {
-    if writes.len() > MAX_OPS_PER_COMMIT {
+    if writes.len() > ETCD_MAX_TXN_OPS {
         return Err(StoreError::TooLarge {
             what: "writes",
             size: writes.len(),
-            limit: MAX_OPS_PER_COMMIT,
+            limit: ETCD_MAX_TXN_OPS,
         });
     }
     let bytes: usize = writes.iter().map(Write::size).sum();

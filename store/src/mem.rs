@@ -1,12 +1,13 @@
 //! The in-memory store: etcd's semantics (revisions, guarded atomic
 //! commits) without durability. For dev mode and tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::{check_commit, KeyValue, Revision, Snapshot, Store, StoreError, Write};
+use crate::{check_commit, KeyValue, LeaseId, Op, Revision, Snapshot, Store, StoreError, Write};
 
 #[derive(Debug, Default)]
 pub struct MemStore {
@@ -17,6 +18,42 @@ pub struct MemStore {
 struct Inner {
     revision: Revision,
     keys: BTreeMap<String, KeyValue>,
+    leases: BTreeMap<LeaseId, Lease>,
+    next_lease: LeaseId,
+}
+
+#[derive(Debug)]
+struct Lease {
+    ttl: Duration,
+    expires: Instant,
+    keys: BTreeSet<String>,
+}
+
+impl Inner {
+    /// Drops expired leases and their keys, as etcd does.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let gone: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.drop_lease(id);
+        }
+    }
+
+    fn drop_lease(&mut self, id: LeaseId) {
+        if let Some(l) = self.leases.remove(&id) {
+            if !l.keys.is_empty() {
+                self.revision += 1;
+            }
+            for k in l.keys {
+                self.keys.remove(&k);
+            }
+        }
+    }
 }
 
 impl MemStore {
@@ -27,7 +64,9 @@ impl MemStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave `Inner` half-updated:
         // commits check every expectation before changing anything.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.expire();
+        inner
     }
 }
 
@@ -64,35 +103,77 @@ impl Store for MemStore {
                 });
             }
         }
-        // Like etcd, a commit that changes nothing still has a revision, and
+        for w in writes {
+            if let Op::PutWithLease(_, id) = w.op {
+                if !inner.leases.contains_key(&id) {
+                    return Err(StoreError::LeaseExpired(id));
+                }
+            }
+        }
+        // Like etcd, a commit that changes nothing keeps the revision, and
         // one that changes anything bumps it once.
-        if writes.is_empty() {
+        if writes.iter().all(|w| w.op == Op::Check) {
             return Ok(inner.revision);
         }
         inner.revision += 1;
         let revision = inner.revision;
         for w in writes {
-            match &w.value {
-                Some(value) => {
-                    let create_revision = inner
-                        .keys
-                        .get(&w.key)
-                        .map_or(revision, |kv| kv.create_revision);
-                    inner.keys.insert(
-                        w.key.clone(),
-                        KeyValue {
-                            key: w.key.clone(),
-                            value: value.clone(),
-                            mod_revision: revision,
-                            create_revision,
-                        },
-                    );
-                }
-                None => {
+            let (value, lease) = match &w.op {
+                Op::Check => continue,
+                Op::Delete => {
                     inner.keys.remove(&w.key);
+                    continue;
                 }
+                Op::Put(v) => (v, None),
+                Op::PutWithLease(v, id) => (v, Some(*id)),
+            };
+            let create_revision = inner
+                .keys
+                .get(&w.key)
+                .map_or(revision, |kv| kv.create_revision);
+            inner.keys.insert(
+                w.key.clone(),
+                KeyValue {
+                    key: w.key.clone(),
+                    value: value.clone(),
+                    mod_revision: revision,
+                    create_revision,
+                },
+            );
+            if let Some(l) = lease.and_then(|id| inner.leases.get_mut(&id)) {
+                l.keys.insert(w.key.clone());
             }
         }
         Ok(revision)
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let mut inner = self.lock();
+        inner.next_lease += 1;
+        let id = inner.next_lease;
+        inner.leases.insert(
+            id,
+            Lease {
+                ttl,
+                expires: Instant::now() + ttl,
+                keys: BTreeSet::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let l = inner
+            .leases
+            .get_mut(&lease)
+            .ok_or(StoreError::LeaseExpired(lease))?;
+        l.expires = Instant::now() + l.ttl;
+        Ok(())
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.lock().drop_lease(lease);
+        Ok(())
     }
 }
