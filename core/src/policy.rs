@@ -22,6 +22,36 @@ pub struct Policy {
     pub global: GlobalPolicy,
     #[serde(default)]
     pub local: LocalPolicy,
+    #[serde(default)]
+    pub ha: HaPolicy,
+}
+
+/// High availability of the global scheduler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaPolicy {
+    /// TTL of the etcd lease behind the leader key, in seconds. A leader
+    /// renews it every third of the TTL; when it dies, a standby takes over
+    /// within about TTL plus a third of it (standbys poll that often).
+    #[serde(default = "default_leader_lease_seconds")]
+    pub leader_lease_seconds: u32,
+}
+
+/// etcd refuses leases shorter than 1.5 election timeouts (about 1.5 s with
+/// its defaults); 3 s keeps takeovers under 5 s with room for a slow disk.
+fn default_leader_lease_seconds() -> u32 {
+    3
+}
+
+/// Bounds of `ha.leader_lease_seconds`.
+pub const LEADER_LEASE_SECONDS: std::ops::RangeInclusive<u32> = 2..=60;
+
+impl Default for HaPolicy {
+    fn default() -> Self {
+        HaPolicy {
+            leader_lease_seconds: default_leader_lease_seconds(),
+        }
+    }
 }
 
 /// How the global scheduler ranks clusters.
@@ -211,6 +241,17 @@ impl Policy {
         let l = &self.local;
         if l.batch_size == 0 {
             return Err(SpecError::new("local.batch_size", "must be at least 1"));
+        }
+        let ttl = self.ha.leader_lease_seconds;
+        if !LEADER_LEASE_SECONDS.contains(&ttl) {
+            return Err(SpecError::new(
+                "ha.leader_lease_seconds",
+                format!(
+                    "{ttl} is out of range {}..={}",
+                    LEADER_LEASE_SECONDS.start(),
+                    LEADER_LEASE_SECONDS.end()
+                ),
+            ));
         }
         Ok(())
     }

@@ -8,6 +8,8 @@
 //! | `P/jobs/<job>` | [`JobRecord`](crate::records::JobRecord): the validated spec, submission id, time, `cancelled` | on submit (before the call returns), on cancel |
 //! | `P/tasks/<job>/<index>` | [`TaskRecord`](crate::records::TaskRecord): state, cluster, machine, exit code, clusters that handed it back | when a task leaves `pending`, and on every change after; a task with no key is pending |
 //! | `P/clusters/<cluster>` | [`ClusterRecord`](crate::records::ClusterRecord): location and machine classes | when a local agent registers |
+//! | `P/leader` | [`LeaderRecord`](crate::leader::LeaderRecord): the leading replica's address; on a lease | by the replica that wins the election |
+//! | `P/placements/<cluster>/<job>/<index>` | the local agent's placement: machine, attempt, state | by the cluster's local agent |
 //!
 //! Task indices are zero-padded to seven digits (jobs have at most a million
 //! tasks) so that etcd's lexical order is task order. Every write carries
@@ -53,6 +55,11 @@ impl Keys {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/tasks/")?;
         let (job, index) = rest.split_once('/')?;
         Some((job, index.parse().ok()?))
+    }
+
+    /// The leader key (lease-backed; see [`crate::leader`]).
+    pub fn leader(&self) -> String {
+        format!("{}/leader", self.prefix)
     }
 
     pub fn clusters(&self) -> String {

@@ -18,6 +18,7 @@
 pub mod engine;
 pub mod error;
 pub mod keys;
+pub mod leader;
 pub mod records;
 pub mod registry;
 pub mod service;
@@ -41,6 +42,18 @@ use crate::engine::{Engine, Limits, Shared};
 use crate::keys::Keys;
 use crate::registry::Registry;
 use crate::state::State;
+
+/// A random duration in `[0, max]` (jitter for polls and retries).
+pub fn jitter(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    Duration::from_millis(h.finish() % (max.as_millis() as u64 + 1))
+}
 
 /// Milliseconds since the Unix epoch, for records and events.
 pub fn now_unix_ms() -> i64 {
@@ -84,6 +97,9 @@ pub struct Config {
     pub queue: usize,
     pub max_pending_tasks: u64,
     pub max_jobs_per_submit: usize,
+    /// Where this replica serves, as other replicas and clients reach it
+    /// (for standbys to name the leader).
+    pub advertise: Option<String>,
 }
 
 impl Config {
@@ -99,18 +115,175 @@ impl Config {
             queue: 4096,
             max_pending_tasks: 2_000_000,
             max_jobs_per_submit: 10_000,
+            advertise: None,
         }
     }
 }
 
-/// Loads the state from the store, then serves until `shutdown` fires.
+/// Serves until `shutdown` fires: as a standby (answering UNAVAILABLE with
+/// the leader's address) until this replica wins the election, then as the
+/// leader, its state loaded from the store. A leader that loses its lease
+/// stops with an error, so that a supervisor restarts it as a standby.
 pub async fn run(
     listener: TcpListener,
     store: Arc<dyn Store>,
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let address = config
+        .advertise
+        .clone()
+        .unwrap_or(format!("http://{}", listener.local_addr()?));
+    let role = Arc::new(service::Role::default());
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_not_serving::<SchedulerServer<service::SchedulerService>>()
+        .await;
+    health_reporter
+        .set_not_serving::<ClustersServer<service::ClustersService>>()
+        .await;
+    tracing::info!(addr = %listener.local_addr()?, %address, "serving");
+    let serve = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(SchedulerServer::new(service::SchedulerService::new(
+            role.clone(),
+        )))
+        .add_service(ClustersServer::new(service::ClustersService::new(
+            role.clone(),
+        )))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+
+    let tracker = TaskTracker::new();
+    let lost = CancellationToken::new();
+    let leading = {
+        let health = health_reporter.clone();
+        let (role, store, config, shutdown, lost, tracker2) = (
+            role.clone(),
+            store.clone(),
+            config.clone(),
+            shutdown.clone(),
+            lost.clone(),
+            tracker.clone(),
+        );
+        tracker.spawn(async move {
+            let r = lead(
+                role,
+                store,
+                config,
+                address,
+                shutdown.clone(),
+                lost.clone(),
+                tracker2,
+            )
+            .await;
+            if matches!(r, Ok(true)) {
+                health
+                    .set_serving::<SchedulerServer<service::SchedulerService>>()
+                    .await;
+                health
+                    .set_serving::<ClustersServer<service::ClustersService>>()
+                    .await;
+            }
+            if let Err(e) = &r {
+                tracing::error!(cause = %e, "cannot lead");
+            }
+            r
+        })
+    };
+    let result = tokio::select! {
+        r = with_grace(serve, &shutdown) => r.map_err(anyhow::Error::from),
+        _ = lost.cancelled() => Err(anyhow::anyhow!(
+            "lost leadership (lease expired or fenced off); exiting so that a restart rejoins as a standby"
+        )),
+    };
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks did not stop within 10 s");
+    }
+    if let Ok(Err(e)) = leading.await {
+        if result.is_ok() {
+            return Err(e);
+        }
+    }
+    result
+}
+
+/// Campaigns, then loads the state and runs the leader's tasks; false if
+/// it stopped before winning.
+async fn lead(
+    role: Arc<service::Role>,
+    store: Arc<dyn Store>,
+    config: Config,
+    address: String,
+    shutdown: CancellationToken,
+    lost: CancellationToken,
+    tracker: TaskTracker,
+) -> anyhow::Result<bool> {
     let keys = Keys::new(&config.prefix);
+    let ttl = Duration::from_secs(u64::from(config.policy.ha.leader_lease_seconds));
+    let Some(leadership) =
+        leader::campaign(&store, &keys.leader(), &address, ttl, &role, &shutdown).await
+    else {
+        return Ok(false);
+    };
+    let elected = std::time::Instant::now();
+    tracker.spawn(leader::keep_leading(
+        store.clone(),
+        leadership,
+        ttl,
+        lost.clone(),
+        shutdown.clone(),
+    ));
+    // Every write from here on is fenced by the leader key.
+    let store: Arc<dyn Store> = Arc::new(sched_store::Fenced::new(
+        store,
+        keys.leader(),
+        leadership.revision,
+        lost.clone(),
+    ));
+    let state = load(&keys, &store, &config).await?;
+    let limits = Limits {
+        queue: config.queue,
+        max_pending_tasks: config.max_pending_tasks,
+        max_jobs_per_submit: config.max_jobs_per_submit,
+        heartbeat_interval: config.heartbeat_interval,
+        heartbeat_timeout: config.heartbeat_timeout,
+        pass_size: u64::from(config.policy.local.batch_size.max(1)),
+    };
+    // The leader's tasks stop on shutdown or on losing the lease.
+    let leader_token = shutdown.child_token();
+    {
+        let (lost, t) = (lost.clone(), leader_token.clone());
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = lost.cancelled() => t.cancel(),
+                _ = t.cancelled() => {}
+            }
+        });
+    }
+    let (shared, rx, submissions) = Shared::new(state, limits, leader_token.clone());
+    for s in submitter::Submitter::pool(shared.clone(), store.clone(), submissions) {
+        tracker.spawn(s.run(leader_token.clone()));
+    }
+    tracker.spawn(Engine::new(shared.clone(), store, rx).run(leader_token));
+    role.lead(shared);
+    tracing::info!(
+        revision = leadership.revision,
+        ready_ms = elected.elapsed().as_millis() as u64,
+        "leading"
+    );
+    Ok(true)
+}
+
+/// Reads clusters, jobs and tasks back from the store.
+async fn load(keys: &Keys, store: &Arc<dyn Store>, config: &Config) -> anyhow::Result<State> {
     let mut registry = Registry::new(config.topology.as_ref(), config.heartbeat_timeout);
     let started = std::time::Instant::now();
     let clusters = store.list(&keys.clusters()).await?;
@@ -134,53 +307,5 @@ pub async fn run(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "state loaded from the store"
     );
-    let limits = Limits {
-        queue: config.queue,
-        max_pending_tasks: config.max_pending_tasks,
-        max_jobs_per_submit: config.max_jobs_per_submit,
-        heartbeat_interval: config.heartbeat_interval,
-        heartbeat_timeout: config.heartbeat_timeout,
-        pass_size: u64::from(config.policy.local.batch_size.max(1)),
-    };
-    let (shared, rx, submissions) = Shared::new(state, limits, shutdown.clone());
-
-    let tracker = TaskTracker::new();
-    for s in submitter::Submitter::pool(shared.clone(), store.clone(), submissions) {
-        tracker.spawn(s.run(shutdown.clone()));
-    }
-    let engine = Engine::new(shared.clone(), store, rx);
-    tracker.spawn(engine.run(shutdown.clone()));
-
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<SchedulerServer<service::SchedulerService>>()
-        .await;
-    health_reporter
-        .set_serving::<ClustersServer<service::ClustersService>>()
-        .await;
-
-    tracing::info!(addr = %listener.local_addr()?, "serving");
-    let serve = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(SchedulerServer::new(service::SchedulerService::new(
-            shared.clone(),
-        )))
-        .add_service(ClustersServer::new(service::ClustersService::new(shared)))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            shutdown.clone().cancelled_owned(),
-        );
-    let result = with_grace(serve, &shutdown).await;
-    // The server stops when `shutdown` fires or fails; either way stop the
-    // engine and let it finish its current commit.
-    shutdown.cancel();
-    tracker.close();
-    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("engine did not stop within 10 s");
-    }
-    result?;
-    Ok(())
+    Ok(state)
 }

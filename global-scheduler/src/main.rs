@@ -17,6 +17,10 @@ struct Args {
     /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
     listen: String,
+    /// This replica's URL as clients and other replicas reach it (default:
+    /// http:// and the --listen address). Standbys name the leader by it.
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
     /// etcd endpoints, comma-separated (`http://127.0.0.1:2379`). Without
     /// it, state is kept in memory only and is lost on exit.
     #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
@@ -70,6 +74,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.heartbeat_timeout = Duration::from_millis(args.heartbeat_timeout_ms.max(20));
     config.queue = args.queue.max(1);
     config.max_pending_tasks = args.max_pending_tasks;
+    config.advertise = args.advertise.clone();
 
     let store: Arc<dyn Store> = if args.etcd.is_empty() {
         tracing::warn!("no --etcd given: state is kept in memory and lost on exit");

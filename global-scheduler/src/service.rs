@@ -30,23 +30,68 @@ const STREAM_BUFFER: usize = 1024;
 
 #[derive(Clone)]
 pub struct SchedulerService {
-    shared: Arc<Shared>,
+    role: Arc<Role>,
 }
 
 #[derive(Clone)]
 pub struct ClustersService {
-    shared: Arc<Shared>,
+    role: Arc<Role>,
 }
 
 impl SchedulerService {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        SchedulerService { shared }
+    pub fn new(role: Arc<Role>) -> Self {
+        SchedulerService { role }
     }
 }
 
 impl ClustersService {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        ClustersService { shared }
+    pub fn new(role: Arc<Role>) -> Self {
+        ClustersService { role }
+    }
+}
+
+/// Whether this replica leads, and where the leader is if not.
+#[derive(Default)]
+pub struct Role {
+    shared: std::sync::OnceLock<Arc<Shared>>,
+    leader_hint: std::sync::Mutex<String>,
+}
+
+impl Role {
+    /// Makes this replica the leader, serving `shared`.
+    pub fn lead(&self, shared: Arc<Shared>) {
+        let _ = self.shared.set(shared);
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.shared.get().is_some()
+    }
+
+    /// Records where the leader is, for standbys' answers.
+    pub fn set_hint(&self, address: String) {
+        *self.leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = address;
+    }
+
+    /// The leader's state, or UNAVAILABLE naming the leader (in the message
+    /// and the `x-sched-leader` header) so that clients try it next.
+    pub fn leader(&self) -> Result<Arc<Shared>, Status> {
+        if let Some(s) = self.shared.get() {
+            return Ok(s.clone());
+        }
+        let hint = self
+            .leader_hint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut status = if hint.is_empty() {
+            Status::unavailable("this replica is a standby and no leader is known yet; retry")
+        } else {
+            Status::unavailable(format!("this replica is a standby; the leader is {hint}"))
+        };
+        if let Ok(v) = hint.parse() {
+            status.metadata_mut().insert("x-sched-leader", v);
+        }
+        Err(status)
     }
 }
 
@@ -141,19 +186,19 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let shared = self.role.leader()?;
         let req = request.into_inner();
         let submission_id = req.submission_id.clone();
-        let specs =
-            specs_of(req, self.shared.limits.max_jobs_per_submit).map_err(ServiceError::from)?;
+        let specs = specs_of(req, shared.limits.max_jobs_per_submit).map_err(ServiceError::from)?;
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let tasks: u64 = specs.iter().map(|s| u64::from(s.tasks)).sum();
         let records = {
-            let state = self.shared.state();
+            let state = shared.state();
             let records = state
                 .check_submission(specs, &submission_id, crate::now_unix_ms())
                 .map_err(ServiceError::from)?;
             let new: u64 = records.iter().map(|r| u64::from(r.tasks)).sum();
-            let max = self.shared.limits.max_pending_tasks;
+            let max = shared.limits.max_pending_tasks;
             if new > 0 && state.pending_tasks + new > max {
                 return Err(ServiceError::Busy(format!(
                     "{} tasks are already waiting for a cluster (limit {max})",
@@ -165,7 +210,7 @@ impl Scheduler for SchedulerService {
         };
         if !records.is_empty() {
             let (reply, answer) = oneshot::channel();
-            self.shared
+            shared
                 .submissions
                 .try_send(Submission { records, reply })
                 .map_err(|e| match e {
@@ -183,9 +228,10 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::ListMachinesRequest>,
     ) -> Result<Response<pb::ListMachinesResponse>, Status> {
+        let shared = self.role.leader()?;
         let want = request.into_inner().cluster;
         let agents: Vec<(String, String)> = {
-            let state = self.shared.state();
+            let state = shared.state();
             state
                 .registry
                 .entries()
@@ -233,9 +279,10 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::TaskLogsRequest>,
     ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        let shared = self.role.leader()?;
         let r = request.into_inner();
         let address = {
-            let state = self.shared.state();
+            let state = shared.state();
             let j = state.job(&r.job).ok_or(ServiceError::NotFound {
                 what: "job",
                 name: r.job.clone(),
@@ -270,8 +317,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::JobStatus>, Status> {
+        let shared = self.role.leader()?;
         let name = request.into_inner().name;
-        let state = self.shared.state();
+        let state = shared.state();
         let j = state.job(&name).ok_or(ServiceError::NotFound {
             what: "job",
             name: name.clone(),
@@ -283,8 +331,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let shared = self.role.leader()?;
         let want = request.into_inner().state;
-        let state = self.shared.state();
+        let state = shared.state();
         let mut jobs: Vec<&crate::state::JobEntry> = state.jobs().collect();
         jobs.sort_by_key(|j| j.job.id);
         let jobs = jobs
@@ -299,8 +348,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::DescribeJobRequest>,
     ) -> Result<Response<pb::DescribeJobResponse>, Status> {
+        let shared = self.role.leader()?;
         let name = request.into_inner().name;
-        let state = self.shared.state();
+        let state = shared.state();
         let j = state.job(&name).ok_or(ServiceError::NotFound {
             what: "job",
             name: name.clone(),
@@ -316,11 +366,12 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let shared = self.role.leader()?;
         let name = request.into_inner().name;
-        if self.shared.state().job(&name).is_none() {
+        if shared.state().job(&name).is_none() {
             return Err(ServiceError::NotFound { what: "job", name }.into());
         }
-        let state = ask(&self.shared, |reply| Command::Cancel { name, reply }).await?;
+        let state = ask(&shared, |reply| Command::Cancel { name, reply }).await?;
         Ok(Response::new(pb::CancelJobResponse {
             state: state as i32,
         }))
@@ -332,8 +383,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let shared = self.role.leader()?;
         let job = request.into_inner().job;
-        let rx = self.shared.state().events.subscribe();
+        let rx = shared.state().events.subscribe();
         let stream = BroadcastStream::new(rx).filter_map(move |e| match e {
             Ok(e) if job.is_empty() || e.job == job => Some(Ok(e)),
             Ok(_) => None,
@@ -350,7 +402,7 @@ impl Scheduler for SchedulerService {
         });
         Ok(Response::new(Box::pin(Until::new(
             stream,
-            self.shared.shutdown.clone(),
+            shared.shutdown.clone(),
         ))))
     }
 
@@ -358,7 +410,8 @@ impl Scheduler for SchedulerService {
         &self,
         _request: Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
-        let state = self.shared.state();
+        let shared = self.role.leader()?;
+        let state = shared.state();
         let clusters = state
             .registry
             .entries()
@@ -415,7 +468,9 @@ fn classes_from_pb(
 
 impl ClustersService {
     fn cluster_id(&self, name: &str) -> Result<sched_core::cluster::ClusterId, Status> {
-        self.shared.state().registry.id(name).ok_or_else(|| {
+        let shared = self.role.leader()?;
+        let id = shared.state().registry.id(name);
+        id.ok_or_else(|| {
             Status::failed_precondition(format!(
                 "cluster {name:?} is not registered; register first"
             ))
@@ -429,6 +484,7 @@ impl Clusters for ClustersService {
         &self,
         request: Request<pb::RegisterClusterRequest>,
     ) -> Result<Response<pb::RegisterClusterResponse>, Status> {
+        let shared = self.role.leader()?;
         let r = request.into_inner();
         check_name("cluster", &r.cluster).map_err(ServiceError::from)?;
         check_name("location", &r.location).map_err(ServiceError::from)?;
@@ -440,9 +496,9 @@ impl Clusters for ClustersService {
             classes,
             registered_unix_ms: crate::now_unix_ms(),
         };
-        ask(&self.shared, |reply| Command::Register { record, reply }).await?;
+        ask(&shared, |reply| Command::Register { record, reply }).await?;
         Ok(Response::new(pb::RegisterClusterResponse {
-            heartbeat_interval_ms: self.shared.limits.heartbeat_interval.as_millis() as u32,
+            heartbeat_interval_ms: shared.limits.heartbeat_interval.as_millis() as u32,
         }))
     }
 
@@ -450,6 +506,7 @@ impl Clusters for ClustersService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let shared = self.role.leader()?;
         let r = request.into_inner();
         let classes = if r.classes.is_empty() {
             None
@@ -467,7 +524,7 @@ impl Clusters for ClustersService {
         // than before; otherwise heartbeats would re-rank everything each
         // second per cluster.
         let improved = {
-            let mut state = self.shared.state();
+            let mut state = shared.state();
             let improved = state.registry.heartbeat(&r.cluster, hb);
             if improved == Some(true) {
                 state.mark_rescan();
@@ -476,7 +533,7 @@ impl Clusters for ClustersService {
         };
         let known = improved.is_some();
         if improved == Some(true) {
-            self.shared.wake.notify_one();
+            shared.wake.notify_one();
         }
         Ok(Response::new(pb::HeartbeatResponse {
             register_again: !known,
@@ -489,12 +546,13 @@ impl Clusters for ClustersService {
         &self,
         request: Request<pb::AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let shared = self.role.leader()?;
         let id = self.cluster_id(&request.into_inner().cluster)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        self.shared.open_stream(id, tx);
+        shared.open_stream(id, tx);
         Ok(Response::new(Box::pin(Until::new(
             ReceiverStream::new(rx),
-            self.shared.shutdown.clone(),
+            shared.shutdown.clone(),
         ))))
     }
 
@@ -502,9 +560,10 @@ impl Clusters for ClustersService {
         &self,
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
+        let shared = self.role.leader()?;
         let r = request.into_inner();
         let cluster = self.cluster_id(&r.cluster)?;
-        ask(&self.shared, |reply| Command::Report {
+        ask(&shared, |reply| Command::Report {
             cluster,
             tasks: r.tasks,
             handed_back: r.handed_back,

@@ -140,7 +140,7 @@ async fn a_submission_with_one_bad_job_writes_none_of_them() {
         "{}",
         err.message()
     );
-    assert!(store.list("/sched/").await.unwrap().items.is_empty());
+    assert!(store.list("/sched/jobs/").await.unwrap().items.is_empty());
     s.stop().await;
 }
 

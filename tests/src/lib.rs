@@ -124,13 +124,19 @@ impl Scheduler {
         false
     }
 
-    /// Starts it again with the same arguments (same port, same etcd).
+    /// Starts it again with the same arguments (same port, same etcd) and
+    /// waits until it leads: after a kill -9, until the old lease expires.
     pub async fn restart(&mut self) {
+        self.spawn();
+        wait_leading(&self.url(), Duration::from_secs(30)).await;
+    }
+
+    /// Starts it again without waiting (a replica may stand by).
+    pub fn spawn(&mut self) {
         self.kill9();
         let mut cmd = Command::new(bin("global-scheduler"));
         cmd.args(&self.args).current_dir(repo());
         self.child = Some(Guarded::spawn(cmd).expect("start global-scheduler"));
-        wait_serving(&self.url(), Duration::from_secs(30)).await;
     }
 
     pub async fn client(&self) -> SchedulerClient<Channel> {
@@ -296,14 +302,25 @@ pub fn channel(url: &str) -> Channel {
         .connect_lazy()
 }
 
-/// Waits until the gRPC health service at `url` reports SERVING.
+/// Waits until the gRPC health service at `url` reports the process
+/// SERVING.
 pub async fn wait_serving(url: &str, timeout: Duration) {
+    wait_service(url, "", timeout).await
+}
+
+/// Waits until the global scheduler at `url` leads (a standby reports its
+/// `sched.v1.Scheduler` service NOT_SERVING).
+pub async fn wait_leading(url: &str, timeout: Duration) {
+    wait_service(url, "sched.v1.Scheduler", timeout).await
+}
+
+async fn wait_service(url: &str, service: &str, timeout: Duration) {
     let start = Instant::now();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel(url));
     loop {
         let r = health
             .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
+                service: service.to_string(),
             })
             .await;
         if let Ok(r) = r {
