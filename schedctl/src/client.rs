@@ -20,13 +20,30 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// Connects lazily: an unreachable server shows up as UNAVAILABLE on the
-/// first call, where it is retried like any other.
+/// first call, where it is retried like any other. `server` may list
+/// several replicas, comma-separated: calls are spread over the reachable
+/// ones, and a standby's UNAVAILABLE is retried like any other, so retries
+/// find the leader.
 pub fn connect(server: &str) -> anyhow::Result<SchedulerClient<Channel>> {
-    let endpoint = Channel::from_shared(server.to_string())
-        .with_context(|| format!("--server: {server:?} is not a URL (like http://127.0.0.1:7070)"))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(30));
-    Ok(SchedulerClient::new(endpoint.connect_lazy()).max_decoding_message_size(256 << 20))
+    let endpoints = server
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|url| {
+            Ok(Channel::from_shared(url.to_string())
+                .with_context(|| {
+                    format!("--server: {url:?} is not a URL (like http://127.0.0.1:7070)")
+                })?
+                .connect_timeout(Duration::from_secs(3))
+                .timeout(Duration::from_secs(30)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let channel = match endpoints.len() {
+        0 => anyhow::bail!("--server: no address given"),
+        1 => endpoints[0].connect_lazy(),
+        _ => Channel::balance_list(endpoints.into_iter()),
+    };
+    Ok(SchedulerClient::new(channel).max_decoding_message_size(256 << 20))
 }
 
 /// A random number, without a dependency: std's hasher keys are random per

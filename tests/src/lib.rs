@@ -131,6 +131,41 @@ impl Scheduler {
         wait_leading(&self.url(), Duration::from_secs(30)).await;
     }
 
+    /// Starts a replica on a new port without waiting for it to lead: it
+    /// may stand by.
+    pub async fn start_standby(etcd_url: &str, extra: &[&str]) -> Scheduler {
+        let port = free_port();
+        let mut args = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--etcd".to_string(),
+            etcd_url.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = Scheduler {
+            child: None,
+            port,
+            args,
+        };
+        s.spawn();
+        wait_serving(&s.url(), Duration::from_secs(30)).await;
+        s
+    }
+
+    /// Whether it leads now (its `sched.v1.Scheduler` service is SERVING).
+    pub async fn leads(&self) -> bool {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&self.url()));
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "sched.v1.Scheduler".to_string(),
+            })
+            .await;
+        r.is_ok_and(|r| {
+            r.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        })
+    }
+
     /// Starts it again without waiting (a replica may stand by).
     pub fn spawn(&mut self) {
         self.kill9();
@@ -293,13 +328,23 @@ impl NodeAgent {
 }
 
 /// A lazily connecting channel (calls fail with UNAVAILABLE while the
-/// server is down, and work again once it is back).
+/// server is down, and work again once it is back). Several URLs,
+/// comma-separated, give a channel spread over the reachable ones.
 pub fn channel(url: &str) -> Channel {
-    Channel::from_shared(url.to_string())
-        .expect("a valid URL")
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(20))
-        .connect_lazy()
+    let endpoints: Vec<_> = url
+        .split(',')
+        .map(|u| {
+            Channel::from_shared(u.to_string())
+                .expect("a valid URL")
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(20))
+        })
+        .collect();
+    if endpoints.len() == 1 {
+        endpoints[0].connect_lazy()
+    } else {
+        Channel::balance_list(endpoints.into_iter())
+    }
 }
 
 /// Waits until the gRPC health service at `url` reports the process

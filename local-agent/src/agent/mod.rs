@@ -204,20 +204,37 @@ fn channel(url: &str) -> anyhow::Result<Channel> {
 }
 
 /// The connection to the global scheduler, re-established with backoff.
+/// `--global` may list several replicas: after a failed session the next
+/// one is tried (a standby refuses to register, naming the leader).
 async fn upstream(agent: Arc<Agent>, address: String, shutdown: CancellationToken) {
-    let client = match channel(&agent.config.global) {
-        Ok(c) => ClustersClient::new(c),
+    let clients: Vec<ClustersClient<Channel>> = match agent
+        .config
+        .global
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| channel(u).map(ClustersClient::new))
+        .collect::<anyhow::Result<Vec<_>>>()
+    {
+        Ok(c) if !c.is_empty() => c,
+        Ok(_) => {
+            tracing::error!("--global names no address");
+            return;
+        }
         Err(e) => {
             tracing::error!(cause = %e, "bad --global URL");
             return;
         }
     };
     let mut backoff = Backoff::new();
+    let mut next = 0;
     while !shutdown.is_cancelled() {
-        match session(&agent, client.clone(), &address, &shutdown).await {
+        let client = clients[next % clients.len()].clone();
+        match session(&agent, client, &address, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(cause = %e, "lost the global scheduler; reconnecting");
+                next += 1;
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff.next_delay()) => {}

@@ -1,0 +1,164 @@
+//! Several global scheduler replicas against one etcd: one leads, the
+//! others stand by; when the leader dies a standby takes over, and nothing
+//! acknowledged is lost or done twice.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sched_proto::pb;
+use sched_proto::pb::scheduler_client::SchedulerClient;
+use sched_store::{EtcdStore, Store};
+use sched_tests::{channel, etcd, eventually, ClusterSpec, Scheduler, TestCluster};
+
+const TOPOLOGY: &str = "config/examples/topology.yaml";
+
+fn submit(i: usize) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        yaml: String::new(),
+        jobs: vec![pb::JobSpec {
+            name: format!("job-{i:03}"),
+            tasks: 5,
+            resources: Some(pb::ResourceRequest {
+                cpu: "100m".into(),
+                memory: "64Mi".into(),
+                disk: None,
+                gpu: None,
+            }),
+            priority: None,
+            locality: None,
+            constraints: Default::default(),
+            command: vec!["true".into()],
+        }],
+        submission_id: format!("sub-{i}"),
+    }
+}
+
+async fn leader(replicas: &[Scheduler]) -> Option<usize> {
+    for (i, r) in replicas.iter().enumerate() {
+        if r.leads().await {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Three replicas, a stream of submissions, kill -9 the leader: a new
+/// leader within 5 s, every acknowledged job present once, every task
+/// placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
+    let Some(etcd) = etcd() else { return };
+    let args = ["--topology", TOPOLOGY, "--heartbeat-interval-ms", "300"];
+    let mut replicas = vec![Scheduler::start(&etcd.url(), &args).await];
+    for _ in 0..2 {
+        replicas.push(Scheduler::start_standby(&etcd.url(), &args).await);
+    }
+    assert_eq!(leader(&replicas).await, Some(0));
+    // A standby refuses work and names the leader.
+    let err = replicas[1]
+        .client()
+        .await
+        .submit(submit(999))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(
+        err.message().contains(&replicas[0].url()),
+        "{}",
+        err.message()
+    );
+
+    let urls: Vec<String> = replicas.iter().map(Scheduler::url).collect();
+    let all = urls.join(",");
+    let cluster = TestCluster::start(&all, ClusterSpec::new("east-a", "us-east"));
+
+    const JOBS: usize = 60;
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let submitter = {
+        let acked = acked.clone();
+        let mut c = SchedulerClient::new(channel(&all));
+        tokio::spawn(async move {
+            for i in 0..JOBS {
+                loop {
+                    match c.submit(submit(i)).await {
+                        Ok(_) => break,
+                        Err(s) => {
+                            assert!(
+                                !matches!(s.code(), tonic::Code::InvalidArgument),
+                                "job-{i:03} refused: {s:?}"
+                            );
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                acked.lock().unwrap().push(format!("job-{i:03}"));
+            }
+        })
+    };
+    eventually(
+        "a third of the submissions",
+        Duration::from_secs(30),
+        || async { (acked.lock().unwrap().len() >= JOBS / 3).then_some(()) },
+    )
+    .await;
+    let before: Vec<String> = acked.lock().unwrap().clone();
+    replicas[0].kill9();
+    let killed = Instant::now();
+    let (new, took) = eventually("a new leader", Duration::from_secs(10), || async {
+        leader(&replicas[1..])
+            .await
+            .map(|i| (i + 1, killed.elapsed()))
+    })
+    .await;
+    println!("failover took {} ms", took.as_millis());
+    assert!(took < Duration::from_secs(5), "failover took {took:?}");
+    submitter.await.unwrap();
+
+    let store = EtcdStore::connect(&[etcd.url()]).await.unwrap();
+    let keys: BTreeSet<String> = store
+        .list("/sched/jobs/")
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    for name in &before {
+        assert!(keys.contains(&format!("/sched/jobs/{name}")), "{name} lost");
+    }
+    assert_eq!(keys.len(), JOBS);
+    eventually("every task placed", Duration::from_secs(60), || async {
+        (cluster.log().placed.len() == JOBS * 5).then_some(())
+    })
+    .await;
+    // The new leader agrees.
+    let jobs = replicas[new]
+        .client()
+        .await
+        .list_jobs(pb::ListJobsRequest { state: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(jobs.len(), JOBS);
+    eventually(
+        "the leader sees every task placed",
+        Duration::from_secs(30),
+        || async {
+            let jobs = replicas[new]
+                .client()
+                .await
+                .list_jobs(pb::ListJobsRequest { state: 0 })
+                .await
+                .ok()?
+                .into_inner()
+                .jobs;
+            jobs.iter()
+                .all(|j| j.counts.is_some_and(|c| c.placed == 5))
+                .then_some(())
+        },
+    )
+    .await;
+    cluster.stop().await;
+}
