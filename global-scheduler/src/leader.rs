@@ -118,11 +118,17 @@ pub async fn keep_leading(
     let mut renewed = Instant::now();
     loop {
         tokio::select! {
+            // Give the lease up at once: a standby takes over without
+            // waiting for the TTL. (After a loss it is gone already; the
+            // revoke is then a no-op.)
             _ = shutdown.cancelled() => {
                 let _ = store.revoke_lease(leadership.lease).await;
                 return;
             }
-            _ = lost.cancelled() => return,
+            _ = lost.cancelled() => {
+                let _ = store.revoke_lease(leadership.lease).await;
+                return;
+            }
             _ = tokio::time::sleep(ttl / 3) => {}
         }
         match store.keep_alive(leadership.lease).await {

@@ -157,48 +157,15 @@ pub async fn run(
         );
 
     let tracker = TaskTracker::new();
-    let lost = CancellationToken::new();
-    let leading = {
-        let health = health_reporter.clone();
-        let (role, store, config, shutdown, lost, tracker2) = (
-            role.clone(),
-            store.clone(),
-            config.clone(),
-            shutdown.clone(),
-            lost.clone(),
-            tracker.clone(),
-        );
-        tracker.spawn(async move {
-            let r = lead(
-                role,
-                store,
-                config,
-                address,
-                shutdown.clone(),
-                lost.clone(),
-                tracker2,
-            )
-            .await;
-            if matches!(r, Ok(true)) {
-                health
-                    .set_serving::<SchedulerServer<service::SchedulerService>>()
-                    .await;
-                health
-                    .set_serving::<ClustersServer<service::ClustersService>>()
-                    .await;
-            }
-            if let Err(e) = &r {
-                tracing::error!(cause = %e, "cannot lead");
-            }
-            r
-        })
-    };
-    let result = tokio::select! {
-        r = with_grace(serve, &shutdown) => r.map_err(anyhow::Error::from),
-        _ = lost.cancelled() => Err(anyhow::anyhow!(
-            "lost leadership (lease expired or fenced off); exiting so that a restart rejoins as a standby"
-        )),
-    };
+    tracker.spawn(leadership(
+        role,
+        store,
+        config,
+        address,
+        shutdown.clone(),
+        health_reporter,
+    ));
+    let result = with_grace(serve, &shutdown).await;
     shutdown.cancel();
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
@@ -207,29 +174,90 @@ pub async fn run(
     {
         tracing::warn!("background tasks did not stop within 10 s");
     }
-    if let Ok(Err(e)) = leading.await {
-        if result.is_ok() {
-            return Err(e);
-        }
-    }
-    result
+    result?;
+    Ok(())
 }
 
-/// Campaigns, then loads the state and runs the leader's tasks; false if
-/// it stopped before winning.
-async fn lead(
+/// Terms of leadership, one after another: campaign, lead until the lease
+/// is lost (etcd unreachable past the TTL, or fenced off), stand by again.
+async fn leadership(
     role: Arc<service::Role>,
     store: Arc<dyn Store>,
     config: Config,
     address: String,
     shutdown: CancellationToken,
-    lost: CancellationToken,
-    tracker: TaskTracker,
+    health: tonic_health::server::HealthReporter,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let lost = CancellationToken::new();
+        let term = TaskTracker::new();
+        match lead(&role, &store, &config, &address, &shutdown, &lost, &term).await {
+            Ok(true) => {
+                backoff = Duration::from_millis(200);
+                health
+                    .set_serving::<SchedulerServer<service::SchedulerService>>()
+                    .await;
+                health
+                    .set_serving::<ClustersServer<service::ClustersService>>()
+                    .await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = lost.cancelled() => {
+                        tracing::error!("lost leadership: standing by");
+                    }
+                }
+                role.step_down();
+                health
+                    .set_not_serving::<SchedulerServer<service::SchedulerService>>()
+                    .await;
+                health
+                    .set_not_serving::<ClustersServer<service::ClustersService>>()
+                    .await;
+                // The term's tasks stop with the lease (or the shutdown).
+                lost.cancel();
+                term.close();
+                if tokio::time::timeout(Duration::from_secs(10), term.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("the last term's tasks did not stop within 10 s");
+                }
+            }
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!(cause = %e, "cannot take over as leader; standing by");
+                lost.cancel();
+                term.close();
+                let _ = tokio::time::timeout(Duration::from_secs(10), term.wait()).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// Campaigns, then loads the state and runs the leader's tasks in `term`
+/// until `lost`; false if `shutdown` came first.
+async fn lead(
+    role: &Arc<service::Role>,
+    store: &Arc<dyn Store>,
+    config: &Config,
+    address: &str,
+    shutdown: &CancellationToken,
+    lost: &CancellationToken,
+    tracker: &TaskTracker,
 ) -> anyhow::Result<bool> {
     let keys = Keys::new(&config.prefix);
     let ttl = Duration::from_secs(u64::from(config.policy.ha.leader_lease_seconds));
     let Some(leadership) =
-        leader::campaign(&store, &keys.leader(), &address, ttl, &role, &shutdown).await
+        leader::campaign(store, &keys.leader(), address, ttl, role, shutdown).await
     else {
         return Ok(false);
     };
@@ -243,12 +271,12 @@ async fn lead(
     ));
     // Every write from here on is fenced by the leader key.
     let store: Arc<dyn Store> = Arc::new(sched_store::Fenced::new(
-        store,
+        store.clone(),
         keys.leader(),
         leadership.revision,
         lost.clone(),
     ));
-    let state = load(&keys, &store, &config).await?;
+    let state = load(&keys, &store, config).await?;
     let limits = Limits {
         queue: config.queue,
         max_pending_tasks: config.max_pending_tasks,

@@ -53,18 +53,26 @@ impl ClustersService {
 /// Whether this replica leads, and where the leader is if not.
 #[derive(Default)]
 pub struct Role {
-    shared: std::sync::OnceLock<Arc<Shared>>,
+    shared: std::sync::RwLock<Option<Arc<Shared>>>,
     leader_hint: std::sync::Mutex<String>,
 }
 
 impl Role {
     /// Makes this replica the leader, serving `shared`.
     pub fn lead(&self, shared: Arc<Shared>) {
-        let _ = self.shared.set(shared);
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = Some(shared);
+    }
+
+    /// Back to standing by.
+    pub fn step_down(&self) {
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     pub fn is_leader(&self) -> bool {
-        self.shared.get().is_some()
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     /// Records where the leader is, for standbys' answers.
@@ -75,7 +83,12 @@ impl Role {
     /// The leader's state, or UNAVAILABLE naming the leader (in the message
     /// and the `x-sched-leader` header) so that clients try it next.
     pub fn leader(&self) -> Result<Arc<Shared>, Status> {
-        if let Some(s) = self.shared.get() {
+        if let Some(s) = self
+            .shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             return Ok(s.clone());
         }
         let hint = self
@@ -523,14 +536,30 @@ impl Clusters for ClustersService {
         // A pass over every pending job only when the cluster can take more
         // than before; otherwise heartbeats would re-rank everything each
         // second per cluster.
-        let improved = {
+        let (improved, changed) = {
             let mut state = shared.state();
+            let before = state
+                .registry
+                .id(&r.cluster)
+                .map(|id| state.registry.entries()[id.0 as usize].record.clone());
             let improved = state.registry.heartbeat(&r.cluster, hb);
             if improved == Some(true) {
                 state.mark_rescan();
             }
-            improved
+            // Machines came or went: keep the stored record current, so a
+            // leader taking over sizes jobs against the machines there are.
+            let changed = before.and_then(|b| {
+                let id = state.registry.id(&r.cluster)?;
+                let now = &state.registry.entries()[id.0 as usize].record;
+                (now.classes != b.classes).then(|| now.clone())
+            });
+            (improved, changed)
         };
+        if let Some(record) = changed {
+            let (reply, _) = tokio::sync::oneshot::channel();
+            // Best effort: the next change or registration writes it too.
+            let _ = shared.send(Command::Register { record, reply });
+        }
         let known = improved.is_some();
         if improved == Some(true) {
             shared.wake.notify_one();

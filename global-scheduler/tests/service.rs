@@ -33,14 +33,17 @@ async fn start(store: Arc<dyn Store>, config: Config) -> Running {
 }
 
 impl Running {
+    /// A client, once this replica leads.
     async fn client(&self) -> SchedulerClient<tonic::transport::Channel> {
-        for _ in 0..100 {
-            if let Ok(c) = SchedulerClient::connect(self.url.clone()).await {
-                return c;
+        for _ in 0..250 {
+            if let Ok(mut c) = SchedulerClient::connect(self.url.clone()).await {
+                if c.list_clusters(pb::ListClustersRequest {}).await.is_ok() {
+                    return c;
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("{} does not answer", self.url);
+        panic!("{} does not lead", self.url);
     }
 
     async fn stop(self) {

@@ -61,6 +61,10 @@ fn map_error(e: etcd_client::Error) -> StoreError {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 StoreError::Unavailable(s.message().to_string())
             }
+            // tonic's report of a connection that broke or could not be made.
+            tonic::Code::Unknown if s.message().contains("transport error") => {
+                StoreError::Unavailable(s.message().to_string())
+            }
             tonic::Code::NotFound if s.message().contains("lease not found") => {
                 StoreError::LeaseExpired(0)
             }

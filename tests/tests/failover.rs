@@ -162,3 +162,112 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
     .await;
     cluster.stop().await;
 }
+
+/// etcd stopped for 10 s in the middle of things: running tasks keep
+/// running, new work is refused with UNAVAILABLE (and the CLI retries),
+/// and once etcd is back everything acknowledged is there and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_loses_nothing_and_work_resumes() {
+    let Some(mut etcd) = etcd() else { return };
+    let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
+    let agent =
+        sched_tests::LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = sched_tests::NodeAgent::start(&agent.url(), "n1", "4", "2Gi", dir.path().join("n1"));
+    eventually("the machine up", Duration::from_secs(20), || async {
+        let c = sched
+            .client()
+            .await
+            .list_clusters(pb::ListClustersRequest {})
+            .await
+            .ok()?;
+        (c.into_inner()
+            .clusters
+            .iter()
+            .map(|c| c.machines)
+            .sum::<u32>()
+            == 1)
+            .then_some(())
+    })
+    .await;
+    let mut before = submit(0);
+    before.jobs[0].name = "before".into();
+    before.jobs[0].tasks = 2;
+    before.jobs[0].command = vec!["sh".into(), "-c".into(), "sleep 6; echo survived".into()];
+    sched.client().await.submit(before).await.unwrap();
+    eventually("both running", Duration::from_secs(20), || async {
+        let st = sched.job("before").await?;
+        (st.summary?.counts?.running == 2).then_some(())
+    })
+    .await;
+
+    etcd.kill();
+    let down = Instant::now();
+    // New work is refused promptly, not hung.
+    let mut during = submit(1);
+    during.jobs[0].name = "during".into();
+    let r = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut c = sched.client().await;
+        loop {
+            match c.submit(during.clone()).await {
+                Err(s) if s.code() == tonic::Code::Unavailable => return s,
+                Err(s) => panic!("refused with {s:?}"),
+                Ok(_) if down.elapsed() < Duration::from_secs(1) => {
+                    // Taken before the scheduler noticed; try another name.
+                    during.jobs[0].name.push('x');
+                }
+                Ok(_) => panic!("a submission was acknowledged without etcd"),
+            }
+        }
+    })
+    .await
+    .expect("refused within 20 s");
+    assert_eq!(r.code(), tonic::Code::Unavailable);
+    // The CLI keeps retrying through the outage.
+    let cli = std::process::Command::new(sched_tests::bin("schedctl"))
+        .args([
+            "--server",
+            &sched.url(),
+            "run",
+            "after",
+            "--tasks",
+            "2",
+            "--cpu",
+            "1",
+            "--memory",
+            "128Mi",
+            "--",
+            "echo",
+            "hello",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let wait = Duration::from_secs(10).saturating_sub(down.elapsed());
+    tokio::time::sleep(wait).await;
+    etcd.restart().unwrap();
+
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The tasks that ran through the outage finished there, once.
+    let st = eventually("`before` succeeded", Duration::from_secs(60), || async {
+        let st = sched.job("before").await?;
+        (st.summary.as_ref()?.state == pb::JobState::Succeeded as i32).then_some(st)
+    })
+    .await;
+    for t in &st.tasks {
+        assert_eq!(node.attempts("before", t.index), [1]);
+    }
+    eventually("`after` succeeded", Duration::from_secs(60), || async {
+        let st = sched.job("after").await?;
+        (st.summary?.state == pb::JobState::Succeeded as i32).then_some(())
+    })
+    .await;
+}
