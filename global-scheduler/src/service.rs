@@ -137,7 +137,9 @@ fn spec_from_pb(j: pb::JobSpec, field: &str) -> Result<JobSpec, SpecError> {
     text.validate(field)
 }
 
-fn specs_of(req: pb::SubmitRequest, max_jobs: usize) -> Result<Vec<JobSpec>, SpecError> {
+/// The jobs of a submit call, validated like a job file's (public for the
+/// decoder fuzz tests).
+pub fn specs_of(req: pb::SubmitRequest, max_jobs: usize) -> Result<Vec<JobSpec>, SpecError> {
     let specs = match (req.yaml.is_empty(), req.jobs.is_empty()) {
         (false, true) => parse_job_file(&req.yaml)?,
         (true, false) => {
@@ -446,7 +448,8 @@ impl Scheduler for SchedulerService {
     }
 }
 
-fn classes_from_pb(
+/// Machine classes from a registration or heartbeat, validated.
+pub fn classes_from_pb(
     classes: Vec<pb::MachineClassStatus>,
 ) -> Result<Vec<MachineClassRecord>, SpecError> {
     let mut names = BTreeSet::new();
