@@ -58,6 +58,8 @@ pub struct Shared {
     /// clusters can take).
     pub wake: Notify,
     pub limits: Limits,
+    /// Tasks of submit calls in the writers' queue, not yet in the state.
+    pub reserved: std::sync::atomic::AtomicU64,
     /// Fires when the server shuts down: open streams end.
     pub shutdown: CancellationToken,
 }
@@ -97,6 +99,7 @@ impl Shared {
             submissions: stx,
             wake: Notify::new(),
             limits,
+            reserved: std::sync::atomic::AtomicU64::new(0),
             shutdown,
         });
         (shared, rx, srx)

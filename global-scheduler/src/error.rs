@@ -19,16 +19,29 @@ pub enum ServiceError {
     ShuttingDown,
 }
 
+/// The retry hint sent with RESOURCE_EXHAUSTED: about the time the writers
+/// take to drain a full queue of group commits.
+pub const RETRY_AFTER_MS: u64 = 200;
+
 impl From<ServiceError> for tonic::Status {
     fn from(e: ServiceError) -> Self {
         let message = e.to_string();
         match e {
             ServiceError::Invalid(_) => tonic::Status::invalid_argument(message),
             ServiceError::NotFound { .. } => tonic::Status::not_found(message),
-            ServiceError::Busy(_) => tonic::Status::resource_exhausted(message),
-            ServiceError::Store(StoreError::Unavailable(_)) | ServiceError::ShuttingDown => {
-                tonic::Status::unavailable(message)
+            ServiceError::Busy(_) => {
+                // A hint for clients: when to try again.
+                let mut s = tonic::Status::resource_exhausted(format!(
+                    "{message} (retry after {RETRY_AFTER_MS} ms)"
+                ));
+                s.metadata_mut().insert(
+                    "retry-after-ms",
+                    tonic::metadata::MetadataValue::from(RETRY_AFTER_MS),
+                );
+                s
             }
+            ServiceError::Store(StoreError::Unavailable(_) | StoreError::Fenced(_))
+            | ServiceError::ShuttingDown => tonic::Status::unavailable(message),
             ServiceError::Store(StoreError::Conflict { .. }) => tonic::Status::aborted(message),
             ServiceError::Store(_) => tonic::Status::internal(message),
         }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sched_core::error::SpecError;
@@ -24,6 +25,19 @@ use crate::records::{ClusterRecord, MachineClassRecord};
 use crate::registry::Heartbeat;
 use crate::state::{from_pb_resources, to_pb_resources, State};
 use crate::submitter::Submission;
+
+/// Tasks of a submit call counted against the pending limit while it is in
+/// the writers' queue.
+struct Reservation<'a> {
+    counter: &'a std::sync::atomic::AtomicU64,
+    tasks: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.tasks, Ordering::SeqCst);
+    }
+}
 
 /// Batches an assignment stream may hold before the agent is cut off.
 const STREAM_BUFFER: usize = 1024;
@@ -207,21 +221,31 @@ impl Scheduler for SchedulerService {
         let specs = specs_of(req, shared.limits.max_jobs_per_submit).map_err(ServiceError::from)?;
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let tasks: u64 = specs.iter().map(|s| u64::from(s.tasks)).sum();
-        let records = {
+        let (records, new) = {
             let state = shared.state();
             let records = state
                 .check_submission(specs, &submission_id, crate::now_unix_ms())
                 .map_err(ServiceError::from)?;
             let new: u64 = records.iter().map(|r| u64::from(r.tasks)).sum();
+            // Count the calls still in the writers' queue too: without
+            // them, a burst of calls would each see room and all get in.
             let max = shared.limits.max_pending_tasks;
-            if new > 0 && state.pending_tasks + new > max {
+            let in_queue = shared.reserved.fetch_add(new, Ordering::SeqCst);
+            if new > 0 && state.pending_tasks + in_queue + new > max {
+                shared.reserved.fetch_sub(new, Ordering::SeqCst);
                 return Err(ServiceError::Busy(format!(
-                    "{} tasks are already waiting for a cluster (limit {max})",
-                    state.pending_tasks
+                    "{} tasks are waiting for a cluster or being written (limit {max})",
+                    state.pending_tasks + in_queue
                 ))
                 .into());
             }
-            records
+            (records, new)
+        };
+        // Released when the call ends, however it ends (the accepted jobs
+        // count in `pending_tasks` by then).
+        let _reservation = Reservation {
+            counter: &shared.reserved,
+            tasks: new,
         };
         if !records.is_empty() {
             let (reply, answer) = oneshot::channel();

@@ -109,19 +109,7 @@ impl Scheduler {
 
     /// SIGTERM; returns whether it exited within `deadline`.
     pub fn terminate(&mut self, deadline: Duration) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return true;
-        };
-        c.terminate();
-        let start = Instant::now();
-        while start.elapsed() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        c.kill();
-        false
+        terminate(&mut self.child, deadline)
     }
 
     /// Starts it again with the same arguments (same port, same etcd) and
@@ -248,6 +236,11 @@ impl LocalAgent {
         self.child.as_ref()?.program_pid()
     }
 
+    /// SIGTERM; returns whether it exited within `deadline`.
+    pub fn terminate(&mut self, deadline: Duration) -> bool {
+        terminate(&mut self.child, deadline)
+    }
+
     pub async fn restart(&mut self) {
         self.kill9();
         let mut cmd = Command::new(bin("local-agent"));
@@ -306,6 +299,11 @@ impl NodeAgent {
         let mut cmd = Command::new(bin("local-agent"));
         cmd.args(&self.args).current_dir(repo());
         self.child = Some(Guarded::spawn(cmd).expect("start local-agent node"));
+    }
+
+    /// SIGTERM; returns whether it exited within `deadline`.
+    pub fn terminate(&mut self, deadline: Duration) -> bool {
+        terminate(&mut self.child, deadline)
     }
 
     /// Attempt directories of `job`'s task `index` on this node.
@@ -644,4 +642,21 @@ pub fn memory(pid: u32) -> Option<(u64, u64)> {
             .map(|kb| kb * 1024)
     };
     Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// SIGTERM to a child; whether it exited within `deadline` (else SIGKILL).
+fn terminate(child: &mut Option<Guarded>, deadline: Duration) -> bool {
+    let Some(mut c) = child.take() else {
+        return true;
+    };
+    c.terminate();
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.kill();
+    false
 }
