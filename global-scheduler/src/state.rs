@@ -540,8 +540,9 @@ impl State {
         out
     }
 
-    /// Every task currently assigned to `cluster` and not placed, for a
-    /// (re)connecting agent; and the cancelled jobs with tasks there.
+    /// Every task currently assigned to `cluster` and not placed (or lost
+    /// with its machine), for a (re)connecting agent; and the cancelled jobs
+    /// with tasks there.
     pub fn assigned_to(&self, cluster: ClusterId) -> pb::AssignmentBatch {
         let mut batch = pb::AssignmentBatch {
             seq: self.registry.entries()[cluster.0 as usize].handed_total,
@@ -552,7 +553,11 @@ impl State {
                 .tasks
                 .iter()
                 .enumerate()
-                .filter(|(_, t)| t.cluster == Some(cluster) && t.state == TaskState::Assigned)
+                // Lost tasks are the cluster's to place again (or hand back).
+                .filter(|(_, t)| {
+                    t.cluster == Some(cluster)
+                        && matches!(t.state, TaskState::Assigned | TaskState::Lost)
+                })
                 .map(|(i, _)| i as u32)
                 .collect();
             if j.record.cancelled {

@@ -214,14 +214,18 @@ impl AgentState {
                 .map_err(|_| format!("{}: bad index", kv.key))?;
             let record: PlacementRecord = serde_json::from_slice(&kv.value)
                 .map_err(|e| format!("{}: not a placement: {e}", kv.key))?;
-            self.placements.insert(
-                (job.to_string(), index),
-                Placement {
-                    record,
-                    rev: kv.mod_revision,
-                    accounted: false,
-                },
-            );
+            let key = (job.to_string(), index);
+            let placement = Placement {
+                record,
+                rev: kv.mod_revision,
+                accounted: false,
+            };
+            // Lost before the restart and not placed again yet: back to the
+            // queue, or it would wait forever.
+            if placement.record.state == PlacementState::Lost {
+                self.queue.insert(key.clone(), placement.queued());
+            }
+            self.placements.insert(key, placement);
         }
         Ok(())
     }
