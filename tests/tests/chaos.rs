@@ -152,7 +152,7 @@ async fn chaos_keeps_every_invariant() {
     }
     let all: Vec<String> = replicas.iter().map(Scheduler::url).collect();
     let all = all.join(",");
-    let mut agents = vec![
+    let mut agents = [
         LocalAgent::start("east-a", "us-east", &all, &etcd.url()).await,
         LocalAgent::start("west-a", "us-west", &all, &etcd.url()).await,
     ];
