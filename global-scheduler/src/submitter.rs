@@ -7,7 +7,7 @@
 //! latency, not our CPU, bounds one writer, and job creations are
 //! independent of each other and of what the engine writes.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use sched_store::{Expect, Store, StoreError, Write, MAX_COMMIT_BYTES, MAX_OPS_PER_COMMIT};
@@ -88,12 +88,23 @@ impl Submitter {
     /// Group commit: the jobs of many submit calls in as few transactions
     /// as the limits allow; a call is answered once all its jobs are in.
     async fn submit(&self, submits: Vec<Submission>) {
-        // A name in two calls of one round: the later call loses, as it
-        // would have a moment later.
-        let mut seen = BTreeSet::new();
+        // A name in two calls of one round: a retry of the same submission
+        // (the client gave up waiting and called again) is answered once
+        // the first is in; another submission loses, as it would have a
+        // moment later.
+        let mut seen: std::collections::BTreeMap<String, String> = Default::default();
         let mut accepted = Vec::with_capacity(submits.len());
+        let mut retries = Vec::new();
         for Submission { records, reply } in submits {
-            if let Some(dup) = records.iter().find(|r| seen.contains(&r.name)) {
+            if let Some(dup) = records.iter().find(|r| seen.contains_key(&r.name)) {
+                let same = records.iter().all(|r| {
+                    seen.get(&r.name)
+                        .is_none_or(|id| !id.is_empty() && *id == r.submission_id)
+                });
+                if same {
+                    retries.push((records, reply));
+                    continue;
+                }
                 let err = sched_core::error::SpecError::new(
                     "jobs.name",
                     format!(
@@ -104,9 +115,22 @@ impl Submitter {
                 let _ = reply.send(Err(err.into()));
                 continue;
             }
-            seen.extend(records.iter().map(|r| r.name.clone()));
+            seen.extend(
+                records
+                    .iter()
+                    .map(|r| (r.name.clone(), r.submission_id.clone())),
+            );
             accepted.push((records, reply));
         }
+        self.submit_round(accepted).await;
+        // After the first attempts: each retry finds its jobs there (same
+        // submission id) and succeeds without writing them twice.
+        for (records, reply) in retries {
+            let _ = reply.send(self.submit_one(records).await);
+        }
+    }
+
+    async fn submit_round(&self, accepted: Vec<(Vec<JobRecord>, Reply<()>)>) {
         let submits = accepted;
         let keys = self.shared.state().keys.clone();
         // Greedy packing of whole calls into commits.
