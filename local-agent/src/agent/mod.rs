@@ -19,7 +19,7 @@ use sched_core::policy::Policy;
 use sched_proto::pb;
 use sched_proto::pb::clusters_client::ClustersClient;
 use sched_proto::pb::machines_server::MachinesServer;
-use sched_store::{Store, StoreError, Write, MAX_OPS_PER_COMMIT};
+use sched_store::{Store, Write, MAX_OPS_PER_COMMIT};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_stream::StreamExt;
@@ -158,12 +158,21 @@ async fn planner(agent: Arc<Agent>, store: Arc<dyn Store>, shutdown: Cancellatio
                 Ok(rev) => agent.state().apply(chunk, rev),
                 Err(e) => {
                     tracing::warn!(cause = %e, tasks = chunk.len(), "placements not persisted; will retry");
-                    let mut st = agent.state();
-                    st.revert(chunk);
-                    st.revert(std::mem::take(&mut writes));
-                    if let StoreError::Conflict { key, .. } = &e {
-                        tracing::error!(%key, "a placement changed under us: another agent for this cluster?");
+                    let keys: Vec<state::TaskKey> = chunk
+                        .iter()
+                        .chain(writes.iter())
+                        .map(|(k, _, _)| k.clone())
+                        .collect();
+                    {
+                        let mut st = agent.state();
+                        st.revert(chunk);
+                        st.revert(std::mem::take(&mut writes));
                     }
+                    // A commit that failed as unavailable may have applied
+                    // all the same; a conflict means the stored revision is
+                    // not the one we hold. Either way, re-read the revisions
+                    // so that the retry's guards match the store.
+                    refresh_revisions(&agent, store.as_ref(), &keys).await;
                 }
             }
         }
@@ -183,16 +192,33 @@ async fn planner(agent: Arc<Agent>, store: Arc<dyn Store>, shutdown: Cancellatio
                 }
                 Err(e) => {
                     tracing::warn!(cause = %e, "task states not persisted; will retry");
-                    let mut st = agent.state();
-                    for (k, _) in dirty {
-                        st.mark_dirty(k);
+                    let keys: Vec<state::TaskKey> = dirty.iter().map(|(k, _)| k.clone()).collect();
+                    {
+                        let mut st = agent.state();
+                        for (k, _) in dirty {
+                            st.mark_dirty(k);
+                        }
                     }
+                    refresh_revisions(&agent, store.as_ref(), &keys).await;
                     break;
                 }
             }
         }
         debug_assert!(agent.state().check().is_ok());
         agent.upstream.notify_one();
+    }
+}
+
+/// Re-reads the stored revisions of some placements (after a commit whose
+/// outcome is unknown, or that conflicted).
+async fn refresh_revisions(agent: &Agent, store: &dyn Store, keys: &[state::TaskKey]) {
+    for k in keys {
+        let key = agent.state().placement_key(k);
+        match store.get(&key).await {
+            Ok(kv) => agent.state().refresh(k, kv),
+            // Still unreachable: the next attempt tries again.
+            Err(_) => return,
+        }
     }
 }
 

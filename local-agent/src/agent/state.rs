@@ -194,6 +194,11 @@ impl AgentState {
         &self.prefix
     }
 
+    /// The store key of a task's placement.
+    pub fn placement_key(&self, k: &TaskKey) -> String {
+        self.key(k)
+    }
+
     fn key(&self, k: &TaskKey) -> String {
         format!("{}{}/{:07}", self.prefix, k.0, k.1)
     }
@@ -790,6 +795,35 @@ impl AgentState {
                 ))
             })
             .collect()
+    }
+
+    /// What the store holds for a placement whose last write had an unknown
+    /// outcome: keep its revision, so the next write's guard matches. A
+    /// stored placement we do not know of is one whose write landed after
+    /// all; no node was told of it, so it counts as lost.
+    pub fn refresh(&mut self, k: &TaskKey, stored: Option<KeyValue>) {
+        let Some(kv) = stored else {
+            if let Some(p) = self.placements.get_mut(k) {
+                p.rev = 0;
+            }
+            return;
+        };
+        match self.placements.get_mut(k) {
+            Some(p) => p.rev = kv.mod_revision,
+            None => {
+                if let Ok(mut record) = serde_json::from_slice::<PlacementRecord>(&kv.value) {
+                    record.state = PlacementState::Lost;
+                    self.placements.insert(
+                        k.clone(),
+                        Placement {
+                            record,
+                            rev: kv.mod_revision,
+                            accounted: false,
+                        },
+                    );
+                }
+            }
+        }
     }
 
     pub fn set_rev(&mut self, k: &TaskKey, rev: Revision) {
