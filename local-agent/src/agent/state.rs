@@ -403,11 +403,16 @@ impl AgentState {
         }
     }
 
+    /// False asks the node to register again: it is unknown or lost, or
+    /// work is waiting for it with no open stream to carry it (the stream
+    /// broke): registering again reopens the stream and resends the work.
     pub fn heartbeat(&mut self, node: &str) -> bool {
         match self.nodes.get_mut(node) {
             Some(n) if n.up => {
                 n.last_heartbeat = Instant::now();
-                true
+                let stranded = n.work.as_ref().is_none_or(|w| w.is_closed())
+                    && (!n.backlog.start.is_empty() || !n.backlog.stop.is_empty());
+                !stranded
             }
             _ => false,
         }
