@@ -334,7 +334,13 @@ impl Engine {
     }
 
     async fn register(&mut self, record: ClusterRecord) -> Result<(), ServiceError> {
-        let key = self.shared.state().keys.cluster(&record.name);
+        let (key, record) = {
+            let state = self.shared.state();
+            (
+                state.keys.cluster(&record.name),
+                state.registry.with_seen_classes(record),
+            )
+        };
         let value = serde_json::to_vec(&record).expect("cluster records serialize");
         self.store
             .commit(&[Write::put(key, value, Expect::Any)])

@@ -124,5 +124,28 @@ pub struct ClusterRecord {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
     pub classes: Vec<MachineClassRecord>,
+    /// Every machine shape the cluster has reported, with the most machines
+    /// of it seen at once. Jobs are validated against these, so a job is not
+    /// refused while machines are briefly away (an agent restarting, nodes
+    /// re-registering); it waits, pending, with its reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen_classes: Vec<MachineClassRecord>,
     pub registered_unix_ms: i64,
+}
+
+impl ClusterRecord {
+    /// `seen_classes` grown by `more` and by the current classes.
+    pub fn remember_classes(&mut self, more: &[MachineClassRecord]) {
+        let current = self.classes.clone();
+        for c in more.iter().chain(&current) {
+            match self
+                .seen_classes
+                .iter_mut()
+                .find(|s| s.capacity == c.capacity && s.labels == c.labels)
+            {
+                Some(s) => s.count = s.count.max(c.count),
+                None => self.seen_classes.push(c.clone()),
+            }
+        }
+    }
 }

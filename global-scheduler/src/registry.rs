@@ -54,6 +54,8 @@ pub struct Registry {
     clusters: Vec<ClusterEntry>,
     by_name: BTreeMap<String, ClusterId>,
     heartbeat_timeout: Duration,
+    /// The known world, rebuilt when a registration changes it.
+    world: Topology,
 }
 
 impl Registry {
@@ -65,14 +67,20 @@ impl Registry {
             None => (Vec::new(), Vec::new()),
         };
         let locality = Locality::new(location_names.clone(), &links);
-        Registry {
+        let mut r = Registry {
             location_names,
             links,
             locality,
             clusters: Vec::new(),
             by_name: BTreeMap::new(),
             heartbeat_timeout,
-        }
+            world: Topology {
+                locality: Locality::new(Vec::new(), &[]),
+                clusters: Vec::new(),
+            },
+        };
+        r.world = r.build_world();
+        r
     }
 
     pub fn locality(&self) -> &Locality {
@@ -87,12 +95,25 @@ impl Registry {
         // nothing (so only its own clusters count as local to it).
         self.location_names.push(name.to_string());
         self.locality = Locality::new(self.location_names.clone(), &self.links);
+        self.world = self.build_world();
         LocationId(self.location_names.len() as u32 - 1)
+    }
+
+    /// `record` with the machine shapes already known for its cluster, as
+    /// it should be stored.
+    pub fn with_seen_classes(&self, mut record: ClusterRecord) -> ClusterRecord {
+        if let Some(&id) = self.by_name.get(&record.name) {
+            record.remember_classes(&self.clusters[id.0 as usize].record.seen_classes);
+        } else {
+            record.remember_classes(&[]);
+        }
+        record
     }
 
     /// Adds or updates a cluster from its registration. A new cluster is
     /// down until its first heartbeat.
     pub fn register(&mut self, record: ClusterRecord, heartbeat_now: bool) -> ClusterId {
+        let record = self.with_seen_classes(record);
         let location = self.location(&record.location);
         let classes = class_summaries(&record);
         let capacity = classes.iter().fold(Resources::ZERO, |acc, c| {
@@ -128,15 +149,23 @@ impl Registry {
                 id
             }
         };
+        let known = self.world.clusters.len();
+        let total = self.clusters.len();
         let e = &mut self.clusters[id.0 as usize];
         e.summary.location = location;
         e.summary.classes = classes;
         e.summary.capacity = capacity;
+        let world_changed = e.record.seen_classes != record.seen_classes
+            || e.record.location != record.location
+            || known != total;
         e.record = record;
         if heartbeat_now {
             e.last_heartbeat = Some(Instant::now());
             e.last_heartbeat_unix_ms = crate::now_unix_ms();
             e.summary.up = true;
+        }
+        if world_changed {
+            self.world = self.build_world();
         }
         id
     }
@@ -222,8 +251,12 @@ impl Registry {
     }
 
     /// The known world as a topology, to validate jobs against: every
-    /// location, and every registered cluster's machine classes.
-    pub fn topology(&self) -> Topology {
+    /// location, and every machine shape each cluster has reported.
+    pub fn world(&self) -> &Topology {
+        &self.world
+    }
+
+    fn build_world(&self) -> Topology {
         let clusters = self
             .clusters
             .iter()
@@ -233,7 +266,7 @@ impl Registry {
                 location: e.summary.location,
                 classes: e
                     .record
-                    .classes
+                    .seen_classes
                     .iter()
                     .map(|c| MachineClass {
                         name: c.name.clone(),

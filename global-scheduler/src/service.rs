@@ -534,6 +534,7 @@ impl Clusters for ClustersService {
             location: r.location,
             address: r.address,
             classes,
+            seen_classes: Vec::new(),
             registered_unix_ms: crate::now_unix_ms(),
         };
         ask(&shared, |reply| Command::Register { record, reply }).await?;

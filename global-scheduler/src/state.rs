@@ -168,7 +168,7 @@ impl State {
         submission_id: &str,
         now_ms: i64,
     ) -> Result<Vec<JobRecord>, SpecError> {
-        let world = self.registry.topology();
+        let world = self.registry.world();
         let mut out = Vec::with_capacity(specs.len());
         for (i, spec) in specs.into_iter().enumerate() {
             let field = format!("jobs[{i}]");
@@ -181,9 +181,10 @@ impl State {
                     format!("a job named {:?} already exists", spec.name),
                 ));
             }
-            let spec = if world.clusters.is_empty() {
-                // No cluster has registered: nothing to size against yet;
-                // the location must still be one the topology names.
+            let spec = if world.clusters.iter().all(|c| c.classes.is_empty()) {
+                // No cluster has reported a machine yet: nothing to size
+                // against; the location must still be one the topology
+                // names.
                 if let Some(l) = &spec.locality {
                     if world.locality.id(l).is_none() {
                         return Err(unknown_location(&field, l, world.locality.names()));
@@ -191,7 +192,7 @@ impl State {
                 }
                 spec
             } else {
-                spec.resolve(JobId(0), &world, &field)?.spec
+                spec.resolve(JobId(0), world, &field)?.spec
             };
             out.push(job_record(spec, submission_id, now_ms));
         }
@@ -600,7 +601,11 @@ impl State {
         if r.exit_code.is_some() {
             entry.exit_code = r.exit_code;
         }
-        if entry == *t {
+        if entry == *t
+            // An agent that restarted knows a running task as placed until
+            // its node reports again: not a step back worth writing.
+            || (t.state == TaskState::Running && state == TaskState::Placed && entry.machine == t.machine)
+        {
             return None;
         }
         let note = match state {
@@ -634,9 +639,10 @@ impl State {
             .iter()
             .filter_map(|&i| {
                 let t = j.tasks.get(i as usize)?;
-                if t.cluster != Some(cluster)
-                    || !matches!(t.state, TaskState::Assigned | TaskState::Lost)
-                {
+                // The cluster is the authority on what it holds: a task it
+                // hands back is on none of its machines, even when the
+                // report that it was lost travels in the same call.
+                if t.cluster != Some(cluster) || t.state.is_final() {
                     return None;
                 }
                 let mut entry = t.clone();
@@ -1001,6 +1007,7 @@ clusters:
                         labels: Default::default(),
                         count: *machines,
                     }],
+                    seen_classes: Vec::new(),
                     registered_unix_ms: 0,
                 },
                 true,
@@ -1110,6 +1117,70 @@ clusters:
             exit_code: None,
         };
         assert!(s.report_change(east, &stale).is_none());
+    }
+
+    #[test]
+    fn a_hand_back_returns_a_task_the_scheduler_still_thinks_runs() {
+        // The agent lost the machine and could not place the task again;
+        // the loss and the hand-back reach the scheduler in one call, so
+        // the task is still `running` here when the hand-back is read.
+        let mut s = state(&[("east-a", "east", 10), ("west-a", "west", 10)]);
+        submit(&mut s, "web", 2, 1000, Some("east"), 0);
+        pass(&mut s, 100);
+        let east = s.registry.id("east-a").unwrap();
+        let running = pb::TaskReport {
+            job: "web".into(),
+            index: 0,
+            state: pb::TaskState::Running as i32,
+            machine: "m1".into(),
+            exit_code: None,
+        };
+        let c = s.report_change(east, &running).unwrap();
+        s.apply(vec![c], 3);
+        // A restarted agent knows it as placed until the node reports:
+        // no step back.
+        let placed = pb::TaskReport {
+            state: pb::TaskState::Placed as i32,
+            ..running.clone()
+        };
+        assert!(s.report_change(east, &placed).is_none());
+        let changes = s.hand_back_changes(
+            east,
+            &pb::HandBack {
+                job: "web".into(),
+                indices: vec![0],
+                reason: "no machine".into(),
+            },
+        );
+        assert_eq!(changes.len(), 1);
+        s.apply(changes, 4);
+        assert_eq!(s.job("web").unwrap().pending, 1);
+        assert_eq!(pass(&mut s, 100), [("web".into(), "west-a".into(), 1)]);
+    }
+
+    #[test]
+    fn jobs_are_sized_against_every_machine_a_cluster_has_had() {
+        let mut s = state(&[("east-a", "east", 10)]);
+        let spec = |cpu_millis| JobSpec {
+            name: "big".into(),
+            tasks: 1,
+            request: Resources::new(cpu_millis, 1 << 30),
+            priority: 0,
+            locality: None,
+            constraints: Default::default(),
+            command: Vec::new(),
+        };
+        // The agent restarts and registers before its nodes do: no machine
+        // right now, but a 4-cpu task still fits what the cluster has.
+        let mut record = s.registry.entries()[0].record.clone();
+        record.classes.clear();
+        record.seen_classes.clear();
+        s.registry.register(record, true);
+        assert_eq!(s.registry.entries()[0].record.seen_classes.len(), 1);
+        assert!(s.check_submission(vec![spec(4000)], "a", 0).is_ok());
+        // What no machine ever had is still refused, naming the field.
+        let e = s.check_submission(vec![spec(5000)], "b", 0).unwrap_err();
+        assert_eq!(e.field, "jobs[0].resources.cpu");
     }
 
     #[test]

@@ -148,6 +148,18 @@ impl Guarded {
     /// Starts `cmd` (its program, arguments, environment, working directory
     /// and stdio are kept) under the watchdog.
     pub fn spawn(cmd: Command) -> std::io::Result<Guarded> {
+        let name = Path::new(cmd.get_program())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Guarded::spawn_named(cmd, &name)
+    }
+
+    /// [`Guarded::spawn`], naming the program's log: with
+    /// `SCHED_TEST_LOGS=DIR` its output is appended to `DIR/<name>.log`
+    /// (restarts append to the same file); with `SCHED_TEST_VERBOSE` set it
+    /// goes to the test's own output; otherwise nowhere.
+    pub fn spawn_named(cmd: Command, name: &str) -> std::io::Result<Guarded> {
         let mut wrapper = Command::new("sh");
         wrapper
             .arg("-c")
@@ -175,8 +187,14 @@ impl Guarded {
         }
         // Command keeps stdio private; callers of this helper want the
         // program's output in the test log, or nowhere.
-        let quiet = std::env::var_os("SCHED_TEST_VERBOSE").is_none();
-        if quiet {
+        if let Some(dir) = std::env::var_os("SCHED_TEST_LOGS") {
+            std::fs::create_dir_all(&dir)?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(Path::new(&dir).join(format!("{name}.log")))?;
+            wrapper.stdout(log.try_clone()?).stderr(log);
+        } else if std::env::var_os("SCHED_TEST_VERBOSE").is_none() {
             wrapper.stdout(Stdio::null()).stderr(Stdio::null());
         }
         Ok(Guarded {

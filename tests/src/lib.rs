@@ -159,7 +159,8 @@ impl Scheduler {
         self.kill9();
         let mut cmd = Command::new(bin("global-scheduler"));
         cmd.args(&self.args).current_dir(repo());
-        self.child = Some(Guarded::spawn(cmd).expect("start global-scheduler"));
+        let name = format!("global-scheduler-{}", self.port);
+        self.child = Some(Guarded::spawn_named(cmd, &name).expect("start global-scheduler"));
     }
 
     pub async fn client(&self) -> SchedulerClient<Channel> {
@@ -245,7 +246,8 @@ impl LocalAgent {
         self.kill9();
         let mut cmd = Command::new(bin("local-agent"));
         cmd.args(&self.args).current_dir(repo());
-        self.child = Some(Guarded::spawn(cmd).expect("start local-agent serve"));
+        let name = format!("local-agent-{}", self.port);
+        self.child = Some(Guarded::spawn_named(cmd, &name).expect("start local-agent serve"));
         wait_serving(&self.url(), Duration::from_secs(30)).await;
     }
 }
@@ -298,7 +300,8 @@ impl NodeAgent {
         self.kill9();
         let mut cmd = Command::new(bin("local-agent"));
         cmd.args(&self.args).current_dir(repo());
-        self.child = Some(Guarded::spawn(cmd).expect("start local-agent node"));
+        let name = format!("node-{}", self.name);
+        self.child = Some(Guarded::spawn_named(cmd, &name).expect("start local-agent node"));
     }
 
     /// SIGTERM; returns whether it exited within `deadline`.

@@ -222,6 +222,10 @@ async fn refresh_revisions(agent: &Agent, store: &dyn Store, keys: &[state::Task
     }
 }
 
+/// Task reports per `Report` call: a resync after registering reports every
+/// placement, and one call stays far below gRPC's 4 MiB message limit.
+const MAX_REPORTS_PER_CALL: usize = 4096;
+
 fn channel(url: &str) -> anyhow::Result<Channel> {
     Ok(Channel::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(3))
@@ -295,14 +299,18 @@ async fn session(
         .await?
         .into_inner();
     tracing::info!(%cluster, "registered with the global scheduler");
+    // The leader may be new, or reports may have died with a failed call or
+    // an earlier run of this agent: tell it where every task stands.
+    agent.state().resync_reports();
     let mut next_beat = tokio::time::Instant::now();
     let mut sent_classes: Vec<pb::MachineClassStatus> = Vec::new();
     loop {
         // Reports first: they are what the global scheduler waits for.
         let (tasks, handed_back) = {
             let mut st = agent.state();
+            let n = st.reports.len().min(MAX_REPORTS_PER_CALL);
             (
-                std::mem::take(&mut st.reports),
+                st.reports.drain(..n).collect::<Vec<_>>(),
                 std::mem::take(&mut st.hand_backs),
             )
         };
@@ -346,6 +354,10 @@ async fn session(
             // Jitter: a tenth of the interval either way.
             next_beat =
                 tokio::time::Instant::now() + interval - interval / 10 + jitter(interval / 5);
+        }
+        if !agent.state().reports.is_empty() {
+            // More reports than one call carries: send the rest first.
+            continue;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

@@ -783,6 +783,31 @@ impl AgentState {
         });
     }
 
+    /// Queues a report of every stored placement's state, after the
+    /// reports already queued (the global scheduler keeps the last report
+    /// of a task in a call, and ignores ones that change nothing).
+    pub fn resync_reports(&mut self) {
+        let current = self
+            .placements
+            .iter()
+            .filter(|(_, p)| p.rev != 0)
+            .map(|(k, p)| {
+                let lost = p.record.state == PlacementState::Lost;
+                pb::TaskReport {
+                    job: k.0.clone(),
+                    index: k.1,
+                    state: p.record.state.to_pb() as i32,
+                    machine: if lost {
+                        String::new()
+                    } else {
+                        p.record.machine.clone()
+                    },
+                    exit_code: p.record.exit_code,
+                }
+            });
+        self.reports.extend(current);
+    }
+
     /// Writes for placements whose state changed (final, or lost).
     pub fn dirty_writes(&mut self, limit: usize) -> Vec<(TaskKey, Write)> {
         let keys: Vec<TaskKey> = self.dirty.iter().take(limit).cloned().collect();
@@ -912,5 +937,123 @@ impl AgentState {
 
     pub fn check(&self) -> Result<(), String> {
         self.cell.check_invariants()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn agent() -> AgentState {
+        AgentState::new(
+            "east-a",
+            "/sched",
+            LocalPolicy::default(),
+            Duration::from_secs(0),
+        )
+    }
+
+    fn machine(name: &str, cpu_millis: u64) -> pb::MachineSpec {
+        pb::MachineSpec {
+            name: name.to_string(),
+            capacity: Some(pb::Resources {
+                cpu_millis,
+                memory_bytes: 4 * GIB,
+                disk_bytes: 0,
+                gpu_millis: 0,
+            }),
+            labels: Default::default(),
+        }
+    }
+
+    fn assign(job: &str, indices: Vec<u32>) -> pb::AssignmentBatch {
+        pb::AssignmentBatch {
+            assignments: vec![pb::Assignment {
+                job: job.to_string(),
+                indices,
+                request: Some(pb::Resources {
+                    cpu_millis: 1000,
+                    memory_bytes: GIB,
+                    disk_bytes: 0,
+                    gpu_millis: 0,
+                }),
+                constraints: Default::default(),
+                command: vec!["true".to_string()],
+                priority: 0,
+            }],
+            cancelled_jobs: Vec::new(),
+            seq: 1,
+        }
+    }
+
+    fn states(reports: &[pb::TaskReport]) -> Vec<(u32, pb::TaskState, String)> {
+        reports
+            .iter()
+            .map(|r| {
+                (
+                    r.index,
+                    pb::TaskState::try_from(r.state).unwrap(),
+                    r.machine.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_resync_reports_every_stored_placement() {
+        let mut a = agent();
+        a.register_node("n0", "", &[machine("m0", 2000)], &[]);
+        a.receive(assign("web", vec![0, 1, 2]));
+        let plan = a.plan(100);
+        // Two fit; the third is handed back.
+        assert_eq!(plan.writes.len(), 2);
+        a.apply(plan.writes, 7);
+        a.node_report(
+            "n0",
+            &pb::NodeTask {
+                job: "web".into(),
+                index: 0,
+                machine: "m0".into(),
+                state: pb::TaskState::Succeeded as i32,
+                exit_code: Some(0),
+                attempt: 1,
+            },
+        );
+        // The call that carried these reports failed, and the agent died
+        // with them.
+        a.reports.clear();
+        a.resync_reports();
+        assert_eq!(
+            states(&a.reports),
+            [
+                (0, pb::TaskState::Succeeded, "m0".to_string()),
+                (1, pb::TaskState::Placed, "m0".to_string()),
+            ]
+        );
+        assert_eq!(a.reports[0].exit_code, Some(0));
+        assert_eq!(a.hand_backs.len(), 1);
+    }
+
+    #[test]
+    fn a_lost_machine_reports_the_loss_before_the_hand_back() {
+        let mut a = agent();
+        a.register_node("n0", "", &[machine("m0", 1000)], &[]);
+        a.receive(assign("web", vec![0]));
+        let plan = a.plan(100);
+        a.apply(plan.writes, 7);
+        a.reports.clear();
+        // The node goes silent (timeout 0): the task is lost, and with no
+        // machine left it is handed back in the same pass.
+        a.expire(Instant::now() + Duration::from_millis(1));
+        a.plan(100);
+        assert_eq!(
+            states(&a.reports),
+            [(0, pb::TaskState::Lost, String::new())]
+        );
+        assert_eq!(a.hand_backs.len(), 1);
+        assert_eq!(a.hand_backs[0].indices, [0]);
+        assert!(a.check().is_ok());
     }
 }
