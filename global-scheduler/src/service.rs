@@ -116,7 +116,9 @@ impl Role {
             Status::unavailable(format!("this replica is a standby; the leader is {hint}"))
         };
         if let Ok(v) = hint.parse() {
-            status.metadata_mut().insert("x-sched-leader", v);
+            status
+                .metadata_mut()
+                .insert(sched_proto::leader::LEADER_HEADER, v);
         }
         Err(status)
     }

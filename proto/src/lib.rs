@@ -9,6 +9,8 @@ pub mod pb {
     tonic::include_proto!("sched.v1");
 }
 
+pub mod leader;
+
 /// Resource amounts between the core's units and the wire's (the same
 /// integers, named).
 pub mod convert {

@@ -10,39 +10,24 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use sched_proto::leader::{LeaderChannel, LEADER_HEADER};
 use sched_proto::pb::scheduler_client::SchedulerClient;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// First backoff step; doubles up to [`BACKOFF_CAP`].
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
+/// The client type every command uses.
+pub type Client = SchedulerClient<LeaderChannel>;
+
 /// Connects lazily: an unreachable server shows up as UNAVAILABLE on the
 /// first call, where it is retried like any other. `server` may list
-/// several replicas, comma-separated: calls are spread over the reachable
-/// ones, and a standby's UNAVAILABLE is retried like any other, so retries
-/// find the leader.
-pub fn connect(server: &str) -> anyhow::Result<SchedulerClient<Channel>> {
-    let endpoints = server
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|url| {
-            Ok(Channel::from_shared(url.to_string())
-                .with_context(|| {
-                    format!("--server: {url:?} is not a URL (like http://127.0.0.1:7070)")
-                })?
-                .connect_timeout(Duration::from_secs(3))
-                .timeout(Duration::from_secs(30)))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let channel = match endpoints.len() {
-        0 => anyhow::bail!("--server: no address given"),
-        1 => endpoints[0].connect_lazy(),
-        _ => Channel::balance_list(endpoints.into_iter()),
-    };
+/// several replicas, comma-separated: calls go to the one that leads (a
+/// standby names the leader, and the retry goes there).
+pub fn connect(server: &str) -> anyhow::Result<Client> {
+    let channel = LeaderChannel::new(server, Duration::from_secs(3), Duration::from_secs(30))
+        .map_err(|e| anyhow::anyhow!("--server: {e}"))?;
     Ok(SchedulerClient::new(channel).max_decoding_message_size(256 << 20))
 }
 
@@ -87,10 +72,17 @@ where
 {
     let start = Instant::now();
     let mut attempt = 0;
+    let mut redirected = false;
     loop {
         match call().await {
             Ok(v) => return Ok(v),
+            // A standby named the leader: the channel now points there, so
+            // try it at once (once in a row; then back off as usual).
+            Err(s) if s.metadata().contains_key(LEADER_HEADER) && !redirected => {
+                redirected = true;
+            }
             Err(s) if transient(&s) && start.elapsed() < deadline => {
+                redirected = false;
                 let wait = backoff(attempt);
                 note_retry(&s, attempt, wait);
                 tokio::time::sleep(wait).await;

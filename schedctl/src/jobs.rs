@@ -8,12 +8,10 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use sched_core::resources::{format_bytes, format_cpu, format_gpu, Resources};
 use sched_proto::pb;
-use sched_proto::pb::scheduler_client::SchedulerClient;
 use serde::Serialize;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
-use crate::client::{connect, random_u64, retry, status_error};
+use crate::client::{connect, random_u64, retry, status_error, Client};
 
 /// How long a call keeps retrying UNAVAILABLE and RESOURCE_EXHAUSTED.
 const RETRY_FOR: Duration = Duration::from_secs(120);
@@ -108,7 +106,7 @@ pub enum DescribeCommand {
     Job { name: String },
 }
 
-async fn client(server: &str) -> anyhow::Result<SchedulerClient<Channel>> {
+async fn client(server: &str) -> anyhow::Result<Client> {
     connect(server)
 }
 
@@ -253,7 +251,7 @@ async fn submit_request(
 
 /// Polls the jobs until every task is on a machine (or finished).
 async fn wait_placed(
-    c: &mut SchedulerClient<Channel>,
+    c: &mut Client,
     jobs: &[String],
     total: u64,
     timeout: Duration,
@@ -727,7 +725,7 @@ pub async fn get(server: &str, cmd: GetCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn get_job(c: &SchedulerClient<Channel>, name: &str) -> anyhow::Result<pb::JobStatus> {
+async fn get_job(c: &Client, name: &str) -> anyhow::Result<pb::JobStatus> {
     Ok(retry(RETRY_FOR, || {
         let mut c = c.clone();
         let name = name.to_string();

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sched_proto::leader::LeaderChannel;
 use sched_proto::pb;
 use sched_proto::pb::scheduler_client::SchedulerClient;
 use sched_store::{EtcdStore, Store};
@@ -68,6 +69,36 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
         "{}",
         err.message()
     );
+
+    // Clients given the standbys first follow that answer: the first call
+    // is turned away, the next goes to the leader.
+    let standbys_first = format!(
+        "{},{},{}",
+        replicas[1].url(),
+        replicas[2].url(),
+        replicas[0].url()
+    );
+    let lc = LeaderChannel::new(
+        &standbys_first,
+        Duration::from_secs(2),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let mut c = SchedulerClient::new(lc.clone());
+    let err = c
+        .list_jobs(pb::ListJobsRequest { state: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert_eq!(lc.current(), replicas[0].url());
+    c.list_jobs(pb::ListJobsRequest { state: 0 }).await.unwrap();
+    let cli = std::process::Command::new(sched_tests::bin("schedctl"))
+        .args(["--server", &standbys_first, "get", "jobs"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(cli.status.success(), "{stderr}");
+    assert!(!stderr.contains("retrying"), "no backoff needed: {stderr}");
 
     let urls: Vec<String> = replicas.iter().map(Scheduler::url).collect();
     let all = urls.join(",");

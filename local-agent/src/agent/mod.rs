@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sched_core::policy::Policy;
+use sched_proto::leader::{LeaderChannel, LEADER_HEADER};
 use sched_proto::pb;
 use sched_proto::pb::clusters_client::ClustersClient;
 use sched_proto::pb::machines_server::MachinesServer;
@@ -25,7 +26,6 @@ use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Channel;
 
 use crate::backoff::{jitter, Backoff};
 use state::AgentState;
@@ -226,45 +226,39 @@ async fn refresh_revisions(agent: &Agent, store: &dyn Store, keys: &[state::Task
 /// placement, and one call stays far below gRPC's 4 MiB message limit.
 const MAX_REPORTS_PER_CALL: usize = 4096;
 
-fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(30))
-        .connect_lazy())
-}
-
 /// The connection to the global scheduler, re-established with backoff.
-/// `--global` may list several replicas: after a failed session the next
-/// one is tried (a standby refuses to register, naming the leader).
+/// `--global` may list several replicas: calls go to the one that leads (a
+/// standby refuses to register and names the leader, which the next
+/// attempt tries at once).
 async fn upstream(agent: Arc<Agent>, address: String, shutdown: CancellationToken) {
-    let clients: Vec<ClustersClient<Channel>> = match agent
-        .config
-        .global
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(|u| channel(u).map(ClustersClient::new))
-        .collect::<anyhow::Result<Vec<_>>>()
-    {
-        Ok(c) if !c.is_empty() => c,
-        Ok(_) => {
-            tracing::error!("--global names no address");
-            return;
-        }
+    let channel = match LeaderChannel::new(
+        &agent.config.global,
+        Duration::from_secs(3),
+        Duration::from_secs(30),
+    ) {
+        Ok(c) => c,
         Err(e) => {
-            tracing::error!(cause = %e, "bad --global URL");
+            tracing::error!(cause = %e, "bad --global");
             return;
         }
     };
+    let client = ClustersClient::new(channel.clone());
     let mut backoff = Backoff::new();
-    let mut next = 0;
+    let mut redirected = false;
     while !shutdown.is_cancelled() {
-        let client = clients[next % clients.len()].clone();
-        match session(&agent, client, &address, &shutdown).await {
+        match session(&agent, client.clone(), &address, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
+                let redirect = e
+                    .downcast_ref::<tonic::Status>()
+                    .is_some_and(|s| s.metadata().contains_key(LEADER_HEADER));
+                if redirect && !redirected {
+                    tracing::info!(leader = %channel.current(), "following the leader");
+                    redirected = true;
+                    continue;
+                }
+                redirected = false;
                 tracing::warn!(cause = %e, "lost the global scheduler; reconnecting");
-                next += 1;
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -276,7 +270,7 @@ async fn upstream(agent: Arc<Agent>, address: String, shutdown: CancellationToke
 
 async fn session(
     agent: &Arc<Agent>,
-    mut client: ClustersClient<Channel>,
+    mut client: ClustersClient<LeaderChannel>,
     address: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {

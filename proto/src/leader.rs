@@ -1,0 +1,163 @@
+//! A client channel that finds the leader among global scheduler replicas.
+//!
+//! A standby answers every call with UNAVAILABLE and names the leader in the
+//! [`LEADER_HEADER`] metadata. [`LeaderChannel`] reads that header off each
+//! response and sends the next call to the leader it names; a replica that
+//! cannot be reached, or answers UNAVAILABLE without naming a leader (an
+//! election in progress), makes it try the next one in the list. Callers
+//! keep their own retry loop (with backoff); this only decides where the
+//! retry goes, so it reaches the leader on the first retry instead of
+//! wandering over standbys.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::codegen::Service;
+use tonic::transport::{Channel, Endpoint};
+
+/// The metadata key in which a standby names the leader's address.
+pub const LEADER_HEADER: &str = "x-sched-leader";
+
+/// gRPC's code for UNAVAILABLE, as carried in a `grpc-status` header.
+const UNAVAILABLE: &str = "14";
+
+/// Channels to every replica; calls go to the one believed to lead.
+#[derive(Clone)]
+pub struct LeaderChannel {
+    replicas: Arc<Mutex<Replicas>>,
+    connect_timeout: Duration,
+    timeout: Duration,
+}
+
+struct Replicas {
+    urls: Vec<String>,
+    channels: Vec<Channel>,
+    current: usize,
+}
+
+impl Replicas {
+    /// The call that went to `index` failed or was turned away: move on,
+    /// unless another call already did.
+    fn skip(&mut self, index: usize) {
+        if self.current == index {
+            self.current = (index + 1) % self.channels.len();
+        }
+    }
+}
+
+/// The same address however it is written (`http://h:1` and `http://h:1/`).
+fn normalize(url: &str) -> &str {
+    url.trim().trim_end_matches('/')
+}
+
+impl LeaderChannel {
+    /// Lazily connecting channels to `urls` (a comma-separated list), each
+    /// with the given connect and per-call timeouts. Errors name the bad
+    /// address.
+    pub fn new(
+        urls: &str,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<LeaderChannel, String> {
+        let mut replicas = Replicas {
+            urls: Vec::new(),
+            channels: Vec::new(),
+            current: 0,
+        };
+        for url in urls.split(',').map(normalize).filter(|u| !u.is_empty()) {
+            let channel = lazy(url, connect_timeout, timeout)?;
+            replicas.urls.push(url.to_string());
+            replicas.channels.push(channel);
+        }
+        if replicas.channels.is_empty() {
+            return Err("no address given".to_string());
+        }
+        Ok(LeaderChannel {
+            replicas: Arc::new(Mutex::new(replicas)),
+            connect_timeout,
+            timeout,
+        })
+    }
+
+    /// The address calls go to now.
+    pub fn current(&self) -> String {
+        let r = self.replicas.lock().expect("replicas lock");
+        r.urls[r.current].clone()
+    }
+
+    /// Sends later calls to `leader`, adding it if the list lacks it (a
+    /// replica may advertise a name the list spells differently).
+    fn follow(&self, leader: &str) {
+        let leader = normalize(leader);
+        let mut r = self.replicas.lock().expect("replicas lock");
+        if let Some(i) = r.urls.iter().position(|u| u == leader) {
+            r.current = i;
+            return;
+        }
+        // Bounded: a list grows by the leaders it is told of, which are few.
+        if r.urls.len() >= 64 {
+            return;
+        }
+        if let Ok(channel) = lazy(leader, self.connect_timeout, self.timeout) {
+            r.urls.push(leader.to_string());
+            r.channels.push(channel);
+            r.current = r.channels.len() - 1;
+        }
+    }
+}
+
+fn lazy(url: &str, connect_timeout: Duration, timeout: Duration) -> Result<Channel, String> {
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|_| format!("{url:?} is not a URL (like http://127.0.0.1:7070)"))?
+        .connect_timeout(connect_timeout)
+        .timeout(timeout)
+        .connect_lazy())
+}
+
+impl Service<http::Request<Body>> for LeaderChannel {
+    type Response = http::Response<Body>;
+    type Error = tonic::transport::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is the chosen replica's, awaited in `call`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let (index, mut channel) = {
+            let r = self.replicas.lock().expect("replicas lock");
+            (r.current, r.channels[r.current].clone())
+        };
+        let this = self.clone();
+        Box::pin(async move {
+            let result = match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
+                Ok(()) => channel.call(request).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(response) => {
+                    let headers = response.headers();
+                    if let Some(leader) = headers.get(LEADER_HEADER).and_then(|v| v.to_str().ok()) {
+                        this.follow(leader);
+                    } else if headers
+                        .get("grpc-status")
+                        .is_some_and(|v| v.as_bytes() == UNAVAILABLE.as_bytes())
+                    {
+                        this.replicas.lock().expect("replicas lock").skip(index);
+                    }
+                    Ok(response)
+                }
+                Err(e) => {
+                    this.replicas.lock().expect("replicas lock").skip(index);
+                    Err(e)
+                }
+            }
+        })
+    }
+}
