@@ -348,6 +348,13 @@ pub fn channel(url: &str) -> Channel {
     }
 }
 
+/// A channel to the leader among the comma-separated replicas in `urls`
+/// (what schedctl and the local agents use).
+pub fn leader_channel(urls: &str) -> sched_proto::leader::LeaderChannel {
+    sched_proto::leader::LeaderChannel::new(urls, Duration::from_secs(2), Duration::from_secs(20))
+        .expect("valid URLs")
+}
+
 /// Waits until the gRPC health service at `url` reports the process
 /// SERVING.
 pub async fn wait_serving(url: &str, timeout: Duration) {
