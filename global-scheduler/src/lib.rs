@@ -134,7 +134,7 @@ pub async fn run(
         .advertise
         .clone()
         .unwrap_or(format!("http://{}", listener.local_addr()?));
-    let role = Arc::new(service::Role::default());
+    let role = Arc::new(service::Role::new(store.clone(), config.clone()));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_not_serving::<SchedulerServer<service::SchedulerService>>()
@@ -312,28 +312,45 @@ async fn lead(
 
 /// Reads clusters, jobs and tasks back from the store.
 async fn load(keys: &Keys, store: &Arc<dyn Store>, config: &Config) -> anyhow::Result<State> {
-    let mut registry = Registry::new(config.topology.as_ref(), config.heartbeat_timeout);
     let started = std::time::Instant::now();
-    let clusters = store.list(&keys.clusters()).await?;
-    for kv in &clusters.items {
-        let record: records::ClusterRecord = serde_json::from_slice(&kv.value)
-            .map_err(|e| anyhow::anyhow!("{}: not a cluster record: {e}", kv.key))?;
-        // Down until its agent heartbeats again.
-        registry.register(record, false);
-    }
-    let mut state = State::new(keys.clone(), registry, config.policy.clone());
-    let jobs = store.list(&keys.jobs()).await?;
-    let tasks = store.list(&keys.tasks()).await?;
-    state
-        .load(&jobs.items, &tasks.items)
-        .map_err(anyhow::Error::msg)?;
+    let state = load_state(keys, store, config, None).await?;
     tracing::info!(
-        clusters = clusters.items.len(),
-        jobs = jobs.items.len(),
-        task_keys = tasks.items.len(),
+        clusters = state.registry.entries().len(),
+        jobs = state.jobs().count(),
         pending_tasks = state.pending_tasks,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "state loaded from the store"
     );
+    Ok(state)
+}
+
+/// The state as stored: clusters, and every job with its tasks, or only
+/// job `only` (for a standby answering a read about one job). Clusters are
+/// down until their agents heartbeat.
+pub(crate) async fn load_state(
+    keys: &Keys,
+    store: &Arc<dyn Store>,
+    config: &Config,
+    only: Option<&str>,
+) -> anyhow::Result<State> {
+    let mut registry = Registry::new(config.topology.as_ref(), config.heartbeat_timeout);
+    let clusters = store.list(&keys.clusters()).await?;
+    for kv in &clusters.items {
+        let record: records::ClusterRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| anyhow::anyhow!("{}: not a cluster record: {e}", kv.key))?;
+        registry.register(record, false);
+    }
+    let mut state = State::new(keys.clone(), registry, config.policy.clone());
+    let (jobs, tasks) = match only {
+        None => (
+            store.list(&keys.jobs()).await?.items,
+            store.list(&keys.tasks()).await?.items,
+        ),
+        Some(name) => match store.get(&keys.job(name)).await? {
+            Some(job) => (vec![job], store.list(&keys.job_tasks(name)).await?.items),
+            None => (Vec::new(), Vec::new()),
+        },
+    };
+    state.load(&jobs, &tasks).map_err(anyhow::Error::msg)?;
     Ok(state)
 }

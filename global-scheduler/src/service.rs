@@ -65,13 +65,80 @@ impl ClustersService {
 }
 
 /// Whether this replica leads, and where the leader is if not.
-#[derive(Default)]
 pub struct Role {
     shared: std::sync::RwLock<Option<Arc<Shared>>>,
     leader_hint: std::sync::Mutex<String>,
+    /// Where a standby reads jobs from (etcd reads are linearizable, so a
+    /// standby's answer includes every job the leader has acknowledged).
+    store: Arc<dyn sched_store::Store>,
+    config: crate::Config,
+}
+
+/// What a read is answered from: the leader's live state, or, on a
+/// standby, the job(s) read from the store for this call.
+pub enum View {
+    Leader(Arc<Shared>),
+    Standby { state: Box<State>, leader: String },
+}
+
+impl View {
+    pub fn with<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        match self {
+            View::Leader(s) => f(&s.state()),
+            View::Standby { state, .. } => f(state),
+        }
+    }
+
+    /// A standby's answer names the leader, as its refusals do, so that
+    /// clients send their next call there.
+    fn respond<T>(&self, body: T) -> Response<T> {
+        let mut r = Response::new(body);
+        if let View::Standby { leader, .. } = self {
+            if let Ok(v) = leader.parse() {
+                r.metadata_mut()
+                    .insert(sched_proto::leader::LEADER_HEADER, v);
+            }
+        }
+        r
+    }
 }
 
 impl Role {
+    pub fn new(store: Arc<dyn sched_store::Store>, config: crate::Config) -> Self {
+        Role {
+            shared: Default::default(),
+            leader_hint: Default::default(),
+            store,
+            config,
+        }
+    }
+
+    /// The view to answer a read from: the leader's state, or on a standby
+    /// the stored jobs (only job `only`, if given). Job events and the live
+    /// figures from heartbeats are the leader's alone.
+    pub async fn view(&self, only: Option<&str>) -> Result<View, Status> {
+        if let Ok(s) = self.leader() {
+            return Ok(View::Leader(s));
+        }
+        let keys = crate::keys::Keys::new(&self.config.prefix);
+        match crate::load_state(&keys, &self.store, &self.config, only).await {
+            Ok(state) => Ok(View::Standby {
+                state: Box::new(state),
+                leader: self.hint(),
+            }),
+            Err(e) => Err(Status::unavailable(format!(
+                "this replica is a standby and cannot read the store: {e}"
+            ))),
+        }
+    }
+
+    fn hint(&self) -> String {
+        self.leader_hint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Makes this replica the leader, serving `shared`.
     pub fn lead(&self, shared: Arc<Shared>) {
         *self.shared.write().unwrap_or_else(|p| p.into_inner()) = Some(shared);
@@ -105,11 +172,7 @@ impl Role {
         {
             return Ok(s.clone());
         }
-        let hint = self
-            .leader_hint
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let hint = self.hint();
         let mut status = if hint.is_empty() {
             Status::unavailable("this replica is a standby and no leader is known yet; retry")
         } else {
@@ -358,49 +421,60 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::JobStatus>, Status> {
-        let shared = self.role.leader()?;
         let name = request.into_inner().name;
-        let state = shared.state();
-        let j = state.job(&name).ok_or(ServiceError::NotFound {
-            what: "job",
-            name: name.clone(),
-        })?;
-        Ok(Response::new(state.status(j)))
+        let view = self.role.view(Some(&name)).await?;
+        let status = view.with(|state| state.job(&name).map(|j| state.status(j)));
+        let status = status.ok_or(ServiceError::NotFound { what: "job", name })?;
+        Ok(view.respond(status))
     }
 
     async fn list_jobs(
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let shared = self.role.leader()?;
         let want = request.into_inner().state;
-        let state = shared.state();
-        let mut jobs: Vec<&crate::state::JobEntry> = state.jobs().collect();
-        jobs.sort_by_key(|j| j.job.id);
-        let jobs = jobs
-            .into_iter()
-            .map(State::summary)
-            .filter(|s| want == 0 || s.state == want)
-            .collect();
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        let view = self.role.view(None).await?;
+        let jobs = view.with(|state| {
+            let mut jobs: Vec<&crate::state::JobEntry> = state.jobs().collect();
+            jobs.sort_by_key(|j| j.job.id);
+            jobs.into_iter()
+                .map(State::summary)
+                .filter(|s| want == 0 || s.state == want)
+                .collect()
+        });
+        Ok(view.respond(pb::ListJobsResponse { jobs }))
     }
 
     async fn describe_job(
         &self,
         request: Request<pb::DescribeJobRequest>,
     ) -> Result<Response<pb::DescribeJobResponse>, Status> {
-        let shared = self.role.leader()?;
         let name = request.into_inner().name;
-        let state = shared.state();
-        let j = state.job(&name).ok_or(ServiceError::NotFound {
-            what: "job",
-            name: name.clone(),
-        })?;
-        Ok(Response::new(pb::DescribeJobResponse {
-            status: Some(state.status(j)),
-            events: j.events.iter().cloned().collect(),
-            pending_reasons: state.pending_reasons(j),
-        }))
+        let view = self.role.view(Some(&name)).await?;
+        let standby = match &view {
+            View::Standby { leader, .. } => Some(leader.clone()),
+            View::Leader(_) => None,
+        };
+        let described = view.with(|state| {
+            let j = state.job(&name)?;
+            let pending_reasons = match &standby {
+                // Why a task waits depends on live heartbeats, which only
+                // the leader has.
+                Some(leader) if j.pending > 0 => vec![format!(
+                    "read from a standby, which has no live cluster figures: ask the leader ({}) why tasks are pending",
+                    if leader.is_empty() { "none elected yet" } else { leader }
+                )],
+                Some(_) => Vec::new(),
+                None => state.pending_reasons(j),
+            };
+            Some(pb::DescribeJobResponse {
+                status: Some(state.status(j)),
+                events: j.events.iter().cloned().collect(),
+                pending_reasons,
+            })
+        });
+        let described = described.ok_or(ServiceError::NotFound { what: "job", name })?;
+        Ok(view.respond(described))
     }
 
     async fn cancel_job(

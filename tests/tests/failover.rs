@@ -70,8 +70,8 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
         err.message()
     );
 
-    // Clients given the standbys first follow that answer: the first call
-    // is turned away, the next goes to the leader.
+    // Clients given the standbys first follow the leader a standby names:
+    // a write is turned away and the retry goes to the leader.
     let standbys_first = format!(
         "{},{},{}",
         replicas[1].url(),
@@ -85,13 +85,14 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
     )
     .unwrap();
     let mut c = SchedulerClient::new(lc.clone());
-    let err = c
-        .list_jobs(pb::ListJobsRequest { state: 0 })
-        .await
-        .unwrap_err();
+    let cancel = || pb::CancelJobRequest {
+        name: "no-such-job".into(),
+    };
+    let err = c.cancel_job(cancel()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert_eq!(lc.current(), replicas[0].url());
-    c.list_jobs(pb::ListJobsRequest { state: 0 }).await.unwrap();
+    let err = c.cancel_job(cancel()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     let cli = std::process::Command::new(sched_tests::bin("schedctl"))
         .args(["--server", &standbys_first, "get", "jobs"])
         .output()
@@ -191,6 +192,43 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
         },
     )
     .await;
+    // The standby answers reads from etcd, naming the leader: a client
+    // that asked it first goes to the leader next.
+    let standby = if new == 1 { 2 } else { 1 };
+    let lc = LeaderChannel::new(
+        &format!("{},{}", replicas[standby].url(), replicas[new].url()),
+        Duration::from_secs(2),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let mut c = SchedulerClient::new(lc.clone());
+    let jobs = c
+        .list_jobs(pb::ListJobsRequest { state: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(jobs.len(), JOBS);
+    assert_eq!(lc.current(), replicas[new].url());
+    let d = replicas[standby]
+        .client()
+        .await
+        .describe_job(pb::DescribeJobRequest {
+            name: "job-000".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.status.unwrap().summary.unwrap().counts.unwrap().placed, 5);
+    let missing = replicas[standby]
+        .client()
+        .await
+        .get_job(pb::GetJobRequest {
+            name: "job-999".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
     cluster.stop().await;
 }
 
