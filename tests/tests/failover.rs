@@ -210,9 +210,8 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
         .jobs;
     assert_eq!(jobs.len(), JOBS);
     assert_eq!(lc.current(), replicas[new].url());
-    let d = replicas[standby]
-        .client()
-        .await
+    let mut direct = replicas[standby].client().await;
+    let d = direct
         .describe_job(pb::DescribeJobRequest {
             name: "job-000".into(),
         })
@@ -220,9 +219,7 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
         .unwrap()
         .into_inner();
     assert_eq!(d.status.unwrap().summary.unwrap().counts.unwrap().placed, 5);
-    let missing = replicas[standby]
-        .client()
-        .await
+    let missing = direct
         .get_job(pb::GetJobRequest {
             name: "job-999".into(),
         })
