@@ -167,6 +167,32 @@ impl Scheduler {
         SchedulerClient::new(channel(&self.url()))
     }
 
+    /// Machines in the clusters that are up, as this scheduler sees them
+    /// (0 if the call fails).
+    pub async fn machines_up(&self) -> u32 {
+        self.client()
+            .await
+            .list_clusters(pb::ListClustersRequest {})
+            .await
+            .map(|r| {
+                r.into_inner()
+                    .clusters
+                    .iter()
+                    .filter(|c| c.up)
+                    .map(|c| c.machines)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits until exactly `n` machines are up.
+    pub async fn wait_machines_up(&self, n: u32, timeout: Duration) {
+        eventually(&format!("{n} machine(s) up"), timeout, || async {
+            (self.machines_up().await == n).then_some(())
+        })
+        .await;
+    }
+
     /// A job's status, or `None` if the call fails (not found, or the
     /// scheduler is down).
     pub async fn job(&self, name: &str) -> Option<pb::JobStatus> {
@@ -346,6 +372,18 @@ pub fn channel(url: &str) -> Channel {
     } else {
         Channel::balance_list(endpoints.into_iter())
     }
+}
+
+/// The keys of the jobs stored under the default prefix, in order.
+pub async fn job_keys(store: &dyn sched_store::Store) -> Vec<String> {
+    store
+        .list("/sched/jobs/")
+        .await
+        .expect("list the stored jobs")
+        .items
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect()
 }
 
 /// A channel to the leader among the comma-separated replicas in `urls`

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sched_proto::pb;
 use sched_proto::pb::scheduler_client::SchedulerClient;
-use sched_store::{EtcdStore, Store};
+use sched_store::EtcdStore;
 use sched_tests::{etcd, leader_channel, LocalAgent, NodeAgent, Scheduler};
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
@@ -317,14 +317,7 @@ async fn chaos_keeps_every_invariant() {
 
     // Every acknowledged job is in etcd, once.
     let store = EtcdStore::connect(&[etcd.url()]).await.unwrap();
-    let keys: BTreeSet<String> = store
-        .list("/sched/jobs/")
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|kv| kv.key)
-        .collect();
+    let keys: BTreeSet<String> = sched_tests::job_keys(&store).await.into_iter().collect();
     for name in &acked {
         assert!(keys.contains(&format!("/sched/jobs/{name}")), "{name} lost");
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sched_proto::leader::LeaderChannel;
 use sched_proto::pb;
 use sched_proto::pb::scheduler_client::SchedulerClient;
-use sched_store::{EtcdStore, Store};
+use sched_store::EtcdStore;
 use sched_tests::{channel, etcd, eventually, ClusterSpec, Scheduler, TestCluster};
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
@@ -148,14 +148,7 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
     submitter.await.unwrap();
 
     let store = EtcdStore::connect(&[etcd.url()]).await.unwrap();
-    let keys: BTreeSet<String> = store
-        .list("/sched/jobs/")
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|kv| kv.key)
-        .collect();
+    let keys: BTreeSet<String> = sched_tests::job_keys(&store).await.into_iter().collect();
     for name in &before {
         assert!(keys.contains(&format!("/sched/jobs/{name}")), "{name} lost");
     }
@@ -240,22 +233,7 @@ async fn an_etcd_outage_loses_nothing_and_work_resumes() {
         sched_tests::LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
     let dir = tempfile::tempdir().unwrap();
     let node = sched_tests::NodeAgent::start(&agent.url(), "n1", "4", "2Gi", dir.path().join("n1"));
-    eventually("the machine up", Duration::from_secs(20), || async {
-        let c = sched
-            .client()
-            .await
-            .list_clusters(pb::ListClustersRequest {})
-            .await
-            .ok()?;
-        (c.into_inner()
-            .clusters
-            .iter()
-            .map(|c| c.machines)
-            .sum::<u32>()
-            == 1)
-            .then_some(())
-    })
-    .await;
+    sched.wait_machines_up(1, Duration::from_secs(20)).await;
     let mut before = submit(0);
     before.jobs[0].name = "before".into();
     before.jobs[0].tasks = 2;

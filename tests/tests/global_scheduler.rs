@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sched_proto::pb;
 use sched_store::{EtcdStore, Store};
-use sched_tests::{etcd, eventually, ClusterSpec, Scheduler, TestCluster};
+use sched_tests::{etcd, eventually, job_keys, ClusterSpec, Scheduler, TestCluster};
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
 
@@ -46,17 +46,6 @@ fn counts(s: &pb::JobStatus) -> pb::TaskCounts {
         .unwrap_or_default()
         .counts
         .unwrap_or_default()
-}
-
-async fn job_keys(store: &EtcdStore) -> Vec<String> {
-    store
-        .list("/sched/jobs/")
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|kv| kv.key)
-        .collect()
 }
 
 /// The crash test: kill -9 the scheduler in the middle of a stream

@@ -137,22 +137,7 @@ async fn every_binary_stops_cleanly_on_sigterm() {
     let mut agent = LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
     let dir = tempfile::tempdir().unwrap();
     let mut n1 = NodeAgent::start(&agent.url(), "n1", "1", "1Gi", dir.path().join("n1"));
-    eventually("n1 up", Duration::from_secs(20), || async {
-        let c = sched
-            .client()
-            .await
-            .list_clusters(pb::ListClustersRequest {})
-            .await
-            .ok()?;
-        (c.into_inner()
-            .clusters
-            .iter()
-            .map(|c| c.machines)
-            .sum::<u32>()
-            == 1)
-            .then_some(())
-    })
-    .await;
+    sched.wait_machines_up(1, Duration::from_secs(20)).await;
     sched
         .client()
         .await
