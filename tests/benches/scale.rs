@@ -84,18 +84,7 @@ async fn run(clusters: usize, machines: usize, jobs: usize) {
     let want = (clusters * machines) as u32;
     let start = Instant::now();
     loop {
-        let up: u32 = client
-            .list_clusters(pb::ListClustersRequest {})
-            .await
-            .map(|r| {
-                r.into_inner()
-                    .clusters
-                    .iter()
-                    .filter(|c| c.up)
-                    .map(|c| c.machines)
-                    .sum()
-            })
-            .unwrap_or(0);
+        let up = sched.machines_up().await;
         if up == want {
             break;
         }
