@@ -783,10 +783,14 @@ impl AgentState {
         });
     }
 
-    /// Queues a report of every stored placement's state, after the
-    /// reports already queued (the global scheduler keeps the last report
-    /// of a task in a call, and ignores ones that change nothing).
+    /// Queues a report of every stored placement's state. It supersedes the
+    /// queued reports but the losses (the global scheduler keeps the last
+    /// report of a task in a call, and tells a job's events of a task lost
+    /// and placed again), so however often sessions fail and start again,
+    /// the queue holds one report per placement plus the losses.
     pub fn resync_reports(&mut self) {
+        self.reports
+            .retain(|r| r.state == pb::TaskState::Lost as i32);
         let current = self
             .placements
             .iter()
@@ -1024,6 +1028,8 @@ mod tests {
         // The call that carried these reports failed, and the agent died
         // with them.
         a.reports.clear();
+        a.resync_reports();
+        // Sessions that fail and start again do not pile reports up.
         a.resync_reports();
         assert_eq!(
             states(&a.reports),
