@@ -212,7 +212,8 @@ impl Tasks {
             .join(s.index.to_string())
             .join(s.attempt.to_string());
         match self.spawn(&s, &dir) {
-            Ok(pid) => {
+            Ok(child) => {
+                let pid = child.id().unwrap_or_default();
                 let entry = Entry {
                     attempt: s.attempt,
                     machine: s.machine.clone(),
@@ -225,6 +226,9 @@ impl Tasks {
                 let _ = self.report.send(node_task(&s.job, s.index, &entry));
                 self.lock().insert(key, entry);
                 tracing::info!(job = %s.job, index = s.index, attempt = s.attempt, machine = %s.machine, pid, "task started");
+                // Only now that the entry is in: a task that exits at once
+                // must find it, or its exit would go unreported.
+                self.wait_for(child, s.job, s.index, s.attempt, dir);
             }
             Err(e) => {
                 tracing::warn!(job = %s.job, index = s.index, cause = %e, "task did not start");
@@ -249,7 +253,9 @@ impl Tasks {
         }
     }
 
-    fn spawn(self: &Arc<Self>, s: &pb::TaskStart, dir: &Path) -> anyhow::Result<u32> {
+    /// Starts the task's supervisor; [`Tasks::wait_for`] then reports its
+    /// exit.
+    fn spawn(&self, s: &pb::TaskStart, dir: &Path) -> anyhow::Result<tokio::process::Child> {
         if s.command.is_empty() {
             anyhow::bail!("the job has no command");
         }
@@ -278,7 +284,7 @@ impl Tasks {
             // Its own process group: a signal to the node agent's group
             // (Ctrl-C in a terminal) does not reach the tasks directly.
             .process_group(0);
-        let mut child = tokio::process::Command::from(cmd)
+        let child = tokio::process::Command::from(cmd)
             .kill_on_drop(false)
             .spawn()?;
         let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
@@ -287,13 +293,23 @@ impl Tasks {
             pid,
         };
         std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta)?)?;
-        let (job, index, attempt, dir) = (s.job.clone(), s.index, s.attempt, dir.to_path_buf());
+        Ok(child)
+    }
+
+    /// Reports the task's end when its supervisor exits.
+    fn wait_for(
+        self: &Arc<Self>,
+        mut child: tokio::process::Child,
+        job: String,
+        index: u32,
+        attempt: u64,
+        dir: PathBuf,
+    ) {
         let this = self.clone();
         self.waiters.spawn(async move {
             let _ = child.wait().await;
             this.finish(&job, index, attempt, &dir);
         });
-        Ok(pid)
     }
 
     /// Polls a process that is not our child (found after a restart).
