@@ -43,17 +43,7 @@ use crate::keys::Keys;
 use crate::registry::Registry;
 use crate::state::State;
 
-/// A random duration in `[0, max]` (jitter for polls and retries).
-pub fn jitter(max: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    Duration::from_millis(h.finish() % (max.as_millis() as u64 + 1))
-}
+pub use sched_proto::backoff::jitter;
 
 /// Milliseconds since the Unix epoch, for records and events.
 pub fn now_unix_ms() -> i64 {

@@ -8,10 +8,10 @@
 //! - [`node`]: `local-agent node`: runs tasks as processes (or hollow
 //!   machines, for scale tests), keeps their output, reports their states.
 //! - [`supervise`]: `local-agent supervise`, the parent of each task process.
-//! - [`backoff`]: jittered exponential backoff for reconnects.
+//!
+//! Reconnects back off with `sched_proto::backoff`.
 
 pub mod agent;
-pub mod backoff;
 pub mod node;
 pub mod supervise;
 

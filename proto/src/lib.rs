@@ -9,6 +9,7 @@ pub mod pb {
     tonic::include_proto!("sched.v1");
 }
 
+pub mod backoff;
 pub mod leader;
 
 /// Resource amounts between the core's units and the wire's (the same

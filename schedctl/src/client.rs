@@ -7,16 +7,13 @@
 //! Backoff And Jitter", 2015), so that many clients do not retry in step.
 
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
+use sched_proto::backoff::delay;
+pub use sched_proto::backoff::random_u64;
 use sched_proto::leader::{LeaderChannel, LEADER_HEADER};
 use sched_proto::pb::scheduler_client::SchedulerClient;
 use tonic::{Code, Status};
-
-/// First backoff step; doubles up to [`BACKOFF_CAP`].
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// The client type every command uses.
 pub type Client = SchedulerClient<LeaderChannel>;
@@ -31,18 +28,6 @@ pub fn connect(server: &str) -> anyhow::Result<Client> {
     Ok(SchedulerClient::new(channel).max_decoding_message_size(256 << 20))
 }
 
-/// A random number, without a dependency: std's hasher keys are random per
-/// process, and the time varies per call.
-pub fn random_u64() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
-}
-
 pub fn retryable(code: Code) -> bool {
     matches!(code, Code::Unavailable | Code::ResourceExhausted)
 }
@@ -52,15 +37,6 @@ pub fn retryable(code: Code) -> bool {
 /// error`), which is the server being down, not a refusal.
 pub fn transient(s: &Status) -> bool {
     retryable(s.code()) || (s.code() == Code::Unknown && s.message().contains("transport error"))
-}
-
-/// The backoff before retry number `attempt` (0-based).
-pub fn backoff(attempt: u32) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(BACKOFF_CAP);
-    let ms = ceiling.as_millis() as u64;
-    Duration::from_millis(random_u64() % (ms + 1))
 }
 
 /// Runs `call` until it succeeds, fails with a code that is not worth
@@ -83,7 +59,7 @@ where
             }
             Err(s) if transient(&s) && start.elapsed() < deadline => {
                 redirected = false;
-                let wait = backoff(attempt);
+                let wait = delay(attempt);
                 note_retry(&s, attempt, wait);
                 tokio::time::sleep(wait).await;
                 attempt += 1;
@@ -135,20 +111,6 @@ pub fn status_error(s: Status) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_is_jittered_and_capped() {
-        for attempt in 0..40 {
-            let b = backoff(attempt);
-            let ceiling = BACKOFF_BASE
-                .saturating_mul(1 << attempt.min(16))
-                .min(BACKOFF_CAP);
-            assert!(b <= ceiling, "attempt {attempt}: {b:?} > {ceiling:?}");
-        }
-        // Full jitter: not every draw is the ceiling.
-        let draws: std::collections::BTreeSet<_> = (0..20).map(|_| backoff(10)).collect();
-        assert!(draws.len() > 1);
-    }
 
     #[test]
     fn only_transient_codes_are_retried() {

@@ -849,7 +849,7 @@ pub async fn watch(server: &str, job: Option<String>) -> anyhow::Result<()> {
             }
         }
         eprintln!("schedctl: watch stream ended; reconnecting");
-        tokio::time::sleep(crate::client::backoff(3)).await;
+        tokio::time::sleep(sched_proto::backoff::delay(3)).await;
     }
 }
 

@@ -27,7 +27,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backoff::{jitter, Backoff};
+use sched_proto::backoff::{jitter, Backoff};
 use state::AgentState;
 
 #[derive(Debug, Clone)]

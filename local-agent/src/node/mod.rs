@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 
-use crate::backoff::Backoff;
+use sched_proto::backoff::Backoff;
 use tasks::Tasks;
 
 /// One machine the node hosts.
@@ -190,7 +190,7 @@ async fn session(
             _ = beat.tick() => {
                 // Jitter: up to a tenth of the interval, so that many nodes
                 // started together do not beat in step.
-                tokio::time::sleep(crate::backoff::jitter(interval / 10)).await;
+                tokio::time::sleep(sched_proto::backoff::jitter(interval / 10)).await;
                 let r = client.node_heartbeat(pb::NodeHeartbeatRequest { node: config.name.clone() }).await?;
                 if r.into_inner().register_again {
                     anyhow::bail!("the local agent asked to register again");
