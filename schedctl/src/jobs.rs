@@ -148,7 +148,9 @@ pub async fn wait_done_and_print(server: &str, timeout: Duration) -> anyhow::Res
             .iter()
             .any(|d| *d as i32 == s)
         };
-        if jobs.iter().all(|j| done(j.state)) {
+        let finished = jobs.iter().all(|j| done(j.state));
+        let timed_out = start.elapsed() > timeout;
+        if finished || timed_out {
             get(
                 server,
                 GetCommand::Jobs {
@@ -157,6 +159,8 @@ pub async fn wait_done_and_print(server: &str, timeout: Duration) -> anyhow::Res
                 },
             )
             .await?;
+        }
+        if finished {
             let failed: Vec<&str> = jobs
                 .iter()
                 .filter(|j| j.state != pb::JobState::Succeeded as i32)
@@ -167,15 +171,7 @@ pub async fn wait_done_and_print(server: &str, timeout: Duration) -> anyhow::Res
             }
             return Ok(());
         }
-        if start.elapsed() > timeout {
-            get(
-                server,
-                GetCommand::Jobs {
-                    output: Format::Table,
-                    state: None,
-                },
-            )
-            .await?;
+        if timed_out {
             bail!("jobs not finished after {} s", timeout.as_secs());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

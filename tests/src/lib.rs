@@ -74,6 +74,13 @@ impl Scheduler {
     /// Starts it against `etcd_url` with `extra` arguments, and waits until
     /// its health service says SERVING.
     pub async fn start(etcd_url: &str, extra: &[&str]) -> Scheduler {
+        let mut s = Scheduler::new(etcd_url, extra);
+        s.restart().await;
+        s
+    }
+
+    /// Not started yet: on a free port, against `etcd_url`.
+    fn new(etcd_url: &str, extra: &[&str]) -> Scheduler {
         let port = free_port();
         let mut args = vec![
             "--listen".to_string(),
@@ -82,13 +89,11 @@ impl Scheduler {
             etcd_url.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut s = Scheduler {
+        Scheduler {
             child: None,
             port,
             args,
-        };
-        s.restart().await;
-        s
+        }
     }
 
     pub fn url(&self) -> String {
@@ -122,19 +127,7 @@ impl Scheduler {
     /// Starts a replica on a new port without waiting for it to lead: it
     /// may stand by.
     pub async fn start_standby(etcd_url: &str, extra: &[&str]) -> Scheduler {
-        let port = free_port();
-        let mut args = vec![
-            "--listen".to_string(),
-            format!("127.0.0.1:{port}"),
-            "--etcd".to_string(),
-            etcd_url.to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut s = Scheduler {
-            child: None,
-            port,
-            args,
-        };
+        let mut s = Scheduler::new(etcd_url, extra);
         s.spawn();
         wait_serving(&s.url(), Duration::from_secs(30)).await;
         s
@@ -195,6 +188,16 @@ impl Scheduler {
 
     /// A job's status, or `None` if the call fails (not found, or the
     /// scheduler is down).
+    /// Every job's summary, or `None` if the call fails.
+    pub async fn jobs(&self) -> Option<Vec<pb::JobSummary>> {
+        self.client()
+            .await
+            .list_jobs(pb::ListJobsRequest { state: 0 })
+            .await
+            .ok()
+            .map(|r| r.into_inner().jobs)
+    }
+
     pub async fn job(&self, name: &str) -> Option<pb::JobStatus> {
         self.client()
             .await

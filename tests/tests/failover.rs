@@ -158,27 +158,13 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
     })
     .await;
     // The new leader agrees.
-    let jobs = replicas[new]
-        .client()
-        .await
-        .list_jobs(pb::ListJobsRequest { state: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
+    let jobs = replicas[new].jobs().await.unwrap();
     assert_eq!(jobs.len(), JOBS);
     eventually(
         "the leader sees every task placed",
         Duration::from_secs(30),
         || async {
-            let jobs = replicas[new]
-                .client()
-                .await
-                .list_jobs(pb::ListJobsRequest { state: 0 })
-                .await
-                .ok()?
-                .into_inner()
-                .jobs;
+            let jobs = replicas[new].jobs().await?;
             jobs.iter()
                 .all(|j| j.counts.is_some_and(|c| c.placed == 5))
                 .then_some(())

@@ -86,14 +86,7 @@ async fn overload_is_refused_at_the_edge_and_everything_accepted_runs() {
         (refused.load(Ordering::Relaxed) >= 10).then_some(())
     })
     .await;
-    let jobs = sched
-        .client()
-        .await
-        .list_jobs(pb::ListJobsRequest { state: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
+    let jobs = sched.jobs().await.unwrap();
     let waiting: u32 = jobs
         .iter()
         .filter_map(|j| j.counts)

@@ -568,7 +568,7 @@ impl AgentState {
     // ---- placing ----
 
     /// Packs the queue onto the machines. Placed tasks come back as writes
-    /// (their cell capacity is taken now and given back by [`revert`] if the
+    /// (their cell capacity is taken now and given back by [`Self::revert`] if the
     /// write fails); tasks that fit nowhere are handed back.
     pub fn plan(&mut self, limit: usize) -> Plan {
         let mut plan = Plan::default();
