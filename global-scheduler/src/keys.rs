@@ -7,7 +7,7 @@
 //! | --- | --- | --- |
 //! | `P/jobs/<job>` | [`JobRecord`](crate::records::JobRecord): the validated spec, submission id, time, `cancelled` | on submit (before the call returns), on cancel |
 //! | `P/tasks/<job>/<index>` | [`TaskRecord`](crate::records::TaskRecord): state, cluster, machine, exit code, clusters that handed it back | when a task leaves `pending`, and on every change after; a task with no key is pending |
-//! | `P/clusters/<cluster>` | [`ClusterRecord`](crate::records::ClusterRecord): location and machine classes | when a local agent registers |
+//! | `P/clusters/<cluster>` | [`ClusterRecord`](crate::records::ClusterRecord): location, machine classes now and every shape seen | when a local agent registers, and when its machine classes change |
 //! | `P/leader` | [`LeaderRecord`](crate::leader::LeaderRecord): the leading replica's address; on a lease | by the replica that wins the election |
 //! | `P/placements/<cluster>/<job>/<index>` | the local agent's placement: machine, attempt, state | by the cluster's local agent |
 //!
