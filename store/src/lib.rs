@@ -5,6 +5,8 @@
 //!   atomic multi-key writes: what the services need of etcd and no more.
 //! - [`EtcdStore`]: the real thing, over `etcd-client`.
 //! - [`MemStore`]: the same semantics in memory, for dev mode and unit tests.
+//! - [`batch`]: the one way to split writes into commits within the
+//!   count and byte limits; every writer uses it.
 //! - [`conformance`]: one suite of behaviour tests, run against both
 //!   ([`store_conformance_suite!`]).
 //! - `testing` (feature `testing`): starts a real etcd on free loopback ports.
@@ -18,12 +20,14 @@ mod error;
 mod etcd;
 mod mem;
 
+pub mod batch;
 pub mod conformance;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 use async_trait::async_trait;
 
+pub use batch::TooLarge;
 pub use error::StoreError;
 pub use etcd::EtcdStore;
 pub use mem::MemStore;
