@@ -13,7 +13,8 @@
 //!   file in [`job`], the [`policy`]; all parsed through [`yaml`] and refused
 //!   with a [`error::SpecError`] that names the field.
 //! - Global decision (which cluster): [`filter`] and [`scorer`], combined in
-//!   [`rank`].
+//!   [`rank`]; [`assign`] holds the pending tasks and splits them over the
+//!   ranked clusters, pass by pass, for the daemon and the simulator alike.
 //! - Local decision (which machine): [`cell`] (machines and the
 //!   fragmentation index) and [`pack`] (batch packing). See
 //!   `core/README.md` for the goals, the abstraction and the phases.
@@ -22,6 +23,7 @@
 //! - [`baseline`]: Kubernetes' MostAllocated and Nomad's binpack scoring,
 //!   written from their published formulas, for comparison.
 
+pub mod assign;
 pub mod baseline;
 pub mod cell;
 pub mod cluster;

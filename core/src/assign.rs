@@ -1,0 +1,664 @@
+//! The global decision over time: which pending tasks go to which cluster,
+//! in what order, and when tasks that clusters handed back are offered again.
+//!
+//! The global scheduler and the simulator both drive one [`PendingQueue`]:
+//! tasks enter it when a job is accepted or a cluster hands them back, and
+//! each [`PendingQueue::plan`] (a *pass*) takes jobs highest priority first,
+//! then in submission order, and splits each job's pending tasks over the
+//! ranked clusters: the best cluster gets as many as its unclaimed capacity
+//! holds, the next best the rest, and so on ([`Ranker`] does the ranking).
+//! Time comes in as an argument (`now_ms`), so the rules are tested without
+//! clocks and the simulator can replay them.
+//!
+//! # Which jobs a pass looks at
+//!
+//! Assignments only ever shrink what clusters can take, so a job that found
+//! no cluster stays unassignable until capacity is freed. A pass therefore
+//! looks at the *dirty* jobs (new, cut off by the last pass's budget) unless
+//! something freed capacity since the last pass (a cluster came up or
+//! reported more room, a cluster handed tasks back, the caller's periodic
+//! retry): then it rescans every job with pending tasks, in the same order.
+//! Either way the outcome is the one a full rescan would give.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+use crate::cluster::{ClusterId, ClusterSummary};
+use crate::job::{Job, JobId};
+use crate::rank::{Ranker, Ranking};
+use crate::resources::{ResourceKind, Resources};
+
+/// Tasks every feasible cluster handed back are offered again, to the best
+/// cluster as if none had, once this long has passed since the job's last
+/// hand-back: capacity may have freed up since. Long enough that a full
+/// cluster is not asked again and again (each refusal costs a round trip and
+/// an etcd write per task).
+pub const HAND_BACK_RETRY_MS: u64 = 30_000;
+
+/// The order of a pass: highest priority first, then submission order.
+type Order = (Reverse<u32>, JobId);
+
+/// Tasks of one job that a pass hands to one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub job: JobId,
+    pub cluster: ClusterId,
+    /// Task indexes, ascending.
+    pub indices: Vec<u32>,
+    /// The clusters that had handed these tasks back before (so that an
+    /// assignment that cannot be persisted goes back where it was).
+    pub handed_back: Vec<ClusterId>,
+}
+
+/// What one pass decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pass {
+    pub assignments: Vec<Assignment>,
+    /// Jobs whose reason for waiting changed: the new reason, or `None` when
+    /// all of the job's tasks looked at found a cluster.
+    pub reasons: Vec<(JobId, Option<String>)>,
+}
+
+/// A set of task indexes, kept as sorted, disjoint, non-adjacent ranges: a
+/// new job's tasks are one range, so a million pending tasks cost a few
+/// bytes until hand-backs cut them up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexSet {
+    runs: Vec<Range<u32>>,
+    len: u32,
+}
+
+impl IndexSet {
+    pub fn range(r: Range<u32>) -> Self {
+        let len = r.end.saturating_sub(r.start);
+        IndexSet {
+            runs: if len > 0 { vec![r] } else { Vec::new() },
+            len,
+        }
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn contains(&self, i: u32) -> bool {
+        let k = self.runs.partition_point(|r| r.end <= i);
+        self.runs.get(k).is_some_and(|r| r.start <= i)
+    }
+
+    /// Adds `i`; false if it was there.
+    pub fn insert(&mut self, i: u32) -> bool {
+        // The first run that ends at or after i.
+        let k = self.runs.partition_point(|r| r.end < i);
+        if let Some(r) = self.runs.get_mut(k) {
+            if r.start <= i && i < r.end {
+                return false;
+            }
+            if r.end == i {
+                r.end += 1;
+                // Now adjacent to the next run?
+                if self.runs.get(k + 1).is_some_and(|n| n.start == i + 1) {
+                    let next = self.runs.remove(k + 1);
+                    self.runs[k].end = next.end;
+                }
+                self.len += 1;
+                return true;
+            }
+            if r.start == i + 1 {
+                r.start = i;
+                self.len += 1;
+                return true;
+            }
+        }
+        self.runs.insert(k, i..i + 1);
+        self.len += 1;
+        true
+    }
+
+    /// Removes `i`; false if it was not there.
+    pub fn remove(&mut self, i: u32) -> bool {
+        let k = self.runs.partition_point(|r| r.end <= i);
+        let Some(r) = self.runs.get_mut(k) else {
+            return false;
+        };
+        if i < r.start {
+            return false;
+        }
+        self.len -= 1;
+        if r.start == i {
+            r.start += 1;
+            if r.is_empty() {
+                self.runs.remove(k);
+            }
+        } else if r.end == i + 1 {
+            r.end -= 1;
+        } else {
+            let tail = i + 1..r.end;
+            r.end = i;
+            self.runs.insert(k + 1, tail);
+        }
+        true
+    }
+
+    /// Takes the `n` lowest indexes.
+    pub fn take_first(&mut self, n: u32) -> Vec<u32> {
+        let n = n.min(self.len);
+        let mut out = Vec::with_capacity(n as usize);
+        while (out.len() as u32) < n {
+            let want = n - out.len() as u32;
+            let r = &mut self.runs[0];
+            let end = r.start + want.min(r.end - r.start);
+            out.extend(r.start..end);
+            r.start = end;
+            if r.is_empty() {
+                self.runs.remove(0);
+            }
+        }
+        self.len -= n;
+        out
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.runs.iter().flat_map(|r| r.clone())
+    }
+}
+
+/// The pending tasks of one job.
+#[derive(Debug, Clone, Default)]
+struct PendingJob {
+    priority: u32,
+    /// Pending task indexes, grouped by the clusters that handed them back
+    /// (sorted): each group is ranked once per pass.
+    groups: BTreeMap<Vec<ClusterId>, IndexSet>,
+    tasks: u32,
+    last_hand_back_ms: Option<u64>,
+    /// Why the last pass that looked at the job could not assign all of it.
+    reason: Option<String>,
+}
+
+/// Pending tasks of every job, and the rules for assigning them.
+#[derive(Debug, Clone, Default)]
+pub struct PendingQueue {
+    jobs: BTreeMap<JobId, PendingJob>,
+    /// Jobs the next pass must look at.
+    dirty: BTreeSet<Order>,
+    /// The next pass looks at every job with pending tasks.
+    rescan: bool,
+    tasks: u64,
+}
+
+impl PendingQueue {
+    pub fn new() -> Self {
+        PendingQueue::default()
+    }
+
+    /// Pending tasks over all jobs.
+    pub fn tasks(&self) -> u64 {
+        self.tasks
+    }
+
+    /// Pending tasks of `job`.
+    pub fn job_tasks(&self, job: JobId) -> u32 {
+        self.jobs.get(&job).map_or(0, |j| j.tasks)
+    }
+
+    /// Jobs with pending tasks.
+    pub fn jobs(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Why the last pass could not assign all of `job`'s pending tasks.
+    pub fn reason(&self, job: JobId) -> Option<&str> {
+        self.jobs.get(&job)?.reason.as_deref()
+    }
+
+    /// `job`'s pending tasks, by the clusters that handed them back.
+    pub fn groups(&self, job: JobId) -> impl Iterator<Item = (&[ClusterId], &IndexSet)> {
+        self.jobs
+            .get(&job)
+            .into_iter()
+            .flat_map(|j| j.groups.iter().map(|(k, v)| (k.as_slice(), v)))
+    }
+
+    /// A new job's tasks `0..tasks`, all pending.
+    pub fn add_job(&mut self, job: JobId, priority: u32, tasks: u32) {
+        if tasks == 0 {
+            return;
+        }
+        let j = self.jobs.entry(job).or_default();
+        j.priority = priority;
+        let group = j.groups.entry(Vec::new()).or_default();
+        let before = group.len();
+        if group.is_empty() {
+            *group = IndexSet::range(0..tasks);
+        } else {
+            for i in 0..tasks {
+                group.insert(i);
+            }
+        }
+        let added = group.len() - before;
+        j.tasks += added;
+        self.tasks += u64::from(added);
+        self.dirty.insert((Reverse(priority), job));
+    }
+
+    /// One pending task, which the clusters `handed_back` could not place
+    /// (read back from the store, or put back after a failed write).
+    pub fn add(&mut self, job: JobId, priority: u32, index: u32, handed_back: &[ClusterId]) {
+        let mut key = handed_back.to_vec();
+        key.sort();
+        key.dedup();
+        let j = self.jobs.entry(job).or_default();
+        j.priority = priority;
+        if j.groups.values().any(|g| g.contains(index)) {
+            return;
+        }
+        j.groups.entry(key).or_default().insert(index);
+        j.tasks += 1;
+        self.tasks += 1;
+        self.dirty.insert((Reverse(priority), job));
+    }
+
+    /// A task a cluster handed back at `now_ms`; `handed_back` includes
+    /// that cluster. The capacity it was promised is free again, so the next
+    /// pass rescans every job.
+    pub fn hand_back(
+        &mut self,
+        job: JobId,
+        priority: u32,
+        index: u32,
+        handed_back: &[ClusterId],
+        now_ms: u64,
+    ) {
+        self.add(job, priority, index, handed_back);
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.last_hand_back_ms = Some(now_ms);
+        }
+        self.rescan = true;
+    }
+
+    /// `index` of `job` is no longer pending; false if it was not.
+    pub fn remove(&mut self, job: JobId, index: u32) -> bool {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return false;
+        };
+        let mut found = None;
+        for (k, g) in j.groups.iter_mut() {
+            if g.remove(index) {
+                found = Some((k.clone(), g.is_empty()));
+                break;
+            }
+        }
+        let Some((key, empty)) = found else {
+            return false;
+        };
+        if empty {
+            j.groups.remove(&key);
+        }
+        j.tasks -= 1;
+        self.tasks -= 1;
+        if j.tasks == 0 {
+            self.jobs.remove(&job);
+        }
+        true
+    }
+
+    /// Removes all of `job`'s pending tasks (cancelled); returns how many.
+    pub fn remove_job(&mut self, job: JobId) -> u32 {
+        let Some(j) = self.jobs.remove(&job) else {
+            return 0;
+        };
+        self.dirty.remove(&(Reverse(j.priority), job));
+        self.tasks -= u64::from(j.tasks);
+        j.tasks
+    }
+
+    /// Puts an assignment that could not be persisted back.
+    pub fn requeue(&mut self, a: &Assignment, priority: u32) {
+        for &i in &a.indices {
+            self.add(a.job, priority, i, &a.handed_back);
+        }
+    }
+
+    /// Makes the next pass look at every job with pending tasks (capacity
+    /// may have been freed).
+    pub fn mark_rescan(&mut self) {
+        self.rescan = true;
+    }
+
+    /// Whether the next pass has anything to look at.
+    pub fn has_work(&self) -> bool {
+        !self.jobs.is_empty() && (self.rescan || !self.dirty.is_empty())
+    }
+
+    /// One pass: assigns up to `budget` pending tasks to clusters, taking
+    /// them out of the queue and counting them as queued in `summaries`
+    /// (indexed by `ClusterId`). `job` looks a job up by id; a job it does
+    /// not know is dropped from the queue.
+    pub fn plan<'j>(
+        &mut self,
+        ranker: &Ranker<'_>,
+        job: &dyn Fn(JobId) -> Option<&'j Job>,
+        summaries: &mut [ClusterSummary],
+        now_ms: u64,
+        budget: u64,
+    ) -> Pass {
+        let order: Vec<Order> = if std::mem::take(&mut self.rescan) {
+            self.dirty.clear();
+            let mut all: Vec<Order> = self
+                .jobs
+                .iter()
+                .map(|(&id, j)| (Reverse(j.priority), id))
+                .collect();
+            all.sort();
+            all
+        } else {
+            std::mem::take(&mut self.dirty).into_iter().collect()
+        };
+        let mut pass = Pass::default();
+        let mut budget = budget;
+        for key in order {
+            if budget == 0 {
+                // Out of budget: the next pass carries on from here.
+                self.dirty.insert(key);
+                continue;
+            }
+            let id = key.1;
+            let Some(spec) = job(id) else {
+                self.remove_job(id);
+                continue;
+            };
+            let Some(j) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let request = spec.spec.request;
+            let retry = j
+                .last_hand_back_ms
+                .is_none_or(|t| now_ms >= t.saturating_add(HAND_BACK_RETRY_MS));
+            let mut why = None;
+            let keys: Vec<Vec<ClusterId>> = j.groups.keys().cloned().collect();
+            for handed_back in keys {
+                loop {
+                    let left = j.groups.get(&handed_back).map_or(0, IndexSet::len);
+                    if left == 0 {
+                        j.groups.remove(&handed_back);
+                        break;
+                    }
+                    if budget == 0 {
+                        self.dirty.insert(key);
+                        break;
+                    }
+                    let mut ranking = ranker.rank(spec, summaries, &handed_back);
+                    if ranking.best().is_none() && !handed_back.is_empty() && retry {
+                        ranking = ranker.rank(spec, summaries, &[]);
+                    }
+                    let Some(best) = ranking.best() else {
+                        why = Some(unassignable_reason(&ranking, summaries));
+                        break;
+                    };
+                    let s = &mut summaries[best.0 as usize];
+                    let take = fit_count(&s.unclaimed(), &request)
+                        .clamp(1, u64::from(left))
+                        .min(budget);
+                    s.queued = s.queued.saturating_add(&request.times(take));
+                    s.queue_len += take;
+                    budget -= take;
+                    let group = j.groups.get_mut(&handed_back).expect("checked above");
+                    let indices = group.take_first(take as u32);
+                    j.tasks -= take as u32;
+                    self.tasks -= take;
+                    pass.assignments.push(Assignment {
+                        job: id,
+                        cluster: best,
+                        indices,
+                        handed_back: handed_back.clone(),
+                    });
+                }
+            }
+            if j.tasks == 0 {
+                if j.reason.is_some() {
+                    pass.reasons.push((id, None));
+                }
+                self.jobs.remove(&id);
+                continue;
+            }
+            if why != j.reason {
+                j.reason = why.clone();
+                pass.reasons.push((id, why));
+            }
+        }
+        pass
+    }
+}
+
+/// How many tasks of `request` fit in `free`, resource by resource.
+pub fn fit_count(free: &Resources, request: &Resources) -> u64 {
+    ResourceKind::ALL
+        .iter()
+        .filter(|&&k| request.get(k) > 0)
+        .map(|&k| free.get(k) / request.get(k))
+        .min()
+        .unwrap_or(u64::MAX)
+}
+
+/// Why no cluster can take a job's tasks, for events, `describe` and the
+/// simulator's report: the clusters' rejections, counted, most common first.
+pub fn unassignable_reason(ranking: &Ranking, summaries: &[ClusterSummary]) -> String {
+    if summaries.is_empty() {
+        return "no cluster has registered yet".to_string();
+    }
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for f in &ranking.filtered {
+        *counts.entry(f.rejection.summary()).or_insert(0) += 1;
+    }
+    let mut parts: Vec<(String, u32)> = counts.into_iter().collect();
+    parts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let list: Vec<String> = parts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    format!(
+        "0/{} clusters can take it: {}",
+        summaries.len(),
+        list.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::locality::{Locality, LocationId};
+    use crate::policy::Policy;
+    use crate::test_support::{cluster_summary, job};
+
+    fn locality() -> Locality {
+        Locality::new(
+            vec!["east".into(), "west".into()],
+            &[(LocationId(0), LocationId(1), 70)],
+        )
+    }
+
+    /// Clusters 0 (east) and 1 (west) of `cpu` millicores each.
+    fn clusters(cpu: [u64; 2]) -> Vec<ClusterSummary> {
+        let mut east = cluster_summary(0, cpu[0], 1 << 40);
+        east.location = LocationId(0);
+        let mut west = cluster_summary(1, cpu[1], 1 << 40);
+        west.location = LocationId(1);
+        vec![east, west]
+    }
+
+    fn jobs(specs: &[(u32, u32, u64, Option<u32>)]) -> Vec<Job> {
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, &(tasks, priority, cpu, loc))| {
+                let mut j = job(&format!("j{i}"), tasks, cpu, 1 << 20);
+                j.id = JobId(i as u32);
+                j.spec.priority = priority;
+                j.locality = loc.map(LocationId);
+                j
+            })
+            .collect()
+    }
+
+    fn counts(p: &Pass) -> Vec<(u32, u32, usize)> {
+        p.assignments
+            .iter()
+            .map(|a| (a.job.0, a.cluster.0, a.indices.len()))
+            .collect()
+    }
+
+    #[test]
+    fn index_sets_keep_ranges() {
+        let mut s = IndexSet::range(0..10);
+        assert!(s.remove(4));
+        assert!(!s.remove(4));
+        assert_eq!(s.len(), 9);
+        assert_eq!(s.runs, [0..4, 5..10]);
+        assert!(s.insert(4));
+        assert_eq!(s.runs, [0..10]);
+        assert_eq!(s.take_first(3), [0, 1, 2]);
+        assert!(s.insert(20));
+        assert!(s.insert(19));
+        assert!(s.insert(0));
+        assert_eq!(s.runs, [0..1, 3..10, 19..21]);
+        assert_eq!(s.take_first(4), [0, 3, 4, 5]);
+        assert_eq!(s.iter().collect::<Vec<_>>(), [6, 7, 8, 9, 19, 20]);
+        assert!(s.contains(19) && !s.contains(18));
+        assert_eq!(s.len(), 6);
+    }
+
+    #[test]
+    fn a_job_fills_its_best_cluster_then_spills_to_the_next() {
+        // east holds 8 cpu: 8 of 12 one-cpu tasks stay local (locality 4 x
+        // 1000 outranks west's 4 x 125), the other 4 spill west.
+        let l = locality();
+        let policy = Policy::default();
+        let r = Ranker::new(&policy, &l);
+        let js = jobs(&[(12, 0, 1000, Some(0))]);
+        let mut q = PendingQueue::new();
+        q.add_job(JobId(0), 0, 12);
+        let mut s = clusters([8000, 100_000]);
+        let p = q.plan(&r, &|id| js.get(id.0 as usize), &mut s, 0, 1000);
+        assert_eq!(counts(&p), [(0, 0, 8), (0, 1, 4)]);
+        assert_eq!(p.assignments[1].indices, [8, 9, 10, 11]);
+        assert_eq!(q.tasks(), 0);
+        assert_eq!(s[0].queue_len, 8);
+        assert!(!q.has_work());
+    }
+
+    #[test]
+    fn priority_first_and_the_budget_carries_over() {
+        let l = locality();
+        let policy = Policy::default();
+        let r = Ranker::new(&policy, &l);
+        let js = jobs(&[(5, 0, 100, None), (5, 500, 100, None)]);
+        let mut q = PendingQueue::new();
+        q.add_job(JobId(0), 0, 5);
+        q.add_job(JobId(1), 500, 5);
+        let mut s = clusters([100_000, 0]);
+        let get = |id: JobId| js.get(id.0 as usize);
+        let p = q.plan(&r, &get, &mut s, 0, 7);
+        assert_eq!(counts(&p), [(1, 0, 5), (0, 0, 2)]);
+        let p = q.plan(&r, &get, &mut s, 0, 7);
+        assert_eq!(counts(&p), [(0, 0, 3)]);
+    }
+
+    #[test]
+    fn handed_back_tasks_skip_the_cluster_until_the_retry_time() {
+        let l = locality();
+        let policy = Policy::default();
+        let r = Ranker::new(&policy, &l);
+        let js = jobs(&[(4, 0, 1000, Some(0))]);
+        let get = |id: JobId| js.get(id.0 as usize);
+        let mut q = PendingQueue::new();
+        q.add_job(JobId(0), 0, 4);
+        // Only east is up.
+        let mut s = clusters([100_000, 100_000]);
+        s[1].up = false;
+        let p = q.plan(&r, &get, &mut s, 0, 100);
+        assert_eq!(counts(&p), [(0, 0, 4)]);
+        // East hands two back at t = 1 s: nothing else can take them.
+        q.hand_back(JobId(0), 0, 1, &[ClusterId(0)], 1000);
+        q.hand_back(JobId(0), 0, 3, &[ClusterId(0)], 1000);
+        assert!(q.has_work());
+        let mut s = clusters([100_000, 100_000]);
+        s[1].up = false;
+        let p = q.plan(&r, &get, &mut s, 2000, 100);
+        assert!(p.assignments.is_empty());
+        assert_eq!(
+            p.reasons,
+            [(
+                JobId(0),
+                Some("0/2 clusters can take it: 1 cluster could not place it, 1 cluster down".into())
+            )]
+        );
+        // Not yet: 30 s after the hand-back, east is asked again.
+        q.mark_rescan();
+        let p = q.plan(&r, &get, &mut s, 1000 + HAND_BACK_RETRY_MS - 1, 100);
+        assert!(p.assignments.is_empty() && p.reasons.is_empty());
+        q.mark_rescan();
+        let p = q.plan(&r, &get, &mut s, 1000 + HAND_BACK_RETRY_MS, 100);
+        assert_eq!(counts(&p), [(0, 0, 2)]);
+        assert_eq!(p.assignments[0].indices, [1, 3]);
+        assert_eq!(p.assignments[0].handed_back, [ClusterId(0)]);
+        assert_eq!(p.reasons, [(JobId(0), None)]);
+    }
+
+    #[test]
+    fn an_unassignable_job_waits_until_capacity_is_freed() {
+        let l = locality();
+        let policy = Policy::default();
+        let r = Ranker::new(&policy, &l);
+        let js = jobs(&[(4, 0, 1000, None), (2, 0, 1000, None)]);
+        let get = |id: JobId| js.get(id.0 as usize);
+        let mut q = PendingQueue::new();
+        q.add_job(JobId(0), 0, 4);
+        q.add_job(JobId(1), 0, 2);
+        let mut s = clusters([4000, 0]);
+        s[1].up = false;
+        let p = q.plan(&r, &get, &mut s, 0, 100);
+        assert_eq!(counts(&p), [(0, 0, 4)]);
+        assert!(p.reasons[0].1.as_ref().unwrap().contains("out of cpu"));
+        // Nothing freed: the next pass has nothing to look at.
+        assert!(!q.has_work());
+        // East hands one of job 0's back: job 1 is looked at again, in order.
+        q.hand_back(JobId(0), 0, 2, &[ClusterId(0)], 5);
+        let mut s = clusters([4000, 0]);
+        s[1].up = false;
+        s[0].allocated = Resources::new(3000, 0);
+        let p = q.plan(&r, &get, &mut s, 5, 100);
+        assert_eq!(counts(&p), [(1, 0, 1)]);
+        assert_eq!(q.job_tasks(JobId(0)), 1);
+        assert_eq!(q.job_tasks(JobId(1)), 1);
+    }
+
+    #[test]
+    fn requeue_and_remove() {
+        let mut q = PendingQueue::new();
+        q.add_job(JobId(3), 7, 3);
+        assert!(q.remove(JobId(3), 1));
+        assert!(!q.remove(JobId(3), 1));
+        q.requeue(
+            &Assignment {
+                job: JobId(3),
+                cluster: ClusterId(0),
+                indices: vec![1],
+                handed_back: vec![ClusterId(2)],
+            },
+            7,
+        );
+        let groups: Vec<(Vec<ClusterId>, Vec<u32>)> = q
+            .groups(JobId(3))
+            .map(|(k, v)| (k.to_vec(), v.iter().collect()))
+            .collect();
+        assert_eq!(
+            groups,
+            [(vec![], vec![0, 2]), (vec![ClusterId(2)], vec![1])]
+        );
+        assert_eq!(q.remove_job(JobId(3)), 3);
+        assert_eq!(q.tasks(), 0);
+    }
+}
