@@ -282,10 +282,29 @@ async fn join_all<F: Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
 
 /// Instantiates the suite for a backend: `$make` is an async expression
 /// that yields a fresh `impl Store`; each test gets its own key prefix.
+/// Attributes after it go on every test, so that a backend that needs a
+/// server can be opt-in:
+///
+/// ```text
+/// store_conformance_suite!(etcd_store().await, #[ignore = "needs etcd"]);
+/// ```
 #[macro_export]
 macro_rules! store_conformance_suite {
-    ($make:expr) => {
-        $crate::store_conformance_suite!(@tests $make;
+    // One test per name, each carrying the caller's attributes (a list
+    // matched once cannot be repeated inside the list of names, hence the
+    // recursion).
+    (@tests [$($attr:tt)*] $make:expr; $name:ident, $($rest:ident,)*) => {
+        #[tokio::test]
+        $($attr)*
+        async fn $name() {
+            let store: std::sync::Arc<dyn $crate::Store> = std::sync::Arc::new($make);
+            $crate::conformance::$name(&store, concat!("/conformance/", stringify!($name))).await;
+        }
+        $crate::store_conformance_suite!(@tests [$($attr)*] $make; $($rest,)*);
+    };
+    (@tests [$($attr:tt)*] $make:expr;) => {};
+    ($make:expr $(, #[$attr:meta])*) => {
+        $crate::store_conformance_suite!(@tests [$(#[$attr])*] $make;
             get_missing_is_none,
             put_then_get,
             absent_guard_refuses_existing_key,
@@ -301,14 +320,5 @@ macro_rules! store_conformance_suite {
             an_expired_lease_removes_its_keys,
             a_fenced_commit_fails_once_the_fence_moves,
         );
-    };
-    (@tests $make:expr; $($name:ident,)*) => {
-        $(
-            #[tokio::test]
-            async fn $name() {
-                let store: std::sync::Arc<dyn $crate::Store> = std::sync::Arc::new($make);
-                $crate::conformance::$name(&store, concat!("/conformance/", stringify!($name))).await;
-            }
-        )*
     };
 }

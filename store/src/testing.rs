@@ -1,6 +1,15 @@
 //! A real etcd for tests and benchmarks: started on free loopback ports with
 //! its own data directory, stopped (and the directory removed) on drop.
+//!
+//! Tests that need etcd are marked `#[ignore = "needs etcd"]`, so a plain
+//! `cargo test` lists them as ignored instead of passing them unrun, and
+//! start it with [`start_etcd`], which fails the test, saying how to install
+//! etcd, when it is missing: `cargo test -- --include-ignored` (what CI runs)
+//! never passes such a test silently.
+//!
+//! The binary is `$SCHED_ETCD_BIN` if set, else `etcd` on the `PATH`.
 
+use std::ffi::OsString;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -15,9 +24,23 @@ pub struct EtcdServer {
     dir: tempfile::TempDir,
 }
 
-/// Whether an `etcd` binary is on the PATH.
+/// Names the etcd binary to run instead of `etcd` on the `PATH`.
+pub const ETCD_BIN_VAR: &str = "SCHED_ETCD_BIN";
+
+/// How to get etcd, for the message of a test that cannot start it.
+pub const INSTALL_ETCD: &str = "install it with `apt-get install -y etcd-server etcd-client` \
+    (or set SCHED_ETCD_BIN to an etcd binary). Tests that need etcd are \
+    #[ignore = \"needs etcd\"]: plain `cargo test` skips them and \
+    `cargo test -- --include-ignored` runs them";
+
+/// The etcd binary: `$SCHED_ETCD_BIN`, else `etcd` (looked up on the `PATH`).
+pub fn etcd_bin() -> OsString {
+    std::env::var_os(ETCD_BIN_VAR).unwrap_or_else(|| "etcd".into())
+}
+
+/// Whether the etcd binary runs.
 pub fn etcd_available() -> bool {
-    Command::new("etcd")
+    Command::new(etcd_bin())
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -35,9 +58,28 @@ pub fn free_port() -> u16 {
         .expect("bind a loopback port")
 }
 
+/// Starts etcd for a test that needs it, or fails the test saying how to
+/// install it ([`INSTALL_ETCD`]).
+pub fn start_etcd() -> EtcdServer {
+    match EtcdServer::start() {
+        Ok(s) => s,
+        Err(e) => panic!("cannot start etcd: {e}"),
+    }
+}
+
 impl EtcdServer {
-    /// Starts etcd and waits until it reports itself healthy.
+    /// Starts etcd and waits until it reports itself healthy. A missing
+    /// binary is a `NotFound` error whose message says how to install it.
     pub fn start() -> std::io::Result<EtcdServer> {
+        if !etcd_available() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "etcd is not installed ({:?} does not run): {INSTALL_ETCD}",
+                    etcd_bin()
+                ),
+            ));
+        }
         let dir = tempfile::Builder::new().prefix("sched-etcd").tempdir()?;
         let client_port = free_port();
         let peer_port = free_port();
@@ -91,7 +133,7 @@ fn spawn(dir: &Path, client: u16, peer: u16) -> std::io::Result<Guarded> {
     let data: PathBuf = dir.join("data");
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut cmd = Command::new("etcd");
+    let mut cmd = Command::new(etcd_bin());
     cmd.args(["--logger=zap", "--log-level=error", "--name=default"])
         .arg(format!("--data-dir={}", data.display()))
         .arg(format!("--listen-client-urls={client_url}"))
