@@ -12,6 +12,10 @@
 //!
 //! The binaries are the ones `cargo test --workspace` builds next to the
 //! test executables (`target/<profile>/`).
+//!
+//! Tests that start etcd are `#[ignore = "needs etcd"]`: plain `cargo test`
+//! reports them ignored, and `cargo test -- --include-ignored` runs them,
+//! failing each with how to install etcd ([`start_etcd`]) if it is missing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,7 +26,9 @@ use std::time::{Duration, Instant};
 use sched_proto::pb;
 use sched_proto::pb::clusters_client::ClustersClient;
 use sched_proto::pb::scheduler_client::SchedulerClient;
-pub use sched_store::testing::{etcd_available, free_port, EtcdServer, Guarded};
+pub use sched_store::testing::{
+    etcd_available, free_port, start_etcd, EtcdServer, Guarded, INSTALL_ETCD,
+};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -49,18 +55,11 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// Starts etcd, or returns `None` (skipping the test) when it is not
-/// installed outside CI. In CI a missing etcd fails the test.
+/// Starts etcd, or fails the test saying how to install it; never `None`
+/// (the `Option` is kept for callers written when a missing etcd skipped
+/// the test). New tests call [`start_etcd`].
 pub fn etcd() -> Option<EtcdServer> {
-    if !etcd_available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "etcd is not installed; CI must install etcd-server"
-        );
-        eprintln!("etcd is not installed: skipping");
-        return None;
-    }
-    Some(EtcdServer::start().expect("start etcd"))
+    Some(start_etcd())
 }
 
 /// The real `global-scheduler` on a loopback port.
@@ -271,6 +270,19 @@ impl LocalAgent {
         terminate(&mut self.child, deadline)
     }
 
+    /// The machines of this cluster as the agent itself sees them (its
+    /// nodes registered, with the tasks it counts on each), or `None` if
+    /// the call fails.
+    pub async fn machines(&self) -> Option<Vec<pb::MachineStatus>> {
+        pb::machines_client::MachinesClient::new(channel(&self.url()))
+            .list_machines(pb::ListMachinesRequest {
+                cluster: String::new(),
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner().machines)
+    }
+
     pub async fn restart(&mut self) {
         self.kill9();
         let mut cmd = Command::new(bin("local-agent"));
@@ -354,6 +366,81 @@ impl NodeAgent {
             .unwrap_or_default();
         out.sort();
         out
+    }
+
+    /// Whether attempt `attempt` of `job`'s task `index` has exited on this
+    /// node: its supervisor wrote the exit code, whether or not the node
+    /// agent was there to see it.
+    pub fn exited(&self, job: &str, index: u32, attempt: u64) -> bool {
+        self.work_dir
+            .join("tasks")
+            .join(job)
+            .join(index.to_string())
+            .join(attempt.to_string())
+            .join("exit")
+            .exists()
+    }
+}
+
+/// A child's output read line by line as it comes, so that a test can wait
+/// for what the program says instead of guessing how long it takes to say
+/// it.
+pub struct Lines {
+    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: String,
+}
+
+impl Lines {
+    /// Reads `from` (a child's `stdout` or `stderr`) on a thread of its own
+    /// until it ends.
+    pub fn follow(from: impl std::io::Read + Send + 'static) -> Lines {
+        use std::io::BufRead;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle` and returns it; panics, with
+    /// what was said so far, if none comes within `timeout` or the output
+    /// ends first.
+    pub async fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let found = tokio::time::timeout(timeout, async {
+            while let Some(line) = self.rx.recv().await {
+                self.seen.push_str(&line);
+                self.seen.push('\n');
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("the output ended without {needle:?}:\n{}", self.seen),
+            Err(_) => panic!(
+                "no {needle:?} in the output after {timeout:?}:\n{}",
+                self.seen
+            ),
+        }
+    }
+
+    /// Everything said, once the output ends (the child has exited).
+    pub async fn all(mut self) -> String {
+        while let Some(line) = self.rx.recv().await {
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+        }
+        self.seen
     }
 }
 

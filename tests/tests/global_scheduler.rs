@@ -2,12 +2,13 @@
 //! loopback, clusters that speak the real protocol.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sched_proto::pb;
 use sched_store::{EtcdStore, Store};
-use sched_tests::{etcd, eventually, job_keys, ClusterSpec, Scheduler, TestCluster};
+use sched_tests::{eventually, job_keys, start_etcd, ClusterSpec, Lines, Scheduler, TestCluster};
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
 
@@ -52,8 +53,9 @@ fn counts(s: &pb::JobStatus) -> pb::TaskCounts {
 /// of submissions, restart it; every acknowledged job is there once, no
 /// task is handed to two clusters or placed twice, and placement goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn kill_9_during_submissions_loses_nothing_and_places_nothing_twice() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let mut sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
     let east = TestCluster::start(&sched.url(), ClusterSpec::new("east-a", "us-east"));
     let west = TestCluster::start(&sched.url(), ClusterSpec::new("west-a", "us-west"));
@@ -71,8 +73,9 @@ async fn kill_9_during_submissions_loses_nothing_and_places_nothing_twice() {
     const JOBS: usize = 120;
     const TASKS: i64 = 10;
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let refused = Arc::new(AtomicU64::new(0));
     let submitter = {
-        let acked = acked.clone();
+        let (acked, refused) = (acked.clone(), refused.clone());
         let mut client = sched.client().await;
         tokio::spawn(async move {
             for i in 0..JOBS {
@@ -98,6 +101,7 @@ async fn kill_9_during_submissions_loses_nothing_and_places_nothing_twice() {
                                 ),
                                 "unexpected refusal of {name}: {s:?}"
                             );
+                            refused.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     }
@@ -113,9 +117,20 @@ async fn kill_9_during_submissions_loses_nothing_and_places_nothing_twice() {
         || async { (acked.lock().unwrap().len() >= JOBS / 3).then_some(()) },
     )
     .await;
+    let refused_before = refused.load(Ordering::Relaxed);
     sched.kill9();
     let acked_before: Vec<String> = acked.lock().unwrap().clone();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        acked_before.len() < JOBS,
+        "the kill came after the last submission"
+    );
+    // Submissions go on while it is down: they are refused and retried.
+    eventually(
+        "a submission refused while the scheduler is down",
+        Duration::from_secs(10),
+        || async { (refused.load(Ordering::Relaxed) > refused_before).then_some(()) },
+    )
+    .await;
     sched.restart().await;
     submitter.await.unwrap();
 
@@ -176,8 +191,9 @@ async fn kill_9_during_submissions_loses_nothing_and_places_nothing_twice() {
 /// Bad input is refused with INVALID_ARGUMENT naming the field, through
 /// `schedctl`, and nothing of it reaches etcd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
     let cluster = TestCluster::start(&sched.url(), ClusterSpec::new("east-a", "us-east"));
     eventually(
@@ -304,8 +320,9 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
 /// Tasks a cluster hands back go to the next best cluster; `describe`
 /// shows the hand-back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn handed_back_tasks_go_to_the_next_best_cluster() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
     let mut small = ClusterSpec::new("east-a", "us-east");
     small.slots = 5;
@@ -359,8 +376,9 @@ async fn handed_back_tasks_go_to_the_next_best_cluster() {
 /// A cluster that stops heartbeating is marked down and gets no new work;
 /// `describe` explains pending tasks with the core's reasons.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn a_silent_cluster_is_marked_down_and_gets_no_new_work() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let sched = Scheduler::start(
         &etcd.url(),
         &[
@@ -432,8 +450,9 @@ async fn a_silent_cluster_is_marked_down_and_gets_no_new_work() {
 /// Bounded queues: past `--max-pending-tasks`, submit answers
 /// RESOURCE_EXHAUSTED, and nothing of the refused job is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn submit_past_the_pending_limit_is_resource_exhausted() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let sched = Scheduler::start(&etcd.url(), &["--max-pending-tasks", "100"]).await;
     let mut c = sched.client().await;
     c.submit(submit_one(job("a", 80, "1", "1Gi", None), "1"))
@@ -455,29 +474,32 @@ async fn submit_past_the_pending_limit_is_resource_exhausted() {
 /// `schedctl` retries while the scheduler is down, and the submission lands
 /// once it is up; `get job -o json` has the documented fields; cancel works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn schedctl_retries_until_the_scheduler_is_back() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let mut sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
     let url = sched.url();
     sched.kill9();
-    let child = std::process::Command::new(sched_tests::bin("schedctl"))
+    let mut child = std::process::Command::new(sched_tests::bin("schedctl"))
         .args([
             "--server", &url, "run", "hello", "--tasks", "3", "--cpu", "500m", "--memory", "256Mi",
             "--", "echo", "hi",
         ])
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut stderr = Lines::follow(child.stderr.take().unwrap());
+    // It finds the scheduler down and says it will retry; only then is the
+    // scheduler started again.
+    let line = stderr.wait_for("retrying", Duration::from_secs(20)).await;
+    assert!(line.contains("UNAVAILABLE"), "{line}");
     sched.restart().await;
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("UNAVAILABLE"),
-        "it said it was retrying: {stderr}"
-    );
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let stderr = stderr.all().await;
+    assert!(exit.success(), "{stderr}");
 
     let out = std::process::Command::new(sched_tests::bin("schedctl"))
         .args(["--server", &url, "get", "job", "hello", "-o", "json"])
@@ -519,16 +541,18 @@ async fn schedctl_retries_until_the_scheduler_is_back() {
 
 /// SIGTERM stops the scheduler cleanly and promptly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn sigterm_stops_the_scheduler_within_a_deadline() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let mut sched = Scheduler::start(&etcd.url(), &[]).await;
     assert!(sched.terminate(Duration::from_secs(10)));
 }
 
 /// `schedctl submit --wait` returns once every task is on a machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn submit_wait_returns_once_every_task_is_placed() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
     let cluster = TestCluster::start(&sched.url(), ClusterSpec::new("eu-a", "eu-west"));
     let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,8 @@ use std::time::Duration;
 use sched_proto::pb;
 use sched_proto::pb::scheduler_client::SchedulerClient;
 use sched_tests::{
-    channel, etcd, eventually, memory, ClusterSpec, LocalAgent, NodeAgent, Scheduler, TestCluster,
+    channel, eventually, memory, start_etcd, ClusterSpec, LocalAgent, NodeAgent, Scheduler,
+    TestCluster,
 };
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
@@ -38,8 +39,9 @@ fn job(name: String, tasks: i64) -> pb::SubmitRequest {
 /// RESOURCE_EXHAUSTED and a retry hint, memory bounded, and everything
 /// accepted is scheduled once a cluster drains the backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn overload_is_refused_at_the_edge_and_everything_accepted_runs() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let sched = Scheduler::start(
         &etcd.url(),
         &[
@@ -124,8 +126,9 @@ async fn overload_is_refused_at_the_edge_and_everything_accepted_runs() {
 /// SIGTERM stops every binary within a deadline; a node agent's tasks are
 /// reported lost on the way out and run again elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn every_binary_stops_cleanly_on_sigterm() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let mut sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
     let mut agent = LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -137,8 +140,6 @@ async fn every_binary_stops_cleanly_on_sigterm() {
         .submit(job("moves".into(), 1))
         .await
         .unwrap();
-    let mut req = job("moves".into(), 1);
-    req.submission_id = "moves".into();
     eventually("running on n1", Duration::from_secs(20), || async {
         let st = sched.job("moves").await?;
         (st.summary?.counts?.running == 1).then_some(())

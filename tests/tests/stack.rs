@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sched_proto::pb;
-use sched_tests::{etcd, eventually, LocalAgent, NodeAgent, Scheduler};
+use sched_tests::{eventually, start_etcd, LocalAgent, NodeAgent, Scheduler};
+use tokio_util::sync::CancellationToken;
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
 
@@ -112,8 +113,9 @@ fn stamps(text: &str, tag: &str) -> Vec<f64> {
 /// more than its declared cpu; the cluster too small for the job sends the
 /// rest to the next best cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn a_job_runs_to_success_across_machines_and_clusters() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
     let east = LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
     let west = LocalAgent::start("west-a", "us-west", &sched.url(), &etcd.url()).await;
@@ -135,14 +137,17 @@ async fn a_job_runs_to_success_across_machines_and_clusters() {
         .await
         .unwrap();
 
-    // Sample the machines while it runs: never more allocated than capacity.
+    // Sample the machines until it is done: never more allocated than
+    // capacity.
+    let done = CancellationToken::new();
     let sampler = {
         let url = sched.url();
+        let done = done.clone();
         tokio::spawn(async move {
             let mut c =
                 sched_proto::pb::scheduler_client::SchedulerClient::new(sched_tests::channel(&url));
             let mut worst = 0u64;
-            for _ in 0..60 {
+            while !done.is_cancelled() {
                 if let Ok(r) = c
                     .list_machines(pb::ListMachinesRequest {
                         cluster: String::new(),
@@ -162,7 +167,10 @@ async fn a_job_runs_to_success_across_machines_and_clusters() {
                         worst = worst.max(a.cpu_millis);
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    _ = done.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
             }
             worst
         })
@@ -174,6 +182,7 @@ async fn a_job_runs_to_success_across_machines_and_clusters() {
         Duration::from_secs(60),
     )
     .await;
+    done.cancel();
     assert!(sampler.await.unwrap() > 0, "the sampler saw tasks running");
     let by_cluster = st
         .tasks
@@ -220,8 +229,9 @@ async fn a_job_runs_to_success_across_machines_and_clusters() {
 /// become `lost`, run again on another machine, and the job finishes; the
 /// two copies never run at the same time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn kill_9_a_node_agent_and_its_tasks_run_again_elsewhere() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
     let agent = LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -247,7 +257,13 @@ async fn kill_9_a_node_agent_and_its_tasks_run_again_elsewhere() {
     .await;
     let victim_machine = st.tasks[0].machine.clone();
     let victim = nodes.iter_mut().find(|n| n.name == victim_machine).unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Killed once task 0 has ticked there, so the first copy left a trace.
+    let first_copy = victim.work_dir.join("tasks/ticker/0/1/stdout");
+    eventually("task 0's first tick", Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(&first_copy).ok()?;
+        (!stamps(&text, "tick ").is_empty()).then_some(())
+    })
+    .await;
     victim.kill9();
 
     let st = wait_state(
@@ -293,10 +309,13 @@ async fn kill_9_a_node_agent_and_its_tasks_run_again_elsewhere() {
 
 /// Kill -9 the local agent while tasks run and start it again: it reads its
 /// placements back, the nodes re-register with what they run, and nothing
-/// is started twice or lost.
+/// is started twice or lost. Then kill it once more and let the tasks
+/// finish while it is down: the agent that comes back learns their exits
+/// from the nodes, and the job succeeds without running anything again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn kill_9_and_restart_a_local_agent_starts_nothing_twice() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
     let mut agent = LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -305,28 +324,53 @@ async fn kill_9_and_restart_a_local_agent_starts_nothing_twice() {
         .map(|n| NodeAgent::start(&agent.url(), n, "2", "1Gi", dir.path().join(n)))
         .collect();
     wait_machines(&sched, 2).await;
+    // The tasks run until the test lets them finish.
+    let go = dir.path().join("go");
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.1; done; echo done",
+        go.display()
+    );
     sched
         .client()
         .await
-        .submit(job("steady", 4, "1", None, "sleep 3; echo done"))
+        .submit(job("steady", 4, "1", None, &script))
         .await
         .unwrap();
-    wait_state(
-        &sched,
-        "steady",
-        pb::JobState::Running,
-        Duration::from_secs(20),
-    )
-    .await;
     eventually("all 4 running", Duration::from_secs(20), || async {
         let st = status(&sched, "steady").await?;
         (st.summary?.counts?.running == 4).then_some(())
     })
     .await;
+
     agent.kill9();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     agent.restart().await;
-    // And once more while they finish.
+    // Both nodes register again with the four tasks they run.
+    eventually(
+        "the nodes registered again with their tasks",
+        Duration::from_secs(20),
+        || async {
+            let m = agent.machines().await?;
+            let up = m.iter().filter(|m| m.up).count();
+            let tasks: usize = m.iter().map(|m| m.tasks.len()).sum();
+            (up == 2 && tasks == 4).then_some(())
+        },
+    )
+    .await;
+
+    // Once more, and the tasks finish while the agent is down.
+    agent.kill9();
+    std::fs::write(&go, "").unwrap();
+    eventually(
+        "every task exited while the agent was down",
+        Duration::from_secs(20),
+        || async {
+            (0..4)
+                .all(|i| nodes.iter().any(|n| n.exited("steady", i, 1)))
+                .then_some(())
+        },
+    )
+    .await;
+    agent.restart().await;
     let st = wait_state(
         &sched,
         "steady",
@@ -347,8 +391,9 @@ async fn kill_9_and_restart_a_local_agent_starts_nothing_twice() {
 /// A node agent killed and restarted within its lease finds its task still
 /// running, adopts it, and reports its exit: the task is not run again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn a_restarted_node_agent_adopts_its_running_tasks() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
     let agent = LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -382,8 +427,9 @@ async fn a_restarted_node_agent_adopts_its_running_tasks() {
 
 /// Cancelling a job stops its running tasks on their machines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
 async fn cancel_stops_running_tasks() {
-    let Some(etcd) = etcd() else { return };
+    let etcd = start_etcd();
     let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
     let agent = LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
     let dir = tempfile::tempdir().unwrap();
