@@ -1,5 +1,8 @@
 //! The parsers of job files, policies and topologies never panic on any
-//! input, and every refusal names a field and a reason.
+//! input, and every refusal names a field and a reason. The field is
+//! `<document>` (the text is not YAML of the right shape) or a path into the
+//! document, such as `jobs[2].resources.cpu`, that begins with one of its
+//! top-level keys and, when the text is YAML, leads to a value in it.
 
 use proptest::prelude::*;
 use sched_core::error::SpecError;
@@ -14,18 +17,93 @@ fn example(path: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-fn check(r: Result<(), SpecError>) -> Result<(), TestCaseError> {
-    if let Err(e) = r {
-        prop_assert!(!e.field.is_empty(), "a refusal without a field: {e:?}");
-        prop_assert!(!e.reason.is_empty(), "a refusal without a reason: {e:?}");
+/// The top-level keys of each kind of document.
+const JOBS: &[&str] = &["jobs"];
+const POLICY: &[&str] = &["global", "local", "ha"];
+const TOPOLOGY: &[&str] = &["locations", "links", "clusters"];
+
+/// One step of a field path: `.name` or `[index]`.
+#[derive(Debug)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Splits `jobs[2].resources.cpu` into its steps, or `None` if it is not
+/// such a path.
+fn steps(field: &str) -> Option<Vec<Step<'_>>> {
+    let mut out = Vec::new();
+    let mut rest = field;
+    let mut first = true;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('[') {
+            let (n, r) = r.split_once(']')?;
+            out.push(Step::Index(n.parse().ok()?));
+            rest = r;
+        } else {
+            let r = if first { rest } else { rest.strip_prefix('.')? };
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            let (key, r) = r.split_at(end);
+            if key.is_empty() || key.contains([']', ' ']) {
+                return None;
+            }
+            out.push(Step::Key(key));
+            rest = r;
+        }
+        first = false;
+    }
+    Some(out)
+}
+
+/// Follows `steps` through the parsed document.
+fn resolves(doc: &serde_yaml::Value, steps: &[Step<'_>]) -> bool {
+    let mut v = doc;
+    for step in steps {
+        while let serde_yaml::Value::Tagged(t) = v {
+            v = &t.value;
+        }
+        let next = match step {
+            Step::Key(k) => v.as_mapping().and_then(|m| m.get(*k)),
+            Step::Index(i) => v.as_sequence().and_then(|s| s.get(*i)),
+        };
+        match next {
+            Some(n) => v = n,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// A refusal of `text`, a document whose top-level keys are `keys`, names
+/// a reason and a real field of it.
+fn check(text: &str, keys: &[&str], r: Result<(), SpecError>) -> Result<(), TestCaseError> {
+    let Err(e) = r else { return Ok(()) };
+    prop_assert!(!e.reason.is_empty(), "a refusal without a reason: {e:?}");
+    if e.field == "<document>" {
+        return Ok(());
+    }
+    let path = steps(&e.field);
+    prop_assert!(path.is_some(), "the field is not a path: {e:?}");
+    let path = path.unwrap_or_default();
+    prop_assert!(
+        matches!(path.first(), Some(Step::Key(k)) if keys.contains(k)),
+        "the field does not start with one of {keys:?}: {e:?}"
+    );
+    // serde_yaml names the value it was reading, and validation names the
+    // value it checked: either is in the document.
+    if let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+        prop_assert!(
+            resolves(&doc, &path),
+            "the field is not in the document: {e:?}\n{text}"
+        );
     }
     Ok(())
 }
 
 fn all_parsers(text: &str) -> Result<(), TestCaseError> {
-    check(parse_job_file(text).map(|_| ()))?;
-    check(Policy::from_yaml(text).map(|_| ()))?;
-    check(Topology::from_yaml(text).map(|_| ()))?;
+    check(text, JOBS, parse_job_file(text).map(|_| ()))?;
+    check(text, POLICY, Policy::from_yaml(text).map(|_| ()))?;
+    check(text, TOPOLOGY, Topology::from_yaml(text).map(|_| ()))?;
     Ok(())
 }
 
@@ -82,17 +160,17 @@ proptest! {
 
     #[test]
     fn mutated_job_files_are_handled(text in mutated(example("config/examples/jobs.yaml"))) {
-        check(parse_job_file(&text).map(|_| ()))?;
+        check(&text, JOBS, parse_job_file(&text).map(|_| ()))?;
     }
 
     #[test]
     fn mutated_policies_are_handled(text in mutated(example("config/policy.yaml"))) {
-        check(Policy::from_yaml(&text).map(|_| ()))?;
+        check(&text, POLICY, Policy::from_yaml(&text).map(|_| ()))?;
     }
 
     #[test]
     fn mutated_topologies_are_handled(text in mutated(example("config/examples/topology.yaml"))) {
-        check(Topology::from_yaml(&text).map(|_| ()))?;
+        check(&text, TOPOLOGY, Topology::from_yaml(&text).map(|_| ()))?;
     }
 
     #[test]
@@ -104,6 +182,6 @@ proptest! {
         let doc = format!(
             "jobs:\n  - {{name: j, tasks: {tasks}, resources: {{cpu: \"{cpu}\", memory: \"{memory}\"}}}}\n"
         );
-        check(parse_job_file(&doc).map(|_| ()))?;
+        check(&doc, JOBS, parse_job_file(&doc).map(|_| ()))?;
     }
 }
