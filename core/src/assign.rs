@@ -58,6 +58,17 @@ pub struct Pass {
     /// Jobs whose reason for waiting changed: the new reason, or `None` when
     /// all of the job's tasks looked at found a cluster.
     pub reasons: Vec<(JobId, Option<String>)>,
+    /// For the job the pass was asked to trace: each ranking it decided on.
+    pub trace: Vec<Decision>,
+}
+
+/// One decision about some tasks of a traced job, for explanations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub tasks: u32,
+    pub ranking: Ranking,
+    /// The cluster that got them; `None` when none could.
+    pub chosen: Option<ClusterId>,
 }
 
 /// A set of task indexes, kept as sorted, disjoint, non-adjacent ranges: a
@@ -132,7 +143,7 @@ impl IndexSet {
         self.len -= 1;
         if r.start == i {
             r.start += 1;
-            if r.is_empty() {
+            if r.start == r.end {
                 self.runs.remove(k);
             }
         } else if r.end == i + 1 {
@@ -155,7 +166,7 @@ impl IndexSet {
             let end = r.start + want.min(r.end - r.start);
             out.extend(r.start..end);
             r.start = end;
-            if r.is_empty() {
+            if r.start == r.end {
                 self.runs.remove(0);
             }
         }
@@ -339,7 +350,8 @@ impl PendingQueue {
     /// One pass: assigns up to `budget` pending tasks to clusters, taking
     /// them out of the queue and counting them as queued in `summaries`
     /// (indexed by `ClusterId`). `job` looks a job up by id; a job it does
-    /// not know is dropped from the queue.
+    /// not know is dropped from the queue. The rankings behind `trace`'s
+    /// decisions come back in [`Pass::trace`].
     pub fn plan<'j>(
         &mut self,
         ranker: &Ranker<'_>,
@@ -347,6 +359,7 @@ impl PendingQueue {
         summaries: &mut [ClusterSummary],
         now_ms: u64,
         budget: u64,
+        trace: Option<JobId>,
     ) -> Pass {
         let order: Vec<Order> = if std::mem::take(&mut self.rescan) {
             self.dirty.clear();
@@ -399,12 +412,26 @@ impl PendingQueue {
                     }
                     let Some(best) = ranking.best() else {
                         why = Some(unassignable_reason(&ranking, summaries));
+                        if trace == Some(id) {
+                            pass.trace.push(Decision {
+                                tasks: left,
+                                ranking,
+                                chosen: None,
+                            });
+                        }
                         break;
                     };
                     let s = &mut summaries[best.0 as usize];
                     let take = fit_count(&s.unclaimed(), &request)
                         .clamp(1, u64::from(left))
                         .min(budget);
+                    if trace == Some(id) {
+                        pass.trace.push(Decision {
+                            tasks: take as u32,
+                            ranking,
+                            chosen: Some(best),
+                        });
+                    }
                     s.queued = s.queued.saturating_add(&request.times(take));
                     s.queue_len += take;
                     budget -= take;
@@ -518,7 +545,7 @@ mod tests {
         assert_eq!(s.len(), 9);
         assert_eq!(s.runs, [0..4, 5..10]);
         assert!(s.insert(4));
-        assert_eq!(s.runs, [0..10]);
+        assert_eq!(s.runs, vec![0..10]);
         assert_eq!(s.take_first(3), [0, 1, 2]);
         assert!(s.insert(20));
         assert!(s.insert(19));
@@ -541,7 +568,7 @@ mod tests {
         let mut q = PendingQueue::new();
         q.add_job(JobId(0), 0, 12);
         let mut s = clusters([8000, 100_000]);
-        let p = q.plan(&r, &|id| js.get(id.0 as usize), &mut s, 0, 1000);
+        let p = q.plan(&r, &|id| js.get(id.0 as usize), &mut s, 0, 1000, None);
         assert_eq!(counts(&p), [(0, 0, 8), (0, 1, 4)]);
         assert_eq!(p.assignments[1].indices, [8, 9, 10, 11]);
         assert_eq!(q.tasks(), 0);
@@ -560,9 +587,9 @@ mod tests {
         q.add_job(JobId(1), 500, 5);
         let mut s = clusters([100_000, 0]);
         let get = |id: JobId| js.get(id.0 as usize);
-        let p = q.plan(&r, &get, &mut s, 0, 7);
+        let p = q.plan(&r, &get, &mut s, 0, 7, None);
         assert_eq!(counts(&p), [(1, 0, 5), (0, 0, 2)]);
-        let p = q.plan(&r, &get, &mut s, 0, 7);
+        let p = q.plan(&r, &get, &mut s, 0, 7, None);
         assert_eq!(counts(&p), [(0, 0, 3)]);
     }
 
@@ -578,7 +605,7 @@ mod tests {
         // Only east is up.
         let mut s = clusters([100_000, 100_000]);
         s[1].up = false;
-        let p = q.plan(&r, &get, &mut s, 0, 100);
+        let p = q.plan(&r, &get, &mut s, 0, 100, None);
         assert_eq!(counts(&p), [(0, 0, 4)]);
         // East hands two back at t = 1 s: nothing else can take them.
         q.hand_back(JobId(0), 0, 1, &[ClusterId(0)], 1000);
@@ -586,21 +613,23 @@ mod tests {
         assert!(q.has_work());
         let mut s = clusters([100_000, 100_000]);
         s[1].up = false;
-        let p = q.plan(&r, &get, &mut s, 2000, 100);
+        let p = q.plan(&r, &get, &mut s, 2000, 100, None);
         assert!(p.assignments.is_empty());
         assert_eq!(
             p.reasons,
             [(
                 JobId(0),
-                Some("0/2 clusters can take it: 1 cluster could not place it, 1 cluster down".into())
+                Some(
+                    "0/2 clusters can take it: 1 cluster could not place it, 1 cluster down".into()
+                )
             )]
         );
         // Not yet: 30 s after the hand-back, east is asked again.
         q.mark_rescan();
-        let p = q.plan(&r, &get, &mut s, 1000 + HAND_BACK_RETRY_MS - 1, 100);
+        let p = q.plan(&r, &get, &mut s, 1000 + HAND_BACK_RETRY_MS - 1, 100, None);
         assert!(p.assignments.is_empty() && p.reasons.is_empty());
         q.mark_rescan();
-        let p = q.plan(&r, &get, &mut s, 1000 + HAND_BACK_RETRY_MS, 100);
+        let p = q.plan(&r, &get, &mut s, 1000 + HAND_BACK_RETRY_MS, 100, None);
         assert_eq!(counts(&p), [(0, 0, 2)]);
         assert_eq!(p.assignments[0].indices, [1, 3]);
         assert_eq!(p.assignments[0].handed_back, [ClusterId(0)]);
@@ -619,7 +648,7 @@ mod tests {
         q.add_job(JobId(1), 0, 2);
         let mut s = clusters([4000, 0]);
         s[1].up = false;
-        let p = q.plan(&r, &get, &mut s, 0, 100);
+        let p = q.plan(&r, &get, &mut s, 0, 100, None);
         assert_eq!(counts(&p), [(0, 0, 4)]);
         assert!(p.reasons[0].1.as_ref().unwrap().contains("out of cpu"));
         // Nothing freed: the next pass has nothing to look at.
@@ -629,7 +658,7 @@ mod tests {
         let mut s = clusters([4000, 0]);
         s[1].up = false;
         s[0].allocated = Resources::new(3000, 0);
-        let p = q.plan(&r, &get, &mut s, 5, 100);
+        let p = q.plan(&r, &get, &mut s, 5, 100, None);
         assert_eq!(counts(&p), [(1, 0, 1)]);
         assert_eq!(q.job_tasks(JobId(0)), 1);
         assert_eq!(q.job_tasks(JobId(1)), 1);

@@ -9,9 +9,10 @@ use crate::cluster::ClusterId;
 use crate::filter::Rejection;
 use crate::machine::MachineId;
 
-/// Where one task runs.
+/// Where one task runs: its index in its job, its cluster and machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct TaskLocation {
+    pub task: u32,
     pub cluster: ClusterId,
     pub machine: MachineId,
 }

@@ -2,15 +2,26 @@
 //! workload, with no network, like Borg's Fauxmaster.
 //!
 //! The whole workload arrives at once, in file order, and goes through the
-//! code the daemons use: [`Ranker`] picks a cluster for each job, each
-//! cluster's [`Cell`] packs what it was handed with [`pack`], and tasks a
-//! cluster cannot place go back to the global level for the next best
-//! cluster. Jobs are taken in batches of at most `local.batch_size` tasks.
-//! Within a batch, the global level sees the tasks it has already handed to
-//! each cluster (its queue), as it does in the daemons.
+//! decisions the daemons make, in the order the daemons make them:
+//! 1. A pass of the global level ([`PendingQueue::plan`], the same code the
+//!    global scheduler runs): jobs by priority, then file order, each split
+//!    over the ranked clusters as far as their unclaimed capacity goes, at
+//!    most `local.batch_size` tasks a pass.
+//! 2. Each cluster packs what the pass handed it, in the order it was
+//!    handed ([`pack`], as the local agent packs each batch it receives).
+//! 3. Tasks a cluster could not place go back to the queue (handed back),
+//!    and the next pass offers them to the other clusters, together with
+//!    whatever the last pass had no budget left for.
+//!
+//! Nothing finishes in a simulation, so the daemons' retry of handed-back
+//! tasks after [`HAND_BACK_RETRY_MS`](crate::assign::HAND_BACK_RETRY_MS)
+//! could place nothing more: the simulation ends when a round assigns
+//! nothing, and what is still pending is unplaced, with the reason the last
+//! pass gave.
 
 use serde::Serialize;
 
+use crate::assign::{Assignment, PendingQueue};
 use crate::cell::Cell;
 use crate::cluster::{ClusterId, ClusterSummary};
 use crate::job::{Job, JobId};
@@ -20,15 +31,6 @@ use crate::policy::Policy;
 use crate::rank::{Ranker, Ranking};
 use crate::resources::{ResourceKind, Resources};
 use crate::topology::Topology;
-
-/// Tasks of one job waiting in the current batch.
-#[derive(Debug, Clone)]
-struct Entry {
-    job: JobId,
-    count: u32,
-    handed_back: Vec<ClusterId>,
-    last_why: Option<(ClusterId, Unschedulable)>,
-}
 
 /// One round of the decision for the explained job.
 #[derive(Debug, Clone, Serialize)]
@@ -64,14 +66,14 @@ pub struct Unplaced {
 pub struct Outcome {
     pub cells: Vec<Cell>,
     pub summaries: Vec<ClusterSummary>,
-    /// Per job, where each placed task went; task `i` is `placements[job][i]`.
+    /// Per job, where each placed task went, in task order.
     pub placements: Vec<Vec<TaskLocation>>,
     pub unplaced: Vec<Unplaced>,
     pub explanation: Option<JobExplanation>,
 }
 
 /// Runs the workload through both levels. `progress` is called after each
-/// batch with the number of tasks decided so far.
+/// pass with the number of tasks decided so far.
 pub fn simulate(
     topology: &Topology,
     jobs: &[Job],
@@ -106,143 +108,129 @@ pub fn simulate_with(
         .iter()
         .map(|j| Vec::with_capacity(j.spec.tasks as usize))
         .collect();
-    let mut unplaced = Vec::new();
     let mut explanation = explain.map(|job| JobExplanation {
         job,
         rounds: Vec::new(),
     });
-    let batch_size = policy.local.batch_size.max(1);
-    let mut queues: Vec<Vec<Entry>> = vec![Vec::new(); cells.len()];
+    // Why each cluster last handed a job's tasks back, for the report.
+    let mut last_why: Vec<Option<(ClusterId, Unschedulable)>> = vec![None; jobs.len()];
+    let mut queue = PendingQueue::new();
+    for j in jobs {
+        queue.add_job(j.id, j.spec.priority, j.spec.tasks);
+    }
+    let budget = u64::from(policy.local.batch_size.max(1));
+    let lookup = |id: JobId| jobs.get(id.0 as usize);
     let mut decided = 0u64;
+    // Time stands still: nothing finishes, so no hand-back retry is due.
+    let now_ms = 0;
 
-    let mut next_job = 0usize;
-    let mut offset = 0u32; // tasks of `jobs[next_job]` already batched
-    while next_job < jobs.len() {
-        // Take up to `batch_size` tasks, in file order, splitting large jobs.
-        let mut pending = Vec::new();
-        let mut room = batch_size;
-        while room > 0 && next_job < jobs.len() {
-            let job = &jobs[next_job];
-            let n = (job.spec.tasks - offset).min(room);
-            pending.push(Entry {
-                job: job.id,
-                count: n,
-                handed_back: Vec::new(),
-                last_why: None,
-            });
-            room -= n;
-            offset += n;
-            if offset == job.spec.tasks {
-                next_job += 1;
-                offset = 0;
-            }
+    while queue.has_work() {
+        // 1. One pass of the global level.
+        let pass = queue.plan(&ranker, &lookup, &mut summaries, now_ms, budget, explain);
+        if let Some(x) = explanation.as_mut() {
+            x.rounds
+                .extend(pass.trace.into_iter().map(|d| ExplainRound {
+                    tasks: d.tasks,
+                    ranking: d.ranking,
+                    chosen: d.chosen,
+                    placed: 0,
+                    machines: Vec::new(),
+                    handed_back: None,
+                }));
         }
-
-        while !pending.is_empty() {
-            // Global: each entry to its best cluster.
-            for e in pending.drain(..) {
-                let job = &jobs[e.job.0 as usize];
-                let ranking = ranker.rank(job, &summaries, &e.handed_back);
-                let explaining = explain == Some(e.job);
-                match ranking.best() {
-                    None => {
-                        decided += u64::from(e.count);
-                        unplaced.push(Unplaced {
-                            job: e.job,
-                            tasks: e.count,
-                            reason: unplaced_reason(&ranking, &e, &summaries),
-                        });
-                        if explaining {
-                            if let Some(x) = explanation.as_mut() {
-                                x.rounds.push(ExplainRound {
-                                    tasks: e.count,
-                                    ranking,
-                                    chosen: None,
-                                    placed: 0,
-                                    machines: Vec::new(),
-                                    handed_back: None,
-                                });
-                            }
-                        }
-                    }
-                    Some(c) => {
-                        let s = &mut summaries[c.0 as usize];
-                        s.queued = s
-                            .queued
-                            .saturating_add(&job.spec.request.times(u64::from(e.count)));
-                        s.queue_len += u64::from(e.count);
-                        if explaining {
-                            if let Some(x) = explanation.as_mut() {
-                                x.rounds.push(ExplainRound {
-                                    tasks: e.count,
-                                    ranking,
-                                    chosen: Some(c),
-                                    placed: 0,
-                                    machines: Vec::new(),
-                                    handed_back: None,
-                                });
-                            }
-                        }
-                        queues[c.0 as usize].push(e);
-                    }
-                }
+        if pass.assignments.is_empty() {
+            continue;
+        }
+        let mut handed: Vec<Vec<Assignment>> = vec![Vec::new(); cells.len()];
+        for a in pass.assignments {
+            handed[a.cluster.0 as usize].push(a);
+        }
+        // 2. Each cluster packs what it was handed, in order.
+        for (c, assignments) in handed.into_iter().enumerate() {
+            if assignments.is_empty() {
+                continue;
             }
-            // Local: each cluster packs what it was handed.
-            for (c, queue) in queues.iter_mut().enumerate() {
-                if queue.is_empty() {
-                    continue;
+            let cluster = ClusterId(c as u32);
+            let groups: Vec<TaskGroup<'_>> = assignments
+                .iter()
+                .map(|a| {
+                    let spec = &jobs[a.job.0 as usize].spec;
+                    TaskGroup {
+                        job: a.job,
+                        request: spec.request,
+                        constraints: &spec.constraints,
+                        priority: spec.priority,
+                        count: a.indices.len() as u32,
+                    }
+                })
+                .collect();
+            let outcomes = packer(&mut cells[c], &groups, &policy.local);
+            let summary = &mut summaries[c];
+            for (a, o) in assignments.into_iter().zip(outcomes) {
+                let spec = &jobs[a.job.0 as usize].spec;
+                let count = a.indices.len() as u64;
+                let placed = o.placed.len();
+                summary.queued = summary.queued.saturating_sub(&spec.request.times(count));
+                summary.queue_len -= count;
+                summary.allocated = summary
+                    .allocated
+                    .saturating_add(&spec.request.times(placed as u64));
+                decided += placed as u64;
+                if explain == Some(a.job) {
+                    if let Some(round) = explanation.as_mut().and_then(|x| {
+                        x.rounds
+                            .iter_mut()
+                            .rev()
+                            .find(|r| r.chosen == Some(cluster) && r.placed == 0)
+                    }) {
+                        round.placed = placed as u32;
+                        round.machines = machine_counts(&cells[c], &o.placed);
+                        round.handed_back = o.why.clone();
+                    }
                 }
-                let cluster = ClusterId(c as u32);
-                let groups: Vec<TaskGroup<'_>> = queue
-                    .iter()
-                    .map(|e| {
-                        let spec = &jobs[e.job.0 as usize].spec;
-                        TaskGroup {
-                            job: e.job,
-                            request: spec.request,
-                            constraints: &spec.constraints,
-                            priority: spec.priority,
-                            count: e.count,
-                        }
-                    })
-                    .collect();
-                let outcomes = packer(&mut cells[c], &groups, &policy.local);
-                let summary = &mut summaries[c];
-                for (mut e, o) in queue.drain(..).zip(outcomes) {
-                    let request = jobs[e.job.0 as usize].spec.request;
-                    let placed = o.placed.len() as u32;
-                    summary.queued = summary
-                        .queued
-                        .saturating_sub(&request.times(u64::from(e.count)));
-                    summary.queue_len -= u64::from(e.count);
-                    summary.allocated = summary
-                        .allocated
-                        .saturating_add(&request.times(u64::from(placed)));
-                    decided += u64::from(placed);
-                    if explain == Some(e.job) {
-                        if let Some(round) = explanation.as_mut().and_then(|x| x.rounds.last_mut())
-                        {
-                            round.placed = placed;
-                            round.machines = machine_counts(&cells[c], &o.placed);
-                            round.handed_back = o.why.clone();
-                        }
+                placements[a.job.0 as usize].extend(a.indices.iter().zip(&o.placed).map(
+                    |(&task, &machine)| TaskLocation {
+                        task,
+                        cluster,
+                        machine,
+                    },
+                ));
+                // 3. The rest goes back to the global level.
+                if placed < a.indices.len() {
+                    let mut tried = a.handed_back.clone();
+                    tried.push(cluster);
+                    for &i in &a.indices[placed..] {
+                        queue.hand_back(a.job, spec.priority, i, &tried, now_ms);
                     }
-                    placements[e.job.0 as usize].extend(
-                        o.placed
-                            .iter()
-                            .map(|&machine| TaskLocation { cluster, machine }),
-                    );
-                    if o.unplaced > 0 {
-                        e.count = o.unplaced;
-                        e.handed_back.push(cluster);
-                        e.last_why = o.why.map(|w| (cluster, w));
-                        pending.push(e);
-                    }
+                    last_why[a.job.0 as usize] = o.why.map(|w| (cluster, w));
                 }
             }
         }
         progress(decided);
     }
+    for p in &mut placements {
+        p.sort_unstable_by_key(|l| l.task);
+    }
+    let mut unplaced = Vec::new();
+    for j in jobs {
+        let tasks = queue.job_tasks(j.id);
+        if tasks == 0 {
+            continue;
+        }
+        let mut reason = queue
+            .reason(j.id)
+            .unwrap_or("no cluster can take it")
+            .to_string();
+        if let Some((c, why)) = &last_why[j.id.0 as usize] {
+            reason.push_str(&format!(" (last, {}: {why})", summaries[c.0 as usize].name));
+        }
+        unplaced.push(Unplaced {
+            job: j.id,
+            tasks,
+            reason,
+        });
+    }
+    progress(decided + unplaced.iter().map(|u| u64::from(u.tasks)).sum::<u64>());
     Outcome {
         cells,
         summaries,
@@ -269,27 +257,6 @@ fn machine_counts(cell: &Cell, placed: &[crate::machine::MachineId]) -> Vec<(Str
         }
     }
     out
-}
-
-/// Why no cluster would take the tasks: the clusters' rejections counted,
-/// and the last cluster's own account of its machines.
-fn unplaced_reason(ranking: &Ranking, e: &Entry, summaries: &[ClusterSummary]) -> String {
-    let mut counts: std::collections::BTreeMap<String, u32> = Default::default();
-    for f in &ranking.filtered {
-        *counts.entry(f.rejection.summary()).or_insert(0) += 1;
-    }
-    let mut parts: Vec<(String, u32)> = counts.into_iter().collect();
-    parts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let list: Vec<String> = parts.iter().map(|(r, n)| format!("{n} {r}")).collect();
-    let mut reason = format!(
-        "0/{} clusters can take it: {}",
-        summaries.len(),
-        list.join(", ")
-    );
-    if let Some((c, why)) = &e.last_why {
-        reason.push_str(&format!(" (last, {}: {why})", summaries[c.0 as usize].name));
-    }
-    reason
 }
 
 /// Per-cluster figures for reports.

@@ -4,19 +4,25 @@
 //! # Layout
 //! - [`keys`] and [`records`]: what lives in the store, and where.
 //! - [`registry`]: clusters, from registrations and heartbeats.
-//! - [`state`]: jobs and tasks in memory, and the decisions over them (the
-//!   ranking itself is `sched_core::rank`).
+//! - [`state`]: jobs and tasks in memory, and the transitions over them
+//!   (the decision itself is `sched_core::assign`, which the simulator
+//!   runs too).
+//! - [`hub`]: what the handlers and the writers share: commands, replies,
+//!   limits, submissions, assignment streams, and the state behind methods.
 //! - [`submitter`]: writers of new jobs, group-committing submit calls.
 //! - [`engine`]: the single writer of tasks: batches cluster reports,
 //!   cancels and scheduling passes into guarded store commits.
+//! - [`convert`]: records to API messages.
 //! - [`service`]: the gRPC handlers (`sched.v1.Scheduler`, `sched.v1.Clusters`,
 //!   and `grpc.health.v1.Health`).
 //!
 //! [`run`] takes the listener, the store and a shutdown token, so tests can
 //! start it on port 0 against any [`Store`].
 
+pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod hub;
 pub mod keys;
 pub mod leader;
 pub mod records;
@@ -38,7 +44,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::{Engine, Limits, Shared};
+use crate::engine::Engine;
+use crate::hub::{Limits, Shared};
 use crate::keys::Keys;
 use crate::registry::Registry;
 use crate::state::State;
@@ -305,9 +312,9 @@ async fn load(keys: &Keys, store: &Arc<dyn Store>, config: &Config) -> anyhow::R
     let started = std::time::Instant::now();
     let state = load_state(keys, store, config, None).await?;
     tracing::info!(
-        clusters = state.registry.entries().len(),
+        clusters = state.registry().entries().len(),
         jobs = state.jobs().count(),
-        pending_tasks = state.pending_tasks,
+        pending_tasks = state.pending_tasks(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "state loaded from the store"
     );
@@ -341,6 +348,6 @@ pub(crate) async fn load_state(
             None => (Vec::new(), Vec::new()),
         },
     };
-    state.load(&jobs, &tasks).map_err(anyhow::Error::msg)?;
+    state.load(&jobs, &tasks)?;
     Ok(state)
 }

@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "global-scheduler", version, about)]
 struct Args {
-    /// Address to serve gRPC on.
+    /// Address to serve gRPC on; `stdin`: the listening socket given as
+    /// standard input (how `schedctl dev` starts it).
     #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
     listen: String,
     /// This replica's URL as clients and other replicas reach it (default:
@@ -57,7 +58,7 @@ fn read<T>(
     parse(&text).with_context(|| format!("invalid {}", path.display()))
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
     let policy = match &args.policy {
         Some(p) => read(p, sched_core::policy::Policy::from_yaml)?,
         None => sched_core::policy::Policy::default(),
@@ -86,56 +87,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot connect to etcd at {}", args.etcd.join(",")))?,
         )
     };
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = sched_proto::process::listen(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("signal received: shutting down");
-        signal.cancel();
-    });
     global_scheduler::run(listener, store, config, shutdown).await
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    sched_proto::process::main(|shutdown| serve(args, shutdown))
 }

@@ -19,12 +19,12 @@ use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Command, Shared};
+use crate::convert::{from_pb_resources, to_pb_event, to_pb_resources};
 use crate::error::ServiceError;
+use crate::hub::{Command, Shared, Submission};
 use crate::records::{ClusterRecord, MachineClassRecord};
 use crate::registry::Heartbeat;
-use crate::state::{from_pb_resources, to_pb_resources, State};
-use crate::submitter::Submission;
+use crate::state::State;
 
 /// Tasks of a submit call counted against the pending limit while it is in
 /// the writers' queue.
@@ -84,7 +84,7 @@ pub enum View {
 impl View {
     pub fn with<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         match self {
-            View::Leader(s) => f(&s.state()),
+            View::Leader(s) => s.read(f),
             View::Standby { state, .. } => f(state),
         }
     }
@@ -286,8 +286,7 @@ impl Scheduler for SchedulerService {
         let specs = specs_of(req, shared.limits.max_jobs_per_submit).map_err(ServiceError::from)?;
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let tasks: u64 = specs.iter().map(|s| u64::from(s.tasks)).sum();
-        let (records, new) = {
-            let state = shared.state();
+        let (records, new) = shared.read(|state| {
             let records = state
                 .check_submission(specs, &submission_id, crate::now_unix_ms())
                 .map_err(ServiceError::from)?;
@@ -296,16 +295,15 @@ impl Scheduler for SchedulerService {
             // them, a burst of calls would each see room and all get in.
             let max = shared.limits.max_pending_tasks;
             let in_queue = shared.reserved.fetch_add(new, Ordering::SeqCst);
-            if new > 0 && state.pending_tasks + in_queue + new > max {
+            if new > 0 && state.pending_tasks() + in_queue + new > max {
                 shared.reserved.fetch_sub(new, Ordering::SeqCst);
                 return Err(ServiceError::Busy(format!(
                     "{} tasks are waiting for a cluster or being written (limit {max})",
-                    state.pending_tasks + in_queue
-                ))
-                .into());
+                    state.pending_tasks() + in_queue
+                )));
             }
-            (records, new)
-        };
+            Ok((records, new))
+        })?;
         // Released when the call ends, however it ends (the accepted jobs
         // count in `pending_tasks` by then).
         let _reservation = Reservation {
@@ -334,16 +332,15 @@ impl Scheduler for SchedulerService {
     ) -> Result<Response<pb::ListMachinesResponse>, Status> {
         let shared = self.role.leader()?;
         let want = request.into_inner().cluster;
-        let agents: Vec<(String, String)> = {
-            let state = shared.state();
+        let agents: Vec<(String, String)> = shared.read(|state| {
             state
-                .registry
+                .registry()
                 .entries()
                 .iter()
                 .filter(|e| want.is_empty() || e.record.name == want)
                 .map(|e| (e.record.name.clone(), e.record.address.clone()))
                 .collect()
-        };
+        });
         if !want.is_empty() && agents.is_empty() {
             return Err(ServiceError::NotFound {
                 what: "cluster",
@@ -385,8 +382,7 @@ impl Scheduler for SchedulerService {
     ) -> Result<Response<Self::TaskLogsStream>, Status> {
         let shared = self.role.leader()?;
         let r = request.into_inner();
-        let address = {
-            let state = shared.state();
+        let address = shared.read(|state| -> Result<String, Status> {
             let j = state.job(&r.job).ok_or(ServiceError::NotFound {
                 what: "job",
                 name: r.job.clone(),
@@ -402,11 +398,11 @@ impl Scheduler for SchedulerService {
                     t.state.as_str()
                 ))
             })?;
-            state.registry.entries()[cluster.0 as usize]
+            Ok(state.registry().entries()[cluster.0 as usize]
                 .record
                 .address
-                .clone()
-        };
+                .clone())
+        })?;
         if address.is_empty() {
             return Err(Status::failed_precondition(
                 "the task's cluster has no agent address",
@@ -460,7 +456,7 @@ impl Scheduler for SchedulerService {
             let pending_reasons = match &standby {
                 // Why a task waits depends on live heartbeats, which only
                 // the leader has.
-                Some(leader) if j.pending > 0 => vec![format!(
+                Some(leader) if state.pending_of(j) > 0 => vec![format!(
                     "read from a standby, which has no live cluster figures: ask the leader ({}) why tasks are pending",
                     if leader.is_empty() { "none elected yet" } else { leader }
                 )],
@@ -469,7 +465,7 @@ impl Scheduler for SchedulerService {
             };
             Some(pb::DescribeJobResponse {
                 status: Some(state.status(j)),
-                events: j.events.iter().cloned().collect(),
+                events: j.events.iter().map(to_pb_event).collect(),
                 pending_reasons,
             })
         });
@@ -483,7 +479,7 @@ impl Scheduler for SchedulerService {
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let shared = self.role.leader()?;
         let name = request.into_inner().name;
-        if shared.state().job(&name).is_none() {
+        if shared.read(|s| s.job(&name).is_none()) {
             return Err(ServiceError::NotFound { what: "job", name }.into());
         }
         let state = ask(&shared, |reply| Command::Cancel { name, reply }).await?;
@@ -500,9 +496,9 @@ impl Scheduler for SchedulerService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let shared = self.role.leader()?;
         let job = request.into_inner().job;
-        let rx = shared.state().events.subscribe();
+        let rx = shared.read(|s| s.subscribe());
         let stream = BroadcastStream::new(rx).filter_map(move |e| match e {
-            Ok(e) if job.is_empty() || e.job == job => Some(Ok(e)),
+            Ok(e) if job.is_empty() || e.job == job => Some(Ok(to_pb_event(&e))),
             Ok(_) => None,
             // A slow watcher misses events rather than slowing the
             // scheduler; tell it how many.
@@ -526,24 +522,25 @@ impl Scheduler for SchedulerService {
         _request: Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
         let shared = self.role.leader()?;
-        let state = shared.state();
-        let clusters = state
-            .registry
-            .entries()
-            .iter()
-            .map(|e| pb::ClusterStatus {
-                name: e.record.name.clone(),
-                location: e.record.location.clone(),
-                up: e.summary.up,
-                machines: e.summary.classes.iter().map(|c| c.count).sum(),
-                capacity: Some(to_pb_resources(&e.summary.capacity)),
-                allocated: Some(to_pb_resources(&e.summary.allocated)),
-                queued: Some(to_pb_resources(&e.summary.queued)),
-                queue_len: e.summary.queue_len,
-                in_flight: e.in_flight,
-                last_heartbeat_unix_ms: e.last_heartbeat_unix_ms,
-            })
-            .collect();
+        let clusters = shared.read(|state| {
+            state
+                .registry()
+                .entries()
+                .iter()
+                .map(|e| pb::ClusterStatus {
+                    name: e.record.name.clone(),
+                    location: e.record.location.clone(),
+                    up: e.summary.up,
+                    machines: e.summary.classes.iter().map(|c| c.count).sum(),
+                    capacity: Some(to_pb_resources(&e.summary.capacity)),
+                    allocated: Some(to_pb_resources(&e.summary.allocated)),
+                    queued: Some(to_pb_resources(&e.summary.queued)),
+                    queue_len: e.summary.queue_len,
+                    in_flight: e.in_flight,
+                    last_heartbeat_unix_ms: e.last_heartbeat_unix_ms,
+                })
+                .collect()
+        });
         Ok(Response::new(pb::ListClustersResponse { clusters }))
     }
 }
@@ -585,7 +582,7 @@ pub fn classes_from_pb(
 impl ClustersService {
     fn cluster_id(&self, name: &str) -> Result<sched_core::cluster::ClusterId, Status> {
         let shared = self.role.leader()?;
-        let id = shared.state().registry.id(name);
+        let id = shared.read(|s| s.registry().id(name));
         id.ok_or_else(|| {
             Status::failed_precondition(format!(
                 "cluster {name:?} is not registered; register first"
@@ -640,25 +637,24 @@ impl Clusters for ClustersService {
         // A pass over every pending job only when the cluster can take more
         // than before; otherwise heartbeats would re-rank everything each
         // second per cluster.
-        let (improved, changed) = {
-            let mut state = shared.state();
+        let (improved, changed) = shared.write(|state| {
             let before = state
-                .registry
+                .registry()
                 .id(&r.cluster)
-                .map(|id| state.registry.entries()[id.0 as usize].record.clone());
-            let improved = state.registry.heartbeat(&r.cluster, hb);
+                .map(|id| state.registry().entries()[id.0 as usize].record.clone());
+            let improved = state.registry_mut().heartbeat(&r.cluster, hb);
             if improved == Some(true) {
                 state.mark_rescan();
             }
             // Machines came or went: keep the stored record current, so a
             // leader taking over sizes jobs against the machines there are.
             let changed = before.and_then(|b| {
-                let id = state.registry.id(&r.cluster)?;
-                let now = &state.registry.entries()[id.0 as usize].record;
+                let id = state.registry().id(&r.cluster)?;
+                let now = &state.registry().entries()[id.0 as usize].record;
                 (now.classes != b.classes).then(|| now.clone())
             });
             (improved, changed)
-        };
+        });
         if let Some(record) = changed {
             let (reply, _) = tokio::sync::oneshot::channel();
             // Best effort: the next change or registration writes it too.

@@ -1,7 +1,8 @@
 //! Writers of new jobs: a few tasks that take accepted submissions from a
-//! bounded queue and group-commit them, many calls per transaction (at most
-//! 128 job keys, each guarded by `Absent`), answering each call once all of
-//! its jobs are in etcd.
+//! bounded queue and group-commit them, many calls per transaction (split by
+//! `sched_store::batch`, each job key guarded by `Absent`), answering each
+//! call once all of its jobs are in etcd. A call's jobs enter the state
+//! together, so a scheduling pass sees a whole submission or none of it.
 //!
 //! Several writers keep several transactions in flight: etcd's commit
 //! latency, not our CPU, bounds one writer, and job creations are
@@ -10,24 +11,21 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use sched_store::{Expect, Store, StoreError, Write, MAX_COMMIT_BYTES, MAX_OPS_PER_COMMIT};
+use sched_store::batch::{self, Cost, Limits};
+use sched_store::{Expect, Store, StoreError, Write, MAX_OPS_PER_COMMIT};
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Reply, Shared};
 use crate::error::ServiceError;
+use crate::hub::{Reply, Shared, Submission};
 use crate::records::JobRecord;
+use crate::state::admission::job_write;
+use crate::state::EventKind;
 
 /// Transactions in flight at once. etcd here sustains about 1.4x the
 /// throughput with 4 transactions in flight than with 1 (see the submit
 /// benchmark); more adds little on a small machine.
 pub const WRITERS: usize = 4;
-
-/// One submit call's new jobs, checked and waiting to be written.
-pub struct Submission {
-    pub records: Vec<JobRecord>,
-    pub reply: Reply<()>,
-}
 
 pub struct Submitter {
     shared: Arc<Shared>,
@@ -131,10 +129,8 @@ impl Submitter {
     }
 
     async fn submit_round(&self, accepted: Vec<(Vec<JobRecord>, Reply<()>)>) {
-        let submits = accepted;
-        let keys = self.shared.state().keys.clone();
-        // Greedy packing of whole calls into commits.
-        let mut pending: Vec<(Vec<JobRecord>, Vec<Write>, Reply<()>)> = submits
+        let keys = self.shared.read(|s| s.keys().clone());
+        let calls: Vec<(Vec<JobRecord>, Vec<Write>, Reply<()>)> = accepted
             .into_iter()
             .filter(|(records, _)| !records.is_empty())
             .map(|(records, reply)| {
@@ -142,27 +138,21 @@ impl Submitter {
                 (records, writes, reply)
             })
             .collect();
-        while !pending.is_empty() {
-            let mut group = Vec::new();
-            let (mut ops, mut bytes) = (0usize, 0usize);
-            while let Some((_, w, _)) = pending.first() {
-                let b: usize = w.iter().map(Write::size).sum();
-                if !group.is_empty()
-                    && (ops + w.len() > MAX_OPS_PER_COMMIT || bytes + b > MAX_COMMIT_BYTES)
-                {
-                    break;
-                }
-                ops += w.len();
-                bytes += b;
-                group.push(pending.remove(0));
-                if ops >= MAX_OPS_PER_COMMIT {
-                    break;
-                }
-            }
+        // Whole calls packed into commits; a call too large for one commit
+        // is written alone, in as many as it needs.
+        let split = batch::chunks_within(calls, Limits::COMMIT, |(_, w, _)| Cost {
+            key: w.first().map_or("", |w| w.key.as_str()),
+            ops: w.len(),
+            bytes: w.iter().map(Write::size).sum(),
+        });
+        for r in split.refused {
+            let (records, _, reply) = r.item;
+            let _ = reply.send(self.submit_one(records).await);
+        }
+        for mut group in split.commits {
             if group.len() == 1 {
                 let (records, _, reply) = group.pop().expect("one call");
-                let r = self.submit_one(records).await;
-                let _ = reply.send(r);
+                let _ = reply.send(self.submit_one(records).await);
                 continue;
             }
             let writes: Vec<Write> = group
@@ -172,7 +162,7 @@ impl Submitter {
             match self.store.commit(&writes).await {
                 Ok(rev) => {
                     for (records, _, reply) in group {
-                        self.accept(records, rev);
+                        self.accept(vec![(records, rev)]);
                         let _ = reply.send(Ok(()));
                     }
                 }
@@ -180,8 +170,7 @@ impl Submitter {
                     // Someone else holds one of the names: commit call by
                     // call to find out whose.
                     for (records, _, reply) in group {
-                        let r = self.submit_one(records).await;
-                        let _ = reply.send(r);
+                        let _ = reply.send(self.submit_one(records).await);
                     }
                 }
                 Err(e) => {
@@ -194,80 +183,96 @@ impl Submitter {
         }
     }
 
-    /// One call's jobs, in as many commits as it needs.
+    /// One call's jobs, in as many commits as it needs; they enter the
+    /// state together once all are in (or, on an error, those that are).
     async fn submit_one(&self, records: Vec<JobRecord>) -> Result<(), ServiceError> {
-        let keys = self.shared.state().keys.clone();
+        let mut committed: Vec<(Vec<JobRecord>, i64)> = Vec::new();
+        let result = self.write_all(records, &mut committed).await;
+        self.accept(committed);
+        result
+    }
+
+    async fn write_all(
+        &self,
+        records: Vec<JobRecord>,
+        committed: &mut Vec<(Vec<JobRecord>, i64)>,
+    ) -> Result<(), ServiceError> {
+        let keys = self.shared.read(|s| s.keys().clone());
         let mut todo: VecDeque<JobRecord> = records.into();
-        while !todo.is_empty() {
-            let mut chunk = Vec::new();
-            let mut bytes = 0;
-            while let Some(r) = todo.front() {
-                let size = job_write(&keys, r).size();
-                if !chunk.is_empty()
-                    && (chunk.len() == MAX_OPS_PER_COMMIT || bytes + size > MAX_COMMIT_BYTES)
-                {
-                    break;
-                }
-                bytes += size;
-                chunk.extend(todo.pop_front());
-            }
-            let writes: Vec<Write> = chunk.iter().map(|r| job_write(&keys, r)).collect();
-            match self.store.commit(&writes).await {
-                Ok(rev) => self.accept(chunk, rev),
-                Err(StoreError::Conflict { key, .. }) => {
-                    // Either an earlier attempt of this very submission got
-                    // in (its answer was lost), or the name is taken.
-                    let Some(i) = chunk.iter().position(|r| keys.job(&r.name) == key) else {
-                        return Err(StoreError::Conflict {
-                            key,
-                            expected: Expect::Absent,
-                            actual: None,
-                        }
-                        .into());
-                    };
-                    let mine = chunk.remove(i);
-                    let theirs: Option<(JobRecord, i64)> =
-                        self.store.get(&key).await?.and_then(|kv| {
-                            Some((serde_json::from_slice(&kv.value).ok()?, kv.mod_revision))
-                        });
-                    match theirs {
-                        Some((t, rev))
-                            if !mine.submission_id.is_empty()
-                                && t.submission_id == mine.submission_id =>
-                        {
-                            self.accept(vec![t], rev);
-                            for r in chunk.into_iter().rev() {
-                                todo.push_front(r);
+        'split: while !todo.is_empty() {
+            let with_writes = todo.drain(..).map(|r| {
+                let w = job_write(&keys, &r);
+                (r, w)
+            });
+            // Records were size-checked at admission; a refusal here is
+            // still an answer, not a retry.
+            let chunks = batch::chunks(with_writes, |(_, w)| w)
+                .strict()
+                .map_err(|e| sched_core::error::SpecError::new("jobs", e.to_string()))?;
+            let mut chunks = chunks.into_iter();
+            while let Some(chunk) = chunks.next() {
+                let (mut chunk, writes): (Vec<JobRecord>, Vec<Write>) = chunk.into_iter().unzip();
+                match self.store.commit(&writes).await {
+                    Ok(rev) => committed.push((chunk, rev)),
+                    Err(StoreError::Conflict { key, .. }) => {
+                        // Either an earlier attempt of this very submission
+                        // got in (its answer was lost), or the name is taken.
+                        let Some(i) = chunk.iter().position(|r| keys.job(&r.name) == key) else {
+                            return Err(StoreError::Conflict {
+                                key,
+                                expected: Expect::Absent,
+                                actual: None,
+                            }
+                            .into());
+                        };
+                        let mine = chunk.remove(i);
+                        let theirs: Option<(JobRecord, i64)> =
+                            self.store.get(&key).await?.and_then(|kv| {
+                                Some((serde_json::from_slice(&kv.value).ok()?, kv.mod_revision))
+                            });
+                        match theirs {
+                            Some((t, rev))
+                                if !mine.submission_id.is_empty()
+                                    && t.submission_id == mine.submission_id =>
+                            {
+                                committed.push((vec![t], rev));
+                                todo.extend(chunk);
+                                todo.extend(chunks.flatten().map(|(r, _)| r));
+                                continue 'split;
+                            }
+                            _ => {
+                                return Err(sched_core::error::SpecError::new(
+                                    "jobs.name",
+                                    format!("a job named {:?} already exists", mine.name),
+                                )
+                                .into())
                             }
                         }
-                        _ => {
-                            return Err(sched_core::error::SpecError::new(
-                                "jobs.name",
-                                format!("a job named {:?} already exists", mine.name),
-                            )
-                            .into())
-                        }
                     }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
     }
 
-    /// Applies committed job records.
-    fn accept(&self, records: Vec<JobRecord>, rev: i64) {
-        let mut state = self.shared.state();
-        for r in records {
-            let (name, tasks) = (r.name.clone(), r.tasks);
-            state.insert_job(r, rev);
-            state.push_job_event(&name, "submitted", format!("accepted with {tasks} task(s)"));
+    /// Applies committed job records, all under one lock.
+    fn accept(&self, committed: Vec<(Vec<JobRecord>, i64)>) {
+        if committed.is_empty() {
+            return;
         }
+        self.shared.write(|state| {
+            for (records, rev) in committed {
+                for r in records {
+                    let (name, tasks) = (r.name.clone(), r.tasks);
+                    state.insert_job(r, rev);
+                    state.push_job_event(
+                        &name,
+                        EventKind::Submitted,
+                        format!("accepted with {tasks} task(s)"),
+                    );
+                }
+            }
+        });
     }
-}
-
-/// The write that creates a job's key.
-fn job_write(keys: &crate::keys::Keys, r: &JobRecord) -> Write {
-    let value = serde_json::to_vec(r).expect("job records serialize: strings and integers");
-    Write::put(keys.job(&r.name), value, Expect::Absent)
 }

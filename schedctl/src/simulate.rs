@@ -123,10 +123,10 @@ fn write_placements(
     let mut w = std::io::BufWriter::new(file);
     writeln!(w, "job,task,cluster,machine")?;
     for (job, places) in jobs.iter().zip(&outcome.placements) {
-        for (i, p) in places.iter().enumerate() {
+        for p in places {
             let cluster = &topology.clusters[p.cluster.0 as usize].name;
             let machine = outcome.cells[p.cluster.0 as usize].machine_name(p.machine);
-            writeln!(w, "{},{i},{cluster},{machine}", job.spec.name)?;
+            writeln!(w, "{},{},{cluster},{machine}", job.spec.name, p.task)?;
         }
     }
     w.flush()

@@ -1,0 +1,247 @@
+//! Jobs coming in: submissions checked against the world, accepted jobs
+//! added, and the whole state read back from the store after a restart.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use sched_core::error::SpecError;
+use sched_core::job::{Job, JobId, JobSpec};
+use sched_store::{KeyValue, Revision, Write, MAX_COMMIT_BYTES};
+
+use super::{EventKind, JobEntry, State, TaskEntry};
+use crate::keys::Keys;
+use crate::records::{JobRecord, TaskRecord, TaskState};
+
+/// The store's records could not be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct LoadError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl State {
+    /// Checks specs (already validated one by one) against the world: names
+    /// free (or taken by this very submission, on a retry), locations
+    /// known, some machine large enough, the record small enough for one
+    /// store commit. Returns the records to create; jobs a retry already
+    /// created are left out.
+    pub fn check_submission(
+        &self,
+        specs: Vec<JobSpec>,
+        submission_id: &str,
+        now_ms: i64,
+    ) -> Result<Vec<JobRecord>, SpecError> {
+        let world = self.registry.world();
+        let mut out = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            let field = format!("jobs[{i}]");
+            if let Some(existing) = self.jobs.get(&spec.name) {
+                if !submission_id.is_empty() && existing.record.submission_id == submission_id {
+                    continue;
+                }
+                return Err(SpecError::new(
+                    format!("{field}.name"),
+                    format!("a job named {:?} already exists", spec.name),
+                ));
+            }
+            let spec = if world.clusters.iter().all(|c| c.classes.is_empty()) {
+                // No cluster has reported a machine yet: nothing to size
+                // against; the location must still be one the topology
+                // names.
+                if let Some(l) = &spec.locality {
+                    if world.locality.id(l).is_none() {
+                        return Err(SpecError::new(
+                            format!("{field}.locality"),
+                            format!(
+                                "unknown location {l:?} (known: {})",
+                                world.locality.names().join(", ")
+                            ),
+                        ));
+                    }
+                }
+                spec
+            } else {
+                spec.resolve(JobId(0), world, &field)?.spec
+            };
+            let record = job_record(spec, submission_id, now_ms);
+            check_size(&self.keys, &record, &field)?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// Adds a job whose key was written at `rev`; its tasks are pending.
+    pub fn insert_job(&mut self, record: JobRecord, rev: Revision) {
+        let name = record.name.clone();
+        if self.jobs.contains_key(&name) {
+            return;
+        }
+        let tasks = record.tasks;
+        let job = Job {
+            id: JobId(self.next_id),
+            locality: record
+                .locality
+                .as_deref()
+                .and_then(|l| self.registry.locality().id(l)),
+            spec: spec_of(&record),
+        };
+        self.next_id += 1;
+        if !record.cancelled {
+            self.queue.add_job(job.id, record.priority, tasks);
+        }
+        self.names.insert(job.id, name.clone());
+        self.jobs.insert(
+            name,
+            JobEntry {
+                job,
+                record,
+                rev,
+                tasks: vec![TaskEntry::pending(); tasks as usize],
+                events: VecDeque::new(),
+            },
+        );
+    }
+
+    /// Rebuilds jobs and tasks from store snapshots (after a restart).
+    pub fn load(&mut self, jobs: &[KeyValue], tasks: &[KeyValue]) -> Result<(), LoadError> {
+        let mut records: Vec<(JobRecord, Revision, Revision)> = Vec::with_capacity(jobs.len());
+        for kv in jobs {
+            let r: JobRecord = serde_json::from_slice(&kv.value).map_err(|e| LoadError {
+                key: kv.key.clone(),
+                reason: format!("not a job record: {e}"),
+            })?;
+            records.push((r, kv.mod_revision, kv.create_revision));
+        }
+        // Submission order, as the ids were first given.
+        records.sort_by_key(|r| r.2);
+        for (r, rev, _) in records {
+            let name = r.name.clone();
+            self.insert_job(r, rev);
+            self.push_job_event(
+                &name,
+                EventKind::Recovered,
+                "state read back from the store after a scheduler start".to_string(),
+            );
+        }
+        self.queue.mark_rescan();
+        self.load_tasks(tasks)
+    }
+
+    fn load_tasks(&mut self, tasks: &[KeyValue]) -> Result<(), LoadError> {
+        for kv in tasks {
+            let Some((job, index)) = self.keys.parse_task(&kv.key) else {
+                return Err(LoadError {
+                    key: kv.key.clone(),
+                    reason: "not a task key".to_string(),
+                });
+            };
+            let r: TaskRecord = serde_json::from_slice(&kv.value).map_err(|e| LoadError {
+                key: kv.key.clone(),
+                reason: format!("not a task record: {e}"),
+            })?;
+            let entry = self.entry_of(&r, kv.mod_revision);
+            let Some(j) = self.jobs.get_mut(job) else {
+                tracing::warn!(key = %kv.key, "task of an unknown job; ignored");
+                continue;
+            };
+            let Some(t) = j.tasks.get_mut(index as usize) else {
+                tracing::warn!(key = %kv.key, "task index out of range; ignored");
+                continue;
+            };
+            let (id, priority, cancelled) = (j.job.id, j.record.priority, j.record.cancelled);
+            self.queue.remove(id, index);
+            if entry.state == TaskState::Pending && !cancelled {
+                self.queue.add(id, priority, index, &entry.handed_back);
+            }
+            *t = entry;
+        }
+        Ok(())
+    }
+
+    /// Replaces one job's tasks with what the store holds (after another
+    /// writer changed them).
+    pub fn reload_tasks(&mut self, job: &str, items: &[KeyValue]) -> Result<(), LoadError> {
+        let Some(j) = self.jobs.get_mut(job) else {
+            return Ok(());
+        };
+        for t in j.tasks.iter_mut() {
+            *t = TaskEntry::pending();
+        }
+        let (id, priority, tasks) = (j.job.id, j.record.priority, j.record.tasks);
+        self.queue.remove_job(id);
+        if !j.record.cancelled {
+            self.queue.add_job(id, priority, tasks);
+        }
+        self.load_tasks(items)
+    }
+}
+
+/// The write that creates a job's key.
+pub fn job_write(keys: &Keys, r: &JobRecord) -> Write {
+    let value = serde_json::to_vec(r).expect("job records serialize: strings and integers");
+    Write::put(keys.job(&r.name), value, sched_store::Expect::Absent)
+}
+
+/// A job record must fit in one store commit (with room for the fence):
+/// refused at submit, naming the field that makes it large, rather than
+/// failing its write for ever.
+fn check_size(keys: &Keys, record: &JobRecord, field: &str) -> Result<(), SpecError> {
+    let size = job_write(keys, record).size();
+    if size <= MAX_COMMIT_BYTES {
+        return Ok(());
+    }
+    let command: usize = record.command.iter().map(|a| a.len() + 3).sum();
+    let constraints: usize = record
+        .constraints
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 6)
+        .sum();
+    let part = if command >= constraints {
+        "command"
+    } else {
+        "constraints"
+    };
+    Err(SpecError::new(
+        format!("{field}.{part}"),
+        format!("the job is {size} bytes stored; at most {MAX_COMMIT_BYTES} fit in one commit"),
+    ))
+}
+
+pub(super) fn job_record(spec: JobSpec, submission_id: &str, now_ms: i64) -> JobRecord {
+    use sched_core::resources::{format_bytes, format_cpu, format_gpu};
+    let r = spec.request;
+    let mut text = BTreeMap::new();
+    text.insert("cpu".to_string(), format_cpu(r.cpu));
+    text.insert("memory".to_string(), format_bytes(r.memory));
+    if r.disk.0 > 0 {
+        text.insert("disk".to_string(), format_bytes(r.disk));
+    }
+    if r.gpu.0 > 0 {
+        text.insert("gpu".to_string(), format_gpu(r.gpu));
+    }
+    JobRecord {
+        name: spec.name,
+        tasks: spec.tasks,
+        request: spec.request.into(),
+        request_text: text,
+        priority: spec.priority,
+        locality: spec.locality,
+        constraints: spec.constraints,
+        command: spec.command,
+        submission_id: submission_id.to_string(),
+        submitted_unix_ms: now_ms,
+        cancelled: false,
+    }
+}
+
+fn spec_of(r: &JobRecord) -> JobSpec {
+    JobSpec {
+        name: r.name.clone(),
+        tasks: r.tasks,
+        request: r.request.into(),
+        priority: r.priority,
+        locality: r.locality.clone(),
+        constraints: r.constraints.clone(),
+        command: r.command.clone(),
+    }
+}

@@ -1,0 +1,162 @@
+//! Views of jobs for the API, and why their tasks are where they are.
+
+use std::collections::BTreeMap;
+
+use sched_core::assign::{unassignable_reason, HAND_BACK_RETRY_MS};
+use sched_core::cluster::ClusterId;
+use sched_core::rank::Ranker;
+use sched_proto::pb;
+
+use super::{JobEntry, State};
+use crate::convert::{to_pb_resources, to_pb_state};
+use crate::records::TaskState;
+
+impl State {
+    pub fn job_state(j: &JobEntry) -> pb::JobState {
+        if j.record.cancelled {
+            return pb::JobState::Cancelled;
+        }
+        let mut all_final = true;
+        let mut any_failed = false;
+        let mut any_started = false;
+        for t in &j.tasks {
+            all_final &= t.state.is_final();
+            any_failed |= t.state == TaskState::Failed;
+            any_started |= !matches!(t.state, TaskState::Pending | TaskState::Assigned);
+        }
+        match (all_final, any_failed, any_started) {
+            (true, true, _) => pb::JobState::Failed,
+            (true, false, _) => pb::JobState::Succeeded,
+            (false, _, true) => pb::JobState::Running,
+            _ => pb::JobState::Pending,
+        }
+    }
+
+    pub fn summary(j: &JobEntry) -> pb::JobSummary {
+        let mut c = pb::TaskCounts::default();
+        for t in &j.tasks {
+            match t.state {
+                TaskState::Pending => c.pending += 1,
+                TaskState::Assigned => c.assigned += 1,
+                TaskState::Placed => c.placed += 1,
+                TaskState::Running => c.running += 1,
+                TaskState::Succeeded => c.succeeded += 1,
+                TaskState::Failed => c.failed += 1,
+                TaskState::Lost => c.lost += 1,
+            }
+        }
+        pb::JobSummary {
+            name: j.record.name.clone(),
+            state: Self::job_state(j) as i32,
+            tasks: j.record.tasks,
+            counts: Some(c),
+            submitted_unix_ms: j.record.submitted_unix_ms,
+            request: Some(to_pb_resources(&j.job.spec.request)),
+            priority: j.record.priority,
+            locality: j.record.locality.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn status(&self, j: &JobEntry) -> pb::JobStatus {
+        let r = &j.record;
+        pb::JobStatus {
+            summary: Some(Self::summary(j)),
+            spec: Some(pb::JobSpec {
+                name: r.name.clone(),
+                tasks: i64::from(r.tasks),
+                resources: Some(pb::ResourceRequest {
+                    cpu: r.request_text.get("cpu").cloned().unwrap_or_default(),
+                    memory: r.request_text.get("memory").cloned().unwrap_or_default(),
+                    disk: r.request_text.get("disk").cloned(),
+                    gpu: r.request_text.get("gpu").cloned(),
+                }),
+                priority: Some(i64::from(r.priority)),
+                locality: r.locality.clone(),
+                constraints: r.constraints.clone().into_iter().collect(),
+                command: r.command.clone(),
+            }),
+            tasks: j
+                .tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| pb::TaskStatus {
+                    index: i as u32,
+                    state: to_pb_state(t.state) as i32,
+                    cluster: t
+                        .cluster
+                        .map(|c| self.registry.name(c).to_string())
+                        .unwrap_or_default(),
+                    machine: t.machine.clone().unwrap_or_default(),
+                    exit_code: t.exit_code,
+                })
+                .collect(),
+        }
+    }
+
+    /// Why `j`'s unfinished tasks are where they are, one line per reason:
+    /// pending tasks get the core's ranking of every cluster right now.
+    pub fn pending_reasons(&self, j: &JobEntry) -> Vec<String> {
+        let mut out = Vec::new();
+        if j.record.cancelled {
+            return out;
+        }
+        let summaries = self.registry.summaries();
+        let ranker = Ranker::new(&self.policy, self.registry.locality());
+        for (handed_back, tasks) in self.queue.groups(j.job.id) {
+            let n = tasks.len();
+            if summaries.is_empty() {
+                out.push(format!(
+                    "{n} task(s) pending: no cluster has registered yet"
+                ));
+                continue;
+            }
+            let ranking = ranker.rank(&j.job, &summaries, handed_back);
+            match ranking.best() {
+                Some(best) => out.push(format!(
+                    "{n} task(s) pending: about to be assigned (best cluster: {})",
+                    self.registry.name(best)
+                )),
+                None => {
+                    let retry = if handed_back.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; clusters that handed tasks back are asked again {} s after the last hand-back",
+                            HAND_BACK_RETRY_MS / 1000
+                        )
+                    };
+                    out.push(format!(
+                        "{n} task(s) pending: {}{retry}",
+                        unassignable_reason(&ranking, &summaries)
+                    ));
+                    for f in &ranking.filtered {
+                        out.push(format!(
+                            "  cluster {}: {} ({})",
+                            self.registry.name(f.cluster),
+                            f.rejection,
+                            f.filter
+                        ));
+                    }
+                }
+            }
+        }
+        let mut waiting: BTreeMap<ClusterId, u32> = BTreeMap::new();
+        for t in &j.tasks {
+            if let (TaskState::Assigned, Some(c)) = (t.state, t.cluster) {
+                *waiting.entry(c).or_insert(0) += 1;
+            }
+        }
+        for (c, n) in waiting {
+            out.push(format!(
+                "{n} task(s) assigned to cluster {}, waiting for a machine{}",
+                self.registry.name(c),
+                if self.registry.entries()[c.0 as usize].summary.up {
+                    ""
+                } else {
+                    " (the cluster is down)"
+                }
+            ));
+        }
+        out
+    }
+}

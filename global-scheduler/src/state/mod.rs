@@ -1,0 +1,237 @@
+//! The global scheduler's view of the world: jobs, their tasks, clusters.
+//!
+//! Plain data and decisions, no I/O: the [`engine`](crate::engine) asks for
+//! writes (`*_changes`, `*_write`), commits them to the store, and only then
+//! applies them here (`apply*`). So memory never runs ahead of etcd, and a
+//! crash between the two loses nothing that was acknowledged.
+//!
+//! - [`admission`]: submissions checked against the world, jobs added, the
+//!   state read back from the store.
+//! - [`transitions`]: scheduling passes (the decision is
+//!   `sched_core::assign`), task reports, hand-backs and cancels.
+//! - [`events`]: what happened to each job, for `describe` and `watch`.
+//! - [`explain`]: job views and why tasks are where they are.
+
+pub mod admission;
+pub mod events;
+pub mod explain;
+pub mod transitions;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use sched_core::assign::PendingQueue;
+use sched_core::cluster::ClusterId;
+use sched_core::job::{Job, JobId};
+use sched_core::policy::Policy;
+use sched_store::{Expect, Revision, Write};
+use tokio::sync::broadcast;
+
+pub use events::{Event, EventKind};
+pub use sched_core::assign::HAND_BACK_RETRY_MS;
+
+use crate::keys::Keys;
+use crate::records::{JobRecord, TaskRecord, TaskState};
+use crate::registry::Registry;
+
+/// One task as the scheduler tracks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEntry {
+    pub state: TaskState,
+    pub cluster: Option<ClusterId>,
+    pub machine: Option<String>,
+    pub exit_code: Option<i32>,
+    pub handed_back: Vec<ClusterId>,
+    /// `mod_revision` of the task's key; 0 when it has none (pending).
+    pub rev: Revision,
+}
+
+impl TaskEntry {
+    fn pending() -> Self {
+        TaskEntry {
+            state: TaskState::Pending,
+            cluster: None,
+            machine: None,
+            exit_code: None,
+            handed_back: Vec::new(),
+            rev: 0,
+        }
+    }
+
+    fn expect(&self) -> Expect {
+        if self.rev == 0 {
+            Expect::Absent
+        } else {
+            Expect::ModRevision(self.rev)
+        }
+    }
+}
+
+/// One job.
+#[derive(Debug, Clone)]
+pub struct JobEntry {
+    pub job: Job,
+    pub record: JobRecord,
+    /// `mod_revision` of the job's key.
+    pub rev: Revision,
+    pub tasks: Vec<TaskEntry>,
+    pub events: VecDeque<Event>,
+}
+
+/// A task change, computed before the write and applied after it.
+#[derive(Debug, Clone)]
+pub struct TaskChange {
+    pub job: String,
+    pub index: u32,
+    pub entry: TaskEntry,
+    pub write: Write,
+    /// For events: what happened to the task.
+    pub event: Option<(EventKind, String)>,
+}
+
+pub struct State {
+    keys: Keys,
+    registry: Registry,
+    policy: Policy,
+    jobs: BTreeMap<String, JobEntry>,
+    /// Job names by id, for the queue.
+    names: BTreeMap<JobId, String>,
+    next_id: u32,
+    /// Pending tasks and the rules that assign them.
+    queue: PendingQueue,
+    /// The queue's clock: hand-back retries count from here (not persisted:
+    /// a restarted scheduler retries them at once).
+    epoch: Instant,
+    events: broadcast::Sender<Event>,
+}
+
+impl State {
+    pub fn new(keys: Keys, registry: Registry, policy: Policy) -> Self {
+        State {
+            keys,
+            registry,
+            policy,
+            jobs: BTreeMap::new(),
+            names: BTreeMap::new(),
+            next_id: 0,
+            queue: PendingQueue::new(),
+            epoch: Instant::now(),
+            events: broadcast::channel(4096).0,
+        }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The registry, to record heartbeats and registrations. A change that
+    /// frees capacity must be followed by [`State::mark_rescan`].
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn job(&self, name: &str) -> Option<&JobEntry> {
+        self.jobs.get(name)
+    }
+
+    pub fn jobs(&self) -> impl Iterator<Item = &JobEntry> {
+        self.jobs.values()
+    }
+
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Tasks waiting for a cluster, over all jobs (bounded by the
+    /// `max_pending_tasks` limit).
+    pub fn pending_tasks(&self) -> u64 {
+        self.queue.tasks()
+    }
+
+    /// Tasks of `j` waiting for a cluster.
+    pub fn pending_of(&self, j: &JobEntry) -> u32 {
+        self.queue.job_tasks(j.job.id)
+    }
+
+    /// Why the last pass could not assign `j`'s pending tasks.
+    pub fn unschedulable(&self, j: &JobEntry) -> Option<&str> {
+        self.queue.reason(j.job.id)
+    }
+
+    /// A receiver of every job event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Makes the next pass look at every job with pending tasks (a cluster
+    /// registered, came back, or freed capacity).
+    pub fn mark_rescan(&mut self) {
+        self.queue.mark_rescan();
+    }
+
+    /// Whether a scheduling pass has anything to look at.
+    pub fn has_work(&self) -> bool {
+        self.queue.has_work()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn entry_of(&self, r: &TaskRecord, rev: Revision) -> TaskEntry {
+        let id = |name: &String| self.registry.id(name);
+        TaskEntry {
+            state: r.state,
+            cluster: r.cluster.as_ref().and_then(id),
+            machine: r.machine.clone(),
+            exit_code: r.exit_code,
+            handed_back: r.handed_back.iter().filter_map(id).collect(),
+            rev,
+        }
+    }
+
+    fn record_of(&self, t: &TaskEntry) -> TaskRecord {
+        TaskRecord {
+            state: t.state,
+            cluster: t.cluster.map(|c| self.registry.name(c).to_string()),
+            machine: t.machine.clone(),
+            exit_code: t.exit_code,
+            handed_back: t
+                .handed_back
+                .iter()
+                .map(|&c| self.registry.name(c).to_string())
+                .collect(),
+        }
+    }
+
+    /// The change that turns `old` (task `index` of `job`) into `entry`.
+    fn change(
+        &self,
+        job: &str,
+        index: u32,
+        old: &TaskEntry,
+        entry: TaskEntry,
+        event: Option<(EventKind, String)>,
+    ) -> TaskChange {
+        let value = serde_json::to_vec(&self.record_of(&entry))
+            .expect("task records serialize: plain strings and integers");
+        TaskChange {
+            job: job.to_string(),
+            index,
+            write: Write::put(self.keys.task(job, index), value, old.expect()),
+            entry,
+            event,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

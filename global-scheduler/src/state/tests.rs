@@ -1,0 +1,326 @@
+//! The state's rules, without a store.
+
+use sched_core::resources::Resources;
+use sched_core::topology::Topology;
+
+use sched_core::job::JobSpec;
+use sched_proto::pb;
+use sched_store::KeyValue;
+
+use super::*;
+use crate::records::{ClusterRecord, MachineClassRecord};
+use crate::registry::Heartbeat;
+
+const TOPOLOGY: &str = r#"
+locations: [{name: east}, {name: west}]
+links: [{from: east, to: west, latency_ms: 70}]
+clusters:
+  - {name: unused, location: east, machines: [{class: std, count: 1, cpu: 1, memory: 1Gi}]}
+"#;
+
+/// A state with clusters `(name, location, machines of 4 cpu / 16 GiB)`,
+/// all up and empty.
+fn state(clusters: &[(&str, &str, u32)]) -> State {
+    let topology = Topology::from_yaml(TOPOLOGY).unwrap();
+    let mut registry = Registry::new(Some(&topology), std::time::Duration::from_secs(5));
+    for (name, location, machines) in clusters {
+        registry.register(
+            ClusterRecord {
+                name: name.to_string(),
+                location: location.to_string(),
+                address: String::new(),
+                classes: vec![MachineClassRecord {
+                    name: "std".into(),
+                    capacity: Resources::new(4000, 16 << 30).into(),
+                    labels: Default::default(),
+                    count: *machines,
+                }],
+                seen_classes: Vec::new(),
+                registered_unix_ms: 0,
+            },
+            true,
+        );
+    }
+    State::new(Keys::new("/t"), registry, Policy::default())
+}
+
+fn submit(
+    s: &mut State,
+    name: &str,
+    tasks: u32,
+    cpu_millis: u64,
+    locality: Option<&str>,
+    priority: u32,
+) {
+    let spec = JobSpec {
+        name: name.into(),
+        tasks,
+        request: Resources::new(cpu_millis, 1 << 30),
+        priority,
+        locality: locality.map(str::to_string),
+        constraints: Default::default(),
+        command: Vec::new(),
+    };
+    let records = s.check_submission(vec![spec], "sub", 0).unwrap();
+    for r in records {
+        s.insert_job(r, 1);
+    }
+}
+
+/// Plans, and applies the plan as if etcd took it.
+fn pass(s: &mut State, limit: u64) -> Vec<(String, String, usize)> {
+    let plan = s.plan(limit);
+    let changes: Vec<TaskChange> = plan.iter().flat_map(|a| s.assignment_changes(a)).collect();
+    s.apply(changes, 2);
+    plan.iter()
+        .map(|a| {
+            (
+                s.names[&a.job].clone(),
+                s.registry().name(a.cluster).to_string(),
+                a.indices.len(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_job_goes_to_its_location_as_far_as_unclaimed_capacity_holds() {
+    // east-a: 2 machines x 4 cpu = 8 cpu; 12 tasks of 1 cpu: 8 fit east
+    // (locality wins), the other 4 go to the next best, west-a.
+    let mut s = state(&[("east-a", "east", 2), ("west-a", "west", 10)]);
+    submit(&mut s, "web", 12, 1000, Some("east"), 0);
+    assert_eq!(
+        pass(&mut s, 1000),
+        [
+            ("web".into(), "east-a".into(), 8),
+            ("web".into(), "west-a".into(), 4)
+        ]
+    );
+    assert_eq!(s.pending_tasks(), 0);
+    // Everything is promised: the next pass has nothing to do.
+    assert!(pass(&mut s, 1000).is_empty());
+}
+
+#[test]
+fn higher_priority_first_when_the_pass_is_limited() {
+    let mut s = state(&[("east-a", "east", 10)]);
+    submit(&mut s, "low", 5, 100, None, 0);
+    submit(&mut s, "high", 5, 100, None, 500);
+    // A pass of 7 tasks: all of `high`, then 2 of `low`; `low` is
+    // carried over to the next pass.
+    assert_eq!(
+        pass(&mut s, 7),
+        [
+            ("high".into(), "east-a".into(), 5),
+            ("low".into(), "east-a".into(), 2)
+        ]
+    );
+    assert_eq!(pass(&mut s, 7), [("low".into(), "east-a".into(), 3)]);
+}
+
+#[test]
+fn handed_back_tasks_skip_the_cluster_that_refused_them() {
+    let mut s = state(&[("east-a", "east", 10), ("west-a", "west", 10)]);
+    submit(&mut s, "web", 4, 1000, Some("east"), 0);
+    assert_eq!(pass(&mut s, 100), [("web".into(), "east-a".into(), 4)]);
+    let east = s.registry().id("east-a").unwrap();
+    let changes = s.hand_back_changes(
+        east,
+        &pb::HandBack {
+            job: "web".into(),
+            indices: vec![1, 3],
+            reason: "full".into(),
+        },
+    );
+    assert_eq!(changes.len(), 2);
+    s.apply(changes, 3);
+    assert_eq!(s.pending_of(s.job("web").unwrap()), 2);
+    assert_eq!(pass(&mut s, 100), [("web".into(), "west-a".into(), 2)]);
+    // A stale report (a task now on west-a) changes nothing.
+    let stale = pb::TaskReport {
+        job: "web".into(),
+        index: 1,
+        state: pb::TaskState::Placed as i32,
+        machine: "m1".into(),
+        exit_code: None,
+    };
+    assert!(s.report_change(east, &stale).is_none());
+}
+
+#[test]
+fn a_hand_back_returns_a_task_the_scheduler_still_thinks_runs() {
+    // The agent lost the machine and could not place the task again;
+    // the loss and the hand-back reach the scheduler in one call, so
+    // the task is still `running` here when the hand-back is read.
+    let mut s = state(&[("east-a", "east", 10), ("west-a", "west", 10)]);
+    submit(&mut s, "web", 2, 1000, Some("east"), 0);
+    pass(&mut s, 100);
+    let east = s.registry().id("east-a").unwrap();
+    let running = pb::TaskReport {
+        job: "web".into(),
+        index: 0,
+        state: pb::TaskState::Running as i32,
+        machine: "m1".into(),
+        exit_code: None,
+    };
+    let c = s.report_change(east, &running).unwrap();
+    s.apply(vec![c], 3);
+    // A restarted agent knows it as placed until the node reports:
+    // no step back.
+    let placed = pb::TaskReport {
+        state: pb::TaskState::Placed as i32,
+        ..running.clone()
+    };
+    assert!(s.report_change(east, &placed).is_none());
+    let changes = s.hand_back_changes(
+        east,
+        &pb::HandBack {
+            job: "web".into(),
+            indices: vec![0],
+            reason: "no machine".into(),
+        },
+    );
+    assert_eq!(changes.len(), 1);
+    s.apply(changes, 4);
+    assert_eq!(s.pending_of(s.job("web").unwrap()), 1);
+    assert_eq!(pass(&mut s, 100), [("web".into(), "west-a".into(), 1)]);
+}
+
+#[test]
+fn jobs_are_sized_against_every_machine_a_cluster_has_had() {
+    let mut s = state(&[("east-a", "east", 10)]);
+    let spec = |cpu_millis| JobSpec {
+        name: "big".into(),
+        tasks: 1,
+        request: Resources::new(cpu_millis, 1 << 30),
+        priority: 0,
+        locality: None,
+        constraints: Default::default(),
+        command: Vec::new(),
+    };
+    // The agent restarts and registers before its nodes do: no machine
+    // right now, but a 4-cpu task still fits what the cluster has.
+    let mut record = s.registry().entries()[0].record.clone();
+    record.classes.clear();
+    record.seen_classes.clear();
+    s.registry_mut().register(record, true);
+    assert_eq!(s.registry().entries()[0].record.seen_classes.len(), 1);
+    assert!(s.check_submission(vec![spec(4000)], "a", 0).is_ok());
+    // What no machine ever had is still refused, naming the field.
+    let e = s.check_submission(vec![spec(5000)], "b", 0).unwrap_err();
+    assert_eq!(e.field, "jobs[0].resources.cpu");
+}
+
+#[test]
+fn a_heartbeat_counts_only_the_assignments_it_has_seen() {
+    let mut s = state(&[("east-a", "east", 1)]);
+    submit(&mut s, "a", 3, 1000, None, 0);
+    pass(&mut s, 100);
+    let e = &s.registry().entries()[0];
+    assert_eq!((e.in_flight, e.handed_total), (3, 3));
+    // A heartbeat sent before the agent took the batch in (seq 0):
+    // the 3 tasks stay counted, so only 1 more cpu looks free.
+    s.registry_mut().heartbeat("east-a", Heartbeat::default());
+    assert_eq!(s.registry().entries()[0].summary.unclaimed().cpu.0, 1000);
+    // Once it has seen seq 3 its own figures count them.
+    s.registry_mut().heartbeat(
+        "east-a",
+        Heartbeat {
+            allocated: Resources::new(3000, 3 << 30),
+            seq_seen: 3,
+            ..Default::default()
+        },
+    );
+    let e = &s.registry().entries()[0];
+    assert_eq!(e.in_flight, 0);
+    assert_eq!(e.summary.unclaimed().cpu.0, 1000);
+}
+
+#[test]
+fn freed_capacity_gets_the_rest_of_a_job() {
+    let mut s = state(&[("east-a", "east", 1)]);
+    submit(&mut s, "a", 5, 1000, None, 0);
+    assert_eq!(pass(&mut s, 100), [("a".into(), "east-a".into(), 4)]);
+    assert!(pass(&mut s, 100).is_empty());
+    let east = s.registry().id("east-a").unwrap();
+    // The agent took the batch in and placed the four; then they finished.
+    let improved = s.registry_mut().heartbeat(
+        "east-a",
+        Heartbeat {
+            allocated: Resources::new(4000, 4 << 30),
+            seq_seen: 4,
+            ..Default::default()
+        },
+    );
+    assert_eq!(improved, Some(false));
+    for i in 0..4 {
+        let r = pb::TaskReport {
+            job: "a".into(),
+            index: i,
+            state: pb::TaskState::Succeeded as i32,
+            machine: "m".into(),
+            exit_code: Some(0),
+        };
+        let c = s.report_change(east, &r).unwrap();
+        s.apply(vec![c], 5);
+    }
+    let improved = s.registry_mut().heartbeat(
+        "east-a",
+        Heartbeat {
+            seq_seen: 4,
+            ..Default::default()
+        },
+    );
+    assert_eq!(improved, Some(true));
+    s.mark_rescan();
+    assert_eq!(pass(&mut s, 100), [("a".into(), "east-a".into(), 1)]);
+}
+
+#[test]
+fn a_resubmission_with_the_same_id_is_skipped_and_another_is_refused() {
+    let mut s = state(&[("east-a", "east", 1)]);
+    submit(&mut s, "a", 1, 100, None, 0);
+    let spec = s.job("a").unwrap().job.spec.clone();
+    assert!(s
+        .check_submission(vec![spec.clone()], "sub", 0)
+        .unwrap()
+        .is_empty());
+    let err = s.check_submission(vec![spec], "other", 0).unwrap_err();
+    assert_eq!(err.field, "jobs[0].name");
+}
+
+#[test]
+fn load_rebuilds_pending_counts_from_task_keys() {
+    let mut s = state(&[("east-a", "east", 10)]);
+    submit(&mut s, "web", 5, 100, None, 0);
+    pass(&mut s, 2);
+    let job = serde_json::to_vec(&s.job("web").unwrap().record).unwrap();
+    let task = |i: u32| {
+        let t = &s.job("web").unwrap().tasks[i as usize];
+        KeyValue {
+            key: s.keys().task("web", i),
+            value: serde_json::to_vec(&s.record_of(t)).unwrap(),
+            mod_revision: 2,
+            create_revision: 2,
+        }
+    };
+    let tasks = [task(0), task(1)];
+    let mut fresh = state(&[("east-a", "east", 10)]);
+    fresh
+        .load(
+            &[KeyValue {
+                key: "/t/jobs/web".into(),
+                value: job,
+                mod_revision: 1,
+                create_revision: 1,
+            }],
+            &tasks,
+        )
+        .unwrap();
+    let j = fresh.job("web").unwrap();
+    assert_eq!(fresh.pending_of(j), 3);
+    assert_eq!(fresh.pending_tasks(), 3);
+    assert_eq!(j.tasks[0].state, TaskState::Assigned);
+    assert_eq!(j.tasks[0].rev, 2);
+    assert_eq!(j.events.back().unwrap().kind, EventKind::Recovered);
+}

@@ -1,0 +1,312 @@
+//! How tasks move: scheduling passes hand pending tasks to clusters (the
+//! decision is `sched_core::assign`, the one the simulator runs), clusters
+//! report what became of them or hand them back, and cancels stop them.
+//!
+//! Each transition is computed as a [`TaskChange`] (the write and the entry
+//! it leads to) and applied only once the write is committed.
+
+use std::collections::BTreeMap;
+
+use sched_core::assign::Assignment;
+use sched_core::cluster::ClusterId;
+use sched_core::rank::Ranker;
+use sched_proto::pb;
+use sched_store::{Expect, Revision, Write};
+
+use super::events::{self, Event, EventKind};
+use super::{State, TaskChange};
+use crate::convert::assignment_message;
+use crate::records::{JobRecord, TaskState};
+
+impl State {
+    /// One scheduling pass over at most `limit` pending tasks: jobs by
+    /// priority (highest first), then submission order; each job's pending
+    /// tasks go to its best cluster as far as the cluster's unclaimed
+    /// capacity holds, the rest to the next best, and so on. The tasks are
+    /// taken out of the queue: commit [`State::assignment_changes`] and
+    /// [`State::apply`] them, or give them back with [`State::requeue`].
+    pub fn plan(&mut self, limit: u64) -> Vec<Assignment> {
+        let mut summaries = self.registry.summaries();
+        let now_ms = self.now_ms();
+        let ranker = Ranker::new(&self.policy, self.registry.locality());
+        let (jobs, names) = (&self.jobs, &self.names);
+        let lookup = |id| Some(&jobs.get(names.get(&id)?)?.job);
+        let pass = self
+            .queue
+            .plan(&ranker, &lookup, &mut summaries, now_ms, limit, None);
+        drop(ranker);
+        for (id, why) in pass.reasons {
+            let Some(name) = self.names.get(&id).cloned() else {
+                continue;
+            };
+            if let Some(w) = why {
+                tracing::info!(job = %name, reason = %w, "tasks cannot be assigned");
+                self.push_job_event(&name, EventKind::Unschedulable, w);
+            }
+        }
+        pass.assignments
+    }
+
+    /// The writes that hand `a`'s tasks to its cluster.
+    pub fn assignment_changes(&self, a: &Assignment) -> Vec<TaskChange> {
+        let Some(j) = self.names.get(&a.job).and_then(|n| self.jobs.get(n)) else {
+            return Vec::new();
+        };
+        let name = &j.record.name;
+        a.indices
+            .iter()
+            .filter_map(|&i| {
+                let t = j.tasks.get(i as usize)?;
+                if t.state != TaskState::Pending {
+                    return None;
+                }
+                let mut entry = t.clone();
+                entry.state = TaskState::Assigned;
+                entry.cluster = Some(a.cluster);
+                Some(self.change(name, i, t, entry, None))
+            })
+            .collect()
+    }
+
+    /// Changes that were not committed: tasks they would have taken out of
+    /// `pending` wait for the next pass again.
+    pub fn requeue(&mut self, changes: &[TaskChange]) {
+        for c in changes {
+            let Some(j) = self.jobs.get(&c.job) else {
+                continue;
+            };
+            let Some(t) = j.tasks.get(c.index as usize) else {
+                continue;
+            };
+            if t.state == TaskState::Pending && !j.record.cancelled {
+                let (id, priority) = (j.job.id, j.record.priority);
+                let handed_back = t.handed_back.clone();
+                self.queue.add(id, priority, c.index, &handed_back);
+            }
+        }
+        self.queue.mark_rescan();
+    }
+
+    /// Applies committed changes (revision `rev`). Returns, per cluster, the
+    /// tasks newly assigned to it, for its assignment stream.
+    pub fn apply(
+        &mut self,
+        changes: Vec<TaskChange>,
+        rev: Revision,
+    ) -> BTreeMap<ClusterId, pb::AssignmentBatch> {
+        let now_ms = self.now_ms();
+        let mut handed: BTreeMap<(ClusterId, String), Vec<u32>> = BTreeMap::new();
+        let mut noted: BTreeMap<(String, EventKind, String), u32> = BTreeMap::new();
+        for c in changes {
+            let Some(j) = self.jobs.get_mut(&c.job) else {
+                continue;
+            };
+            let Some(t) = j.tasks.get_mut(c.index as usize) else {
+                continue;
+            };
+            let was_pending = t.state == TaskState::Pending;
+            let is_pending = c.entry.state == TaskState::Pending;
+            *t = c.entry;
+            t.rev = rev;
+            if t.state == TaskState::Assigned && was_pending {
+                if let Some(cluster) = t.cluster {
+                    handed
+                        .entry((cluster, c.job.clone()))
+                        .or_default()
+                        .push(c.index);
+                }
+            }
+            if was_pending && !is_pending {
+                self.queue.remove(j.job.id, c.index);
+            } else if !was_pending && is_pending && !j.record.cancelled {
+                let handed_back = t.handed_back.clone();
+                self.queue
+                    .hand_back(j.job.id, j.record.priority, c.index, &handed_back, now_ms);
+            }
+            if let Some((kind, text)) = c.event {
+                *noted.entry((c.job, kind, text)).or_insert(0) += 1;
+            }
+        }
+        for ((job, kind, text), n) in noted {
+            self.push_job_event(&job, kind, format!("{n} task(s) {text}"));
+        }
+        let mut out: BTreeMap<ClusterId, pb::AssignmentBatch> = BTreeMap::new();
+        for ((cluster, job), indices) in handed {
+            let Some(j) = self.jobs.get_mut(&job) else {
+                continue;
+            };
+            let request = j.job.spec.request;
+            let seq = self
+                .registry
+                .hand_over(cluster, &request, indices.len() as u64);
+            let e = Event::new(
+                &job,
+                EventKind::Assigned,
+                format!(
+                    "{} task(s) assigned to cluster {}",
+                    indices.len(),
+                    self.registry.name(cluster)
+                ),
+            );
+            events::push(&self.events, j, e);
+            let batch = out.entry(cluster).or_default();
+            batch.assignments.push(assignment_message(j, indices));
+            batch.seq = seq;
+        }
+        out
+    }
+
+    /// Every task currently assigned to `cluster` and not placed (or lost
+    /// with its machine), for a (re)connecting agent; and the cancelled jobs
+    /// with tasks there.
+    pub fn assigned_to(&self, cluster: ClusterId) -> pb::AssignmentBatch {
+        let mut batch = pb::AssignmentBatch {
+            seq: self.registry.entries()[cluster.0 as usize].handed_total,
+            ..Default::default()
+        };
+        for j in self.jobs.values() {
+            let indices: Vec<u32> = j
+                .tasks
+                .iter()
+                .enumerate()
+                // Lost tasks are the cluster's to place again (or hand back).
+                .filter(|(_, t)| {
+                    t.cluster == Some(cluster)
+                        && matches!(t.state, TaskState::Assigned | TaskState::Lost)
+                })
+                .map(|(i, _)| i as u32)
+                .collect();
+            if j.record.cancelled {
+                if j.tasks
+                    .iter()
+                    .any(|t| t.cluster == Some(cluster) && !t.state.is_final())
+                {
+                    batch.cancelled_jobs.push(j.record.name.clone());
+                }
+            } else if !indices.is_empty() {
+                batch.assignments.push(assignment_message(j, indices));
+            }
+        }
+        batch
+    }
+
+    /// The change a cluster's task report asks for; `None` when it is stale
+    /// (the task is not that cluster's any more) or changes nothing.
+    pub fn report_change(&self, cluster: ClusterId, r: &pb::TaskReport) -> Option<TaskChange> {
+        let j = self.jobs.get(&r.job)?;
+        let t = j.tasks.get(r.index as usize)?;
+        if t.cluster != Some(cluster) || t.state.is_final() {
+            return None;
+        }
+        let state = match pb::TaskState::try_from(r.state).ok()? {
+            pb::TaskState::Placed => TaskState::Placed,
+            pb::TaskState::Running => TaskState::Running,
+            pb::TaskState::Succeeded => TaskState::Succeeded,
+            pb::TaskState::Failed => TaskState::Failed,
+            pb::TaskState::Lost => TaskState::Lost,
+            _ => return None,
+        };
+        let mut entry = t.clone();
+        entry.state = state;
+        if !r.machine.is_empty() {
+            entry.machine = Some(r.machine.clone());
+        }
+        if r.exit_code.is_some() {
+            entry.exit_code = r.exit_code;
+        }
+        if entry == *t
+            // An agent that restarted knows a running task as placed until
+            // its node reports again: not a step back worth writing.
+            || (t.state == TaskState::Running && state == TaskState::Placed && entry.machine == t.machine)
+        {
+            return None;
+        }
+        let event = match state {
+            TaskState::Failed => Some((
+                EventKind::Failed,
+                format!(
+                    "failed (exit code {})",
+                    r.exit_code.map_or("unknown".to_string(), |c| c.to_string())
+                ),
+            )),
+            TaskState::Lost => Some((EventKind::Lost, "lost".to_string())),
+            TaskState::Succeeded => Some((EventKind::Succeeded, "succeeded".to_string())),
+            TaskState::Placed => Some((
+                EventKind::Placed,
+                format!("placed on cluster {}", self.registry.name(cluster)),
+            )),
+            _ => None,
+        };
+        Some(self.change(&r.job, r.index, t, entry, event))
+    }
+
+    /// The changes that return tasks a cluster cannot place to `pending`,
+    /// remembering the cluster so the next pass tries another.
+    pub fn hand_back_changes(&self, cluster: ClusterId, h: &pb::HandBack) -> Vec<TaskChange> {
+        let Some(j) = self.jobs.get(&h.job) else {
+            return Vec::new();
+        };
+        let text = format!(
+            "handed back by cluster {}: {}",
+            self.registry.name(cluster),
+            h.reason
+        );
+        h.indices
+            .iter()
+            .filter_map(|&i| {
+                let t = j.tasks.get(i as usize)?;
+                // The cluster is the authority on what it holds: a task it
+                // hands back is on none of its machines, even when the
+                // report that it was lost travels in the same call.
+                if t.cluster != Some(cluster) || t.state.is_final() {
+                    return None;
+                }
+                let mut entry = t.clone();
+                entry.state = TaskState::Pending;
+                entry.cluster = None;
+                entry.machine = None;
+                if !entry.handed_back.contains(&cluster) {
+                    entry.handed_back.push(cluster);
+                }
+                let event = Some((EventKind::HandedBack, text.clone()));
+                Some(self.change(&h.job, i, t, entry, event))
+            })
+            .collect()
+    }
+
+    /// The write that marks `name` cancelled.
+    pub fn cancel_write(&self, name: &str) -> Option<(JobRecord, Write)> {
+        let j = self.jobs.get(name)?;
+        let mut record = j.record.clone();
+        record.cancelled = true;
+        let value = serde_json::to_vec(&record).expect("job records serialize");
+        let write = Write::put(self.keys.job(name), value, Expect::ModRevision(j.rev));
+        Some((record, write))
+    }
+
+    /// Applies a committed cancel; returns the clusters holding its
+    /// unfinished tasks.
+    pub fn apply_cancel(&mut self, record: JobRecord, rev: Revision) -> Vec<ClusterId> {
+        let Some(j) = self.jobs.get_mut(&record.name) else {
+            return Vec::new();
+        };
+        j.record = record;
+        j.rev = rev;
+        self.queue.remove_job(j.job.id);
+        let mut clusters: Vec<ClusterId> = j
+            .tasks
+            .iter()
+            .filter(|t| !t.state.is_final())
+            .filter_map(|t| t.cluster)
+            .collect();
+        clusters.sort();
+        clusters.dedup();
+        let name = j.record.name.clone();
+        events::push(
+            &self.events,
+            j,
+            Event::new(&name, EventKind::Cancelled, "job cancelled".to_string()),
+        );
+        clusters
+    }
+}
