@@ -41,7 +41,8 @@ struct ServeArgs {
     /// The cluster's location (a name from the global scheduler's topology).
     #[arg(long, value_name = "LOC")]
     location: String,
-    /// Where node agents reach this agent.
+    /// Where node agents reach this agent; `stdin`: the listening socket
+    /// given as standard input (how `schedctl dev` starts it).
     #[arg(long, default_value = "127.0.0.1:7080", value_name = "ADDR")]
     listen: String,
     /// The global scheduler.
@@ -104,26 +105,7 @@ struct NodeArgs {
     listen: String,
 }
 
-fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("signal received: shutting down");
-        t.cancel();
-    });
-    token
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     sched_core::names::check_name("--cluster", &args.cluster)?;
     sched_core::names::check_name("--location", &args.location)?;
     let policy = match &args.policy {
@@ -145,7 +127,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot connect to etcd at {}", args.etcd.join(",")))?,
         )
     };
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = sched_proto::process::listen(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let config = AgentConfig {
@@ -158,10 +140,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         machine_timeout: Duration::from_millis(args.machine_timeout_ms.max(20)),
         advertise: None,
     };
-    local_agent::agent::run(listener, store, config, shutdown_on_signal()).await
+    Ok(local_agent::agent::run(listener, store, config, shutdown).await?)
 }
 
-async fn node(args: NodeArgs) -> anyhow::Result<()> {
+async fn node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     sched_core::names::check_name("--name", &args.name)?;
     let detected = detect_capacity();
     let quantity =
@@ -212,7 +194,7 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         supervisor: std::env::current_exe().context("cannot find the local-agent binary")?,
     };
-    local_agent::node::run(config, shutdown_on_signal()).await
+    Ok(local_agent::node::run(config, shutdown).await?)
 }
 
 fn main() -> ExitCode {
@@ -226,32 +208,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async move {
+    sched_proto::process::main(|shutdown| async move {
         match args.command {
-            Command::Serve(a) => serve(a).await,
-            Command::Node(a) => node(a).await,
+            Command::Serve(a) => serve(a, shutdown).await,
+            Command::Node(a) => node(a, shutdown).await,
             Command::Supervise(_) => unreachable!("handled above"),
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    })
 }

@@ -11,6 +11,7 @@ pub mod pb {
 
 pub mod backoff;
 pub mod leader;
+pub mod process;
 
 /// Resource amounts between the core's units and the wire's (the same
 /// integers, named).

@@ -6,7 +6,27 @@
 //! cannot host hundreds), each declaring its class's capacity and labels.
 //! Without `--etcd` every component keeps its state in memory. Logs and
 //! task directories go under `--dir`. Ctrl-C stops everything.
+//!
+//! # Start-up
+//!
+//! schedctl binds every listening socket of the stack itself and hands
+//! each to its process as standard input (`--listen stdin`), keeping a
+//! copy until the stack stops. So a busy `--listen` port is an error
+//! before anything starts; no other process can take a port between its
+//! choice and its use, or after a crash; and every address a child is
+//! given belongs to this stack: no agent of it can register with another
+//! stack that happens to listen on 7070. Nothing else starts until the
+//! global scheduler answers its gRPC health check as SERVING (it leads, its
+//! state loaded), and node agents start once their local agent does.
+//!
+//! `cargo run -p schedctl` builds schedctl alone; started that way, dev
+//! first builds its two sibling binaries with the same cargo, profile and
+//! target directory, so that one command is enough on a fresh clone and
+//! the siblings are never older than the sources.
 
+use std::ffi::OsString;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +34,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use sched_core::resources::{format_bytes, format_cpu, format_gpu};
 use sched_core::topology::Topology;
+use sched_proto::pb::{machines_server, scheduler_server};
+use sched_proto::process::{self, Signals};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -44,9 +66,76 @@ pub struct Args {
     exit_when_done: bool,
 }
 
+/// How long a process of the stack may take to answer its health check.
+/// The global scheduler answers once it leads; with etcd that includes an
+/// election (a new replica's campaign takes about a second).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long one health check may take: loopback answers in microseconds,
+/// so a slow answer is a process still starting.
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Binds `listen`. A port that is taken is one line naming it.
+fn bind(listen: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            let port = listen.rsplit(':').next().unwrap_or(listen);
+            anyhow::anyhow!(
+                "cannot listen on {listen}: port {port} is already in use (another stack?); \
+                 stop it, or pass --listen 127.0.0.1:0 for any free port"
+            )
+        } else {
+            anyhow::anyhow!("cannot listen on {listen}: {e}")
+        }
+    })
+}
+
+/// Whether this schedctl was started by `cargo run` of its own package
+/// (cargo sets these variables for the program it runs), and not by
+/// schedctl's tests, which set them too and name the binary they built.
+fn started_by_cargo_run() -> Option<OsString> {
+    let cargo = std::env::var_os("CARGO")?;
+    let own = std::env::var("CARGO_PKG_NAME").as_deref() == Ok("schedctl");
+    let test = std::env::var_os("CARGO_BIN_EXE_schedctl").is_some();
+    (own && !test).then_some(cargo)
+}
+
+/// Builds the sibling binaries as `cargo run` built this one: same cargo,
+/// workspace, profile (the name of the directory schedctl is in; `debug`
+/// is the `dev` profile) and target directory (the one above it).
+fn build_siblings(cargo: &OsString, exe: &Path) -> anyhow::Result<()> {
+    let profile_dir = exe.parent().context("schedctl's path has no directory")?;
+    let target_dir = profile_dir
+        .parent()
+        .context("schedctl is not in a cargo target directory")?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(p) => p,
+        None => bail!("cannot tell the cargo profile from {}", exe.display()),
+    };
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(|d| PathBuf::from(d).join("Cargo.toml"))
+        .context("CARGO_MANIFEST_DIR is not set")?;
+    eprintln!("schedctl dev: started by cargo run: building global-scheduler and local-agent");
+    let status = Command::new(cargo)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .args(["--profile", profile])
+        .args(["-p", "global-scheduler", "-p", "local-agent", "--bins"])
+        .stdin(Stdio::null())
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building global-scheduler and local-agent failed ({status})");
+    }
+    Ok(())
+}
+
 /// The sibling binary `name` (next to this schedctl).
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot find schedctl's own path")?;
+fn sibling(exe: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let path = exe.with_file_name(name);
     if !path.exists() {
         bail!(
@@ -57,28 +146,37 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
+/// The processes of the stack, and the listening sockets they were given.
+#[derive(Default)]
 struct Stack {
     children: Vec<(String, Child)>,
+    /// Our copies of the children's listening sockets: while we hold them,
+    /// no other process can take those ports, even if a child dies.
+    sockets: Vec<OwnedFd>,
 }
 
 impl Stack {
+    /// Starts `program` with its output in `logs/<name>.log` and, if given,
+    /// `listener` as its standard input.
     fn spawn(
         &mut self,
         name: &str,
         program: &Path,
         args: &[String],
         logs: &Path,
+        listener: Option<TcpListener>,
     ) -> anyhow::Result<()> {
         let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+        let stdin = match listener {
+            Some(l) => {
+                self.sockets.push(OwnedFd::from(l.try_clone()?));
+                Stdio::from(OwnedFd::from(l))
+            }
+            None => Stdio::null(),
+        };
         let child = Command::new(program)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -89,10 +187,13 @@ impl Stack {
 
     /// SIGTERM to everything, newest first; SIGKILL after 10 s.
     fn stop(&mut self) {
-        for (_, c) in self.children.iter().rev() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
+        for (name, c) in self.children.iter_mut().rev() {
+            // Only a child not yet reaped: its pid cannot have been reused.
+            if let Ok(None) = c.try_wait() {
+                if let Err(e) = process::terminate(c) {
+                    eprintln!("schedctl dev: cannot stop {name}: {e}");
+                }
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for (name, c) in self.children.iter_mut().rev() {
@@ -109,6 +210,7 @@ impl Stack {
             }
         }
         self.children.clear();
+        self.sockets.clear();
     }
 
     fn check(&mut self) -> anyhow::Result<()> {
@@ -119,6 +221,27 @@ impl Stack {
         }
         Ok(())
     }
+
+    /// Waits until `name` at `url` reports `service` SERVING; fails at once
+    /// if a process of the stack exits meanwhile.
+    async fn wait_serving(&mut self, name: &str, url: &str, service: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let last = match process::serving(url, service, HEALTH_CHECK_TIMEOUT).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => "not serving yet".to_string(),
+                Err(s) => s.message().to_string(),
+            };
+            self.check()?;
+            if start.elapsed() > START_TIMEOUT {
+                bail!(
+                    "{name} did not answer its health check at {url} within {} s ({last}); see its log",
+                    START_TIMEOUT.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Stack {
@@ -127,58 +250,90 @@ impl Drop for Stack {
     }
 }
 
-/// Waits until something accepts connections at `addr`.
-fn wait_listening(addr: &str, stack: &mut Stack) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return Ok(());
-        }
-        stack.check()?;
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("nothing listens on {addr} after 30 s")
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let topology = Topology::from_yaml(&super::read(&args.topology)?)
         .with_context(|| format!("invalid topology {}", args.topology.display()))?;
-    let global = sibling("global-scheduler")?;
-    let agent_bin = sibling("local-agent")?;
+    // First of all: a busy port stops here, before anything is built or
+    // started.
+    let listener = bind(&args.listen)?;
+    let exe = std::env::current_exe().context("cannot find schedctl's own path")?;
+    if let Some(cargo) = started_by_cargo_run() {
+        build_siblings(&cargo, &exe)?;
+    }
+    let bin = Binaries {
+        global: sibling(&exe, "global-scheduler")?,
+        agent: sibling(&exe, "local-agent")?,
+    };
     let dir = args
         .dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("sched-dev-{}", std::process::id())));
     let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
-    let mut stack = Stack {
-        children: Vec::new(),
-    };
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let mut stack = Stack::default();
+    let result = rt.block_on(async {
+        let mut signals = Signals::new().context("cannot catch SIGTERM/SIGINT")?;
+        tokio::select! {
+            r = start_and_serve(&args, &topology, &bin, &dir, &logs, listener, &mut stack) => r,
+            () = signals.recv() => Ok(()),
+        }
+    });
+    // Close our own connections first: the scheduler waits for open
+    // connections when it shuts down.
+    drop(rt);
+    eprintln!("schedctl dev: stopping");
+    stack.stop();
+    result
+}
+
+struct Binaries {
+    global: PathBuf,
+    agent: PathBuf,
+}
+
+/// Starts the stack in order, then submits, waits or idles as asked.
+async fn start_and_serve(
+    args: &Args,
+    topology: &Topology,
+    bin: &Binaries,
+    dir: &Path,
+    logs: &Path,
+    listener: TcpListener,
+    stack: &mut Stack,
+) -> anyhow::Result<()> {
     let etcd: Vec<String> = args
         .etcd
         .iter()
         .flat_map(|e| ["--etcd".to_string(), e.clone()])
         .collect();
 
-    let listen = match args.listen.strip_suffix(":0") {
-        Some(host) => format!("{host}:{}", free_port()?),
-        None => args.listen.clone(),
-    };
+    let global_addr = listener.local_addr()?;
+    let server = format!("http://{global_addr}");
     let mut g = vec![
         "--listen".to_string(),
-        listen.clone(),
+        process::STDIN.to_string(),
         "--topology".to_string(),
         args.topology.display().to_string(),
     ];
     g.extend(etcd.iter().cloned());
-    stack.spawn("global-scheduler", &global, &g, &logs)?;
-    wait_listening(&listen, &mut stack)?;
-    let server = format!("http://{listen}");
+    stack.spawn("global-scheduler", &bin.global, &g, logs, Some(listener))?;
+    stack
+        .wait_serving(
+            "the global scheduler",
+            &server,
+            scheduler_server::SERVICE_NAME,
+        )
+        .await?;
 
-    let mut machines = 0;
+    let mut agents: Vec<(&sched_core::cluster::Cluster, SocketAddr)> = Vec::new();
     for c in &topology.clusters {
-        let port = free_port()?;
-        let url = format!("http://127.0.0.1:{port}");
+        let listener = bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
         let mut a = vec![
             "serve".to_string(),
             "--cluster".to_string(),
@@ -186,13 +341,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "--location".to_string(),
             topology.locality.name(c.location).to_string(),
             "--listen".to_string(),
-            format!("127.0.0.1:{port}"),
+            process::STDIN.to_string(),
             "--global".to_string(),
             server.clone(),
         ];
         a.extend(etcd.iter().cloned());
-        stack.spawn(&format!("agent-{}", c.name), &agent_bin, &a, &logs)?;
-        wait_listening(&format!("127.0.0.1:{port}"), &mut stack)?;
+        let name = format!("agent-{}", c.name);
+        stack.spawn(&name, &bin.agent, &a, logs, Some(listener))?;
+        agents.push((c, addr));
+    }
+    let mut machines = 0;
+    for (c, addr) in agents {
+        let url = format!("http://{addr}");
+        stack
+            .wait_serving(
+                &format!("the local agent of {}", c.name),
+                &url,
+                machines_server::SERVICE_NAME,
+            )
+            .await?;
         for class in &c.classes {
             for i in 0..class.count.min(args.machines_per_class) {
                 let name = format!("{}-{}-{i}", c.name, class.name);
@@ -224,7 +391,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         .collect();
                     n.extend(["--labels".to_string(), l.join(",")]);
                 }
-                stack.spawn(&format!("node-{name}"), &agent_bin, &n, &logs)?;
+                stack.spawn(&format!("node-{name}"), &bin.agent, &n, logs, None)?;
                 machines += 1;
             }
         }
@@ -234,39 +401,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         topology.clusters.len(),
         logs.display()
     );
-    eprintln!("schedctl dev: try `schedctl get clusters`, `schedctl submit -f config/examples/jobs.yaml --wait`; Ctrl-C stops the stack");
+    let flag = if server == "http://127.0.0.1:7070" {
+        String::new()
+    } else {
+        format!(" --server {server}")
+    };
+    eprintln!(
+        "schedctl dev: try `schedctl{flag} get clusters`, `schedctl{flag} submit -f config/examples/jobs.yaml --wait`; Ctrl-C stops the stack"
+    );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let result = rt.block_on(async {
-        wait_for_machines(&server, machines).await?;
-        if let Some(file) = &args.submit {
-            crate::jobs::submit_file(&server, file).await?;
-            if args.exit_when_done {
-                return crate::jobs::wait_done_and_print(&server, Duration::from_secs(600)).await;
-            }
+    wait_for_machines(&server, machines, stack).await?;
+    if let Some(file) = &args.submit {
+        crate::jobs::submit_file(&server, file).await?;
+        if args.exit_when_done {
+            return crate::jobs::wait_done_and_print(&server, Duration::from_secs(600)).await;
         }
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-                _ = term.recv() => return Ok(()),
-                _ = tick.tick() => stack.check()?,
-            }
-        }
-    });
-    // Close our own connections first: the scheduler waits for open
-    // connections when it shuts down.
-    drop(rt);
-    eprintln!("schedctl dev: stopping");
-    stack.stop();
-    result
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        stack.check()?;
+    }
 }
 
 /// Waits until the global scheduler sees `n` machines up.
-async fn wait_for_machines(server: &str, n: u32) -> anyhow::Result<()> {
+async fn wait_for_machines(server: &str, n: u32, stack: &mut Stack) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut c = crate::client::connect(server)?;
     loop {
@@ -286,6 +445,7 @@ async fn wait_for_machines(server: &str, n: u32) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
+        stack.check()?;
         if start.elapsed() > Duration::from_secs(60) {
             bail!("the machines did not all come up within 60 s");
         }
