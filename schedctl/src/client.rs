@@ -1,11 +1,14 @@
 //! The connection to the global scheduler, and retries.
 //!
 //! Calls that fail with UNAVAILABLE (the scheduler is down or restarting,
-//! or etcd is) or RESOURCE_EXHAUSTED (its queues are full) are retried with
-//! "full jitter" exponential backoff: sleep a random time in
+//! or etcd is) or RESOURCE_EXHAUSTED (its queues are full), or that never
+//! reached it (a `tonic::transport::Error` behind the status), are retried
+//! with "full jitter" exponential backoff: sleep a random time in
 //! `[0, min(cap, base * 2^attempt)]` (AWS Architecture Blog, "Exponential
-//! Backoff And Jitter", 2015), so that many clients do not retry in step.
+//! Backoff And Jitter", 2015), so that many clients do not retry in step;
+//! but never sooner than the server's retry hint ([`RETRY_AFTER_HEADER`]).
 
+use std::error::Error as _;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -28,15 +31,59 @@ pub fn connect(server: &str) -> anyhow::Result<Client> {
     Ok(SchedulerClient::new(channel).max_decoding_message_size(256 << 20))
 }
 
+/// The metadata key in which the global scheduler says, with
+/// RESOURCE_EXHAUSTED, how many milliseconds to wait before retrying (set
+/// in `global-scheduler/src/error.rs`).
+pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
+
+/// The longest retry hint honoured. The server hints 200 ms; a hint of
+/// minutes would be a confused server, and waiting it out would stall the
+/// command far past its own deadline.
+const MAX_RETRY_HINT: Duration = Duration::from_secs(30);
+
 pub fn retryable(code: Code) -> bool {
     matches!(code, Code::Unavailable | Code::ResourceExhausted)
 }
 
-/// Whether `s` is worth retrying: the transient codes, and tonic's report
-/// of a connection that could not be made or broke (`UNKNOWN: transport
-/// error`), which is the server being down, not a refusal.
+/// Whether `s` is worth retrying: the transient codes, and UNKNOWN when
+/// it stands for a connection that could not be made or broke (tonic's
+/// transport error behind it), which is the server being down, not a
+/// refusal. A connection refused already arrives as UNAVAILABLE.
 pub fn transient(s: &Status) -> bool {
-    retryable(s.code()) || (s.code() == Code::Unknown && s.message().contains("transport error"))
+    retryable(s.code()) || (s.code() == Code::Unknown && from_transport(s))
+}
+
+/// Whether a `tonic::transport::Error` is in `s`'s chain of sources: the
+/// call failed in the connection, not in the server.
+fn from_transport(s: &Status) -> bool {
+    let mut source = s.source();
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The server's hint of how long to wait before retrying, if it sent a
+/// readable one (capped at [`MAX_RETRY_HINT`]).
+pub fn retry_hint(s: &Status) -> Option<Duration> {
+    let ms: u64 = s
+        .metadata()
+        .get(RETRY_AFTER_HEADER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms).min(MAX_RETRY_HINT))
+}
+
+/// The wait before retrying after `s`: the drawn backoff `backoff`, but at
+/// least the server's hint.
+pub fn wait_before_retry(s: &Status, backoff: Duration) -> Duration {
+    retry_hint(s).map_or(backoff, |hint| backoff.max(hint))
 }
 
 /// Runs `call` until it succeeds, fails with a code that is not worth
@@ -59,7 +106,7 @@ where
             }
             Err(s) if transient(&s) && start.elapsed() < deadline => {
                 redirected = false;
-                let wait = delay(attempt);
+                let wait = wait_before_retry(&s, delay(attempt));
                 note_retry(&s, attempt, wait);
                 tokio::time::sleep(wait).await;
                 attempt += 1;
@@ -110,6 +157,8 @@ pub fn status_error(s: Status) -> anyhow::Error {
 
 #[cfg(test)]
 mod tests {
+    use tonic::metadata::MetadataValue;
+
     use super::*;
 
     #[test]
@@ -118,5 +167,122 @@ mod tests {
         assert!(retryable(Code::ResourceExhausted));
         assert!(!retryable(Code::InvalidArgument));
         assert!(!retryable(Code::NotFound));
+    }
+
+    /// A `tonic::transport::Error`, as a failed connection produces one.
+    fn transport_error() -> tonic::transport::Error {
+        tonic::transport::Endpoint::from_shared("not a uri").unwrap_err()
+    }
+
+    #[test]
+    fn unknown_from_the_transport_is_retried() {
+        let s = Status::from_error(Box::new(transport_error()));
+        assert_eq!(s.code(), Code::Unknown);
+        assert!(transient(&s));
+    }
+
+    #[test]
+    fn a_transport_error_deeper_in_the_chain_is_found() {
+        #[derive(Debug)]
+        struct Wrapper(tonic::transport::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("wrapped")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let s = Status::from_error(Box::new(Wrapper(transport_error())));
+        assert_eq!(s.code(), Code::Unknown);
+        assert!(transient(&s));
+    }
+
+    #[test]
+    fn unknown_from_the_server_is_not_retried_whatever_it_says() {
+        // The old test was the text: a server's message is not a transport.
+        assert!(!transient(&Status::unknown("transport error")));
+        let io = std::io::Error::other("transport error");
+        let s = Status::from_error(Box::new(io));
+        assert_eq!(s.code(), Code::Unknown);
+        assert!(!transient(&s));
+    }
+
+    #[test]
+    fn refusals_are_not_retried() {
+        for s in [
+            Status::invalid_argument("bad"),
+            Status::not_found("no job"),
+            Status::failed_precondition("unschedulable"),
+            Status::aborted("conflict"),
+        ] {
+            assert!(!transient(&s), "{s:?}");
+        }
+    }
+
+    /// A port nobody listens on: what a stopped scheduler looks like.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_down_is_retried() {
+        let mut c = connect(&format!("http://127.0.0.1:{}", closed_port())).unwrap();
+        let s = c
+            .list_clusters(sched_proto::pb::ListClustersRequest {})
+            .await
+            .unwrap_err();
+        assert!(transient(&s), "{s:?}");
+    }
+
+    fn exhausted_with_hint(hint: &str) -> Status {
+        let mut s = Status::resource_exhausted("queue full; retry later");
+        s.metadata_mut()
+            .insert(RETRY_AFTER_HEADER, MetadataValue::try_from(hint).unwrap());
+        s
+    }
+
+    #[test]
+    fn the_retry_hint_is_a_floor() {
+        // The server hints 200 ms: a shorter backoff draw waits 200 ms, a
+        // longer one keeps its own length.
+        let s = exhausted_with_hint("200");
+        assert_eq!(retry_hint(&s), Some(Duration::from_millis(200)));
+        assert_eq!(
+            wait_before_retry(&s, Duration::ZERO),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            wait_before_retry(&s, Duration::from_millis(700)),
+            Duration::from_millis(700)
+        );
+        for attempt in 0..10 {
+            assert!(wait_before_retry(&s, delay(attempt)) >= Duration::from_millis(200));
+        }
+    }
+
+    #[test]
+    fn no_or_unreadable_hint_leaves_the_backoff() {
+        let backoff = Duration::from_millis(37);
+        for s in [
+            Status::resource_exhausted("queue full"),
+            exhausted_with_hint("soon"),
+            exhausted_with_hint("-5"),
+        ] {
+            assert_eq!(retry_hint(&s), None);
+            assert_eq!(wait_before_retry(&s, backoff), backoff);
+        }
+    }
+
+    #[test]
+    fn an_absurd_hint_is_capped() {
+        let s = exhausted_with_hint("86400000");
+        assert_eq!(retry_hint(&s), Some(MAX_RETRY_HINT));
     }
 }
