@@ -52,14 +52,31 @@ fn a_stale_lease_kills_the_task() {
     assert_eq!(std::fs::read_to_string(&exit).unwrap(), "137");
 }
 
+/// Polls every 10 ms until `path` exists; panics after 20 s.
+fn wait_for_file(path: &std::path::Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn sigterm_reaches_the_task() {
     let dir = tempfile::tempdir().unwrap();
     let lease = dir.path().join("lease");
     std::fs::write(&lease, "").unwrap();
     let exit = dir.path().join("exit");
-    let mut child = supervise(&lease, &exit, 60_000, &["sleep", "60"]);
-    std::thread::sleep(Duration::from_millis(300));
+    let started = dir.path().join("started");
+    // The supervisor listens for SIGTERM before it starts the task, so once
+    // the task runs a stop is passed on.
+    let script = format!("touch '{}'; exec sleep 60", started.display());
+    let mut child = supervise(&lease, &exit, 60_000, &["sh", "-c", &script]);
+    wait_for_file(&started);
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
