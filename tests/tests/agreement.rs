@@ -30,6 +30,15 @@ const CLUSTERS: [ClusterShape; 4] = [
     ("eu-a", "eu-west", &[(20, 16, 128, false)]),
 ];
 
+/// Machines per class are multiplied by `SCHED_AGREEMENT_SCALE` (default
+/// 1; the README's larger figures use 5), and the workload with them.
+fn scale() -> u32 {
+    std::env::var("SCHED_AGREEMENT_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
 fn topology_yaml() -> String {
     let mut s = String::from(
         "locations: [{name: us-east}, {name: us-west}, {name: eu-west}]\n\
@@ -52,7 +61,8 @@ fn topology_yaml() -> String {
             };
             let _ = writeln!(
                 s,
-                "      - {{class: c{i}, count: {count}, cpu: \"{cpu}\", memory: \"{mem}Gi\"{labels}}}"
+                "      - {{class: c{i}, count: {}, cpu: \"{cpu}\", memory: \"{mem}Gi\"{labels}}}",
+                count * scale()
             );
         }
     }
@@ -63,7 +73,7 @@ fn capacity_millis() -> u64 {
     CLUSTERS
         .iter()
         .flat_map(|c| c.2.iter())
-        .map(|(n, cpu, _, _)| u64::from(*n) * u64::from(*cpu) * 1000)
+        .map(|(n, cpu, _, _)| u64::from(n * scale()) * u64::from(*cpu) * 1000)
         .sum()
 }
 
@@ -190,7 +200,7 @@ async fn run(load: u64) -> (u64, u64) {
             cmd.args(["node", "--agent", &agent.url(), "--name"])
                 .arg(format!("{name}-c{i}"))
                 .args(["--cpu", &cpu.to_string(), "--memory", &format!("{mem}Gi")])
-                .args(["--hollow", &count.to_string()])
+                .args(["--hollow", &(count * scale()).to_string()])
                 .args(["--hollow-duration-ms", "3600000", "--lease-ms", "1000"])
                 .arg("--work-dir")
                 .arg(dir.path().join(format!("{name}-c{i}")));
@@ -199,7 +209,7 @@ async fn run(load: u64) -> (u64, u64) {
             }
             let label = format!("node-{name}-c{i}");
             nodes.push(Guarded::spawn_named(cmd, &label).expect("start a hollow node agent"));
-            machines += count;
+            machines += count * scale();
         }
         agents.push(agent);
     }
@@ -288,6 +298,26 @@ async fn run(load: u64) -> (u64, u64) {
         unplaced(&live),
         unplaced(&sim)
     );
+    // The jobs that differ most, to see why when the figure drops.
+    let mut diffs: Vec<(u64, &String)> = sim
+        .iter()
+        .map(|(job, s)| {
+            let agree: u64 = s
+                .iter()
+                .map(|(c, n)| (*n).min(live.get(job).and_then(|l| l.get(c)).copied().unwrap_or(0)))
+                .sum();
+            (s.values().sum::<u64>() - agree, job)
+        })
+        .filter(|d| d.0 > 0)
+        .collect();
+    diffs.sort_by(|a, b| b.cmp(a));
+    for (n, job) in diffs.iter().take(8) {
+        println!(
+            "  {job}: {n} differ; live {:?}, simulated {:?}",
+            live.get(*job),
+            sim[*job]
+        );
+    }
     drop(nodes);
     drop(agents);
     (agree, total)
