@@ -7,11 +7,14 @@
 //!   before any node hears of them, hands back what does not fit.
 //! - [`node`]: `local-agent node`: runs tasks as processes (or hollow
 //!   machines, for scale tests), keeps their output, reports their states.
+//! - [`error`]: [`AgentError`](error::AgentError), what can go wrong in
+//!   either, and its one mapping onto gRPC codes.
 //! - [`supervise`]: `local-agent supervise`, the parent of each task process.
 //!
 //! Reconnects back off with `sched_proto::backoff`.
 
 pub mod agent;
+pub mod error;
 pub mod node;
 pub mod supervise;
 

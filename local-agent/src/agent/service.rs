@@ -1,9 +1,11 @@
 //! The `Machines` service: node agents register, heartbeat, take work and
 //! report; the global scheduler lists machines and fetches task output.
+//! Handlers decode, call the agent, encode; errors are [`AgentError`]s.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
+use sched_core::error::SpecError;
 use sched_core::names::check_name;
 use sched_proto::pb;
 use sched_proto::pb::machines_server::Machines;
@@ -12,7 +14,8 @@ use sched_proto::shutdown::Until;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::Agent;
+use super::shared::Agent;
+use crate::error::AgentError;
 
 /// Work batches a node may have unread before it is cut off (it then
 /// registers again and gets what it missed).
@@ -31,8 +34,29 @@ impl MachinesService {
 type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkBatch, Status>> + Send>>;
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
 
-fn invalid(e: sched_core::error::SpecError) -> Status {
-    Status::invalid_argument(e.to_string())
+/// A registration names its node and at least one machine, each with a
+/// valid name and some cpu and memory.
+fn check_registration(r: &pb::RegisterNodeRequest) -> Result<(), SpecError> {
+    if r.node.is_empty() {
+        return Err(SpecError::new("node", "must not be empty"));
+    }
+    if r.machines.is_empty() {
+        return Err(SpecError::new(
+            "machines",
+            "at least one machine is required",
+        ));
+    }
+    for (i, m) in r.machines.iter().enumerate() {
+        check_name(&format!("machines[{i}].name"), &m.name)?;
+        let c = crate::from_pb(m.capacity.as_ref());
+        if c.cpu.0 == 0 || c.memory.0 == 0 {
+            return Err(SpecError::new(
+                format!("machines[{i}].capacity"),
+                "a machine needs some cpu and memory",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -42,30 +66,9 @@ impl Machines for MachinesService {
         request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
         let r = request.into_inner();
-        if r.node.is_empty() {
-            return Err(Status::invalid_argument("node: must not be empty"));
-        }
-        for (i, m) in r.machines.iter().enumerate() {
-            check_name(&format!("machines[{i}].name"), &m.name).map_err(invalid)?;
-            let c = crate::from_pb(m.capacity.as_ref());
-            if c.cpu.0 == 0 || c.memory.0 == 0 {
-                return Err(Status::invalid_argument(format!(
-                    "machines[{i}].capacity: a machine needs some cpu and memory"
-                )));
-            }
-        }
-        if r.machines.is_empty() {
-            return Err(Status::invalid_argument(
-                "machines: at least one machine is required",
-            ));
-        }
-        {
-            let mut st = self.agent.state();
-            st.register_node(&r.node, &r.address, &r.machines, &r.tasks);
-        }
+        check_registration(&r).map_err(AgentError::from)?;
+        self.agent.register_node(&r);
         tracing::info!(node = %r.node, machines = r.machines.len(), tasks = r.tasks.len(), "node registered");
-        self.agent.wake.notify_one();
-        self.agent.upstream.notify_one();
         Ok(Response::new(pb::RegisterNodeResponse {
             heartbeat_interval_ms: self.agent.config.node_heartbeat.as_millis() as u32,
         }))
@@ -75,8 +78,7 @@ impl Machines for MachinesService {
         &self,
         request: Request<pb::NodeHeartbeatRequest>,
     ) -> Result<Response<pb::NodeHeartbeatResponse>, Status> {
-        let node = request.into_inner().node;
-        let known = self.agent.state().heartbeat(&node);
+        let known = self.agent.node_heartbeat(&request.into_inner().node);
         Ok(Response::new(pb::NodeHeartbeatResponse {
             register_again: !known,
         }))
@@ -90,11 +92,7 @@ impl Machines for MachinesService {
     ) -> Result<Response<Self::WorkStream>, Status> {
         let node = request.into_inner().node;
         let (tx, rx) = tokio::sync::mpsc::channel(WORK_BUFFER);
-        if !self.agent.state().open_work(&node, tx) {
-            return Err(Status::failed_precondition(format!(
-                "node {node:?} is not registered; register first"
-            )));
-        }
+        self.agent.open_work(&node, tx)?;
         Ok(Response::new(Box::pin(Until::new(
             tokio_stream::wrappers::ReceiverStream::new(rx),
             self.agent.shutdown.clone(),
@@ -106,20 +104,7 @@ impl Machines for MachinesService {
         request: Request<pb::NodeReportRequest>,
     ) -> Result<Response<pb::NodeReportResponse>, Status> {
         let r = request.into_inner();
-        {
-            let mut st = self.agent.state();
-            if !st.nodes.contains_key(&r.node) {
-                return Err(Status::failed_precondition(format!(
-                    "node {:?} is not registered; register first",
-                    r.node
-                )));
-            }
-            for t in &r.tasks {
-                st.node_report(&r.node, t);
-            }
-        }
-        self.agent.wake.notify_one();
-        self.agent.upstream.notify_one();
+        self.agent.node_reports(&r.node, &r.tasks)?;
         Ok(Response::new(pb::NodeReportResponse {}))
     }
 
@@ -128,7 +113,7 @@ impl Machines for MachinesService {
         _request: Request<pb::ListMachinesRequest>,
     ) -> Result<Response<pb::ListMachinesResponse>, Status> {
         Ok(Response::new(pb::ListMachinesResponse {
-            machines: self.agent.state().machine_statuses(),
+            machines: self.agent.machine_statuses(),
         }))
     }
 
@@ -139,24 +124,76 @@ impl Machines for MachinesService {
         request: Request<pb::TaskLogsRequest>,
     ) -> Result<Response<Self::TaskLogsStream>, Status> {
         let mut r = request.into_inner();
-        let (address, machine) =
-            self.agent
-                .state()
-                .task_node(&r.job, r.index)
-                .ok_or_else(|| {
-                    Status::not_found(format!(
-                        "task {}/{} is not placed in cluster {}",
-                        r.job, r.index, self.agent.config.cluster
-                    ))
-                })?;
+        let (address, machine) = self.agent.task_node(&r.job, r.index)?;
         r.machine = machine;
         let mut node = NodeClient::connect(address.clone())
             .await
-            .map_err(|e| Status::unavailable(format!("node at {address}: {e}")))?;
-        let stream = node.task_logs(r).await?.into_inner();
+            .map_err(|source| AgentError::Unreachable {
+                peer: format!("node agent at {address}"),
+                source,
+            })?;
+        let stream = node
+            .task_logs(r)
+            .await
+            .map_err(AgentError::from)?
+            .into_inner();
         Ok(Response::new(Box::pin(Until::new(
             stream,
             self.agent.shutdown.clone(),
         ))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration(machines: Vec<pb::MachineSpec>) -> pb::RegisterNodeRequest {
+        pb::RegisterNodeRequest {
+            node: "n0".into(),
+            address: String::new(),
+            machines,
+            tasks: Vec::new(),
+        }
+    }
+
+    fn machine(name: &str, cpu_millis: u64) -> pb::MachineSpec {
+        pb::MachineSpec {
+            name: name.into(),
+            capacity: Some(pb::Resources {
+                cpu_millis,
+                memory_bytes: 1 << 30,
+                disk_bytes: 0,
+                gpu_millis: 0,
+            }),
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_bad_registration_names_the_field() {
+        let field = |r: &pb::RegisterNodeRequest| check_registration(r).unwrap_err().field;
+        assert_eq!(field(&registration(Vec::new())), "machines");
+        assert_eq!(
+            field(&registration(vec![
+                machine("m0", 1000),
+                machine("M!", 1000)
+            ])),
+            "machines[1].name"
+        );
+        assert_eq!(
+            field(&registration(vec![machine("m0", 0)])),
+            "machines[0].capacity"
+        );
+        let mut nameless = registration(vec![machine("m0", 1000)]);
+        nameless.node.clear();
+        assert_eq!(field(&nameless), "node");
+        assert!(check_registration(&registration(vec![machine("m0", 1000)])).is_ok());
+        let status = Status::from(AgentError::from(field_error()));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+
+    fn field_error() -> SpecError {
+        check_registration(&registration(Vec::new())).unwrap_err()
     }
 }

@@ -1,159 +1,51 @@
-//! The local agent's view of its cluster: machines (from node agents),
-//! tasks handed over by the global scheduler and not placed yet, and
-//! placements. Plain data and decisions: [`super`] persists placements in
-//! the store before any node hears of them.
+//! The local agent's decisions: the rules that span its parts. Each part
+//! keeps its own rules and is tested alone:
+//! - [`Inventory`]: machines, their capacity, the cell packing decides over;
+//! - [`Intent`]: intended placements, with their revisions in the store;
+//! - [`Specs`]: each job's spec, once per job;
+//! - [`Queue`]: tasks waiting for a machine;
+//! - [`Reports`]: what the global scheduler is to hear;
+//! - [`NodeLinks`]: what the node agents are told.
+//!
+//! Plain data and decisions, no I/O: the planner ([`super::planner`])
+//! writes the [`Change`]s to the store and only then lets nodes hear of
+//! them ([`AgentState::applied`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use sched_core::cell::Cell;
-use sched_core::job::JobId;
-use sched_core::labels::Labels;
-use sched_core::machine::{MachineClass, MachineId};
-use sched_core::pack::{pack, TaskGroup};
 use sched_core::policy::LocalPolicy;
 use sched_core::resources::Resources;
 use sched_proto::pb;
-use sched_store::{Expect, KeyValue, Revision, Write};
-use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use sched_store::{batch, KeyValue, Revision};
+use tonic::Code;
 
-use crate::{from_pb, to_pb};
-
-pub type TaskKey = (String, u32);
-pub type WorkSender = mpsc::Sender<Result<pb::WorkBatch, tonic::Status>>;
-
-/// A placement as stored at `P/placements/<cluster>/<job>/<index>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlacementRecord {
-    pub machine: String,
-    pub attempt: u64,
-    pub state: PlacementState,
-    pub cpu_millis: u64,
-    pub memory_bytes: u64,
-    #[serde(default)]
-    pub disk_bytes: u64,
-    #[serde(default)]
-    pub gpu_millis: u64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
-    pub constraints: Labels,
-    #[serde(default)]
-    pub priority: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlacementState {
-    Placed,
-    Running,
-    Succeeded,
-    Failed,
-    Lost,
-}
-
-impl PlacementState {
-    fn is_final(self) -> bool {
-        matches!(self, PlacementState::Succeeded | PlacementState::Failed)
-    }
-
-    fn to_pb(self) -> pb::TaskState {
-        match self {
-            PlacementState::Placed => pb::TaskState::Placed,
-            PlacementState::Running => pb::TaskState::Running,
-            PlacementState::Succeeded => pb::TaskState::Succeeded,
-            PlacementState::Failed => pb::TaskState::Failed,
-            PlacementState::Lost => pb::TaskState::Lost,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Placement {
-    pub record: PlacementRecord,
-    /// `mod_revision` of its key; 0 before it is written.
-    pub rev: Revision,
-    /// Whether its request is counted on its machine in the cell.
-    pub accounted: bool,
-}
-
-impl Placement {
-    fn queued(&self) -> Queued {
-        Queued {
-            request: self.request(),
-            constraints: self.record.constraints.clone(),
-            command: self.record.command.clone(),
-            priority: self.record.priority,
-        }
-    }
-
-    fn request(&self) -> Resources {
-        Resources::from_array([
-            self.record.cpu_millis,
-            self.record.memory_bytes,
-            self.record.disk_bytes,
-            self.record.gpu_millis,
-        ])
-    }
-}
-
-/// A task handed over and waiting for a machine.
-#[derive(Debug, Clone)]
-pub struct Queued {
-    pub request: Resources,
-    pub constraints: Labels,
-    pub command: Vec<String>,
-    pub priority: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct MachineEntry {
-    pub node: String,
-    pub capacity: Resources,
-    pub labels: Labels,
-    pub id: MachineId,
-}
-
-pub struct NodeEntry {
-    pub address: String,
-    pub machines: Vec<String>,
-    pub last_heartbeat: Instant,
-    pub up: bool,
-    work: Option<WorkSender>,
-    /// Work for the node before its stream is open.
-    backlog: pb::WorkBatch,
-}
-
-/// Placements to write, computed before the write and applied after it.
-#[derive(Debug, Default)]
-pub struct Plan {
-    pub writes: Vec<(TaskKey, Placement, Write)>,
-}
+use super::change::Change;
+use super::intent::{self, Intent, Observed, Placement, PlacementRecord, PlacementState};
+use super::inventory::Inventory;
+use super::keys::{Keys, Stored, TaskKey};
+use super::links::{NodeLinks, WorkSender};
+use super::packing;
+use super::queue::Queue;
+use super::reports::{Outgoing, Reports};
+use super::specs::{JobSpec, Specs};
+use crate::error::AgentError;
+use crate::to_pb;
 
 pub struct AgentState {
-    pub cluster: String,
-    prefix: String,
-    cell: Cell,
-    classes: BTreeMap<([u64; 4], Labels), u32>,
-    pub machines: BTreeMap<String, MachineEntry>,
-    machine_names: Vec<String>,
-    pub nodes: BTreeMap<String, NodeEntry>,
-    pub placements: BTreeMap<TaskKey, Placement>,
-    pub queue: BTreeMap<TaskKey, Queued>,
-    cancelled: BTreeSet<String>,
-    /// Reports for the global scheduler, sent by the upstream loop.
-    pub reports: Vec<pb::TaskReport>,
-    pub hand_backs: Vec<pb::HandBack>,
-    /// Placements whose new state is not in the store yet.
-    dirty: BTreeSet<TaskKey>,
-    pub seq_seen: u64,
+    cluster: String,
+    keys: Keys,
     policy: LocalPolicy,
+    /// For one machine timeout after this, nodes are still registering:
+    /// what does not fit yet is kept, not handed back.
     started: Instant,
-    /// Machines whose node is silent this long are lost.
-    pub machine_timeout: Duration,
+    machine_timeout: Duration,
+    inventory: Inventory,
+    intent: Intent,
+    specs: Specs,
+    queue: Queue,
+    reports: Reports,
+    links: NodeLinks,
 }
 
 impl AgentState {
@@ -162,95 +54,70 @@ impl AgentState {
         prefix: &str,
         policy: LocalPolicy,
         machine_timeout: Duration,
+        now: Instant,
     ) -> Self {
+        let keys = Keys::new(prefix, cluster);
         AgentState {
             cluster: cluster.to_string(),
-            prefix: format!("{}/placements/{cluster}/", prefix.trim_end_matches('/')),
-            cell: Cell::new(&sched_core::cluster::Cluster {
-                id: sched_core::cluster::ClusterId(0),
-                name: cluster.to_string(),
-                location: sched_core::locality::LocationId(0),
-                classes: Vec::new(),
-            }),
-            classes: BTreeMap::new(),
-            machines: BTreeMap::new(),
-            machine_names: Vec::new(),
-            nodes: BTreeMap::new(),
-            placements: BTreeMap::new(),
-            queue: BTreeMap::new(),
-            cancelled: BTreeSet::new(),
-            reports: Vec::new(),
-            hand_backs: Vec::new(),
-            dirty: BTreeSet::new(),
-            seq_seen: 0,
+            intent: Intent::new(keys.clone()),
+            keys,
             policy,
-            started: Instant::now(),
+            started: now,
             machine_timeout,
+            inventory: Inventory::new(cluster, machine_timeout),
+            specs: Specs::default(),
+            queue: Queue::default(),
+            reports: Reports::default(),
+            links: NodeLinks::default(),
         }
     }
 
-    /// The prefix of this cluster's placement keys.
-    pub fn placements_prefix(&self) -> &str {
-        &self.prefix
+    /// The prefix of everything this agent stores.
+    pub fn prefix(&self) -> &str {
+        self.keys.prefix()
     }
 
-    /// The store key of a task's placement.
-    pub fn placement_key(&self, k: &TaskKey) -> String {
-        self.key(k)
-    }
-
-    fn key(&self, k: &TaskKey) -> String {
-        format!("{}{}/{:07}", self.prefix, k.0, k.1)
-    }
-
-    /// Reads placements back from the store (after a restart). Their
-    /// machines are counted once their nodes register again.
-    pub fn load(&mut self, items: &[KeyValue]) -> Result<(), String> {
+    /// Reads specs and placements back from the store (after a restart).
+    /// Placements count on their machines once their nodes register again.
+    pub fn load(&mut self, items: &[KeyValue]) -> Result<(), AgentError> {
+        let bad = |kv: &KeyValue, reason: String| AgentError::BadRecord {
+            key: kv.key.clone(),
+            reason,
+        };
+        let mut older = BTreeMap::new();
         for kv in items {
-            let rest = kv
-                .key
-                .strip_prefix(&self.prefix)
-                .ok_or("key outside the prefix")?;
-            let (job, index) = rest
-                .split_once('/')
-                .ok_or_else(|| format!("{}: bad key", kv.key))?;
-            let index: u32 = index
-                .parse()
-                .map_err(|_| format!("{}: bad index", kv.key))?;
-            let record: PlacementRecord = serde_json::from_slice(&kv.value)
-                .map_err(|e| format!("{}: not a placement: {e}", kv.key))?;
-            let key = (job.to_string(), index);
-            let placement = Placement {
-                record,
-                rev: kv.mod_revision,
-                accounted: false,
-            };
-            // Lost before the restart and not placed again yet: back to the
-            // queue, or it would wait forever.
-            if placement.record.state == PlacementState::Lost {
-                self.queue.insert(key.clone(), placement.queued());
+            match self.keys.parse(&kv.key) {
+                Some(Stored::Spec(job)) => {
+                    let spec = serde_json::from_slice(&kv.value)
+                        .map_err(|e| bad(kv, format!("not a job spec: {e}")))?;
+                    self.specs.load(&job, spec, kv.mod_revision);
+                }
+                Some(Stored::Placement(k)) => {
+                    let record: PlacementRecord = serde_json::from_slice(&kv.value)
+                        .map_err(|e| bad(kv, format!("not a placement: {e}")))?;
+                    // An older agent kept the spec in every placement.
+                    if let Ok(spec) = serde_json::from_slice::<JobSpec>(&kv.value) {
+                        older.entry(k.0.clone()).or_insert(spec);
+                    }
+                    // Lost before the restart and not placed again yet: back
+                    // to the queue, or it would wait forever.
+                    if record.state == PlacementState::Lost {
+                        self.queue.add(k.clone());
+                    }
+                    self.intent.load(k, record, kv.mod_revision);
+                }
+                None => return Err(bad(kv, "not a key of this agent".to_string())),
             }
-            self.placements.insert(key, placement);
+        }
+        for (job, spec) in older {
+            if self.specs.get(&job).is_none() {
+                self.specs.learn(&job, spec);
+            }
         }
         Ok(())
     }
 
-    // ---- machines ----
-
-    fn class_of(&mut self, capacity: Resources, labels: &Labels) -> u32 {
-        let key = (capacity.as_array(), labels.clone());
-        if let Some(&k) = self.classes.get(&key) {
-            return k;
-        }
-        let k = self.cell.add_class(MachineClass {
-            name: format!("class-{}", self.classes.len()),
-            count: 0,
-            capacity,
-            labels: labels.clone(),
-        });
-        self.classes.insert(key, k);
-        k
-    }
+    // ---- node agents ----
 
     /// A node (re)registers with its machines and the tasks it knows.
     pub fn register_node(
@@ -259,807 +126,473 @@ impl AgentState {
         address: &str,
         machines: &[pb::MachineSpec],
         tasks: &[pb::NodeTask],
+        now: Instant,
     ) {
-        let mut names = Vec::with_capacity(machines.len());
-        for m in machines {
-            let capacity = from_pb(m.capacity.as_ref());
-            let labels: Labels = m.labels.clone().into_iter().collect();
-            let id = match self.machines.get(&m.name) {
-                Some(e) if e.capacity == capacity && e.labels == labels => e.id,
-                _ => {
-                    // New (or changed: a changed machine is a new one; the
-                    // old id stays down).
-                    if let Some(old) = self.machines.get(&m.name) {
-                        self.cell.set_up(old.id, false);
-                    }
-                    let k = self.class_of(capacity, &labels);
-                    let id = self.cell.add_machine(k);
-                    self.machine_names.push(m.name.clone());
-                    id
-                }
-            };
-            self.cell.set_up(id, true);
-            self.machines.insert(
-                m.name.clone(),
-                MachineEntry {
-                    node: node.to_string(),
-                    capacity,
-                    labels,
-                    id,
-                },
-            );
-            names.push(m.name.clone());
-        }
-        let entry = self
-            .nodes
-            .entry(node.to_string())
-            .or_insert_with(|| NodeEntry {
-                address: String::new(),
-                machines: Vec::new(),
-                last_heartbeat: Instant::now(),
-                up: true,
-                work: None,
-                backlog: pb::WorkBatch::default(),
-            });
-        entry.address = address.to_string();
-        entry.machines = names.clone();
-        entry.last_heartbeat = Instant::now();
-        entry.up = true;
-        entry.work = None;
-        entry.backlog = pb::WorkBatch::default();
-
-        // Count the placements on these machines that were read back from
-        // the store.
-        let on_node: BTreeSet<&String> = names.iter().collect();
-        let keys: Vec<TaskKey> = self
-            .placements
-            .iter()
-            .filter(|(_, p)| on_node.contains(&p.record.machine))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let names = self.inventory.register(node, address, machines, now);
+        self.links.reset(node);
+        let on_node: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let keys = self.intent.active_on(&on_node);
+        // Count the placements read back from the store on these machines.
         for k in &keys {
-            let (machine, request, accounted, state) = {
-                let p = &self.placements[k];
-                (
-                    p.record.machine.clone(),
-                    p.request(),
-                    p.accounted,
-                    p.record.state,
-                )
-            };
-            if !accounted && !state.is_final() && state != PlacementState::Lost {
-                if let Some(m) = self.machines.get(&machine) {
-                    if request.fits_in(&self.cell.machine(m.id).free) {
-                        self.cell.place(m.id, &request);
-                        if let Some(p) = self.placements.get_mut(k) {
-                            p.accounted = true;
-                        }
-                    }
-                }
-            }
+            self.count(k);
         }
         // What the node runs vs what it should.
-        let mut known: BTreeSet<TaskKey> = BTreeSet::new();
+        let known: BTreeSet<TaskKey> = tasks.iter().map(|t| (t.job.clone(), t.index)).collect();
         for t in tasks {
-            known.insert((t.job.clone(), t.index));
             self.node_report(node, t);
         }
-        for k in keys {
-            if known.contains(&k) {
-                continue;
-            }
-            let Some(p) = self.placements.get(&k) else {
+        let mut starts = Vec::new();
+        for k in keys.into_iter().filter(|k| !known.contains(k)) {
+            let Some(p) = self.intent.get(&k) else {
                 continue;
             };
             match p.record.state {
                 // Persisted, never started (or the start was lost): start it.
-                PlacementState::Placed => {
-                    let start = self.start_message(&k, p);
-                    self.send(node, |b| b.start.push(start));
-                }
+                PlacementState::Placed => match self.start_message(&k, &p.record) {
+                    Some(start) => starts.push(start),
+                    None => self.lose(&k),
+                },
                 // It ran there and the node no longer has it.
                 PlacementState::Running => self.lose(&k),
                 _ => {}
             }
         }
+        self.links.start(node, starts);
     }
 
-    pub fn open_work(&mut self, node: &str, tx: WorkSender) -> bool {
-        let Some(n) = self.nodes.get_mut(node) else {
-            return false;
-        };
-        let backlog = std::mem::take(&mut n.backlog);
-        if !backlog.start.is_empty() || !backlog.stop.is_empty() {
-            let _ = tx.try_send(Ok(backlog));
-        }
-        n.work = Some(tx);
-        true
-    }
-
-    fn send(&mut self, node: &str, add: impl FnOnce(&mut pb::WorkBatch)) {
-        let Some(n) = self.nodes.get_mut(node) else {
+    /// Counts a placement read back from the store on its machine.
+    fn count(&mut self, k: &TaskKey) {
+        let Some(p) = self.intent.get(k) else {
             return;
         };
-        let mut batch = pb::WorkBatch::default();
-        add(&mut batch);
-        if let Some(tx) = &n.work {
-            match tx.try_send(Ok(batch)) {
-                Ok(()) => {}
-                Err(
-                    mpsc::error::TrySendError::Full(Ok(b))
-                    | mpsc::error::TrySendError::Closed(Ok(b)),
-                ) => {
-                    // The node is not reading: it gets everything again
-                    // when it registers next.
-                    n.work = None;
-                    n.backlog.start.extend(b.start);
-                    n.backlog.stop.extend(b.stop);
-                }
-                Err(_) => n.work = None,
-            }
-        } else {
-            n.backlog.start.extend(batch.start);
-            n.backlog.stop.extend(batch.stop);
+        let Some(spec) = self.specs.get(&k.0) else {
+            return;
+        };
+        if p.counted.is_some() || !p.record.state.is_active() {
+            return;
+        }
+        let request = spec.request();
+        if let Some(id) = self.inventory.take(&p.record.machine, &request) {
+            self.intent.count(k, id, request);
         }
     }
 
     /// False asks the node to register again: it is unknown or lost, or
     /// work is waiting for it with no open stream to carry it (the stream
     /// broke): registering again reopens the stream and resends the work.
-    pub fn heartbeat(&mut self, node: &str) -> bool {
-        match self.nodes.get_mut(node) {
-            Some(n) if n.up => {
-                n.last_heartbeat = Instant::now();
-                let stranded = n.work.as_ref().is_none_or(|w| w.is_closed())
-                    && (!n.backlog.start.is_empty() || !n.backlog.stop.is_empty());
-                !stranded
-            }
-            _ => false,
-        }
+    pub fn heartbeat(&mut self, node: &str, now: Instant) -> bool {
+        self.inventory.heartbeat(node, now) && !self.links.stranded(node)
     }
 
-    /// Nodes silent for the timeout are lost, with their machines; their
-    /// tasks go back to the queue. After a restart, placements on machines
-    /// that never came back are lost too.
-    pub fn expire(&mut self, now: Instant) -> Vec<String> {
-        let lost: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.up && now.duration_since(n.last_heartbeat) > self.machine_timeout)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for node in &lost {
-            let machines = self
-                .nodes
-                .get(node)
-                .map(|n| n.machines.clone())
-                .unwrap_or_default();
-            if let Some(n) = self.nodes.get_mut(node) {
-                n.up = false;
-                n.work = None;
-            }
-            for m in &machines {
-                if let Some(e) = self.machines.get(m) {
-                    self.cell.set_up(e.id, false);
-                }
-            }
-            let on: BTreeSet<&String> = machines.iter().collect();
-            let keys: Vec<TaskKey> = self
-                .placements
-                .iter()
-                .filter(|(_, p)| {
-                    on.contains(&p.record.machine)
-                        && !p.record.state.is_final()
-                        && p.record.state != PlacementState::Lost
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in keys {
-                self.lose(&k);
-            }
-            tracing::warn!(node = %node, machines = machines.len(), "node missed its heartbeats: its machines are lost");
+    pub fn open_work(&mut self, node: &str, tx: WorkSender) -> Result<(), AgentError> {
+        if !self.inventory.is_registered(node) || !self.links.open(node, tx) {
+            return Err(AgentError::NotRegistered(node.to_string()));
         }
-        if now.duration_since(self.started) > self.machine_timeout {
-            let orphans: Vec<TaskKey> = self
-                .placements
-                .iter()
-                .filter(|(_, p)| {
-                    !p.record.state.is_final()
-                        && p.record.state != PlacementState::Lost
-                        && !self.machines.contains_key(&p.record.machine)
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in orphans {
-                self.lose(&k);
-            }
-        }
-        lost
+        Ok(())
     }
 
-    /// A placement's machine is gone: free it, report the task lost, and
-    /// queue it to be placed again (a new attempt).
-    fn lose(&mut self, k: &TaskKey) {
-        let Some(p) = self.placements.get_mut(k) else {
-            return;
-        };
-        let request = p.request();
-        if p.accounted {
-            if let Some(m) = self.machines.get(&p.record.machine) {
-                self.cell.release(m.id, &request, 1);
-            }
-            p.accounted = false;
+    pub fn node_reports(&mut self, node: &str, tasks: &[pb::NodeTask]) -> Result<(), AgentError> {
+        if !self.inventory.is_registered(node) {
+            return Err(AgentError::NotRegistered(node.to_string()));
         }
-        p.record.state = PlacementState::Lost;
-        let queued = p.queued();
-        self.dirty.insert(k.clone());
-        self.reports.push(pb::TaskReport {
-            job: k.0.clone(),
-            index: k.1,
-            state: pb::TaskState::Lost as i32,
-            machine: String::new(),
-            exit_code: None,
-        });
-        if !self.cancelled.contains(&k.0) {
-            self.queue.insert(k.clone(), queued);
+        for t in tasks {
+            self.node_report(node, t);
         }
+        Ok(())
     }
 
-    // ---- tasks from the global scheduler ----
-
-    pub fn receive(&mut self, batch: pb::AssignmentBatch) {
-        self.seq_seen = self.seq_seen.max(batch.seq);
-        for job in batch.cancelled_jobs {
-            self.cancel(&job);
-        }
-        for a in batch.assignments {
-            let request = from_pb(a.request.as_ref());
-            let constraints: Labels = a.constraints.into_iter().collect();
-            for i in a.indices {
-                let k = (a.job.clone(), i);
-                if let Some(p) = self.placements.get(&k) {
-                    if p.record.state != PlacementState::Lost {
-                        // Already here (a resync): say where it is.
-                        self.reports.push(pb::TaskReport {
-                            job: k.0.clone(),
-                            index: k.1,
-                            state: p.record.state.to_pb() as i32,
-                            machine: p.record.machine.clone(),
-                            exit_code: p.record.exit_code,
-                        });
-                        continue;
-                    }
-                }
-                self.queue.entry(k).or_insert_with(|| Queued {
-                    request,
-                    constraints: constraints.clone(),
-                    command: a.command.clone(),
-                    priority: a.priority,
-                });
-            }
-        }
-    }
-
-    fn cancel(&mut self, job: &str) {
-        self.cancelled.insert(job.to_string());
-        self.queue.retain(|k, _| k.0 != job);
-        let running: Vec<(TaskKey, String)> = self
-            .placements
-            .iter()
-            .filter(|(k, p)| {
-                k.0 == job && !p.record.state.is_final() && p.record.state != PlacementState::Lost
-            })
-            .map(|(k, p)| (k.clone(), p.record.machine.clone()))
-            .collect();
-        for (k, machine) in running {
-            let Some(node) = self.machines.get(&machine).map(|m| m.node.clone()) else {
-                continue;
-            };
-            self.send(&node, |b| {
-                b.stop.push(pb::TaskStop {
-                    job: k.0.clone(),
-                    index: k.1,
-                    machine: machine.clone(),
-                })
-            });
-        }
-    }
-
-    // ---- placing ----
-
-    /// Packs the queue onto the machines. Placed tasks come back as writes
-    /// (their cell capacity is taken now and given back by [`Self::revert`] if the
-    /// write fails); tasks that fit nowhere are handed back.
-    pub fn plan(&mut self, limit: usize) -> Plan {
-        let mut plan = Plan::default();
-        if self.queue.is_empty() {
-            return plan;
-        }
-        // Tasks of one job share a request: one group per job.
-        let mut jobs: BTreeMap<String, (Queued, Vec<u32>)> = BTreeMap::new();
-        for (k, q) in self.queue.iter().take(limit) {
-            jobs.entry(k.0.clone())
-                .or_insert_with(|| (q.clone(), Vec::new()))
-                .1
-                .push(k.1);
-        }
-        let names: Vec<String> = jobs.keys().cloned().collect();
-        let groups: Vec<TaskGroup<'_>> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let (q, indices) = &jobs[n];
-                TaskGroup {
-                    job: JobId(i as u32),
-                    request: q.request,
-                    constraints: &q.constraints,
-                    priority: q.priority,
-                    count: indices.len() as u32,
-                }
-            })
-            .collect();
-        let outcomes = pack(&mut self.cell, &groups, &self.policy);
-        let no_machines_yet =
-            self.machines.is_empty() || self.started.elapsed() < self.machine_timeout;
-        for (i, o) in outcomes.into_iter().enumerate() {
-            let name = &names[i];
-            let (q, indices) = &jobs[name];
-            for (&index, m) in indices.iter().zip(&o.placed) {
-                let k = (name.clone(), index);
-                let machine = self.machine_names[m.0 as usize].clone();
-                let previous = self.placements.get(&k);
-                let attempt = previous.map_or(1, |p| p.record.attempt + 1);
-                let expect = previous.map_or(Expect::Absent, |p| {
-                    if p.rev == 0 {
-                        Expect::Absent
-                    } else {
-                        Expect::ModRevision(p.rev)
-                    }
-                });
-                let [cpu_millis, memory_bytes, disk_bytes, gpu_millis] = q.request.as_array();
-                let record = PlacementRecord {
-                    machine,
-                    attempt,
-                    state: PlacementState::Placed,
-                    cpu_millis,
-                    memory_bytes,
-                    disk_bytes,
-                    gpu_millis,
-                    command: q.command.clone(),
-                    exit_code: None,
-                    constraints: q.constraints.clone(),
-                    priority: q.priority,
-                };
-                let value = serde_json::to_vec(&record).expect("placement records serialize");
-                let write = Write::put(self.key(&k), value, expect);
-                self.queue.remove(&k);
-                plan.writes.push((
-                    k,
-                    Placement {
-                        record,
-                        rev: 0,
-                        accounted: true,
-                    },
-                    write,
-                ));
-            }
-            let unplaced: Vec<u32> = indices[o.placed.len()..].to_vec();
-            if unplaced.is_empty() || no_machines_yet {
-                // Right after a start, machines are still registering: keep
-                // the tasks rather than bounce them.
-                continue;
-            }
-            let reason = o.why.as_ref().map_or_else(
-                || "no machine can take it".to_string(),
-                |w| {
-                    let top: Vec<String> = w
-                        .top_reasons()
-                        .into_iter()
-                        .take(3)
-                        .map(|(r, n)| format!("{n} machine(s): {r}"))
-                        .collect();
-                    format!(
-                        "0/{} machines fit: {}",
-                        w.machines_considered,
-                        top.join("; ")
-                    )
-                },
-            );
-            for index in &unplaced {
-                self.queue.remove(&(name.clone(), *index));
-            }
-            self.hand_backs.push(pb::HandBack {
-                job: name.clone(),
-                indices: unplaced,
-                reason,
-            });
-        }
-        plan
-    }
-
-    /// The write for `plan` failed: give the capacity back and requeue.
-    pub fn revert(&mut self, writes: Vec<(TaskKey, Placement, Write)>) {
-        for (k, p, _) in writes {
-            if let Some(m) = self.machines.get(&p.record.machine) {
-                self.cell.release(m.id, &p.request(), 1);
-            }
-            self.queue.insert(k, p.queued());
-        }
-    }
-
-    /// The write for `plan` is in the store (at `rev`): record the
-    /// placements, tell the nodes, tell the global scheduler.
-    pub fn apply(&mut self, writes: Vec<(TaskKey, Placement, Write)>, rev: Revision) {
-        // One work batch per node, not one per task.
-        let mut starts: BTreeMap<String, Vec<pb::TaskStart>> = BTreeMap::new();
-        for (k, mut p, _) in writes {
-            p.rev = rev;
-            let start = self.start_message(&k, &p);
-            if let Some(m) = self.machines.get(&p.record.machine) {
-                starts.entry(m.node.clone()).or_default().push(start);
-            }
-            self.reports.push(pb::TaskReport {
-                job: k.0.clone(),
-                index: k.1,
-                state: pb::TaskState::Placed as i32,
-                machine: p.record.machine.clone(),
-                exit_code: None,
-            });
-            self.placements.insert(k, p);
-        }
-        for (node, s) in starts {
-            self.send(&node, |b| b.start = s);
-        }
-    }
-
-    fn start_message(&self, k: &TaskKey, p: &Placement) -> pb::TaskStart {
-        pb::TaskStart {
-            job: k.0.clone(),
-            index: k.1,
-            machine: p.record.machine.clone(),
-            command: p.record.command.clone(),
-            request: Some(to_pb(&p.request())),
-            attempt: p.record.attempt,
-            cluster: self.cluster.clone(),
-        }
-    }
-
-    // ---- reports from nodes ----
-
-    pub fn node_report(&mut self, node: &str, t: &pb::NodeTask) {
+    fn node_report(&mut self, node: &str, t: &pb::NodeTask) {
         let k = (t.job.clone(), t.index);
-        let current = self.placements.get(&k).filter(|p| {
-            p.record.attempt == t.attempt
-                && p.record.machine == t.machine
-                && p.record.state != PlacementState::Lost
-        });
         let state = pb::TaskState::try_from(t.state).unwrap_or(pb::TaskState::Unspecified);
-        let Some(p) = current else {
-            // Not (or no longer) this task's placement: a stale copy. Stop it.
-            if state == pb::TaskState::Running {
+        match self
+            .intent
+            .observe(&k, t.attempt, &t.machine, state, t.exit_code)
+        {
+            Observed::Stale if state == pb::TaskState::Running => {
                 tracing::warn!(job = %t.job, index = t.index, machine = %t.machine, attempt = t.attempt, "stopping a task that is not placed here");
                 let stop = pb::TaskStop {
                     job: t.job.clone(),
                     index: t.index,
                     machine: t.machine.clone(),
                 };
-                self.send(node, |b| b.stop.push(stop));
+                self.links.stop(node, stop);
             }
-            return;
-        };
-        let old = p.record.state;
-        let new = match state {
-            pb::TaskState::Running => PlacementState::Running,
-            pb::TaskState::Succeeded => PlacementState::Succeeded,
-            pb::TaskState::Failed => PlacementState::Failed,
-            pb::TaskState::Lost => {
-                self.lose(&k);
-                return;
+            Observed::Stale | Observed::Unchanged => {}
+            Observed::Lost => self.lose(&k),
+            Observed::Changed { state, freed } => {
+                if let Some((id, request)) = freed {
+                    self.inventory.release(id, &request);
+                }
+                self.reports.push(pb::TaskReport {
+                    job: k.0,
+                    index: k.1,
+                    state: state.to_pb() as i32,
+                    machine: t.machine.clone(),
+                    exit_code: t.exit_code,
+                });
             }
-            _ => return,
-        };
-        if old == new || old.is_final() {
-            return;
         }
-        let p = self.placements.get_mut(&k).expect("checked above");
-        p.record.state = new;
-        p.record.exit_code = t.exit_code;
-        let request = p.request();
-        if new.is_final() {
-            if p.accounted {
-                p.accounted = false;
-                if let Some(m) = self.machines.get(&p.record.machine) {
-                    self.cell.release(m.id, &request, 1);
+    }
+
+    /// Nodes silent for the timeout are lost, with their machines; their
+    /// tasks go back to the queue. After a restart, placements on machines
+    /// that never came back are lost too.
+    pub fn expire(&mut self, now: Instant) {
+        for lost in self.inventory.expire(now) {
+            self.links.close(&lost.node);
+            let on: BTreeSet<&str> = lost.machines.iter().map(String::as_str).collect();
+            for k in self.intent.active_on(&on) {
+                self.lose(&k);
+            }
+            tracing::warn!(node = %lost.node, machines = lost.machines.len(), "node missed its heartbeats: its machines are lost");
+        }
+        if now.saturating_duration_since(self.started) > self.machine_timeout {
+            let inventory = &self.inventory;
+            for k in self.intent.orphans(|m| inventory.machine(m).is_some()) {
+                self.lose(&k);
+            }
+        }
+    }
+
+    /// A placement's machine is gone: free it, report the task lost, and
+    /// queue it to be placed again (a new attempt).
+    fn lose(&mut self, k: &TaskKey) {
+        let Some(freed) = self.intent.lose(k) else {
+            return;
+        };
+        if let Some((id, request)) = freed {
+            self.inventory.release(id, &request);
+        }
+        self.reports.lost(&k.0, k.1);
+        self.queue.requeue(k.clone());
+    }
+
+    // ---- the global scheduler ----
+
+    pub fn receive(&mut self, batch: pb::AssignmentBatch) {
+        self.queue.seen(batch.seq);
+        for job in &batch.cancelled_jobs {
+            self.cancel(job);
+        }
+        for a in &batch.assignments {
+            self.specs.learn(&a.job, JobSpec::from(a));
+            for &index in &a.indices {
+                let k = (a.job.clone(), index);
+                match self.intent.get(&k) {
+                    // Already here (a resync): say where it is.
+                    Some(p) if p.record.state != PlacementState::Lost => {
+                        self.reports.push(intent::report(&k, &p.record));
+                    }
+                    _ => self.queue.add(k),
                 }
             }
-            self.dirty.insert(k.clone());
         }
-        self.reports.push(pb::TaskReport {
+    }
+
+    fn cancel(&mut self, job: &str) {
+        self.queue.cancel(job);
+        for ((job, index), machine) in self.intent.active_of(job) {
+            let Some(node) = self.inventory.machine(&machine).map(|m| m.node.clone()) else {
+                continue;
+            };
+            let stop = pb::TaskStop {
+                job,
+                index,
+                machine,
+            };
+            self.links.stop(&node, stop);
+        }
+    }
+
+    // ---- placing ----
+
+    /// Packs up to `limit` queued tasks onto the machines and hands back
+    /// what fits nowhere. Returns the writes of this pass (specs, new
+    /// placements, new states), split into commits by the store's batcher.
+    /// Capacity is taken now, and given back by [`Self::failed`] if a
+    /// commit fails. A write too large for any commit is handed back with
+    /// the reason, never retried.
+    pub fn commits(&mut self, limit: usize, now: Instant) -> Vec<Vec<Change>> {
+        let mut changes = self.plan(limit, now);
+        // A placement's new record supersedes its old one's state.
+        let placing: BTreeSet<TaskKey> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Place { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        let states = self.intent.state_writes().into_iter();
+        changes.extend(
+            states
+                .filter(|(key, _)| !placing.contains(key))
+                .map(|(key, write)| Change::State { key, write }),
+        );
+        let split = batch::chunks(changes, Change::write);
+        if split.refused.is_empty() {
+            return split.commits;
+        }
+        let mut refused_jobs: BTreeMap<String, String> = BTreeMap::new();
+        let mut give_back: Vec<(TaskKey, Placement, String)> = Vec::new();
+        for r in split.refused {
+            let reason = format!("cannot store it: {}", r.reason);
+            match r.item {
+                Change::Spec { job, .. } => {
+                    tracing::error!(%job, cause = %r.reason, "the job's spec is too large to store: its tasks are handed back");
+                    refused_jobs.insert(job, reason);
+                }
+                Change::Place { key, placement, .. } => give_back.push((key, placement, reason)),
+                // A state record is a few dozen bytes.
+                Change::State { key, .. } => {
+                    tracing::error!(job = %key.0, index = key.1, cause = %r.reason, "a task state cannot be stored");
+                }
+            }
+        }
+        let commits = split
+            .commits
+            .into_iter()
+            .map(|commit| {
+                commit
+                    .into_iter()
+                    .filter_map(|c| match c {
+                        Change::Place { key, placement, .. }
+                            if refused_jobs.contains_key(&key.0) =>
+                        {
+                            let reason = refused_jobs[&key.0].clone();
+                            give_back.push((key, placement, reason));
+                            None
+                        }
+                        c => Some(c),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|commit| !commit.is_empty())
+            .collect();
+        for (key, placement, reason) in give_back {
+            self.unplace(&key, &placement);
+            self.reports.hand_back(&key.0, vec![key.1], reason);
+        }
+        commits
+    }
+
+    fn plan(&mut self, limit: usize, now: Instant) -> Vec<Change> {
+        let mut changes = Vec::new();
+        if self.queue.is_empty() {
+            return changes;
+        }
+        let mut jobs = self.queue.first(limit);
+        // A job whose spec this agent lost (an unreadable record): the
+        // global scheduler sends it again with the next assignment.
+        jobs.retain(|job, indices| {
+            if self.specs.get(job).is_some() {
+                return true;
+            }
+            for index in indices.iter() {
+                self.queue.remove(&(job.clone(), *index));
+            }
+            let reason = "this cluster does not know the job's spec".to_string();
+            self.reports.hand_back(job, indices.clone(), reason);
+            false
+        });
+        let packed = packing::pack(&jobs, &self.specs, &mut self.inventory, &self.policy);
+        let mut specs_written = BTreeSet::new();
+        for (key, m, request) in packed.placed {
+            if specs_written.insert(key.0.clone()) {
+                if let Some(write) = self.specs.write(&key.0, self.keys.spec(&key.0)) {
+                    let job = key.0.clone();
+                    changes.push(Change::Spec { job, write });
+                }
+            }
+            let (record, write) = self.intent.next(&key, self.inventory.name(m));
+            self.queue.remove(&key);
+            let placement = Placement {
+                record,
+                rev: 0,
+                counted: Some((m, request)),
+            };
+            changes.push(Change::Place {
+                key,
+                placement,
+                write,
+            });
+        }
+        // Right after a start, machines are still registering: keep the
+        // tasks rather than bounce them.
+        let registering = self.inventory.is_empty()
+            || now.saturating_duration_since(self.started) < self.machine_timeout;
+        if !registering {
+            for (job, indices, reason) in packed.unplaced {
+                for &index in &indices {
+                    self.queue.remove(&(job.clone(), index));
+                }
+                self.reports.hand_back(&job, indices, reason);
+            }
+        }
+        changes
+    }
+
+    /// A placement that will not be written: its capacity goes back, and
+    /// the state of the placement it was to replace is due again.
+    fn unplace(&mut self, key: &TaskKey, placement: &Placement) {
+        if let Some((id, request)) = placement.counted {
+            self.inventory.release(id, &request);
+        }
+        if self.intent.get(key).is_some_and(|p| p.rev != 0) {
+            self.intent.unwritten(key.clone());
+        }
+    }
+
+    /// A commit is in the store (at `rev`): record it, tell the nodes what
+    /// to start, tell the global scheduler what is placed.
+    pub fn applied(&mut self, commit: Vec<Change>, rev: Revision) {
+        // One work batch per node, not one per task.
+        let mut starts: BTreeMap<String, Vec<pb::TaskStart>> = BTreeMap::new();
+        for change in commit {
+            match change {
+                Change::Spec { job, .. } => self.specs.stored(&job, rev),
+                Change::State { key, .. } => self.intent.written(&key, rev),
+                Change::Place {
+                    key, mut placement, ..
+                } => {
+                    placement.rev = rev;
+                    let node = self.inventory.machine(&placement.record.machine);
+                    let start = self.start_message(&key, &placement.record);
+                    if let (Some(m), Some(start)) = (node, start) {
+                        starts.entry(m.node.clone()).or_default().push(start);
+                    }
+                    self.reports.push(intent::report(&key, &placement.record));
+                    self.intent.placed(key, placement);
+                }
+            }
+        }
+        for (node, s) in starts {
+            self.links.start(&node, s);
+        }
+    }
+
+    /// A commit failed with `err`: nothing of it is known to be in. Its
+    /// placements give their capacity back and wait again, or, when `err`
+    /// says a retry cannot help, are handed back with it. Returns the keys
+    /// to read back, whose revisions decide the next attempt's guards.
+    pub fn failed(&mut self, commit: Vec<Change>, err: &AgentError) -> Vec<String> {
+        let retry = matches!(err.code(), Code::Unavailable | Code::Aborted);
+        let mut keys = Vec::with_capacity(commit.len());
+        let mut handed: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for change in commit {
+            keys.push(change.write().key.clone());
+            match change {
+                Change::Spec { .. } => {}
+                Change::State { key, .. } => self.intent.unwritten(key),
+                Change::Place { key, placement, .. } => {
+                    self.unplace(&key, &placement);
+                    if retry {
+                        self.queue.add(key);
+                    } else {
+                        handed.entry(key.0).or_default().push(key.1);
+                    }
+                }
+            }
+        }
+        for (job, indices) in handed {
+            let reason = format!("cannot store its placement: {err}");
+            self.reports.hand_back(&job, indices, reason);
+        }
+        keys
+    }
+
+    /// What the store holds at `key`, read back after a failed commit.
+    pub fn refresh(&mut self, key: &str, kv: Option<KeyValue>) {
+        match self.keys.parse(key) {
+            Some(Stored::Spec(job)) => self.specs.refresh(&job, kv),
+            Some(Stored::Placement(k)) => self.intent.refresh(&k, kv),
+            None => {}
+        }
+    }
+
+    fn start_message(&self, k: &TaskKey, record: &PlacementRecord) -> Option<pb::TaskStart> {
+        let spec = self.specs.get(&k.0)?;
+        Some(pb::TaskStart {
             job: k.0.clone(),
             index: k.1,
-            state: new.to_pb() as i32,
-            machine: t.machine.clone(),
-            exit_code: t.exit_code,
-        });
+            machine: record.machine.clone(),
+            command: spec.command.clone(),
+            request: Some(to_pb(&spec.request())),
+            attempt: record.attempt,
+            cluster: self.cluster.clone(),
+        })
     }
 
-    /// Queues a report of every stored placement's state. It supersedes the
-    /// queued reports but the losses (the global scheduler keeps the last
-    /// report of a task in a call, and tells a job's events of a task lost
-    /// and placed again), so however often sessions fail and start again,
-    /// the queue holds one report per placement plus the losses.
+    // ---- reports ----
+
+    /// Queues a report of every stored placement, superseding the queued
+    /// ones but the losses (see [`Reports::resync`]).
     pub fn resync_reports(&mut self) {
-        self.reports
-            .retain(|r| r.state == pb::TaskState::Lost as i32);
-        let current = self
-            .placements
-            .iter()
-            .filter(|(_, p)| p.rev != 0)
-            .map(|(k, p)| {
-                let lost = p.record.state == PlacementState::Lost;
-                pb::TaskReport {
-                    job: k.0.clone(),
-                    index: k.1,
-                    state: p.record.state.to_pb() as i32,
-                    machine: if lost {
-                        String::new()
-                    } else {
-                        p.record.machine.clone()
-                    },
-                    exit_code: p.record.exit_code,
-                }
-            });
-        self.reports.extend(current);
+        self.reports.resync(self.intent.stored_reports());
     }
 
-    /// Writes for placements whose state changed (final, or lost).
-    pub fn dirty_writes(&mut self, limit: usize) -> Vec<(TaskKey, Write)> {
-        let keys: Vec<TaskKey> = self.dirty.iter().take(limit).cloned().collect();
-        keys.into_iter()
-            .filter_map(|k| {
-                self.dirty.remove(&k);
-                let p = self.placements.get(&k)?;
-                if p.rev == 0 {
-                    return None;
-                }
-                let value = serde_json::to_vec(&p.record).expect("placement records serialize");
-                Some((
-                    k.clone(),
-                    Write::put(self.key(&k), value, Expect::ModRevision(p.rev)),
-                ))
-            })
-            .collect()
+    pub fn take_reports(&mut self, max: usize) -> Outgoing {
+        self.reports.take(max)
     }
 
-    /// What the store holds for a placement whose last write had an unknown
-    /// outcome: keep its revision, so the next write's guard matches. A
-    /// stored placement we do not know of is one whose write landed after
-    /// all; no node was told of it, so it counts as lost.
-    pub fn refresh(&mut self, k: &TaskKey, stored: Option<KeyValue>) {
-        let Some(kv) = stored else {
-            if let Some(p) = self.placements.get_mut(k) {
-                p.rev = 0;
-            }
-            return;
-        };
-        match self.placements.get_mut(k) {
-            Some(p) => p.rev = kv.mod_revision,
-            None => {
-                if let Ok(mut record) = serde_json::from_slice::<PlacementRecord>(&kv.value) {
-                    record.state = PlacementState::Lost;
-                    self.placements.insert(
-                        k.clone(),
-                        Placement {
-                            record,
-                            rev: kv.mod_revision,
-                            accounted: false,
-                        },
-                    );
-                }
-            }
-        }
+    pub fn put_back_reports(&mut self, out: Outgoing) {
+        self.reports.put_back(out);
     }
 
-    pub fn set_rev(&mut self, k: &TaskKey, rev: Revision) {
-        if let Some(p) = self.placements.get_mut(k) {
-            p.rev = rev;
-        }
-    }
-
-    pub fn mark_dirty(&mut self, k: TaskKey) {
-        self.dirty.insert(k);
+    pub fn pending_reports(&self) -> usize {
+        self.reports.pending()
     }
 
     // ---- views ----
 
     /// Classes for the global scheduler: capacity, labels, machines up.
     pub fn classes(&self) -> Vec<pb::MachineClassStatus> {
-        let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
-        for m in self.machines.values() {
-            if self.cell.machine(m.id).up {
-                *counts.entry(self.cell.machine(m.id).class).or_insert(0) += 1;
-            }
-        }
-        self.classes
+        self.inventory.classes()
+    }
+
+    /// What the heartbeat to the global scheduler carries.
+    pub fn heartbeat_request(&self) -> pb::HeartbeatRequest {
+        let queued = self
+            .queue
             .iter()
-            .filter_map(|((cap, labels), k)| {
-                let count = *counts.get(k)?;
-                Some(pb::MachineClassStatus {
-                    name: format!("class-{k}"),
-                    capacity: Some(to_pb(&Resources::from_array(*cap))),
-                    labels: labels.clone().into_iter().collect(),
-                    count,
-                })
-            })
-            .collect()
-    }
-
-    pub fn allocated(&self) -> Resources {
-        self.cell.allocated()
-    }
-
-    pub fn queued(&self) -> Resources {
-        self.queue
-            .values()
-            .fold(Resources::ZERO, |a, q| a.saturating_add(&q.request))
+            .filter_map(|k| self.specs.get(&k.0))
+            .fold(Resources::ZERO, |a, s| a.saturating_add(&s.request()));
+        pb::HeartbeatRequest {
+            cluster: self.cluster.clone(),
+            classes: self.inventory.classes(),
+            allocated: Some(to_pb(&self.inventory.allocated())),
+            queued: Some(to_pb(&queued)),
+            queue_len: self.queue.len() as u64,
+            seq_seen: self.queue.seq_seen(),
+        }
     }
 
     pub fn machine_statuses(&self) -> Vec<pb::MachineStatus> {
-        let mut tasks: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for (k, p) in &self.placements {
-            if p.accounted {
-                tasks
-                    .entry(p.record.machine.as_str())
-                    .or_default()
-                    .push(format!("{}/{}", k.0, k.1));
-            }
-        }
-        self.machines
-            .iter()
-            .map(|(name, m)| {
-                let st = self.cell.machine(m.id);
-                pb::MachineStatus {
-                    name: name.clone(),
-                    cluster: self.cluster.clone(),
-                    up: st.up,
-                    capacity: Some(to_pb(&m.capacity)),
-                    allocated: Some(to_pb(&m.capacity.saturating_sub(&st.free))),
-                    labels: m.labels.clone().into_iter().collect(),
-                    tasks: tasks.remove(name.as_str()).unwrap_or_default(),
-                }
-            })
-            .collect()
+        self.inventory
+            .statuses(&self.cluster, self.intent.tasks_by_machine())
     }
 
-    /// The node address serving a task's output.
-    pub fn task_node(&self, job: &str, index: u32) -> Option<(String, String)> {
-        let p = self.placements.get(&(job.to_string(), index))?;
-        let m = self.machines.get(&p.record.machine)?;
-        let n = self.nodes.get(&m.node)?;
-        Some((n.address.clone(), p.record.machine.clone()))
+    /// The node address serving a task's output, and the task's machine.
+    pub fn task_node(&self, job: &str, index: u32) -> Result<(String, String), AgentError> {
+        let not_found = || AgentError::TaskNotFound {
+            job: job.to_string(),
+            index,
+            why: format!("is not placed in cluster {}", self.cluster),
+        };
+        let p = self
+            .intent
+            .get(&(job.to_string(), index))
+            .ok_or_else(not_found)?;
+        let address = self
+            .inventory
+            .address_of(&p.record.machine)
+            .ok_or_else(not_found)?;
+        Ok((address.to_string(), p.record.machine.clone()))
     }
 
-    pub fn check(&self) -> Result<(), String> {
-        self.cell.check_invariants()
+    pub fn check(&self) -> Result<(), AgentError> {
+        self.inventory.check()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GIB: u64 = 1 << 30;
-
-    fn agent() -> AgentState {
-        AgentState::new(
-            "east-a",
-            "/sched",
-            LocalPolicy::default(),
-            Duration::from_secs(0),
-        )
-    }
-
-    fn machine(name: &str, cpu_millis: u64) -> pb::MachineSpec {
-        pb::MachineSpec {
-            name: name.to_string(),
-            capacity: Some(pb::Resources {
-                cpu_millis,
-                memory_bytes: 4 * GIB,
-                disk_bytes: 0,
-                gpu_millis: 0,
-            }),
-            labels: Default::default(),
-        }
-    }
-
-    fn assign(job: &str, indices: Vec<u32>) -> pb::AssignmentBatch {
-        pb::AssignmentBatch {
-            assignments: vec![pb::Assignment {
-                job: job.to_string(),
-                indices,
-                request: Some(pb::Resources {
-                    cpu_millis: 1000,
-                    memory_bytes: GIB,
-                    disk_bytes: 0,
-                    gpu_millis: 0,
-                }),
-                constraints: Default::default(),
-                command: vec!["true".to_string()],
-                priority: 0,
-            }],
-            cancelled_jobs: Vec::new(),
-            seq: 1,
-        }
-    }
-
-    fn states(reports: &[pb::TaskReport]) -> Vec<(u32, pb::TaskState, String)> {
-        reports
-            .iter()
-            .map(|r| {
-                (
-                    r.index,
-                    pb::TaskState::try_from(r.state).unwrap(),
-                    r.machine.clone(),
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_resync_reports_every_stored_placement() {
-        let mut a = agent();
-        a.register_node("n0", "", &[machine("m0", 2000)], &[]);
-        a.receive(assign("web", vec![0, 1, 2]));
-        let plan = a.plan(100);
-        // Two fit; the third is handed back.
-        assert_eq!(plan.writes.len(), 2);
-        a.apply(plan.writes, 7);
-        a.node_report(
-            "n0",
-            &pb::NodeTask {
-                job: "web".into(),
-                index: 0,
-                machine: "m0".into(),
-                state: pb::TaskState::Succeeded as i32,
-                exit_code: Some(0),
-                attempt: 1,
-            },
-        );
-        // The call that carried these reports failed, and the agent died
-        // with them.
-        a.reports.clear();
-        a.resync_reports();
-        // Sessions that fail and start again do not pile reports up.
-        a.resync_reports();
-        assert_eq!(
-            states(&a.reports),
-            [
-                (0, pb::TaskState::Succeeded, "m0".to_string()),
-                (1, pb::TaskState::Placed, "m0".to_string()),
-            ]
-        );
-        assert_eq!(a.reports[0].exit_code, Some(0));
-        assert_eq!(a.hand_backs.len(), 1);
-    }
-
-    #[test]
-    fn a_lost_machine_reports_the_loss_before_the_hand_back() {
-        let mut a = agent();
-        a.register_node("n0", "", &[machine("m0", 1000)], &[]);
-        a.receive(assign("web", vec![0]));
-        let plan = a.plan(100);
-        a.apply(plan.writes, 7);
-        a.reports.clear();
-        // The node goes silent (timeout 0): the task is lost, and with no
-        // machine left it is handed back in the same pass.
-        a.expire(Instant::now() + Duration::from_millis(1));
-        a.plan(100);
-        assert_eq!(
-            states(&a.reports),
-            [(0, pb::TaskState::Lost, String::new())]
-        );
-        assert_eq!(a.hand_backs.len(), 1);
-        assert_eq!(a.hand_backs[0].indices, [0]);
-        assert!(a.check().is_ok());
-    }
-}
+mod tests;

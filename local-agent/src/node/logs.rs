@@ -12,6 +12,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::tasks::Tasks;
+use crate::error::AgentError;
 
 /// Bytes per message.
 const CHUNK: usize = 64 * 1024;
@@ -81,12 +82,14 @@ impl Node for LogsService {
         request: Request<pb::TaskLogsRequest>,
     ) -> Result<Response<Self::TaskLogsStream>, Status> {
         let r = request.into_inner();
-        let dir = self.tasks.output(&r.job, r.index).ok_or_else(|| {
-            Status::not_found(format!(
-                "no output for task {}/{} on this node (hollow tasks keep none)",
-                r.job, r.index
-            ))
-        })?;
+        let dir = self
+            .tasks
+            .output(&r.job, r.index)
+            .ok_or_else(|| AgentError::TaskNotFound {
+                job: r.job.clone(),
+                index: r.index,
+                why: "has no output on this node (hollow tasks keep none)".to_string(),
+            })?;
         Ok(Response::new(stream_logs(dir, r.follow)))
     }
 }

@@ -29,6 +29,8 @@ use tonic::transport::Channel;
 use sched_proto::backoff::Backoff;
 use tasks::Tasks;
 
+use crate::error::AgentError;
+
 /// One machine the node hosts.
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
@@ -71,16 +73,20 @@ pub fn detect_capacity() -> Resources {
     Resources::new(cpus * 1000, memory)
 }
 
-fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(url.to_string())?
+fn channel(url: &str) -> Result<Channel, AgentError> {
+    let endpoint = Channel::from_shared(url.to_string()).map_err(|e| {
+        sched_core::error::SpecError::new("--agent", format!("{url:?} is not a URL: {e}"))
+    })?;
+    Ok(endpoint
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
         .connect_lazy())
 }
 
 /// Runs the node agent until `shutdown`; then stops its tasks.
-pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.work_dir)?;
+pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.work_dir)
+        .map_err(|e| AgentError::io(format!("work dir {}", config.work_dir.display()), e))?;
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     let tasks = Tasks::new(&config, report_tx)?;
     let tracker = TaskTracker::new();
@@ -101,8 +107,11 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     }
 
     // Task logs.
-    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-    let address = format!("http://{}", listener.local_addr()?);
+    let listen = |e| AgentError::io(format!("cannot listen on {}", config.listen), e);
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(listen)?;
+    let address = format!("http://{}", listener.local_addr().map_err(listen)?);
     {
         let service = NodeServer::new(logs::LogsService::new(tasks.clone()));
         let shutdown = shutdown.clone();
@@ -157,7 +166,7 @@ async fn session(
     mut client: MachinesClient<Channel>,
     tasks: &Arc<Tasks>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), AgentError> {
     let machines = config
         .machines
         .iter()
@@ -193,13 +202,13 @@ async fn session(
                 tokio::time::sleep(sched_proto::backoff::jitter(interval / 10)).await;
                 let r = client.node_heartbeat(pb::NodeHeartbeatRequest { node: config.name.clone() }).await?;
                 if r.into_inner().register_again {
-                    anyhow::bail!("the local agent asked to register again");
+                    return Err(AgentError::SessionEnded("the local agent asked to register again"));
                 }
             }
             batch = work.next() => {
                 let batch = match batch {
                     Some(b) => b?,
-                    None => anyhow::bail!("work stream ended"),
+                    None => return Err(AgentError::SessionEnded("work stream ended")),
                 };
                 for s in batch.stop {
                     tasks.stop(&s.job, s.index);

@@ -22,6 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::task::TaskTracker;
 
 use super::NodeConfig;
+use crate::error::AgentError;
 
 /// What `meta.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,7 +98,7 @@ impl Tasks {
     pub fn new(
         config: &NodeConfig,
         report: UnboundedSender<pb::NodeTask>,
-    ) -> anyhow::Result<Arc<Self>> {
+    ) -> Result<Arc<Self>, AgentError> {
         let tasks = Tasks {
             work_dir: config.work_dir.clone(),
             lease_file: config.work_dir.join("lease"),
@@ -130,18 +131,21 @@ impl Tasks {
     }
 
     /// Reads back task directories after a restart.
-    fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
+    fn recover(self: &Arc<Self>) -> Result<(), AgentError> {
         let root = self.work_dir.join("tasks");
         let Ok(jobs) = std::fs::read_dir(&root) else {
             return Ok(());
         };
         for job in jobs.flatten() {
             let job_name = job.file_name().to_string_lossy().to_string();
-            for index in std::fs::read_dir(job.path())?.flatten() {
+            let read = |dir: &Path| {
+                std::fs::read_dir(dir).map_err(|e| AgentError::io(dir.display().to_string(), e))
+            };
+            for index in read(&job.path())?.flatten() {
                 let Ok(i) = index.file_name().to_string_lossy().parse::<u32>() else {
                     continue;
                 };
-                let latest = std::fs::read_dir(index.path())?
+                let latest = read(&index.path())?
                     .flatten()
                     .filter_map(|a| a.file_name().to_string_lossy().parse::<u64>().ok())
                     .max();
@@ -255,13 +259,16 @@ impl Tasks {
 
     /// Starts the task's supervisor; [`Tasks::wait_for`] then reports its
     /// exit.
-    fn spawn(&self, s: &pb::TaskStart, dir: &Path) -> anyhow::Result<tokio::process::Child> {
+    fn spawn(&self, s: &pb::TaskStart, dir: &Path) -> Result<tokio::process::Child, AgentError> {
         if s.command.is_empty() {
-            anyhow::bail!("the job has no command");
+            return Err(
+                sched_core::error::SpecError::new("command", "the job has no command").into(),
+            );
         }
-        std::fs::create_dir_all(dir)?;
-        let stdout = std::fs::File::create(dir.join("stdout"))?;
-        let stderr = std::fs::File::create(dir.join("stderr"))?;
+        let io = |what: &str, e| AgentError::io(format!("{what} in {}", dir.display()), e);
+        std::fs::create_dir_all(dir).map_err(|e| io("the task directory", e))?;
+        let stdout = std::fs::File::create(dir.join("stdout")).map_err(|e| io("stdout", e))?;
+        let stderr = std::fs::File::create(dir.join("stderr")).map_err(|e| io("stderr", e))?;
         let mut cmd = std::process::Command::new(&self.supervisor);
         cmd.arg("supervise")
             .arg("--lease")
@@ -286,13 +293,19 @@ impl Tasks {
             .process_group(0);
         let child = tokio::process::Command::from(cmd)
             .kill_on_drop(false)
-            .spawn()?;
-        let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+            .spawn()
+            .map_err(|e| {
+                AgentError::io(format!("cannot start {}", self.supervisor.display()), e)
+            })?;
+        let pid = child
+            .id()
+            .ok_or_else(|| AgentError::Invariant("a task just started has no pid".into()))?;
         let meta = Meta {
             machine: s.machine.clone(),
             pid,
         };
-        std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta)?)?;
+        let meta = serde_json::to_vec(&meta).expect("task metadata serializes");
+        std::fs::write(dir.join("meta.json"), meta).map_err(|e| io("meta.json", e))?;
         Ok(child)
     }
 

@@ -1,0 +1,31 @@
+//! One write the local agent makes, with what it means: what to record
+//! once the write is in, and what to undo if it fails.
+
+use sched_store::Write;
+
+use super::intent::Placement;
+use super::keys::TaskKey;
+
+#[derive(Debug)]
+pub enum Change {
+    /// A job's spec, in the commit of its first placement or an earlier one.
+    Spec { job: String, write: Write },
+    /// A new placement; its capacity is taken already.
+    Place {
+        key: TaskKey,
+        placement: Placement,
+        write: Write,
+    },
+    /// A placement's new state (final, or lost).
+    State { key: TaskKey, write: Write },
+}
+
+impl Change {
+    pub fn write(&self) -> &Write {
+        match self {
+            Change::Spec { write, .. }
+            | Change::Place { write, .. }
+            | Change::State { write, .. } => write,
+        }
+    }
+}

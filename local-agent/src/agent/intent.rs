@@ -1,0 +1,450 @@
+//! Intended placements: where each task handed to this cluster should run
+//! (machine, attempt), the state nodes reported for it, and the revision of
+//! its record in the store.
+//!
+//! Rules kept here:
+//! - a task placed again gets the next attempt, and its write expects the
+//!   record it replaces (or none), so a write cannot apply twice;
+//! - only the placement's own attempt on its own machine changes it: a
+//!   report of another (an older attempt, another machine) is stale;
+//! - final states are final; a lost placement takes no more reports;
+//! - final and lost states are written back to the store (they are
+//!   "dirty" until then); placed and running are not: a restart finds them
+//!   from the nodes' reports.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sched_core::machine::MachineId;
+use sched_core::resources::Resources;
+use sched_proto::pb;
+use sched_store::{Expect, KeyValue, Revision, Write};
+use serde::{Deserialize, Serialize};
+
+use super::keys::{Keys, TaskKey};
+
+/// A placement as stored at `P/placements/<cluster>/<job>/<index>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementRecord {
+    pub machine: String,
+    pub attempt: u64,
+    pub state: PlacementState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementState {
+    Placed,
+    Running,
+    Succeeded,
+    Failed,
+    Lost,
+}
+
+impl PlacementState {
+    pub fn is_final(self) -> bool {
+        matches!(self, PlacementState::Succeeded | PlacementState::Failed)
+    }
+
+    /// Placed or running: it holds capacity on its machine.
+    pub fn is_active(self) -> bool {
+        matches!(self, PlacementState::Placed | PlacementState::Running)
+    }
+
+    pub fn to_pb(self) -> pb::TaskState {
+        match self {
+            PlacementState::Placed => pb::TaskState::Placed,
+            PlacementState::Running => pb::TaskState::Running,
+            PlacementState::Succeeded => pb::TaskState::Succeeded,
+            PlacementState::Failed => pb::TaskState::Failed,
+            PlacementState::Lost => pb::TaskState::Lost,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub record: PlacementRecord,
+    /// `mod_revision` of its key; 0 before it is written.
+    pub rev: Revision,
+    /// The machine and request it is counted with in the inventory's
+    /// cell, if it is.
+    pub counted: Option<(MachineId, Resources)>,
+}
+
+/// What a node's report of a task did to its placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// Not this task's placement (or no longer): the node runs a stale copy.
+    Stale,
+    /// Nothing new.
+    Unchanged,
+    /// The node lost it.
+    Lost,
+    /// A new state; the counted capacity, if final, is for the caller to
+    /// give back.
+    Changed {
+        state: PlacementState,
+        freed: Option<(MachineId, Resources)>,
+    },
+}
+
+pub struct Intent {
+    keys: Keys,
+    placements: BTreeMap<TaskKey, Placement>,
+    /// Placements whose state is not in the store yet.
+    dirty: BTreeSet<TaskKey>,
+}
+
+impl Intent {
+    pub fn new(keys: Keys) -> Self {
+        Intent {
+            keys,
+            placements: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    pub fn get(&self, k: &TaskKey) -> Option<&Placement> {
+        self.placements.get(k)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&TaskKey, &Placement)> {
+        self.placements.iter()
+    }
+
+    /// A placement read back from the store.
+    pub fn load(&mut self, k: TaskKey, record: PlacementRecord, rev: Revision) {
+        let p = Placement {
+            record,
+            rev,
+            counted: None,
+        };
+        self.placements.insert(k, p);
+    }
+
+    /// The record and the write of the task's next placement, on `machine`.
+    pub fn next(&self, k: &TaskKey, machine: &str) -> (PlacementRecord, Write) {
+        let previous = self.placements.get(k);
+        let record = PlacementRecord {
+            machine: machine.to_string(),
+            attempt: previous.map_or(1, |p| p.record.attempt + 1),
+            state: PlacementState::Placed,
+            exit_code: None,
+        };
+        let expect = match previous.map_or(0, |p| p.rev) {
+            0 => Expect::Absent,
+            rev => Expect::ModRevision(rev),
+        };
+        let value = serde_json::to_vec(&record).expect("placement records serialize");
+        (record, Write::put(self.keys.placement(k), value, expect))
+    }
+
+    /// A new placement is in the store: it replaces the old one, whose
+    /// state need not be written any more.
+    pub fn placed(&mut self, k: TaskKey, p: Placement) {
+        self.dirty.remove(&k);
+        self.placements.insert(k, p);
+    }
+
+    /// Counts the placement on a machine (it was read back from the
+    /// store, and its node registered).
+    pub fn count(&mut self, k: &TaskKey, machine: MachineId, request: Resources) {
+        if let Some(p) = self.placements.get_mut(k) {
+            p.counted = Some((machine, request));
+        }
+    }
+
+    /// The active placements on these machines.
+    pub fn active_on(&self, machines: &BTreeSet<&str>) -> Vec<TaskKey> {
+        self.placements
+            .iter()
+            .filter(|(_, p)| {
+                p.record.state.is_active() && machines.contains(p.record.machine.as_str())
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The active placements of a job, with their machines.
+    pub fn active_of(&self, job: &str) -> Vec<(TaskKey, String)> {
+        self.placements
+            .iter()
+            .filter(|(k, p)| k.0 == job && p.record.state.is_active())
+            .map(|(k, p)| (k.clone(), p.record.machine.clone()))
+            .collect()
+    }
+
+    /// The active placements whose machine `exists` says is gone.
+    pub fn orphans(&self, exists: impl Fn(&str) -> bool) -> Vec<TaskKey> {
+        self.placements
+            .iter()
+            .filter(|(_, p)| p.record.state.is_active() && !exists(&p.record.machine))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// A node reports a task: `attempt` on `machine` is now `state`.
+    pub fn observe(
+        &mut self,
+        k: &TaskKey,
+        attempt: u64,
+        machine: &str,
+        state: pb::TaskState,
+        exit_code: Option<i32>,
+    ) -> Observed {
+        let Some(p) = self.placements.get_mut(k).filter(|p| {
+            p.record.attempt == attempt
+                && p.record.machine == machine
+                && p.record.state != PlacementState::Lost
+        }) else {
+            return Observed::Stale;
+        };
+        let new = match state {
+            pb::TaskState::Running => PlacementState::Running,
+            pb::TaskState::Succeeded => PlacementState::Succeeded,
+            pb::TaskState::Failed => PlacementState::Failed,
+            pb::TaskState::Lost => return Observed::Lost,
+            _ => return Observed::Unchanged,
+        };
+        if p.record.state == new || p.record.state.is_final() {
+            return Observed::Unchanged;
+        }
+        p.record.state = new;
+        p.record.exit_code = exit_code;
+        let mut freed = None;
+        if new.is_final() {
+            freed = p.counted.take();
+            self.dirty.insert(k.clone());
+        }
+        Observed::Changed { state: new, freed }
+    }
+
+    /// The placement's machine is gone: it is lost (a new attempt may be
+    /// placed). Returns the capacity to give back, or `None` if it was
+    /// not active.
+    pub fn lose(&mut self, k: &TaskKey) -> Option<Option<(MachineId, Resources)>> {
+        let p = self
+            .placements
+            .get_mut(k)
+            .filter(|p| p.record.state.is_active())?;
+        p.record.state = PlacementState::Lost;
+        self.dirty.insert(k.clone());
+        Some(p.counted.take())
+    }
+
+    /// Writes of the states not in the store yet; they are taken off the
+    /// dirty set (see [`Intent::unwritten`]).
+    pub fn state_writes(&mut self) -> Vec<(TaskKey, Write)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty
+            .into_iter()
+            .filter_map(|k| {
+                // Never written: nothing to update (its placement write
+                // failed, and the task was queued again).
+                let p = self.placements.get(&k).filter(|p| p.rev != 0)?;
+                let value = serde_json::to_vec(&p.record).expect("placement records serialize");
+                let write = Write::put(self.keys.placement(&k), value, Expect::ModRevision(p.rev));
+                Some((k, write))
+            })
+            .collect()
+    }
+
+    /// A state write is in, at `rev`.
+    pub fn written(&mut self, k: &TaskKey, rev: Revision) {
+        if let Some(p) = self.placements.get_mut(k) {
+            p.rev = rev;
+        }
+    }
+
+    /// A state write failed: it is due again.
+    pub fn unwritten(&mut self, k: TaskKey) {
+        self.dirty.insert(k);
+    }
+
+    /// What the store holds for a placement whose last write had an unknown
+    /// outcome: keep its revision, so the next write's guard matches. A
+    /// stored placement we do not know of is one whose write landed after
+    /// all; no node was told of it, so it is lost (and written so).
+    pub fn refresh(&mut self, k: &TaskKey, stored: Option<KeyValue>) {
+        let Some(kv) = stored else {
+            if let Some(p) = self.placements.get_mut(k) {
+                p.rev = 0;
+            }
+            return;
+        };
+        if let Some(p) = self.placements.get_mut(k) {
+            p.rev = kv.mod_revision;
+            return;
+        }
+        if let Ok(mut record) = serde_json::from_slice::<PlacementRecord>(&kv.value) {
+            record.state = PlacementState::Lost;
+            self.load(k.clone(), record, kv.mod_revision);
+            self.dirty.insert(k.clone());
+        }
+    }
+
+    /// Reports of every stored placement (for a resync).
+    pub fn stored_reports(&self) -> impl Iterator<Item = pb::TaskReport> + '_ {
+        self.placements
+            .iter()
+            .filter(|(_, p)| p.rev != 0)
+            .map(|(k, p)| report(k, &p.record))
+    }
+
+    /// Tasks counted on each machine, as `job/index`.
+    pub fn tasks_by_machine(&self) -> BTreeMap<&str, Vec<String>> {
+        let mut tasks: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (k, p) in &self.placements {
+            if p.counted.is_some() {
+                tasks
+                    .entry(p.record.machine.as_str())
+                    .or_default()
+                    .push(format!("{}/{}", k.0, k.1));
+            }
+        }
+        tasks
+    }
+}
+
+/// A report of where a placement stands (a lost one names no machine).
+pub fn report(k: &TaskKey, record: &PlacementRecord) -> pb::TaskReport {
+    let lost = record.state == PlacementState::Lost;
+    pb::TaskReport {
+        job: k.0.clone(),
+        index: k.1,
+        state: record.state.to_pb() as i32,
+        machine: if lost {
+            String::new()
+        } else {
+            record.machine.clone()
+        },
+        exit_code: record.exit_code,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent() -> Intent {
+        Intent::new(Keys::new("/sched", "east-a"))
+    }
+
+    fn key(i: u32) -> TaskKey {
+        ("web".to_string(), i)
+    }
+
+    fn place(intent: &mut Intent, k: &TaskKey, machine: &str, rev: Revision) -> Write {
+        let (record, write) = intent.next(k, machine);
+        let counted = Some((MachineId(0), Resources::new(1000, 1 << 30)));
+        intent.placed(
+            k.clone(),
+            Placement {
+                record,
+                rev,
+                counted,
+            },
+        );
+        write
+    }
+
+    #[test]
+    fn a_task_placed_again_gets_the_next_attempt_guarded_by_the_last_write() {
+        let mut i = intent();
+        let w = place(&mut i, &key(0), "m0", 7);
+        assert_eq!(w.key, "/sched/placements/east-a/web/0000000");
+        assert_eq!(w.expect, Expect::Absent);
+        assert!(i.lose(&key(0)).unwrap().is_some());
+        let (record, write) = i.next(&key(0), "m1");
+        assert_eq!(record.attempt, 2);
+        assert_eq!(write.expect, Expect::ModRevision(7));
+        // The record carries no spec: it stays small whatever the command.
+        assert!(write.size() < 200, "{}", write.size());
+    }
+
+    #[test]
+    fn only_the_current_attempt_on_its_machine_changes_a_placement() {
+        let mut i = intent();
+        place(&mut i, &key(0), "m0", 7);
+        let observe = |i: &mut Intent, attempt, machine, state| {
+            i.observe(&key(0), attempt, machine, state, None)
+        };
+        use pb::TaskState::*;
+        assert_eq!(observe(&mut i, 0, "m0", Running), Observed::Stale);
+        assert_eq!(observe(&mut i, 1, "m9", Running), Observed::Stale);
+        assert!(matches!(
+            observe(&mut i, 1, "m0", Running),
+            Observed::Changed {
+                state: PlacementState::Running,
+                freed: None
+            }
+        ));
+        assert_eq!(observe(&mut i, 1, "m0", Running), Observed::Unchanged);
+        // Final: the capacity is given back once, and the state written.
+        assert!(matches!(
+            observe(&mut i, 1, "m0", Succeeded),
+            Observed::Changed { freed: Some(_), .. }
+        ));
+        assert_eq!(observe(&mut i, 1, "m0", Failed), Observed::Unchanged);
+        assert_eq!(i.state_writes().len(), 1);
+        assert!(i.state_writes().is_empty());
+        // A final placement is not lost with its machine.
+        assert_eq!(i.lose(&key(0)), None);
+        assert_eq!(observe(&mut i, 1, "m0", Lost), Observed::Lost);
+    }
+
+    #[test]
+    fn a_lost_placement_takes_no_more_reports_and_is_written_once() {
+        let mut i = intent();
+        place(&mut i, &key(0), "m0", 7);
+        place(&mut i, &key(1), "m0", 7);
+        i.lose(&key(0));
+        assert_eq!(
+            i.observe(&key(0), 1, "m0", pb::TaskState::Running, None),
+            Observed::Stale
+        );
+        assert_eq!(i.orphans(|m| m != "m0"), [key(1)]);
+        let writes = i.state_writes();
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0].1.expect, Expect::ModRevision(7));
+        // The write failed: due again; then it lands.
+        i.unwritten(key(0));
+        assert_eq!(i.state_writes().len(), 1);
+        i.written(&key(0), 9);
+        assert_eq!(i.next(&key(0), "m1").1.expect, Expect::ModRevision(9));
+    }
+
+    #[test]
+    fn placed_again_before_its_loss_is_written_the_loss_is_not_written() {
+        let mut i = intent();
+        place(&mut i, &key(0), "m0", 7);
+        i.lose(&key(0));
+        place(&mut i, &key(0), "m1", 8);
+        assert!(i.state_writes().is_empty());
+    }
+
+    #[test]
+    fn a_write_that_landed_unseen_is_read_back_as_lost() {
+        let mut i = intent();
+        let (record, write) = i.next(&key(3), "m0");
+        let kv = KeyValue {
+            key: write.key.clone(),
+            value: serde_json::to_vec(&record).unwrap(),
+            mod_revision: 11,
+            create_revision: 11,
+        };
+        i.refresh(&key(3), Some(kv));
+        let p = i.get(&key(3)).unwrap();
+        assert_eq!((p.record.state, p.rev), (PlacementState::Lost, 11));
+        // Written back as lost, so a restart does not start it.
+        assert_eq!(i.state_writes().len(), 1);
+        let r: Vec<pb::TaskReport> = i.stored_reports().collect();
+        assert_eq!(r[0].state, pb::TaskState::Lost as i32);
+        assert_eq!(r[0].machine, "");
+        // Gone from the store: the next write creates it.
+        i.refresh(&key(3), None);
+        assert_eq!(i.next(&key(3), "m0").1.expect, Expect::Absent);
+    }
+}

@@ -1,0 +1,406 @@
+//! The rules that span the agent's parts.
+
+use std::time::{Duration, Instant};
+
+use sched_store::{Expect, KeyValue, Op, StoreError, MAX_COMMIT_BYTES, MAX_OPS_PER_COMMIT};
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::agent::inventory::tests::{machine, GIB};
+
+/// A machine timeout of zero: no wait for nodes after a start.
+fn agent() -> AgentState {
+    let now = Instant::now() - Duration::from_secs(1);
+    AgentState::new(
+        "east-a",
+        "/sched",
+        LocalPolicy::default(),
+        Duration::ZERO,
+        now,
+    )
+}
+
+fn assign(job: &str, indices: Vec<u32>, command: Vec<String>) -> pb::AssignmentBatch {
+    pb::AssignmentBatch {
+        assignments: vec![pb::Assignment {
+            job: job.to_string(),
+            indices,
+            request: Some(pb::Resources {
+                cpu_millis: 1000,
+                memory_bytes: GIB,
+                disk_bytes: 0,
+                gpu_millis: 0,
+            }),
+            constraints: Default::default(),
+            command,
+            priority: 0,
+        }],
+        cancelled_jobs: Vec::new(),
+        seq: 1,
+    }
+}
+
+fn web(indices: Vec<u32>) -> pb::AssignmentBatch {
+    assign("web", indices, vec!["true".to_string()])
+}
+
+/// Writes the pass's commits as a store would, at revisions from `rev`.
+fn apply_all(a: &mut AgentState, rev: &mut Revision) -> Vec<KeyValue> {
+    let mut stored = Vec::new();
+    for commit in a.commits(100_000, Instant::now()) {
+        *rev += 1;
+        for c in &commit {
+            if let Op::Put(value) = &c.write().op {
+                stored.push(KeyValue {
+                    key: c.write().key.clone(),
+                    value: value.clone(),
+                    mod_revision: *rev,
+                    create_revision: *rev,
+                });
+            }
+        }
+        a.applied(commit, *rev);
+    }
+    stored
+}
+
+fn states(reports: &[pb::TaskReport]) -> Vec<(u32, pb::TaskState, String)> {
+    reports
+        .iter()
+        .map(|r| {
+            (
+                r.index,
+                pb::TaskState::try_from(r.state).unwrap(),
+                r.machine.clone(),
+            )
+        })
+        .collect()
+}
+
+fn node_task(index: u32, machine: &str, state: pb::TaskState) -> pb::NodeTask {
+    pb::NodeTask {
+        job: "web".into(),
+        index,
+        machine: machine.into(),
+        state: state as i32,
+        exit_code: (state == pb::TaskState::Succeeded).then_some(0),
+        attempt: 1,
+    }
+}
+
+/// Opens a node's work stream.
+fn work(a: &mut AgentState, node: &str) -> mpsc::Receiver<Result<pb::WorkBatch, tonic::Status>> {
+    let (tx, rx) = mpsc::channel(1024);
+    a.open_work(node, tx).unwrap();
+    rx
+}
+
+fn starts(rx: &mut mpsc::Receiver<Result<pb::WorkBatch, tonic::Status>>) -> Vec<pb::TaskStart> {
+    let mut out = Vec::new();
+    while let Ok(b) = rx.try_recv() {
+        out.extend(b.unwrap().start);
+    }
+    out
+}
+
+#[test]
+fn a_resync_reports_every_stored_placement() {
+    let mut a = agent();
+    a.register_node("n0", "", &[machine("m0", 2000)], &[], Instant::now());
+    a.receive(web(vec![0, 1, 2]));
+    let mut rev = 6;
+    apply_all(&mut a, &mut rev);
+    a.node_reports("n0", &[node_task(0, "m0", pb::TaskState::Succeeded)])
+        .unwrap();
+    // The call that carried these reports failed, and the agent died
+    // with them.
+    let out = a.take_reports(100);
+    // Two fit; the third is handed back.
+    assert_eq!(out.hand_backs.len(), 1);
+    a.resync_reports();
+    // Sessions that fail and start again do not pile reports up.
+    a.resync_reports();
+    let out = a.take_reports(100);
+    assert_eq!(
+        states(&out.tasks),
+        [
+            (0, pb::TaskState::Succeeded, "m0".to_string()),
+            (1, pb::TaskState::Placed, "m0".to_string()),
+        ]
+    );
+    assert_eq!(out.tasks[0].exit_code, Some(0));
+}
+
+#[test]
+fn a_lost_machine_reports_the_loss_before_the_hand_back() {
+    let mut a = agent();
+    let t0 = Instant::now();
+    a.register_node("n0", "", &[machine("m0", 1000)], &[], t0);
+    a.receive(web(vec![0]));
+    let mut rev = 6;
+    apply_all(&mut a, &mut rev);
+    a.take_reports(100);
+    // The node goes silent (timeout 0): the task is lost, and with no
+    // machine left it is handed back in the same pass.
+    a.expire(t0 + Duration::from_millis(1));
+    apply_all(&mut a, &mut rev);
+    let out = a.take_reports(100);
+    assert_eq!(
+        states(&out.tasks),
+        [(0, pb::TaskState::Lost, String::new())]
+    );
+    assert_eq!(out.hand_backs.len(), 1);
+    assert_eq!(out.hand_backs[0].indices, [0]);
+    assert!(a.check().is_ok());
+}
+
+#[test]
+fn a_lost_task_goes_to_another_machine_as_the_next_attempt() {
+    let mut a = agent();
+    let t0 = Instant::now();
+    a.register_node("n0", "", &[machine("m0", 1000)], &[], t0);
+    a.receive(web(vec![0]));
+    let mut rev = 6;
+    apply_all(&mut a, &mut rev);
+    a.register_node(
+        "n1",
+        "",
+        &[machine("m1", 1000)],
+        &[],
+        t0 + Duration::from_millis(5),
+    );
+    let mut n1 = work(&mut a, "n1");
+    a.expire(t0 + Duration::from_millis(1));
+    let stored = apply_all(&mut a, &mut rev);
+    // One write: the new placement, which supersedes the loss.
+    assert_eq!(stored.len(), 1);
+    let s = starts(&mut n1);
+    assert_eq!((s[0].machine.as_str(), s[0].attempt), ("m1", 2));
+    assert!(a.check().is_ok());
+}
+
+#[test]
+fn a_long_command_is_stored_once_per_job_and_reaches_the_node() {
+    // Issue 10: every placement record copied the command, so 127 of them
+    // of an 11 KB command made a commit over the byte limit, refused and
+    // retried forever.
+    let command = vec!["sh".to_string(), "-c".to_string(), "x".repeat(11_000)];
+    let mut a = agent();
+    let machines: Vec<pb::MachineSpec> = (0..4)
+        .map(|i| {
+            let mut m = machine(&format!("m{i}"), 100_000);
+            m.capacity.as_mut().unwrap().memory_bytes = 100 * GIB;
+            m
+        })
+        .collect();
+    a.register_node("n0", "", &machines, &[], Instant::now());
+    let mut rx = work(&mut a, "n0");
+    a.receive(assign("web", (0..300).collect(), command.clone()));
+    let commits = a.commits(1000, Instant::now());
+    for commit in &commits {
+        assert!(commit.len() <= MAX_OPS_PER_COMMIT);
+        let bytes: usize = commit.iter().map(|c| c.write().size()).sum();
+        assert!(bytes <= MAX_COMMIT_BYTES);
+    }
+    let all: Vec<&Change> = commits.iter().flatten().collect();
+    assert_eq!(all.len(), 301);
+    // The spec comes first, once; each placement is small.
+    assert!(matches!(all[0], Change::Spec { .. }));
+    assert!(all[1..].iter().all(|c| c.write().size() < 200));
+    let mut rev = 0;
+    for commit in commits {
+        rev += 1;
+        a.applied(commit, rev);
+    }
+    let started = starts(&mut rx);
+    assert_eq!(started.len(), 300);
+    assert!(started.iter().all(|s| s.command == command));
+    // Nothing is written twice.
+    assert!(a.commits(1000, Instant::now()).is_empty());
+}
+
+#[test]
+fn a_spec_too_large_for_any_commit_hands_the_tasks_back_once() {
+    let command = vec!["x".repeat(MAX_COMMIT_BYTES)];
+    let mut a = agent();
+    a.register_node("n0", "", &[machine("m0", 10_000)], &[], Instant::now());
+    a.receive(assign("huge", vec![0, 1], command));
+    a.receive(web(vec![0]));
+    let commits = a.commits(100, Instant::now());
+    // Only the small job is written.
+    let keys: Vec<String> = commits
+        .iter()
+        .flatten()
+        .map(|c| c.write().key.clone())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "/sched/placements/east-a/web/spec",
+            "/sched/placements/east-a/web/0000000"
+        ]
+    );
+    let out = a.take_reports(100);
+    assert_eq!(out.hand_backs.len(), 2);
+    assert_eq!(out.hand_backs[0].job, "huge");
+    let reason = &out.hand_backs[0].reason;
+    assert!(
+        reason.contains("huge/spec") && reason.contains("bytes"),
+        "{reason}"
+    );
+    // Its capacity is free again, and it is not tried again.
+    for commit in commits {
+        a.applied(commit, 3);
+    }
+    assert_eq!(a.heartbeat_request().allocated.unwrap().cpu_millis, 1000);
+    assert!(a.commits(100, Instant::now()).is_empty());
+    assert!(a.take_reports(100).hand_backs.is_empty());
+}
+
+#[test]
+fn after_a_restart_a_task_placed_but_never_started_starts_with_its_stored_command() {
+    let command = vec!["sleep".to_string(), "1000".to_string()];
+    let mut a = agent();
+    a.register_node("n0", "", &[machine("m0", 4000)], &[], Instant::now());
+    a.receive(assign("web", vec![0, 1], command.clone()));
+    let mut rev = 0;
+    let stored = apply_all(&mut a, &mut rev);
+    // The agent dies; task 1's start never reached the node, which runs
+    // task 0 only.
+    let mut b = agent();
+    b.load(&stored).unwrap();
+    let running = node_task(0, "m0", pb::TaskState::Running);
+    b.register_node("n0", "", &[machine("m0", 4000)], &[running], Instant::now());
+    let mut rx = work(&mut b, "n0");
+    let s = starts(&mut rx);
+    assert_eq!(s.len(), 1);
+    assert_eq!((s[0].index, &s[0].command), (1, &command));
+    // Both count on the machine again.
+    assert_eq!(b.heartbeat_request().allocated.unwrap().cpu_millis, 2000);
+    assert!(b.commits(100, Instant::now()).is_empty());
+}
+
+#[test]
+fn a_record_of_an_older_agent_gives_the_spec_back_and_it_is_stored() {
+    let old = br#"{"machine":"m0","attempt":1,"state":"placed","cpu_millis":500,"memory_bytes":1024,"command":["sleep","9"],"priority":0}"#;
+    let kv = KeyValue {
+        key: "/sched/placements/east-a/web/0000000".into(),
+        value: old.to_vec(),
+        mod_revision: 4,
+        create_revision: 4,
+    };
+    let mut a = agent();
+    a.load(&[kv]).unwrap();
+    a.register_node("n0", "", &[machine("m0", 2000)], &[], Instant::now());
+    let mut rx = work(&mut a, "n0");
+    assert_eq!(starts(&mut rx)[0].command, ["sleep", "9"]);
+    assert_eq!(a.heartbeat_request().allocated.unwrap().cpu_millis, 500);
+    // The spec goes into the store with the job's next placement.
+    a.receive(web(vec![1]));
+    let keys: Vec<String> = a
+        .commits(100, Instant::now())
+        .iter()
+        .flatten()
+        .map(|c| c.write().key.clone())
+        .collect();
+    assert_eq!(keys[0], "/sched/placements/east-a/web/spec");
+}
+
+#[test]
+fn a_stored_record_that_cannot_be_read_is_refused_by_key() {
+    let kv = KeyValue {
+        key: "/sched/placements/east-a/web/0000000".into(),
+        value: b"{".to_vec(),
+        mod_revision: 4,
+        create_revision: 4,
+    };
+    let err = agent().load(&[kv]).unwrap_err();
+    assert!(matches!(err, AgentError::BadRecord { ref key, .. } if key.ends_with("web/0000000")));
+}
+
+#[test]
+fn a_failed_commit_waits_again_or_is_handed_back() {
+    let mut a = agent();
+    a.register_node("n0", "", &[machine("m0", 4000)], &[], Instant::now());
+    a.receive(web(vec![0, 1]));
+    // Unavailable: the outcome is unknown; re-read, then try again.
+    let commit = a.commits(100, Instant::now()).remove(0);
+    let unavailable = AgentError::from(StoreError::Unavailable("down".into()));
+    let keys = a.failed(commit, &unavailable);
+    assert_eq!(keys.len(), 3);
+    assert_eq!(a.heartbeat_request().allocated.unwrap().cpu_millis, 0);
+    assert_eq!(a.heartbeat_request().queue_len, 2);
+    for k in &keys {
+        a.refresh(k, None);
+    }
+    let commit = a.commits(100, Instant::now()).remove(0);
+    assert_eq!(commit[0].write().expect, Expect::Absent);
+    // A refusal that a retry cannot mend: handed back, with the reason.
+    let refused = AgentError::from(StoreError::Backend("request is too large".into()));
+    a.failed(commit, &refused);
+    let out = a.take_reports(100);
+    assert_eq!(out.hand_backs[0].indices, [0, 1]);
+    assert!(out.hand_backs[0].reason.contains("too large"));
+    assert!(a.commits(100, Instant::now()).is_empty());
+    assert!(a.check().is_ok());
+}
+
+#[test]
+fn a_stale_running_copy_is_stopped_and_cancelled_jobs_stop() {
+    let mut a = agent();
+    let t0 = Instant::now();
+    a.register_node("n0", "", &[machine("m0", 4000)], &[], t0);
+    let mut rx = work(&mut a, "n0");
+    a.receive(web(vec![0]));
+    let mut rev = 0;
+    apply_all(&mut a, &mut rev);
+    rx.try_recv().unwrap().unwrap();
+    // A copy of a task this cluster never placed there.
+    let mut stale = node_task(5, "m0", pb::TaskState::Running);
+    stale.attempt = 3;
+    a.node_reports("n0", &[stale]).unwrap();
+    assert_eq!(rx.try_recv().unwrap().unwrap().stop[0].index, 5);
+    // Cancelled: its running task is stopped, and nothing more placed.
+    let mut cancel = web(Vec::new());
+    cancel.assignments.clear();
+    cancel.cancelled_jobs.push("web".into());
+    a.receive(cancel);
+    assert_eq!(rx.try_recv().unwrap().unwrap().stop[0].index, 0);
+    assert!(matches!(
+        a.node_reports("stranger", &[]),
+        Err(AgentError::NotRegistered(_))
+    ));
+}
+
+#[test]
+fn a_task_the_node_no_longer_runs_is_lost_and_a_resync_says_where_tasks_are() {
+    let mut a = agent();
+    let t0 = Instant::now();
+    a.register_node("n0", "", &[machine("m0", 4000)], &[], t0);
+    a.receive(web(vec![0]));
+    let mut rev = 0;
+    apply_all(&mut a, &mut rev);
+    a.node_reports("n0", &[node_task(0, "m0", pb::TaskState::Running)])
+        .unwrap();
+    a.take_reports(100);
+    // The global scheduler resends the assignment: the agent says where
+    // the task is rather than placing it twice.
+    a.receive(web(vec![0]));
+    assert!(a.commits(100, t0).is_empty());
+    let out = a.take_reports(100);
+    assert_eq!(
+        states(&out.tasks),
+        [(0, pb::TaskState::Running, "m0".into())]
+    );
+    // The node restarts without it: lost, and placed again.
+    a.register_node("n0", "", &[machine("m0", 4000)], &[], t0);
+    let out = a.take_reports(100);
+    assert_eq!(
+        states(&out.tasks),
+        [(0, pb::TaskState::Lost, String::new())]
+    );
+    let stored = apply_all(&mut a, &mut rev);
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].value.windows(11).any(|w| w == b"\"attempt\":2"));
+    assert!(a.check().is_ok());
+}
