@@ -1,0 +1,253 @@
+//! The gRPC handlers: decode, ask the state or queue a command for the
+//! engine, encode. No decisions here.
+//!
+//! - this module: whether this replica leads ([`Role`]), the views reads
+//!   are answered from, and request decoding shared by the handlers;
+//! - [`scheduler`]: `sched.v1.Scheduler`, for users and `schedctl`;
+//! - [`clusters`]: `sched.v1.Clusters`, for local agents.
+
+mod clusters;
+mod scheduler;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use sched_core::error::SpecError;
+use sched_core::job::{parse_job_file, JobSpec, JobSpecText, ResourcesText};
+use sched_core::names::check_name;
+use sched_core::quantity::QuantityText;
+use sched_proto::pb;
+use tokio::sync::oneshot;
+use tonic::{Response, Status};
+
+pub use clusters::ClustersService;
+pub use scheduler::SchedulerService;
+
+use crate::convert::from_pb_resources;
+use crate::error::ServiceError;
+use crate::hub::{Command, Shared};
+use crate::records::MachineClassRecord;
+use crate::state::State;
+
+/// Whether this replica leads, and where the leader is if not.
+pub struct Role {
+    shared: std::sync::RwLock<Option<Arc<Shared>>>,
+    leader_hint: std::sync::Mutex<String>,
+    /// Where a standby reads jobs from (etcd reads are linearizable, so a
+    /// standby's answer includes every job the leader has acknowledged).
+    store: Arc<dyn sched_store::Store>,
+    config: crate::Config,
+}
+
+/// What a read is answered from: the leader's live state, or, on a
+/// standby, the job(s) read from the store for this call.
+pub enum View {
+    Leader(Arc<Shared>),
+    Standby { state: Box<State>, leader: String },
+}
+
+impl View {
+    pub fn with<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        match self {
+            View::Leader(s) => s.read(f),
+            View::Standby { state, .. } => f(state),
+        }
+    }
+
+    /// A standby's answer names the leader, as its refusals do, so that
+    /// clients send their next call there.
+    pub(crate) fn respond<T>(&self, body: T) -> Response<T> {
+        let mut r = Response::new(body);
+        if let View::Standby { leader, .. } = self {
+            if let Ok(v) = leader.parse() {
+                r.metadata_mut()
+                    .insert(sched_proto::leader::LEADER_HEADER, v);
+            }
+        }
+        r
+    }
+}
+
+impl Role {
+    pub fn new(store: Arc<dyn sched_store::Store>, config: crate::Config) -> Self {
+        Role {
+            shared: Default::default(),
+            leader_hint: Default::default(),
+            store,
+            config,
+        }
+    }
+
+    /// The view to answer a read from: the leader's state, or on a standby
+    /// the stored jobs (only job `only`, if given). Job events and the live
+    /// figures from heartbeats are the leader's alone.
+    pub async fn view(&self, only: Option<&str>) -> Result<View, Status> {
+        if let Ok(s) = self.leader() {
+            return Ok(View::Leader(s));
+        }
+        let keys = crate::keys::Keys::new(&self.config.prefix);
+        match crate::load_state(&keys, &self.store, &self.config, only).await {
+            Ok(state) => Ok(View::Standby {
+                state: Box::new(state),
+                leader: self.hint(),
+            }),
+            Err(e) => Err(Status::unavailable(format!(
+                "this replica is a standby and cannot read the store: {e}"
+            ))),
+        }
+    }
+
+    fn hint(&self) -> String {
+        self.leader_hint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Makes this replica the leader, serving `shared`.
+    pub fn lead(&self, shared: Arc<Shared>) {
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = Some(shared);
+    }
+
+    /// Back to standing by.
+    pub fn step_down(&self) {
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Records where the leader is, for standbys' answers.
+    pub fn set_hint(&self, address: String) {
+        *self.leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = address;
+    }
+
+    /// The leader's state, or UNAVAILABLE naming the leader (in the message
+    /// and the `x-sched-leader` header) so that clients try it next.
+    pub fn leader(&self) -> Result<Arc<Shared>, Status> {
+        if let Some(s) = self
+            .shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return Ok(s.clone());
+        }
+        let hint = self.hint();
+        let mut status = if hint.is_empty() {
+            Status::unavailable("this replica is a standby and no leader is known yet; retry")
+        } else {
+            Status::unavailable(format!("this replica is a standby; the leader is {hint}"))
+        };
+        if let Ok(v) = hint.parse() {
+            status
+                .metadata_mut()
+                .insert(sched_proto::leader::LEADER_HEADER, v);
+        }
+        Err(status)
+    }
+}
+
+pub(crate) async fn ask<T>(
+    shared: &Shared,
+    make: impl FnOnce(oneshot::Sender<Result<T, ServiceError>>) -> Command,
+) -> Result<T, ServiceError> {
+    let (tx, rx) = oneshot::channel();
+    shared.send(make(tx))?;
+    rx.await.map_err(|_| ServiceError::ShuttingDown)?
+}
+
+/// A job from the API, checked like a job file's entry `field`.
+fn spec_from_pb(j: pb::JobSpec, field: &str) -> Result<JobSpec, SpecError> {
+    let r = j.resources.unwrap_or_default();
+    let text = JobSpecText {
+        name: j.name,
+        tasks: j.tasks,
+        resources: ResourcesText {
+            cpu: QuantityText::Text(r.cpu),
+            memory: QuantityText::Text(r.memory),
+            disk: r.disk.map(QuantityText::Text),
+            gpu: r.gpu.map(QuantityText::Text),
+        },
+        priority: j.priority,
+        locality: j.locality,
+        constraints: j.constraints.into_iter().collect(),
+        command: j.command,
+    };
+    text.validate(field)
+}
+
+/// The jobs of a submit call, validated like a job file's (public for the
+/// decoder fuzz tests).
+pub fn specs_of(req: pb::SubmitRequest, max_jobs: usize) -> Result<Vec<JobSpec>, SpecError> {
+    let specs = match (req.yaml.is_empty(), req.jobs.is_empty()) {
+        (false, true) => parse_job_file(&req.yaml)?,
+        (true, false) => {
+            let mut names = BTreeSet::new();
+            let mut out = Vec::with_capacity(req.jobs.len());
+            for (i, j) in req.jobs.into_iter().enumerate() {
+                let spec = spec_from_pb(j, &format!("jobs[{i}]"))?;
+                if !names.insert(spec.name.clone()) {
+                    return Err(SpecError::new(
+                        format!("jobs[{i}].name"),
+                        format!("duplicate job name {:?}", spec.name),
+                    ));
+                }
+                out.push(spec);
+            }
+            out
+        }
+        (true, true) => return Err(SpecError::new("jobs", "at least one job is required")),
+        (false, false) => {
+            return Err(SpecError::new(
+                "yaml",
+                "give either a job file or a list of jobs, not both",
+            ))
+        }
+    };
+    if specs.len() > max_jobs {
+        return Err(SpecError::new(
+            "jobs",
+            format!("{} jobs in one call; at most {max_jobs}", specs.len()),
+        ));
+    }
+    Ok(specs)
+}
+
+/// Machine classes from a registration or heartbeat, validated.
+pub fn classes_from_pb(
+    classes: Vec<pb::MachineClassStatus>,
+) -> Result<Vec<MachineClassRecord>, SpecError> {
+    let mut names = BTreeSet::new();
+    classes
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let field = format!("classes[{i}]");
+            check_name(&format!("{field}.name"), &c.name)?;
+            if !names.insert(c.name.clone()) {
+                return Err(SpecError::new(
+                    format!("{field}.name"),
+                    format!("duplicate class {:?}", c.name),
+                ));
+            }
+            let capacity = from_pb_resources(c.capacity.as_ref());
+            if capacity.cpu.0 == 0 || capacity.memory.0 == 0 {
+                return Err(SpecError::new(
+                    format!("{field}.capacity"),
+                    "a machine needs some cpu and memory",
+                ));
+            }
+            Ok(MachineClassRecord {
+                name: c.name,
+                capacity: capacity.into(),
+                labels: c.labels.into_iter().collect(),
+                count: c.count,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,335 @@
+//! `sched.v1.Scheduler`: submit, read, cancel and watch jobs; machines and
+//! task logs through the clusters' agents.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use sched_proto::pb;
+use sched_proto::pb::scheduler_server::Scheduler;
+use sched_proto::shutdown::Until;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::{ask, specs_of, Role, View};
+use crate::convert::{to_pb_event, to_pb_resources};
+use crate::error::ServiceError;
+use crate::hub::{Command, Submission};
+use crate::state::State;
+
+/// Tasks of a submit call counted against the pending limit while it is in
+/// the writers' queue.
+struct Reservation<'a> {
+    counter: &'a std::sync::atomic::AtomicU64,
+    tasks: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.tasks, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone)]
+pub struct SchedulerService {
+    role: Arc<Role>,
+}
+
+impl SchedulerService {
+    pub fn new(role: Arc<Role>) -> Self {
+        SchedulerService { role }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+/// A client for a local agent's `Machines` service.
+async fn agent_client(
+    address: &str,
+) -> Result<sched_proto::pb::machines_client::MachinesClient<tonic::transport::Channel>, Status> {
+    let endpoint = tonic::transport::Channel::from_shared(address.to_string())
+        .map_err(|e| Status::internal(format!("bad agent address {address:?}: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(10));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("local agent at {address}: {e}")))?;
+    Ok(sched_proto::pb::machines_client::MachinesClient::new(
+        channel,
+    ))
+}
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerService {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let shared = self.role.leader()?;
+        let req = request.into_inner();
+        let submission_id = req.submission_id.clone();
+        let specs = specs_of(req, shared.limits.max_jobs_per_submit).map_err(ServiceError::from)?;
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        let tasks: u64 = specs.iter().map(|s| u64::from(s.tasks)).sum();
+        let (records, new) = shared.read(|state| {
+            let records = state
+                .check_submission(specs, &submission_id, crate::now_unix_ms())
+                .map_err(ServiceError::from)?;
+            let new: u64 = records.iter().map(|r| u64::from(r.tasks)).sum();
+            // Count the calls still in the writers' queue too: without
+            // them, a burst of calls would each see room and all get in.
+            let max = shared.limits.max_pending_tasks;
+            let in_queue = shared.reserved.fetch_add(new, Ordering::SeqCst);
+            if new > 0 && state.pending_tasks() + in_queue + new > max {
+                shared.reserved.fetch_sub(new, Ordering::SeqCst);
+                return Err(ServiceError::Busy(format!(
+                    "{} tasks are waiting for a cluster or being written (limit {max})",
+                    state.pending_tasks() + in_queue
+                )));
+            }
+            Ok((records, new))
+        })?;
+        // Released when the call ends, however it ends (the accepted jobs
+        // count in `pending_tasks` by then).
+        let _reservation = Reservation {
+            counter: &shared.reserved,
+            tasks: new,
+        };
+        if !records.is_empty() {
+            let (reply, answer) = oneshot::channel();
+            shared
+                .submissions
+                .try_send(Submission { records, reply })
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        ServiceError::Busy("the scheduler's submission queue is full".to_string())
+                    }
+                    mpsc::error::TrySendError::Closed(_) => ServiceError::ShuttingDown,
+                })?;
+            answer.await.map_err(|_| ServiceError::ShuttingDown)??;
+        }
+        Ok(Response::new(pb::SubmitResponse { jobs: names, tasks }))
+    }
+
+    async fn list_machines(
+        &self,
+        request: Request<pb::ListMachinesRequest>,
+    ) -> Result<Response<pb::ListMachinesResponse>, Status> {
+        let shared = self.role.leader()?;
+        let want = request.into_inner().cluster;
+        let agents: Vec<(String, String)> = shared.read(|state| {
+            state
+                .registry()
+                .entries()
+                .iter()
+                .filter(|e| want.is_empty() || e.record.name == want)
+                .map(|e| (e.record.name.clone(), e.record.address.clone()))
+                .collect()
+        });
+        if !want.is_empty() && agents.is_empty() {
+            return Err(ServiceError::NotFound {
+                what: "cluster",
+                name: want,
+            }
+            .into());
+        }
+        let mut machines = Vec::new();
+        for (name, address) in agents {
+            if address.is_empty() {
+                continue;
+            }
+            let r = async {
+                let mut c = agent_client(&address).await?;
+                c.list_machines(pb::ListMachinesRequest {
+                    cluster: name.clone(),
+                })
+                .await
+            }
+            .await;
+            match r {
+                Ok(r) => machines.extend(r.into_inner().machines),
+                // One cluster down does not hide the others; asked for
+                // alone, it is an error.
+                Err(e) if want.is_empty() => {
+                    tracing::warn!(cluster = %name, cause = %e, "cannot list machines");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Response::new(pb::ListMachinesResponse { machines }))
+    }
+
+    type TaskLogsStream = LogStream;
+
+    async fn task_logs(
+        &self,
+        request: Request<pb::TaskLogsRequest>,
+    ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        let shared = self.role.leader()?;
+        let r = request.into_inner();
+        let address = shared.read(|state| -> Result<String, Status> {
+            let j = state.job(&r.job).ok_or(ServiceError::NotFound {
+                what: "job",
+                name: r.job.clone(),
+            })?;
+            let t = j.tasks.get(r.index as usize).ok_or_else(|| {
+                Status::not_found(format!("job {} has no task {}", r.job, r.index))
+            })?;
+            let cluster = t.cluster.ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "task {}/{} is not on a cluster yet ({})",
+                    r.job,
+                    r.index,
+                    t.state.as_str()
+                ))
+            })?;
+            Ok(state.registry().entries()[cluster.0 as usize]
+                .record
+                .address
+                .clone())
+        })?;
+        if address.is_empty() {
+            return Err(Status::failed_precondition(
+                "the task's cluster has no agent address",
+            ));
+        }
+        let mut c = agent_client(&address).await?;
+        let stream = c.task_logs(r).await?.into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::JobStatus>, Status> {
+        let name = request.into_inner().name;
+        let view = self.role.view(Some(&name)).await?;
+        let status = view.with(|state| state.job(&name).map(|j| state.status(j)));
+        let status = status.ok_or(ServiceError::NotFound { what: "job", name })?;
+        Ok(view.respond(status))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let want = request.into_inner().state;
+        let view = self.role.view(None).await?;
+        let jobs = view.with(|state| {
+            let mut jobs: Vec<&crate::state::JobEntry> = state.jobs().collect();
+            jobs.sort_by_key(|j| j.job.id);
+            jobs.into_iter()
+                .map(State::summary)
+                .filter(|s| want == 0 || s.state == want)
+                .collect()
+        });
+        Ok(view.respond(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn describe_job(
+        &self,
+        request: Request<pb::DescribeJobRequest>,
+    ) -> Result<Response<pb::DescribeJobResponse>, Status> {
+        let name = request.into_inner().name;
+        let view = self.role.view(Some(&name)).await?;
+        let standby = match &view {
+            View::Standby { leader, .. } => Some(leader.clone()),
+            View::Leader(_) => None,
+        };
+        let described = view.with(|state| {
+            let j = state.job(&name)?;
+            let pending_reasons = match &standby {
+                // Why a task waits depends on live heartbeats, which only
+                // the leader has.
+                Some(leader) if state.pending_of(j) > 0 => vec![format!(
+                    "read from a standby, which has no live cluster figures: ask the leader ({}) why tasks are pending",
+                    if leader.is_empty() { "none elected yet" } else { leader }
+                )],
+                Some(_) => Vec::new(),
+                None => state.pending_reasons(j),
+            };
+            Some(pb::DescribeJobResponse {
+                status: Some(state.status(j)),
+                events: j.events.iter().map(to_pb_event).collect(),
+                pending_reasons,
+            })
+        });
+        let described = described.ok_or(ServiceError::NotFound { what: "job", name })?;
+        Ok(view.respond(described))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let shared = self.role.leader()?;
+        let name = request.into_inner().name;
+        if shared.read(|s| s.job(&name).is_none()) {
+            return Err(ServiceError::NotFound { what: "job", name }.into());
+        }
+        let state = ask(&shared, |reply| Command::Cancel { name, reply }).await?;
+        Ok(Response::new(pb::CancelJobResponse {
+            state: state as i32,
+        }))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let shared = self.role.leader()?;
+        let job = request.into_inner().job;
+        let rx = shared.read(|s| s.subscribe());
+        let stream = BroadcastStream::new(rx).filter_map(move |e| match e {
+            Ok(e) if job.is_empty() || e.job == job => Some(Ok(to_pb_event(&e))),
+            Ok(_) => None,
+            // A slow watcher misses events rather than slowing the
+            // scheduler; tell it how many.
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                Some(Ok(pb::Event {
+                    unix_ms: crate::now_unix_ms(),
+                    job: String::new(),
+                    kind: "lagged".to_string(),
+                    message: format!("{n} event(s) dropped: the watcher fell behind"),
+                }))
+            }
+        });
+        Ok(Response::new(Box::pin(Until::new(
+            stream,
+            shared.shutdown.clone(),
+        ))))
+    }
+
+    async fn list_clusters(
+        &self,
+        _request: Request<pb::ListClustersRequest>,
+    ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        let shared = self.role.leader()?;
+        let clusters = shared.read(|state| {
+            state
+                .registry()
+                .entries()
+                .iter()
+                .map(|e| pb::ClusterStatus {
+                    name: e.record.name.clone(),
+                    location: e.record.location.clone(),
+                    up: e.summary.up,
+                    machines: e.summary.classes.iter().map(|c| c.count).sum(),
+                    capacity: Some(to_pb_resources(&e.summary.capacity)),
+                    allocated: Some(to_pb_resources(&e.summary.allocated)),
+                    queued: Some(to_pb_resources(&e.summary.queued)),
+                    queue_len: e.summary.queue_len,
+                    in_flight: e.in_flight,
+                    last_heartbeat_unix_ms: e.last_heartbeat_unix_ms,
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListClustersResponse { clusters }))
+    }
+}
