@@ -47,3 +47,18 @@ impl From<ServiceError> for tonic::Status {
         }
     }
 }
+
+/// Why [`run`](crate::run) stopped, or why a term of leadership could not
+/// start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A record in the store that this version cannot read.
+    #[error("cannot read the stored state: {0}")]
+    Load(#[from] crate::state::admission::LoadError),
+}

@@ -45,9 +45,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::Engine;
+use crate::error::RunError;
 use crate::hub::{Limits, Shared};
 use crate::keys::Keys;
 use crate::registry::Registry;
+use crate::state::admission::LoadError;
 use crate::state::State;
 
 pub use sched_proto::backoff::jitter;
@@ -126,7 +128,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     config: Config,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     let address = config
         .advertise
         .clone()
@@ -250,7 +252,7 @@ async fn lead(
     shutdown: &CancellationToken,
     lost: &CancellationToken,
     tracker: &TaskTracker,
-) -> anyhow::Result<bool> {
+) -> Result<bool, RunError> {
     let keys = Keys::new(&config.prefix);
     let ttl = Duration::from_secs(u64::from(config.policy.ha.leader_lease_seconds));
     let Some(leadership) =
@@ -308,7 +310,7 @@ async fn lead(
 }
 
 /// Reads clusters, jobs and tasks back from the store.
-async fn load(keys: &Keys, store: &Arc<dyn Store>, config: &Config) -> anyhow::Result<State> {
+async fn load(keys: &Keys, store: &Arc<dyn Store>, config: &Config) -> Result<State, RunError> {
     let started = std::time::Instant::now();
     let state = load_state(keys, store, config, None).await?;
     tracing::info!(
@@ -329,12 +331,15 @@ pub(crate) async fn load_state(
     store: &Arc<dyn Store>,
     config: &Config,
     only: Option<&str>,
-) -> anyhow::Result<State> {
+) -> Result<State, RunError> {
     let mut registry = Registry::new(config.topology.as_ref(), config.heartbeat_timeout);
     let clusters = store.list(&keys.clusters()).await?;
     for kv in &clusters.items {
-        let record: records::ClusterRecord = serde_json::from_slice(&kv.value)
-            .map_err(|e| anyhow::anyhow!("{}: not a cluster record: {e}", kv.key))?;
+        let record: records::ClusterRecord =
+            serde_json::from_slice(&kv.value).map_err(|e| LoadError {
+                key: kv.key.clone(),
+                reason: format!("not a cluster record: {e}"),
+            })?;
         registry.register(record, false);
     }
     let mut state = State::new(keys.clone(), registry, config.policy.clone());

@@ -90,7 +90,7 @@ async fn serve(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = sched_proto::process::listen(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    global_scheduler::run(listener, store, config, shutdown).await
+    Ok(global_scheduler::run(listener, store, config, shutdown).await?)
 }
 
 fn main() -> ExitCode {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 struct Running {
     url: String,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), global_scheduler::error::RunError>>,
 }
 
 async fn start(store: Arc<dyn Store>, config: Config) -> Running {
