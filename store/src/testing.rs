@@ -3,9 +3,9 @@
 //!
 //! Tests that need etcd are marked `#[ignore = "needs etcd"]`, so a plain
 //! `cargo test` lists them as ignored instead of passing them unrun, and
-//! start it with [`start_etcd`], which fails the test, saying how to install
-//! etcd, when it is missing: `cargo test -- --include-ignored` (the run CI needs)
-//! never passes such a test silently.
+//! start it with [`start_etcd`], which fails the test, saying how to
+//! install etcd, when it is missing: `cargo test -- --include-ignored` (the
+//! run CI needs) never passes such a test silently.
 //!
 //! The binary is `$SCHED_ETCD_BIN` if set, else `etcd` on the `PATH`.
 
