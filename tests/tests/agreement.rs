@@ -258,10 +258,9 @@ async fn run(load: u64) -> (u64, u64) {
                             .await
                             .ok()?
                             .into_inner();
-                        if d.pending_reasons
-                            .iter()
-                            .any(|r| r.contains("about to be assigned"))
-                        {
+                        if d.pending_reasons.iter().any(|r| {
+                            r.contains("about to be assigned") || r.contains("being assigned")
+                        }) {
                             return None;
                         }
                     }
@@ -317,6 +316,29 @@ async fn run(load: u64) -> (u64, u64) {
             live.get(*job),
             sim[*job]
         );
+        if let Ok(d) = client
+            .describe_job(pb::DescribeJobRequest {
+                name: job.to_string(),
+            })
+            .await
+        {
+            let d = d.into_inner();
+            let states: BTreeMap<i32, usize> =
+                d.status
+                    .iter()
+                    .flat_map(|s| s.tasks.iter())
+                    .fold(BTreeMap::new(), |mut m, t| {
+                        *m.entry(t.state).or_default() += 1;
+                        m
+                    });
+            println!("    task states: {states:?}");
+            for r in d.pending_reasons {
+                println!("    why: {r}");
+            }
+            for e in d.events {
+                println!("    event: {} {}", e.kind, e.message);
+            }
+        }
     }
     drop(nodes);
     drop(agents);

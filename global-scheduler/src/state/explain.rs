@@ -102,6 +102,20 @@ impl State {
         }
         let summaries = self.registry.summaries();
         let ranker = Ranker::new(&self.policy, self.registry.locality());
+        // Pending tasks a pass has taken out of the queue and whose
+        // assignment is being written.
+        let pending = j
+            .tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Pending)
+            .count() as u32;
+        let queued = self.queue.job_tasks(j.job.id);
+        if pending > queued {
+            out.push(format!(
+                "{} task(s) pending: being assigned (the write is in progress)",
+                pending - queued
+            ));
+        }
         for (handed_back, tasks) in self.queue.groups(j.job.id) {
             let n = tasks.len();
             if summaries.is_empty() {

@@ -95,7 +95,10 @@ impl State {
         rev: Revision,
     ) -> BTreeMap<ClusterId, pb::AssignmentBatch> {
         let now_ms = self.now_ms();
-        let mut handed: BTreeMap<(ClusterId, String), Vec<u32>> = BTreeMap::new();
+        // Per (cluster, job), in the order the changes come (a pass's
+        // order), which is the order the cluster will pack them in.
+        let mut handed: Vec<((ClusterId, String), Vec<u32>)> = Vec::new();
+        let mut slot: BTreeMap<(ClusterId, String), usize> = BTreeMap::new();
         let mut noted: BTreeMap<(String, EventKind, String), u32> = BTreeMap::new();
         for c in changes {
             let Some(j) = self.jobs.get_mut(&c.job) else {
@@ -110,10 +113,11 @@ impl State {
             t.rev = rev;
             if t.state == TaskState::Assigned && was_pending {
                 if let Some(cluster) = t.cluster {
-                    handed
-                        .entry((cluster, c.job.clone()))
-                        .or_default()
-                        .push(c.index);
+                    let i = *slot.entry((cluster, c.job.clone())).or_insert_with(|| {
+                        handed.push(((cluster, c.job.clone()), Vec::new()));
+                        handed.len() - 1
+                    });
+                    handed[i].1.push(c.index);
                 }
             }
             if was_pending && !is_pending {

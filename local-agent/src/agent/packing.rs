@@ -3,8 +3,6 @@
 //! (fragmentation-ordered best fit); what fits nowhere comes back with the
 //! packer's most common reasons.
 
-use std::collections::BTreeMap;
-
 use sched_core::job::JobId;
 use sched_core::machine::MachineId;
 use sched_core::pack::TaskGroup;
@@ -26,19 +24,20 @@ pub struct Packed {
     pub unplaced: Vec<(String, Vec<u32>, String)>,
 }
 
-/// Packs `jobs` (by name, their waiting task indices), whose specs are all
-/// in `specs`; the placed tasks' capacity is taken in `inventory`.
+/// Packs `jobs` (by name, their waiting task indices, in arrival order:
+/// the packer breaks ties between equal groups by this order), whose specs
+/// are all in `specs`; the placed tasks' capacity is taken in `inventory`.
 pub fn pack(
-    jobs: &BTreeMap<String, Vec<u32>>,
+    jobs: &[(String, Vec<u32>)],
     specs: &Specs,
     inventory: &mut Inventory,
     policy: &LocalPolicy,
 ) -> Packed {
-    let specs: Vec<_> = jobs.keys().filter_map(|job| specs.get(job)).collect();
+    let specs: Vec<_> = jobs.iter().filter_map(|(job, _)| specs.get(job)).collect();
     debug_assert_eq!(specs.len(), jobs.len(), "a job without a spec");
     let groups: Vec<TaskGroup<'_>> = specs
         .iter()
-        .zip(jobs.values())
+        .zip(jobs.iter().map(|(_, indices)| indices))
         .enumerate()
         .map(|(i, (spec, indices))| TaskGroup {
             job: JobId(i as u32),
@@ -51,6 +50,7 @@ pub fn pack(
     let outcomes = inventory.pack(&groups, policy);
     let mut packed = Packed::default();
     for (((job, indices), o), group) in jobs.iter().zip(outcomes).zip(&groups) {
+        let job: &String = job;
         for (&index, &m) in indices.iter().zip(&o.placed) {
             packed.placed.push(((job.clone(), index), m, group.request));
         }
@@ -117,7 +117,7 @@ mod tests {
         let mut inv = inventory(&[machine("m0", 2000), machine("m1", 1500)]);
         let mut specs = Specs::default();
         specs.learn("web", spec(1000));
-        let jobs = BTreeMap::from([("web".to_string(), vec![0, 1, 2, 3])]);
+        let jobs = [("web".to_string(), vec![0, 1, 2, 3])];
         let packed = pack(&jobs, &specs, &mut inv, &LocalPolicy::default());
         let mut on: Vec<&str> = packed.placed.iter().map(|(_, m, _)| inv.name(*m)).collect();
         on.sort();
@@ -139,10 +139,10 @@ mod tests {
         let mut specs = Specs::default();
         specs.learn("big", spec(3000));
         specs.learn("small", spec(500));
-        let jobs = BTreeMap::from([
+        let jobs = [
             ("big".to_string(), vec![0]),
             ("small".to_string(), vec![0, 1]),
-        ]);
+        ];
         let packed = pack(&jobs, &specs, &mut inv, &LocalPolicy::default());
         let requests: Vec<(&str, u64)> = packed
             .placed

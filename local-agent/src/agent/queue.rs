@@ -3,6 +3,9 @@
 //!
 //! Rules kept here:
 //! - a task waits once, however often it is handed over (a resync);
+//! - tasks are packed in the order they arrived, so a batch of the global
+//!   scheduler is packed in the order its pass decided it (priority, then
+//!   submission), as the simulator packs it;
 //! - a cancelled job's tasks leave the queue, and a task of it that is
 //!   lost does not come back.
 
@@ -12,16 +15,27 @@ use super::keys::TaskKey;
 
 #[derive(Debug, Default)]
 pub struct Queue {
-    waiting: BTreeSet<TaskKey>,
+    /// Waiting tasks and when each arrived.
+    waiting: BTreeMap<TaskKey, u64>,
+    /// The same tasks in arrival order.
+    arrival: BTreeSet<(u64, TaskKey)>,
+    next: u64,
     cancelled: BTreeSet<String>,
     /// The highest assignment sequence number taken in.
     seq_seen: u64,
 }
 
 impl Queue {
-    /// A task handed over.
-    pub fn add(&mut self, k: TaskKey) {
-        self.waiting.insert(k);
+    /// A task handed over; true if it was not waiting already.
+    pub fn add(&mut self, k: TaskKey) -> bool {
+        if self.waiting.contains_key(&k) {
+            return false;
+        }
+        let at = self.next;
+        self.next += 1;
+        self.arrival.insert((at, k.clone()));
+        self.waiting.insert(k, at);
+        true
     }
 
     /// A task lost on its machine, to be placed again unless its job was
@@ -30,29 +44,42 @@ impl Queue {
         if self.cancelled.contains(&k.0) {
             return false;
         }
-        self.waiting.insert(k)
+        self.add(k)
     }
 
     pub fn remove(&mut self, k: &TaskKey) {
-        self.waiting.remove(k);
+        if let Some(at) = self.waiting.remove(k) {
+            self.arrival.remove(&(at, k.clone()));
+        }
     }
 
     pub fn cancel(&mut self, job: &str) {
         self.cancelled.insert(job.to_string());
-        self.waiting.retain(|k| k.0 != job);
+        self.waiting.retain(|k, _| k.0 != job);
+        self.arrival.retain(|(_, k)| k.0 != job);
     }
 
-    /// The first `limit` waiting tasks, by job (they stay in the queue).
-    pub fn first(&self, limit: usize) -> BTreeMap<String, Vec<u32>> {
-        let mut jobs: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        for (job, index) in self.waiting.iter().take(limit) {
-            jobs.entry(job.clone()).or_default().push(*index);
+    /// The first `limit` waiting tasks in arrival order, grouped by job,
+    /// jobs in the order their first task arrived (they stay in the queue).
+    pub fn first(&self, limit: usize) -> Vec<(String, Vec<u32>)> {
+        let mut jobs: Vec<(String, Vec<u32>)> = Vec::new();
+        let mut at: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, (job, index)) in self.arrival.iter().take(limit) {
+            let i = *at.entry(job.as_str()).or_insert_with(|| {
+                jobs.push((job.clone(), Vec::new()));
+                jobs.len() - 1
+            });
+            jobs[i].1.push(*index);
+        }
+        for (_, indices) in &mut jobs {
+            indices.sort_unstable();
         }
         jobs
     }
 
+    /// Waiting tasks, by key.
     pub fn iter(&self) -> impl Iterator<Item = &TaskKey> {
-        self.waiting.iter()
+        self.waiting.keys()
     }
 
     pub fn len(&self) -> usize {
@@ -88,9 +115,11 @@ mod tests {
         q.add(k("web", 0));
         q.add(k("api", 2));
         assert_eq!(q.len(), 2);
-        let first = q.first(10);
-        assert_eq!(first["web"], [0]);
-        assert_eq!(first["api"], [2]);
+        // In arrival order: web first.
+        assert_eq!(
+            q.first(10),
+            [("web".to_string(), vec![0]), ("api".to_string(), vec![2])]
+        );
         assert_eq!(q.first(1).len(), 1);
     }
 
@@ -104,6 +133,25 @@ mod tests {
         assert!(!q.requeue(k("web", 1)));
         assert!(q.requeue(k("api", 1)));
         assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn jobs_come_out_in_arrival_order_and_a_requeued_task_goes_last() {
+        let mut q = Queue::default();
+        q.add(k("zeta", 1));
+        q.add(k("alpha", 0));
+        q.add(k("zeta", 0));
+        q.remove(&k("zeta", 1));
+        assert!(q.requeue(k("zeta", 1)));
+        assert_eq!(
+            q.first(10),
+            [
+                ("alpha".to_string(), vec![0]),
+                ("zeta".to_string(), vec![0, 1])
+            ]
+        );
+        // The limit counts tasks in arrival order.
+        assert_eq!(q.first(1), [("alpha".to_string(), vec![0])]);
     }
 
     #[test]

@@ -283,7 +283,9 @@ impl AgentState {
                     Some(p) if p.record.state != PlacementState::Lost => {
                         self.reports.push(intent::report(&k, &p.record));
                     }
-                    _ => self.queue.add(k),
+                    _ => {
+                        self.queue.add(k);
+                    }
                 }
             }
         }
@@ -383,7 +385,7 @@ impl AgentState {
         let mut jobs = self.queue.first(limit);
         // A job whose spec this agent lost (an unreadable record): the
         // global scheduler sends it again with the next assignment.
-        jobs.retain(|job, indices| {
+        jobs.retain(|(job, indices)| {
             if self.specs.get(job).is_some() {
                 return true;
             }
