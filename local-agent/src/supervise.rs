@@ -158,3 +158,161 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! `watch` on a paused clock, over a fake task: virtual seconds pass at
+    //! once, and each signal's time is exact.
+
+    use std::cell::RefCell;
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    const S: Duration = Duration::from_secs(1);
+
+    struct Case {
+        lease: Duration,
+        grace: Duration,
+        /// How often the node agent touches the lease; `None`: it is gone.
+        renew_every: Option<Duration>,
+        /// When stops are requested; after the last, no more can come.
+        stops: Vec<Duration>,
+        /// The task ignores SIGTERM (it still dies of SIGKILL).
+        ignores_term: bool,
+        /// When the task exits by itself, with code 0.
+        ends_after: Duration,
+    }
+
+    impl Default for Case {
+        fn default() -> Self {
+            Case {
+                lease: 1000 * MS,
+                grace: 5 * S,
+                renew_every: Some(500 * MS),
+                stops: Vec::new(),
+                ignores_term: false,
+                ends_after: 3600 * S,
+            }
+        }
+    }
+
+    /// How the task ended, when, and what was sent to it when (times from
+    /// the start).
+    struct Run {
+        status: ExitStatus,
+        ended: Duration,
+        sent: Vec<(Duration, Signal)>,
+    }
+
+    async fn run(c: Case) -> Run {
+        let start = Instant::now();
+        let sent = RefCell::new(Vec::new());
+        // The fake task dies of the first signal it does not ignore.
+        let (die, mut dies) = tokio::sync::mpsc::unbounded_channel::<i32>();
+        let ends_after = c.ends_after;
+        let exited = async move {
+            tokio::select! {
+                Some(signal) = dies.recv() => Ok(ExitStatus::from_raw(signal)),
+                _ = tokio::time::sleep(ends_after) => Ok(ExitStatus::from_raw(0)),
+            }
+        };
+        let mut next = 0;
+        let mut stop_timer = Box::pin(tokio::time::sleep_until(
+            start + c.stops.first().copied().unwrap_or_default(),
+        ));
+        let stops = |cx: &mut Context<'_>| {
+            if next == c.stops.len() {
+                return Poll::Ready(None);
+            }
+            std::task::ready!(stop_timer.as_mut().poll(cx));
+            next += 1;
+            if let Some(&t) = c.stops.get(next) {
+                stop_timer.as_mut().reset(start + t);
+            }
+            Poll::Ready(Some(()))
+        };
+        let lease_age = || {
+            let age = start.elapsed();
+            match c.renew_every {
+                Some(every) => Duration::from_nanos((age.as_nanos() % every.as_nanos()) as u64),
+                None => age,
+            }
+        };
+        let send = |signal: Signal| {
+            sent.borrow_mut().push((start.elapsed(), signal));
+            match signal {
+                Signal::Kill => die.send(9).ok(),
+                Signal::Term if !c.ignores_term => die.send(15).ok(),
+                Signal::Term => None,
+            };
+        };
+        let status = watch(exited, stops, lease_age, c.lease, c.grace, send)
+            .await
+            .unwrap();
+        Run {
+            status,
+            ended: start.elapsed(),
+            sent: sent.into_inner(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewed_lease_lets_the_task_run_to_its_end() {
+        let r = run(Case {
+            ends_after: 600 * S,
+            ..Case::default()
+        })
+        .await;
+        assert_eq!(r.sent, []);
+        assert!(r.status.success());
+        assert_eq!(r.ended, 600 * S);
+    }
+
+    /// The lease is checked every 250 ms: at 1000 ms it is not yet older
+    /// than 1000 ms, at 1250 ms it is.
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_lease_kills_the_task_at_the_next_check() {
+        let r = run(Case {
+            renew_every: None,
+            ..Case::default()
+        })
+        .await;
+        assert_eq!(r.sent, [(1250 * MS, Signal::Kill)]);
+        assert_eq!(r.status.signal(), Some(9));
+        assert_eq!(r.ended, 1250 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_is_passed_on_at_once() {
+        let r = run(Case {
+            stops: vec![2 * S],
+            ..Case::default()
+        })
+        .await;
+        assert_eq!(r.sent, [(2 * S, Signal::Term)]);
+        assert_eq!(r.status.signal(), Some(15));
+    }
+
+    /// Stopped at 2 s with a 5 s grace period: SIGKILL at 7 s, and a second
+    /// stop at 4 s does not put it off.
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_ignores_a_stop_is_killed_when_the_grace_period_ends() {
+        let r = run(Case {
+            stops: vec![2 * S, 4 * S],
+            ignores_term: true,
+            ..Case::default()
+        })
+        .await;
+        assert_eq!(
+            r.sent,
+            [
+                (2 * S, Signal::Term),
+                (4 * S, Signal::Term),
+                (7 * S, Signal::Kill)
+            ]
+        );
+        assert_eq!(r.status.signal(), Some(9));
+        assert_eq!(r.ended, 7 * S);
+    }
+}
