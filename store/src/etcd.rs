@@ -1,14 +1,40 @@
-//! The etcd store, over `etcd-client`.
+//! The etcd store, over our own small etcd v3 client.
+//!
+//! The client is generated from `proto/` (the part of etcd's gRPC API this
+//! store calls: KV.Range, KV.Txn and three Lease calls) by `build.rs`, with
+//! protox: so building needs no `protoc`, which the `etcd-client` crate's
+//! build script required.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::{
     check_commit, Expect, KeyValue, LeaseId, Op, Revision, Snapshot, Store, StoreError, Write,
+};
+
+/// The code generated from `proto/`: etcd's own package names, which the
+/// generated code refers to each other by (`super::mvccpb::KeyValue`).
+mod pb {
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+}
+
+use pb::etcdserverpb::{
+    compare::{CompareResult, CompareTarget, TargetUnion},
+    kv_client::KvClient,
+    lease_client::LeaseClient,
+    request_op::Request,
+    response_op::Response,
+    Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest,
+    PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 
 /// Keys per page when listing a prefix: large prefixes (a million task keys)
@@ -18,10 +44,28 @@ const LIST_PAGE: i64 = 10_000;
 /// How long one call may take before it counts as unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long connecting to one endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// HTTP/2 pings on an open connection every 5 s, and a connection whose ping
+/// goes unanswered for 3 s is dropped: a dead member is noticed within
+/// seconds even when no call is under way, rather than at the next call's
+/// timeout.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// etcd's answer when the lease named does not exist (any more): its
+/// `ErrGRPCLeaseNotFound`, code NotFound, message
+/// "etcdserver: requested lease not found".
+const LEASE_NOT_FOUND: &str = "lease not found";
+
+type EtcdChannel = InterceptedService<Channel, RequireLeader>;
+
 /// A store in etcd (v3 API). Cheap to clone: clones share one connection.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    kv: KvClient<EtcdChannel>,
+    lease: LeaseClient<EtcdChannel>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -31,61 +75,89 @@ impl std::fmt::Debug for EtcdStore {
 }
 
 impl EtcdStore {
-    /// Connects to the etcd cluster at `endpoints` (`http://host:port`).
+    /// Connects to the etcd cluster at `endpoints` (`http://host:port`, or
+    /// `host:port`). Calls are balanced over the endpoints that answer.
+    /// Connections are made lazily, on the first call: connecting succeeds
+    /// with every endpoint down, and calls fail with
+    /// [`StoreError::Unavailable`] until one is up.
     pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(CALL_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-            // Refuse reads and writes from a member cut off from its quorum
-            // instead of serving stale data.
-            .with_require_leader(true);
-        let client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(map_error)?;
-        Ok(EtcdStore { client })
-    }
-
-    /// The underlying client, for what the trait does not cover (leases,
-    /// watches).
-    pub fn client(&self) -> Client {
-        self.client.clone()
+        if endpoints.is_empty() {
+            return Err(StoreError::Backend("no etcd endpoints".to_string()));
+        }
+        let endpoints = endpoints
+            .iter()
+            .map(|url| endpoint(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let channel = Channel::balance_list(endpoints.into_iter());
+        Ok(EtcdStore {
+            kv: KvClient::with_interceptor(channel.clone(), RequireLeader),
+            lease: LeaseClient::with_interceptor(channel, RequireLeader),
+        })
     }
 }
 
-fn map_error(e: etcd_client::Error) -> StoreError {
-    use etcd_client::Error as E;
-    match e {
-        E::TransportError(_) | E::IoError(_) => StoreError::Unavailable(e.to_string()),
-        E::GRpcStatus(ref s) => match s.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                StoreError::Unavailable(s.message().to_string())
-            }
-            // tonic's report of a connection that broke or could not be made.
-            tonic::Code::Unknown if s.message().contains("transport error") => {
-                StoreError::Unavailable(s.message().to_string())
-            }
-            tonic::Code::NotFound if s.message().contains("lease not found") => {
-                StoreError::LeaseExpired(0)
-            }
-            _ => StoreError::Backend(format!("{:?}: {}", s.code(), s.message())),
-        },
-        E::LeaseKeepAliveError(ref m) if m.contains("lease not found") => {
+/// One endpoint with the connection's timeouts and keep-alive.
+fn endpoint(url: &str) -> Result<Endpoint, StoreError> {
+    if url.starts_with("https://") {
+        return Err(StoreError::Backend(format!(
+            "{url}: TLS to etcd is not supported"
+        )));
+    }
+    let url = if url.starts_with("http://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| StoreError::Backend(format!("bad etcd endpoint {url}: {e}")))?;
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT))
+}
+
+/// Adds `hasleader: true` to every request, etcd's `WithRequireLeader`: a
+/// member cut off from its quorum refuses reads and writes (Unavailable,
+/// "no leader") instead of serving stale data.
+#[derive(Clone, Copy)]
+struct RequireLeader;
+
+impl tonic::service::Interceptor for RequireLeader {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("hasleader", AsciiMetadataValue::from_static("true"));
+        Ok(request)
+    }
+}
+
+fn map_error(s: tonic::Status) -> StoreError {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            StoreError::Unavailable(s.message().to_string())
+        }
+        // tonic's report of a connection that broke or could not be made.
+        tonic::Code::Unknown if s.message().contains("transport error") => {
+            StoreError::Unavailable(s.message().to_string())
+        }
+        tonic::Code::NotFound if s.message().contains(LEASE_NOT_FOUND) => {
             StoreError::LeaseExpired(0)
         }
-        other => StoreError::Backend(other.to_string()),
+        _ => StoreError::Backend(format!("{:?}: {}", s.code(), s.message())),
     }
 }
 
-fn key_value(kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+fn key_value(kv: pb::mvccpb::KeyValue) -> Result<KeyValue, StoreError> {
     Ok(KeyValue {
-        key: kv
-            .key_str()
-            .map_err(|e| StoreError::Backend(format!("key is not UTF-8: {e}")))?
-            .to_string(),
-        value: kv.value().to_vec(),
-        mod_revision: kv.mod_revision(),
-        create_revision: kv.create_revision(),
+        key: String::from_utf8(kv.key)
+            .map_err(|e| StoreError::Backend(format!("key is not UTF-8: {e}")))?,
+        value: kv.value,
+        mod_revision: kv.mod_revision,
+        create_revision: kv.create_revision,
     })
 }
 
@@ -103,48 +175,87 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// A compare that `key`'s create or modification revision equals the one
+/// given.
+fn revision_equals(key: &str, revision: TargetUnion) -> Compare {
+    let target = match revision {
+        TargetUnion::CreateRevision(_) => CompareTarget::Create,
+        TargetUnion::ModRevision(_) => CompareTarget::Mod,
+    };
+    Compare {
+        result: CompareResult::Equal.into(),
+        target: target.into(),
+        key: key.as_bytes().to_vec(),
+        target_union: Some(revision),
+    }
+}
+
+fn op(request: Request) -> RequestOp {
+    RequestOp {
+        request: Some(request),
+    }
+}
+
+fn put(key: &str, value: &[u8], lease: LeaseId) -> RequestOp {
+    op(Request::RequestPut(PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.to_vec(),
+        lease,
+    }))
+}
+
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let resp = self
-            .client
-            .kv_client()
-            .get(key, None)
+            .kv
+            .clone()
+            .range(RangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })
             .await
-            .map_err(map_error)?;
-        resp.kvs().first().map(key_value).transpose()
+            .map_err(map_error)?
+            .into_inner();
+        resp.kvs.into_iter().next().map(key_value).transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<Snapshot, StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv.clone();
         let end = prefix_end(prefix);
         let mut items = Vec::new();
         let mut from = prefix.as_bytes().to_vec();
         let mut revision = 0;
         loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(LIST_PAGE);
-            if revision > 0 {
-                // Every page at the first page's revision: one consistent read.
-                options = options.with_revision(revision);
-            }
             let resp = kv
-                .get(from.clone(), Some(options))
+                .range(RangeRequest {
+                    key: from.clone(),
+                    range_end: end.clone(),
+                    limit: LIST_PAGE,
+                    // Every page at the first page's revision (0, the newest,
+                    // for the first): one consistent read.
+                    revision,
+                })
                 .await
-                .map_err(map_error)?;
+                .map_err(map_error)?
+                .into_inner();
             if revision == 0 {
-                revision = resp.header().map_or(0, |h| h.revision());
+                revision = resp.header.map_or(0, |h| h.revision);
             }
-            for item in resp.kvs() {
+            let next = match (resp.more, resp.kvs.last()) {
+                (true, Some(last)) => {
+                    let mut next = last.key.clone();
+                    next.push(0);
+                    Some(next)
+                }
+                _ => None,
+            };
+            for item in resp.kvs {
                 items.push(key_value(item)?);
             }
-            match (resp.more(), resp.kvs().last()) {
-                (true, Some(last)) => {
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
-                _ => break,
+            match next {
+                Some(next) => from = next,
+                None => break,
             }
         }
         Ok(Snapshot { revision, items })
@@ -152,51 +263,59 @@ impl Store for EtcdStore {
 
     async fn commit(&self, writes: &[Write]) -> Result<Revision, StoreError> {
         check_commit(writes)?;
-        let compares: Vec<Compare> = writes
+        let compare: Vec<Compare> = writes
             .iter()
             .filter_map(|w| match w.expect {
                 Expect::Any => None,
                 // A key that never existed (or was deleted) has create
                 // revision 0.
-                Expect::Absent => Some(Compare::create_revision(
-                    w.key.as_str(),
-                    CompareOp::Equal,
-                    0,
-                )),
+                Expect::Absent => Some(revision_equals(&w.key, TargetUnion::CreateRevision(0))),
                 Expect::ModRevision(r) => {
-                    Some(Compare::mod_revision(w.key.as_str(), CompareOp::Equal, r))
+                    Some(revision_equals(&w.key, TargetUnion::ModRevision(r)))
                 }
             })
             .collect();
-        let ops: Vec<TxnOp> = writes
+        let success: Vec<RequestOp> = writes
             .iter()
             .filter_map(|w| match &w.op {
-                Op::Put(v) => Some(TxnOp::put(w.key.as_str(), v.clone(), None)),
-                Op::PutWithLease(v, lease) => Some(TxnOp::put(
-                    w.key.as_str(),
-                    v.clone(),
-                    Some(PutOptions::new().with_lease(*lease)),
-                )),
-                Op::Delete => Some(TxnOp::delete(w.key.as_str(), None)),
+                Op::Put(v) => Some(put(&w.key, v, 0)),
+                Op::PutWithLease(v, lease) => Some(put(&w.key, v, *lease)),
+                Op::Delete => Some(op(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: w.key.as_bytes().to_vec(),
+                }))),
                 Op::Check => None,
             })
             .collect();
         // On failure, read back the guarded keys to say which one moved.
         let guarded: Vec<&Write> = writes.iter().filter(|w| w.expect != Expect::Any).collect();
-        let reads: Vec<TxnOp> = guarded
+        let failure: Vec<RequestOp> = guarded
             .iter()
-            .map(|w| TxnOp::get(w.key.as_str(), None))
+            .map(|w| {
+                op(Request::RequestRange(RangeRequest {
+                    key: w.key.as_bytes().to_vec(),
+                    ..Default::default()
+                }))
+            })
             .collect();
-        let txn = Txn::new().when(compares).and_then(ops).or_else(reads);
-        let resp = self.client.kv_client().txn(txn).await.map_err(map_error)?;
-        if resp.succeeded() {
-            return Ok(resp.header().map_or(0, |h| h.revision()));
+        let resp = self
+            .kv
+            .clone()
+            .txn(TxnRequest {
+                compare,
+                success,
+                failure,
+            })
+            .await
+            .map_err(map_error)?
+            .into_inner();
+        if resp.succeeded {
+            return Ok(resp.header.map_or(0, |h| h.revision));
         }
-        for (w, op) in guarded.iter().zip(resp.op_responses()) {
-            let TxnOpResponse::Get(get) = op else {
+        for (w, op) in guarded.iter().zip(resp.responses) {
+            let Some(Response::ResponseRange(range)) = op.response else {
                 continue;
             };
-            let actual = get.kvs().first().map(|kv| kv.mod_revision());
+            let actual = range.kvs.first().map(|kv| kv.mod_revision);
             if !w.expect.holds(actual) {
                 return Err(StoreError::Conflict {
                     key: w.key.clone(),
@@ -216,37 +335,54 @@ impl Store for EtcdStore {
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let secs = ttl.as_secs().max(1) as i64;
-        let r = self
-            .client
-            .lease_client()
-            .grant(secs, None)
+        let resp = self
+            .lease
+            .clone()
+            .lease_grant(LeaseGrantRequest { ttl: secs })
             .await
-            .map_err(map_error)?;
-        Ok(r.id())
+            .map_err(map_error)?
+            .into_inner();
+        Ok(resp.id)
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let (mut keeper, mut stream) = self
-            .client
-            .lease_client()
-            .keep_alive(lease)
+        // One request on etcd's bidirectional keep-alive stream, then the
+        // request side closes: etcd answers it before it sees the end of the
+        // stream, and the stream ends.
+        let request = tokio_stream::once(LeaseKeepAliveRequest { id: lease });
+        let answer = async {
+            let mut responses = self
+                .lease
+                .clone()
+                .lease_keep_alive(request)
+                .await
+                .map_err(map_error)?
+                .into_inner();
+            responses.message().await.map_err(map_error)
+        };
+        // The call's timeout covers the response's headers only, not its
+        // messages.
+        let answer = tokio::time::timeout(CALL_TIMEOUT, answer)
             .await
-            .map_err(map_error)?;
-        keeper.keep_alive().await.map_err(map_error)?;
-        match stream.message().await.map_err(map_error)? {
+            .map_err(|_| StoreError::Unavailable("lease keep-alive timed out".to_string()))?;
+        match answer {
             // etcd answers a TTL of 0 for a lease it no longer has.
-            Some(r) if r.ttl() > 0 => Ok(()),
-            _ => Err(StoreError::LeaseExpired(lease)),
+            Ok(Some(r)) if r.ttl > 0 => Ok(()),
+            Ok(_) | Err(StoreError::LeaseExpired(_)) => Err(StoreError::LeaseExpired(lease)),
+            Err(e) => Err(e),
         }
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        match self.client.lease_client().revoke(lease).await {
-            Ok(_) => Ok(()),
-            Err(e) => match map_error(e) {
-                StoreError::LeaseExpired(_) => Ok(()),
-                other => Err(other),
-            },
+        let result = self
+            .lease
+            .clone()
+            .lease_revoke(LeaseRevokeRequest { id: lease })
+            .await;
+        match result.map_err(map_error) {
+            // Revoking a lease that is already gone is done.
+            Ok(_) | Err(StoreError::LeaseExpired(_)) => Ok(()),
+            Err(other) => Err(other),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`Store`]: a small key-value interface with revisions and guarded,
 //!   atomic multi-key writes: what the services need of etcd and no more.
-//! - [`EtcdStore`]: the real thing, over `etcd-client`.
+//! - [`EtcdStore`]: the real thing, over our own small etcd v3 client
+//!   (generated from `proto/`, etcd's API in part).
 //! - [`MemStore`]: the same semantics in memory, for dev mode and unit tests.
 //! - [`batch`]: the one way to split writes into commits within the
 //!   count and byte limits; every writer uses it.
