@@ -55,20 +55,13 @@ enum Signal {
     Kill,
 }
 
-impl Signal {
-    fn name(self) -> &'static str {
-        match self {
-            Signal::Term => "TERM",
-            Signal::Kill => "KILL",
-        }
-    }
-}
-
 fn signal_group(pid: u32, sig: Signal) {
-    let _ = Command::new("kill")
-        .args([&format!("-{}", sig.name()), "--", &format!("-{pid}")])
-        .stderr(std::process::Stdio::null())
-        .status();
+    let sig = match sig {
+        Signal::Term => sched_proto::process::Signal::SIGTERM,
+        Signal::Kill => sched_proto::process::Signal::SIGKILL,
+    };
+    // The group may be gone already: nothing to stop then.
+    let _ = sched_proto::process::signal_pid(pid, sig, true);
 }
 
 fn lease_age(lease: &PathBuf) -> Duration {

@@ -77,10 +77,7 @@ fn sigterm_reaches_the_task() {
     let script = format!("touch '{}'; exec sleep 60", started.display());
     let mut child = supervise(&lease, &exit, 60_000, &["sh", "-c", &script]);
     wait_for_file(&started);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    sched_proto::process::terminate(&child).unwrap();
     child.wait().unwrap();
     assert_eq!(std::fs::read_to_string(&exit).unwrap(), "143");
 }

@@ -19,7 +19,8 @@ use std::os::fd::AsFd;
 use std::process::{Child, ExitCode};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::kill;
+pub use nix::sys::signal::Signal;
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
@@ -180,6 +181,22 @@ pub fn terminate(child: &Child) -> io::Result<()> {
     let pid = i32::try_from(child.id())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "process id out of range"))?;
     kill(Pid::from_raw(pid), Signal::SIGTERM).map_err(io::Error::from)
+}
+
+/// Sends `signal` to process `pid`, or to its whole process group when
+/// `group` (the group a process leads has its pid as id). For processes this
+/// one did not spawn (a task adopted after a restart, a test's watchdog);
+/// the caller knows the pid is still the one it means.
+pub fn signal_pid(pid: u32, signal: Signal, group: bool) -> io::Result<()> {
+    let pid = i32::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "process id out of range"))?;
+    let pid = Pid::from_raw(pid);
+    let r = if group {
+        nix::sys::signal::killpg(pid, signal)
+    } else {
+        kill(pid, signal)
+    };
+    r.map_err(io::Error::from)
 }
 
 #[cfg(test)]

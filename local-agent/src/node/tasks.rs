@@ -409,9 +409,8 @@ impl Tasks {
         if let Some(pid) = e.pid {
             // The supervisor forwards SIGTERM to the task's group and
             // escalates to SIGKILL after its grace period.
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+            let _ =
+                sched_proto::process::signal_pid(pid, sched_proto::process::Signal::SIGTERM, false);
         }
     }
 
