@@ -22,7 +22,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Range;
+use std::ops::{Bound, Range};
 
 use crate::cluster::{ClusterId, ClusterSummary};
 use crate::job::{Job, JobId};
@@ -196,10 +196,15 @@ struct PendingJob {
 #[derive(Debug, Clone, Default)]
 pub struct PendingQueue {
     jobs: BTreeMap<JobId, PendingJob>,
+    /// The same jobs in pass order.
+    order: BTreeSet<Order>,
     /// Jobs the next pass must look at.
     dirty: BTreeSet<Order>,
     /// The next pass looks at every job with pending tasks.
     rescan: bool,
+    /// A rescan cut short by its pass's budget: the jobs from here on (in
+    /// pass order) are still to be looked at.
+    sweep: Option<Bound<Order>>,
     tasks: u64,
 }
 
@@ -255,6 +260,7 @@ impl PendingQueue {
         let added = group.len() - before;
         j.tasks += added;
         self.tasks += u64::from(added);
+        self.order.insert((Reverse(priority), job));
         self.dirty.insert((Reverse(priority), job));
     }
 
@@ -272,6 +278,7 @@ impl PendingQueue {
         j.groups.entry(key).or_default().insert(index);
         j.tasks += 1;
         self.tasks += 1;
+        self.order.insert((Reverse(priority), job));
         self.dirty.insert((Reverse(priority), job));
     }
 
@@ -314,19 +321,28 @@ impl PendingQueue {
         j.tasks -= 1;
         self.tasks -= 1;
         if j.tasks == 0 {
-            self.jobs.remove(&job);
+            let priority = j.priority;
+            self.forget(job, priority);
         }
         true
     }
 
+    /// `job` has no pending task left.
+    fn forget(&mut self, job: JobId, priority: u32) {
+        self.jobs.remove(&job);
+        self.order.remove(&(Reverse(priority), job));
+        self.dirty.remove(&(Reverse(priority), job));
+    }
+
     /// Removes all of `job`'s pending tasks (cancelled); returns how many.
     pub fn remove_job(&mut self, job: JobId) -> u32 {
-        let Some(j) = self.jobs.remove(&job) else {
+        let Some(j) = self.jobs.get(&job) else {
             return 0;
         };
-        self.dirty.remove(&(Reverse(j.priority), job));
-        self.tasks -= u64::from(j.tasks);
-        j.tasks
+        let (tasks, priority) = (j.tasks, j.priority);
+        self.forget(job, priority);
+        self.tasks -= u64::from(tasks);
+        tasks
     }
 
     /// Puts an assignment that could not be persisted back.
@@ -344,7 +360,7 @@ impl PendingQueue {
 
     /// Whether the next pass has anything to look at.
     pub fn has_work(&self) -> bool {
-        !self.jobs.is_empty() && (self.rescan || !self.dirty.is_empty())
+        !self.jobs.is_empty() && (self.rescan || self.sweep.is_some() || !self.dirty.is_empty())
     }
 
     /// One pass: assigns up to `budget` pending tasks to clusters, taking
@@ -361,105 +377,131 @@ impl PendingQueue {
         budget: u64,
         trace: Option<JobId>,
     ) -> Pass {
-        let order: Vec<Order> = if std::mem::take(&mut self.rescan) {
-            self.dirty.clear();
-            let mut all: Vec<Order> = self
-                .jobs
-                .iter()
-                .map(|(&id, j)| (Reverse(j.priority), id))
-                .collect();
-            all.sort();
-            all
-        } else {
-            std::mem::take(&mut self.dirty).into_iter().collect()
-        };
+        if std::mem::take(&mut self.rescan) {
+            self.sweep = Some(Bound::Unbounded);
+        }
         let mut pass = Pass::default();
         let mut budget = budget;
-        for key in order {
-            if budget == 0 {
-                // Out of budget: the next pass carries on from here.
-                self.dirty.insert(key);
-                continue;
-            }
-            let id = key.1;
-            let Some(spec) = job(id) else {
-                self.remove_job(id);
-                continue;
-            };
-            let Some(j) = self.jobs.get_mut(&id) else {
-                continue;
-            };
-            let request = spec.spec.request;
-            let retry = j
-                .last_hand_back_ms
-                .is_none_or(|t| now_ms >= t.saturating_add(HAND_BACK_RETRY_MS));
-            let mut why = None;
-            let keys: Vec<Vec<ClusterId>> = j.groups.keys().cloned().collect();
-            for handed_back in keys {
-                loop {
-                    let left = j.groups.get(&handed_back).map_or(0, IndexSet::len);
-                    if left == 0 {
-                        j.groups.remove(&handed_back);
-                        break;
-                    }
-                    if budget == 0 {
-                        self.dirty.insert(key);
-                        break;
-                    }
-                    let mut ranking = ranker.rank(spec, summaries, &handed_back);
-                    if ranking.best().is_none() && !handed_back.is_empty() && retry {
-                        ranking = ranker.rank(spec, summaries, &[]);
-                    }
-                    let Some(best) = ranking.best() else {
-                        why = Some(unassignable_reason(&ranking, summaries));
-                        if trace == Some(id) {
-                            pass.trace.push(Decision {
-                                tasks: left,
-                                ranking,
-                                chosen: None,
-                            });
-                        }
-                        break;
-                    };
-                    let s = &mut summaries[best.0 as usize];
-                    let take = fit_count(&s.unclaimed(), &request)
-                        .clamp(1, u64::from(left))
-                        .min(budget);
-                    if trace == Some(id) {
-                        pass.trace.push(Decision {
-                            tasks: take as u32,
-                            ranking,
-                            chosen: Some(best),
-                        });
-                    }
-                    s.queued = s.queued.saturating_add(&request.times(take));
-                    s.queue_len += take;
-                    budget -= take;
-                    let group = j.groups.get_mut(&handed_back).expect("checked above");
-                    let indices = group.take_first(take as u32);
-                    j.tasks -= take as u32;
-                    self.tasks -= take;
-                    pass.assignments.push(Assignment {
-                        job: id,
-                        cluster: best,
-                        indices,
-                        handed_back: handed_back.clone(),
-                    });
+        // The dirty jobs and the rest of a rescan, merged in pass order;
+        // what the budget leaves is where the next pass starts.
+        while budget > 0 {
+            let swept = self
+                .sweep
+                .and_then(|from| self.order.range((from, Bound::Unbounded)).next().copied());
+            let key = match (swept, self.dirty.first().copied()) {
+                (None, None) => {
+                    self.sweep = None;
+                    break;
                 }
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).expect("one of them"),
+            };
+            if swept == Some(key) {
+                self.sweep = Some(Bound::Excluded(key));
             }
-            if j.tasks == 0 {
-                if j.reason.is_some() {
-                    pass.reasons.push((id, None));
-                }
-                self.jobs.remove(&id);
-                continue;
-            }
-            if why != j.reason {
-                j.reason = why.clone();
-                pass.reasons.push((id, why));
-            }
+            self.dirty.remove(&key);
+            self.plan_job(
+                key,
+                ranker,
+                job,
+                summaries,
+                now_ms,
+                &mut budget,
+                trace,
+                &mut pass,
+            );
         }
         pass
+    }
+
+    /// One job's part of a pass.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_job<'j>(
+        &mut self,
+        key: Order,
+        ranker: &Ranker<'_>,
+        job: &dyn Fn(JobId) -> Option<&'j Job>,
+        summaries: &mut [ClusterSummary],
+        now_ms: u64,
+        budget: &mut u64,
+        trace: Option<JobId>,
+        pass: &mut Pass,
+    ) {
+        let id = key.1;
+        let Some(spec) = job(id) else {
+            self.remove_job(id);
+            return;
+        };
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let request = spec.spec.request;
+        let retry = j
+            .last_hand_back_ms
+            .is_none_or(|t| now_ms >= t.saturating_add(HAND_BACK_RETRY_MS));
+        let mut why = None;
+        let mut groups = std::mem::take(&mut j.groups);
+        for (handed_back, group) in groups.iter_mut() {
+            while !group.is_empty() {
+                if *budget == 0 {
+                    // Cut short: the next pass carries on with this job.
+                    self.dirty.insert(key);
+                    break;
+                }
+                let mut ranking = ranker.rank(spec, summaries, handed_back);
+                if ranking.best().is_none() && !handed_back.is_empty() && retry {
+                    ranking = ranker.rank(spec, summaries, &[]);
+                }
+                let left = group.len();
+                let Some(best) = ranking.best() else {
+                    why = Some(unassignable_reason(&ranking, summaries));
+                    if trace == Some(id) {
+                        pass.trace.push(Decision {
+                            tasks: left,
+                            ranking,
+                            chosen: None,
+                        });
+                    }
+                    break;
+                };
+                let s = &mut summaries[best.0 as usize];
+                let take = fit_count(&s.unclaimed(), &request)
+                    .clamp(1, u64::from(left))
+                    .min(*budget);
+                if trace == Some(id) {
+                    pass.trace.push(Decision {
+                        tasks: take as u32,
+                        ranking,
+                        chosen: Some(best),
+                    });
+                }
+                s.queued = s.queued.saturating_add(&request.times(take));
+                s.queue_len += take;
+                *budget -= take;
+                j.tasks -= take as u32;
+                self.tasks -= take;
+                pass.assignments.push(Assignment {
+                    job: id,
+                    cluster: best,
+                    indices: group.take_first(take as u32),
+                    handed_back: handed_back.clone(),
+                });
+            }
+        }
+        groups.retain(|_, g| !g.is_empty());
+        j.groups = groups;
+        if j.tasks == 0 {
+            if j.reason.is_some() {
+                pass.reasons.push((id, None));
+            }
+            let priority = j.priority;
+            self.forget(id, priority);
+            return;
+        }
+        if why != j.reason {
+            j.reason = why.clone();
+            pass.reasons.push((id, why));
+        }
     }
 }
 
