@@ -35,7 +35,7 @@ impl From<ServiceError> for tonic::Status {
                     "{message} (retry after {RETRY_AFTER_MS} ms)"
                 ));
                 s.metadata_mut().insert(
-                    "retry-after-ms",
+                    sched_proto::backoff::RETRY_AFTER_HEADER,
                     tonic::metadata::MetadataValue::from(RETRY_AFTER_MS),
                 );
                 s

@@ -31,10 +31,7 @@ pub fn connect(server: &str) -> anyhow::Result<Client> {
     Ok(SchedulerClient::new(channel).max_decoding_message_size(256 << 20))
 }
 
-/// The metadata key in which the global scheduler says, with
-/// RESOURCE_EXHAUSTED, how many milliseconds to wait before retrying (set
-/// in `global-scheduler/src/error.rs`).
-pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
+pub use sched_proto::backoff::RETRY_AFTER_HEADER;
 
 /// The longest retry hint honoured. The server hints 200 ms; a hint of
 /// minutes would be a confused server, and waiting it out would stall the

@@ -71,7 +71,10 @@ async fn overload_is_refused_at_the_edge_and_everything_accepted_runs() {
                             Ok(_) => break,
                             Err(s) if s.code() == tonic::Code::ResourceExhausted => {
                                 refused.fetch_add(1, Ordering::Relaxed);
-                                if s.metadata().get("retry-after-ms").is_some() {
+                                if s.metadata()
+                                    .get(sched_proto::backoff::RETRY_AFTER_HEADER)
+                                    .is_some()
+                                {
                                     hinted.fetch_add(1, Ordering::Relaxed);
                                 }
                                 tokio::time::sleep(Duration::from_millis(100)).await;
