@@ -6,7 +6,7 @@ use sched_proto::pb;
 pub use sched_proto::convert::{from_pb as from_pb_resources, to_pb as to_pb_resources};
 
 use crate::records::TaskState;
-use crate::state::{Event, JobEntry};
+use crate::state::{Event, EventKind, JobEntry};
 
 pub fn to_pb_state(s: TaskState) -> pb::TaskState {
     match s {
@@ -24,8 +24,23 @@ pub fn to_pb_event(e: &Event) -> pb::Event {
     pb::Event {
         unix_ms: e.unix_ms,
         job: e.job.clone(),
-        kind: e.kind.as_str().to_string(),
+        kind: to_pb_event_kind(e.kind) as i32,
         message: e.message.clone(),
+    }
+}
+
+pub fn to_pb_event_kind(k: EventKind) -> pb::EventKind {
+    match k {
+        EventKind::Submitted => pb::EventKind::Submitted,
+        EventKind::Recovered => pb::EventKind::Recovered,
+        EventKind::Assigned => pb::EventKind::Assigned,
+        EventKind::HandedBack => pb::EventKind::HandedBack,
+        EventKind::Placed => pb::EventKind::Placed,
+        EventKind::Succeeded => pb::EventKind::Succeeded,
+        EventKind::Failed => pb::EventKind::Failed,
+        EventKind::Lost => pb::EventKind::Lost,
+        EventKind::Cancelled => pb::EventKind::Cancelled,
+        EventKind::Unschedulable => pb::EventKind::Unschedulable,
     }
 }
 

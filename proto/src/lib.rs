@@ -9,6 +9,27 @@ pub mod pb {
     tonic::include_proto!("sched.v1");
 }
 
+impl pb::EventKind {
+    /// The short name `describe` and `watch` print: `handed_back`, `lost`.
+    pub fn name(self) -> &'static str {
+        use pb::EventKind as K;
+        match self {
+            K::Unspecified => "unspecified",
+            K::Submitted => "submitted",
+            K::Recovered => "recovered",
+            K::Assigned => "assigned",
+            K::HandedBack => "handed_back",
+            K::Placed => "placed",
+            K::Succeeded => "succeeded",
+            K::Failed => "failed",
+            K::Lost => "lost",
+            K::Cancelled => "cancelled",
+            K::Unschedulable => "unschedulable",
+            K::Lagged => "lagged",
+        }
+    }
+}
+
 pub mod backoff;
 pub mod leader;
 pub mod process;

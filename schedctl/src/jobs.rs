@@ -800,7 +800,12 @@ pub async fn describe(server: &str, cmd: DescribeCommand) -> anyhow::Result<()> 
         println!("  <none>");
     }
     for e in &d.events {
-        println!("  {:>5}  {:<13}  {}", age(e.unix_ms), e.kind, e.message);
+        println!(
+            "  {:>5}  {:<13}  {}",
+            age(e.unix_ms),
+            e.kind().name(),
+            e.message
+        );
     }
     Ok(())
 }
@@ -837,7 +842,7 @@ pub async fn watch(server: &str, job: Option<String>) -> anyhow::Result<()> {
                     "{}  {:<20}  {:<13}  {}",
                     clock(e.unix_ms),
                     e.job,
-                    e.kind,
+                    e.kind().name(),
                     e.message
                 ),
                 Err(s) if crate::client::transient(&s) => break,

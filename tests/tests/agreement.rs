@@ -336,7 +336,7 @@ async fn run(load: u64) -> (u64, u64) {
                 println!("    why: {r}");
             }
             for e in d.events {
-                println!("    event: {} {}", e.kind, e.message);
+                println!("    event: {} {}", e.kind().name(), e.message);
             }
         }
     }

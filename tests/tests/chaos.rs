@@ -307,7 +307,7 @@ async fn chaos_keeps_every_invariant() {
                         .collect();
                     println!("stuck {}: {tasks:?} {:?}", j.name, d.pending_reasons);
                     for e in d.events {
-                        println!("    {} {}", e.kind, e.message);
+                        println!("    {} {}", e.kind().name(), e.message);
                     }
                 }
             }

@@ -284,7 +284,11 @@ async fn kill_9_a_node_agent_and_its_tasks_run_again_elsewhere() {
         .await
         .unwrap()
         .into_inner();
-    assert!(d.events.iter().any(|e| e.kind == "lost"), "{:?}", d.events);
+    assert!(
+        d.events.iter().any(|e| e.kind() == pb::EventKind::Lost),
+        "{:?}",
+        d.events
+    );
 
     // The first copy's last tick came before the second copy's first.
     let first = std::fs::read_to_string(

@@ -295,7 +295,7 @@ impl Scheduler for SchedulerService {
                 Some(Ok(pb::Event {
                     unix_ms: crate::now_unix_ms(),
                     job: String::new(),
-                    kind: "lagged".to_string(),
+                    kind: pb::EventKind::Lagged as i32,
                     message: format!("{n} event(s) dropped: the watcher fell behind"),
                 }))
             }
