@@ -386,3 +386,39 @@ impl Store for EtcdStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::service::Interceptor;
+
+    use super::*;
+
+    #[test]
+    fn every_request_requires_a_leader() {
+        let request = RequireLeader.call(tonic::Request::new(())).unwrap();
+        assert_eq!(
+            request
+                .metadata()
+                .get("hasleader")
+                .map(|v| v.to_str().unwrap()),
+            Some("true")
+        );
+    }
+
+    #[test]
+    fn prefix_end_is_the_first_key_after_the_prefix() {
+        assert_eq!(prefix_end("a/b"), b"a/c");
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80");
+        assert_eq!(prefix_end(""), vec![0]);
+    }
+
+    #[test]
+    fn etcds_lease_not_found_is_lease_expired() {
+        let s = tonic::Status::not_found("etcdserver: requested lease not found");
+        assert_eq!(map_error(s), StoreError::LeaseExpired(0));
+        let s = tonic::Status::unavailable("etcdserver: no leader");
+        assert!(matches!(map_error(s), StoreError::Unavailable(_)));
+        let s = tonic::Status::invalid_argument("etcdserver: too many operations in txn request");
+        assert!(matches!(map_error(s), StoreError::Backend(_)));
+    }
+}
