@@ -21,7 +21,6 @@ use std::process::{Command, ExitStatus};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
 use tokio::time::Instant;
 
 /// How often the lease file is checked, and SIGKILL repeated past the grace
@@ -114,23 +113,69 @@ async fn watch(
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// Why the supervisor itself failed (the task's own failures are exit
+/// codes in the exit file).
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error("the task has no command")]
+    NoCommand,
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> SuperviseError {
+    move |source| SuperviseError::Io { what, source }
+}
+
+/// The exit code of a command that could not be started, as a shell
+/// reports it (POSIX, "Command Search and Execution"): 127 when it was not
+/// found, 126 when it was found but could not be executed.
+pub fn start_failure_code(e: &std::io::Error) -> i32 {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => 127,
+        _ => 126,
+    }
+}
+
+pub fn run(args: Args) -> Result<(), SuperviseError> {
+    let program = args
+        .command
+        .first()
+        .ok_or(SuperviseError::NoCommand)?
+        .clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(io("cannot start a runtime"))?;
     rt.block_on(async move {
         // Listen for SIGTERM before the task starts, so that a stop sent as
         // soon as the task runs is passed on, not fatal to the supervisor.
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut child = tokio::process::Command::from({
-            let mut c = Command::new(&args.command[0]);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(io("cannot listen for SIGTERM"))?;
+        let spawned = tokio::process::Command::from({
+            let mut c = Command::new(&program);
             c.args(&args.command[1..]).process_group(0);
             c
         })
         .kill_on_drop(false)
-        .spawn()
-        .with_context(|| format!("cannot start {:?}", args.command[0]))?;
-        let pid = child.id().context("the task has a pid while running")?;
+        .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                // The task failed, as a shell would report it: its stderr
+                // says why, its exit file says how.
+                eprintln!("cannot start {program:?}: {e}");
+                return write_exit(&args.exit_file, start_failure_code(&e));
+            }
+        };
+        let Some(pid) = child.id() else {
+            // Reaped already: it exited before we looked.
+            let status = child.wait().await.map_err(io("cannot wait for the task"))?;
+            return write_exit(&args.exit_file, exit_code(status));
+        };
         let status = watch(
             child.wait(),
             |cx| term.poll_recv(cx),
@@ -139,17 +184,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Duration::from_millis(args.grace_ms),
             |sig| signal_group(pid, sig),
         )
-        .await?;
-        let code = status
-            .code()
-            .or_else(|| status.signal().map(|s| 128 + s))
-            .unwrap_or(255);
-        // Written atomically: a reader never sees half a number.
-        let tmp = args.exit_file.with_extension("tmp");
-        std::fs::write(&tmp, code.to_string())?;
-        std::fs::rename(&tmp, &args.exit_file)?;
-        Ok(())
+        .await
+        .map_err(io("cannot wait for the task"))?;
+        write_exit(&args.exit_file, exit_code(status))
     })
+}
+
+/// The task's exit code; 128 + N for a task killed by signal N.
+fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(255)
+}
+
+/// Writes the exit file atomically: a reader never sees half a number.
+fn write_exit(exit_file: &std::path::Path, code: i32) -> Result<(), SuperviseError> {
+    let tmp = exit_file.with_extension("tmp");
+    std::fs::write(&tmp, code.to_string()).map_err(io("cannot write the exit file"))?;
+    std::fs::rename(&tmp, exit_file).map_err(io("cannot write the exit file"))?;
+    Ok(())
 }
 
 #[cfg(test)]

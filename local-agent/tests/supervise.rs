@@ -37,6 +37,39 @@ fn the_exit_code_is_written_to_the_exit_file() {
 }
 
 #[test]
+fn a_command_that_cannot_start_fails_with_the_shells_codes() {
+    // 127: not found; 126: found but not executable. The task's stderr
+    // (the supervisor's) says why.
+    let dir = tempfile::tempdir().unwrap();
+    let lease = dir.path().join("lease");
+    std::fs::write(&lease, "").unwrap();
+    let not_executable = dir.path().join("data.txt");
+    std::fs::write(&not_executable, "not a program").unwrap();
+    for (cmd, code) in [
+        ("/no/such/binary", "127"),
+        ("slep", "127"),
+        (not_executable.to_str().unwrap(), "126"),
+    ] {
+        let exit = dir.path().join(format!("exit-{code}"));
+        let _ = std::fs::remove_file(&exit);
+        let out = Command::new(env!("CARGO_BIN_EXE_local-agent"))
+            .arg("supervise")
+            .arg("--lease")
+            .arg(&lease)
+            .args(["--lease-ms", "60000"])
+            .arg("--exit-file")
+            .arg(&exit)
+            .args(["--", cmd, "1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}: {out:?}");
+        assert_eq!(std::fs::read_to_string(&exit).unwrap(), code, "{cmd}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("cannot start"), "{cmd}: {stderr}");
+    }
+}
+
+#[test]
 fn a_stale_lease_kills_the_task() {
     let dir = tempfile::tempdir().unwrap();
     let lease = dir.path().join("lease");
