@@ -55,6 +55,15 @@ fn normalize(url: &str) -> &str {
     url.trim().trim_end_matches('/')
 }
 
+/// A replica list that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("{0:?} is not a URL (like http://127.0.0.1:7070)")]
+    NotAUrl(String),
+    #[error("no address given")]
+    Empty,
+}
+
 impl LeaderChannel {
     /// Lazily connecting channels to `urls` (a comma-separated list), each
     /// with the given connect and per-call timeouts. Errors name the bad
@@ -63,7 +72,7 @@ impl LeaderChannel {
         urls: &str,
         connect_timeout: Duration,
         timeout: Duration,
-    ) -> Result<LeaderChannel, String> {
+    ) -> Result<LeaderChannel, AddressError> {
         let mut replicas = Replicas {
             urls: Vec::new(),
             channels: Vec::new(),
@@ -75,7 +84,7 @@ impl LeaderChannel {
             replicas.channels.push(channel);
         }
         if replicas.channels.is_empty() {
-            return Err("no address given".to_string());
+            return Err(AddressError::Empty);
         }
         Ok(LeaderChannel {
             replicas: Arc::new(Mutex::new(replicas)),
@@ -111,9 +120,9 @@ impl LeaderChannel {
     }
 }
 
-fn lazy(url: &str, connect_timeout: Duration, timeout: Duration) -> Result<Channel, String> {
+fn lazy(url: &str, connect_timeout: Duration, timeout: Duration) -> Result<Channel, AddressError> {
     Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|_| format!("{url:?} is not a URL (like http://127.0.0.1:7070)"))?
+        .map_err(|_| AddressError::NotAUrl(url.to_string()))?
         .connect_timeout(connect_timeout)
         .timeout(timeout)
         .connect_lazy())

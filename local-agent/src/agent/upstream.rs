@@ -31,7 +31,7 @@ pub async fn run(agent: Arc<Agent>, address: String, shutdown: CancellationToken
     ) {
         Ok(c) => c,
         Err(reason) => {
-            let err = AgentError::from(SpecError::new("--global", reason));
+            let err = AgentError::from(SpecError::new("--global", reason.to_string()));
             tracing::error!(cause = %err, "cannot follow the global scheduler");
             return;
         }
