@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
 /// A running `etcd` child process.
 pub struct EtcdServer {
     child: Guarded,
@@ -266,16 +269,17 @@ impl Guarded {
 
     /// SIGKILL to the program and its watchdog; waits for the watchdog.
     pub fn kill(&mut self) {
-        self.signal("KILL");
+        // The watchdog leads a process group of its own (its pid is the
+        // group's id), and it has not been waited for, so the id is still
+        // ours. Gone already is fine.
+        let group = Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
         self.child.wait().ok();
     }
 
     /// SIGTERM to the program (through the watchdog), without waiting.
     pub fn terminate(&mut self) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .ok();
+        let _ = nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
     }
 
     /// Whether the program has exited.
@@ -286,15 +290,6 @@ impl Guarded {
     /// Waits for the program to exit.
     pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         self.child.wait()
-    }
-
-    fn signal(&self, sig: &str) {
-        Command::new("kill")
-            .args([&format!("-{sig}"), "--", &format!("-{}", self.child.id())])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .ok();
     }
 }
 
