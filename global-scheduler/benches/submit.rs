@@ -111,6 +111,15 @@ async fn through_scheduler(
         config,
         shutdown.clone(),
     ));
+    // Leading (the health service says SERVING) before the clock starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sched_proto::process::serving(&url, "sched.v1.Scheduler", Duration::from_secs(1))
+        .await
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "the scheduler did not lead within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Several HTTP/2 connections, as many independent clients would open.
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
