@@ -9,7 +9,8 @@
 //! | `P/tasks/<job>/<index>` | [`TaskRecord`](crate::records::TaskRecord): state, cluster, machine, exit code, clusters that handed it back | when a task leaves `pending`, and on every change after; a task with no key is pending |
 //! | `P/clusters/<cluster>` | [`ClusterRecord`](crate::records::ClusterRecord): location, machine classes now and every shape seen | when a local agent registers, and when its machine classes change |
 //! | `P/leader` | [`LeaderRecord`](crate::leader::LeaderRecord): the leading replica's address; on a lease | by the replica that wins the election |
-//! | `P/placements/<cluster>/<job>/<index>` | the local agent's placement: machine, attempt, state | by the cluster's local agent |
+//! | `P/placements/<cluster>/<job>/<index>` | the local agent's placement: machine, attempt, state, exit code | by the cluster's local agent |
+//! | `P/placements/<cluster>/<job>/spec` | the job's spec as the cluster got it (request, constraints, priority, command), once per job | by the cluster's local agent, with the job's first placement |
 //!
 //! Task indices are zero-padded to seven digits (jobs have at most a million
 //! tasks) so that etcd's lexical order is task order. Every write carries
