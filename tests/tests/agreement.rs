@@ -16,6 +16,9 @@ use std::time::Duration;
 use sched_proto::pb;
 use sched_tests::*;
 
+/// The local agents' `--machine-timeout-ms` in tests (`LocalAgent::start`).
+const MACHINE_TIMEOUT: Duration = Duration::from_millis(2000);
+
 /// Clusters: (name, location, classes of (count, cpu, memory GiB, ssd)).
 type ClusterShape = (&'static str, &'static str, &'static [(u32, u32, u32, bool)]);
 
@@ -193,8 +196,11 @@ async fn run(load: u64) -> (u64, u64) {
     let mut agents = Vec::new();
     let mut nodes = Vec::new();
     let mut machines = 0;
+    let mut last_agent_up = tokio::time::Instant::now();
     for (name, location, classes) in CLUSTERS {
         let agent = LocalAgent::start(name, location, &scheduler.url(), &etcd.url()).await;
+        // The agent serves by now, so its start-up grace began before this.
+        last_agent_up = tokio::time::Instant::now();
         for (i, (count, cpu, mem, ssd)) in classes.iter().enumerate() {
             let mut cmd = Command::new(bin("local-agent"));
             cmd.args(["node", "--agent", &agent.url(), "--name"])
@@ -214,11 +220,12 @@ async fn run(load: u64) -> (u64, u64) {
         agents.push(agent);
     }
     // Every cluster's machines heard, and each agent past its start-up
-    // grace (2 s in tests), in which it keeps what it cannot place.
+    // grace (its machine timeout, 2 s in tests), in which it keeps what it
+    // cannot place instead of handing it back as the simulator does.
     scheduler
         .wait_machines_up(machines, Duration::from_secs(60))
         .await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep_until(last_agent_up + MACHINE_TIMEOUT).await;
 
     let mut client = scheduler.client().await;
     client
