@@ -117,7 +117,10 @@ async fn through_scheduler(
         .await
         .unwrap_or(false)
     {
-        assert!(Instant::now() < deadline, "the scheduler did not lead within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "the scheduler did not lead within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Several HTTP/2 connections, as many independent clients would open.
