@@ -124,6 +124,9 @@ pub fn simulate_with(
     // Time stands still: nothing finishes, so no hand-back retry is due.
     let now_ms = 0;
 
+    // What each cluster was handed in the pass (kept between passes, so
+    // that a pass allocates nothing here).
+    let mut handed: Vec<Vec<Assignment>> = vec![Vec::new(); cells.len()];
     while queue.has_work() {
         // 1. One pass of the global level.
         let pass = queue.plan(&ranker, &lookup, &mut summaries, now_ms, budget, explain);
@@ -141,12 +144,11 @@ pub fn simulate_with(
         if pass.assignments.is_empty() {
             continue;
         }
-        let mut handed: Vec<Vec<Assignment>> = vec![Vec::new(); cells.len()];
         for a in pass.assignments {
             handed[a.cluster.0 as usize].push(a);
         }
         // 2. Each cluster packs what it was handed, in order.
-        for (c, assignments) in handed.into_iter().enumerate() {
+        for (c, assignments) in handed.iter_mut().enumerate() {
             if assignments.is_empty() {
                 continue;
             }
@@ -166,7 +168,7 @@ pub fn simulate_with(
                 .collect();
             let outcomes = packer(&mut cells[c], &groups, &policy.local);
             let summary = &mut summaries[c];
-            for (a, o) in assignments.into_iter().zip(outcomes) {
+            for (a, o) in assignments.drain(..).zip(outcomes) {
                 let spec = &jobs[a.job.0 as usize].spec;
                 let count = a.indices.len() as u64;
                 let placed = o.placed.len();
