@@ -5,8 +5,8 @@ use sched_proto::pb;
 
 pub use sched_proto::convert::{from_pb as from_pb_resources, to_pb as to_pb_resources};
 
-use crate::records::TaskState;
-use crate::state::{Event, EventKind, JobEntry};
+use crate::event::{Event, EventKind};
+use crate::records::{JobRecord, TaskState};
 
 pub fn to_pb_state(s: TaskState) -> pb::TaskState {
     match s {
@@ -44,15 +44,15 @@ pub fn to_pb_event_kind(k: EventKind) -> pb::EventKind {
     }
 }
 
-/// The assignment of `indices` of `j`, with everything the cluster needs to
-/// place and start them.
-pub fn assignment_message(j: &JobEntry, indices: Vec<u32>) -> pb::Assignment {
+/// The assignment of `indices` of job `r`, with everything the cluster
+/// needs to place and start them.
+pub fn assignment_message(r: &JobRecord, indices: Vec<u32>) -> pb::Assignment {
     pb::Assignment {
-        job: j.record.name.clone(),
+        job: r.name.clone(),
         indices,
-        request: Some(to_pb_resources(&j.job.spec.request)),
-        constraints: j.record.constraints.clone().into_iter().collect(),
-        command: j.record.command.clone(),
-        priority: j.record.priority,
+        request: Some(to_pb_resources(&r.request.into())),
+        constraints: r.constraints.clone().into_iter().collect(),
+        command: r.command.clone(),
+        priority: r.priority,
     }
 }

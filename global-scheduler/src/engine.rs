@@ -1,7 +1,7 @@
 //! The one task that writes task and cluster keys: it takes cluster reports,
 //! cancels and registrations from a bounded queue, batches their writes into
 //! store commits (split by `sched_store::batch`, every key guarded by its
-//! revision), applies what committed to the in-memory [`State`], and runs
+//! revision), applies what committed to the in-memory [`State`](crate::state::State), and runs
 //! scheduling passes that assign pending tasks to clusters the same way.
 //!
 //! One writer means the revisions it guards with are always the latest it

@@ -1,5 +1,5 @@
 //! What the gRPC handlers, the [`engine`](crate::engine) and the
-//! [`submitter`](crate::submitter)s share: the commands and submissions
+//! submit writers share: the commands and submissions
 //! queued for the writers, the limits that bound them, the open assignment
 //! streams, and the state, reachable only through short closures (so no
 //! lock is ever held across an await).
@@ -52,7 +52,7 @@ pub struct Shared {
     /// Open assignment streams, one per cluster.
     streams: Mutex<BTreeMap<ClusterId, AssignmentSender>>,
     pub commands: mpsc::Sender<Command>,
-    /// Accepted submissions waiting for a [`Submitter`](crate::submitter::Submitter).
+    /// Accepted submissions waiting for a submit writer.
     pub submissions: mpsc::Sender<Submission>,
     /// Wakes the engine for a scheduling pass (a heartbeat changed what
     /// clusters can take).

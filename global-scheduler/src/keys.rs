@@ -8,7 +8,7 @@
 //! | `P/jobs/<job>` | [`JobRecord`](crate::records::JobRecord): the validated spec, submission id, time, `cancelled` | on submit (before the call returns), on cancel |
 //! | `P/tasks/<job>/<index>` | [`TaskRecord`](crate::records::TaskRecord): state, cluster, machine, exit code, clusters that handed it back | when a task leaves `pending`, and on every change after; a task with no key is pending |
 //! | `P/clusters/<cluster>` | [`ClusterRecord`](crate::records::ClusterRecord): location, machine classes now and every shape seen | when a local agent registers, and when its machine classes change |
-//! | `P/leader` | [`LeaderRecord`](crate::leader::LeaderRecord): the leading replica's address; on a lease | by the replica that wins the election |
+//! | `P/leader` | `LeaderRecord` (in `leader`): the leading replica's address; on a lease | by the replica that wins the election |
 //! | `P/placements/<cluster>/<job>/<index>` | the local agent's placement: machine, attempt, state, exit code | by the cluster's local agent |
 //! | `P/placements/<cluster>/<job>/spec` | the job's spec as the cluster got it (request, constraints, priority, command), once per job | by the cluster's local agent, with the job's first placement |
 //!
@@ -58,7 +58,7 @@ impl Keys {
         Some((job, index.parse().ok()?))
     }
 
-    /// The leader key (lease-backed; see [`crate::leader`]).
+    /// The leader key (lease-backed; see the `leader` module).
     pub fn leader(&self) -> String {
         format!("{}/leader", self.prefix)
     }

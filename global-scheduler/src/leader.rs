@@ -46,7 +46,7 @@ pub async fn campaign(
 ) -> Option<Leadership> {
     let value = serde_json::to_vec(&LeaderRecord {
         address: address.to_string(),
-        since_unix_ms: crate::now_unix_ms(),
+        since_unix_ms: crate::records::now_unix_ms(),
     })
     .expect("leader records serialize");
     let mut announced = false;
@@ -66,7 +66,7 @@ pub async fn campaign(
             }
             Err(e) => tracing::warn!(cause = %e, "cannot campaign for leadership"),
         }
-        let poll = ttl / 3 - ttl / 12 + crate::jitter(ttl / 6);
+        let poll = ttl / 3 - ttl / 12 + sched_proto::backoff::jitter(ttl / 6);
         tokio::select! {
             _ = shutdown.cancelled() => return None,
             _ = tokio::time::sleep(poll) => {}

@@ -19,13 +19,16 @@
 //! [`run`] takes the listener, the store and a shutdown token, so tests can
 //! start it on port 0 against any [`Store`].
 
+pub mod config;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod event;
 pub mod hub;
 pub mod keys;
 pub mod leader;
 pub mod records;
+mod recovery;
 pub mod registry;
 pub mod service;
 pub mod state;
@@ -34,8 +37,6 @@ pub mod submitter;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sched_core::policy::Policy;
-use sched_core::topology::Topology;
 use sched_proto::pb::clusters_server::ClustersServer;
 use sched_proto::pb::scheduler_server::SchedulerServer;
 use sched_store::Store;
@@ -48,18 +49,10 @@ use crate::engine::Engine;
 use crate::error::RunError;
 use crate::hub::{Limits, Shared};
 use crate::keys::Keys;
-use crate::registry::Registry;
-use crate::state::admission::LoadError;
-use crate::state::State;
 
+pub use config::Config;
+pub use records::now_unix_ms;
 pub use sched_proto::backoff::jitter;
-
-/// Milliseconds since the Unix epoch, for records and events.
-pub fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// How long open connections may take to close after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -80,41 +73,6 @@ where
         } => {
             tracing::warn!("connections still open {} s after shutdown; closing them", SHUTDOWN_GRACE.as_secs());
             Ok(())
-        }
-    }
-}
-
-/// Everything `run` needs besides the listener and the store.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub prefix: String,
-    pub policy: Policy,
-    pub topology: Option<Topology>,
-    pub heartbeat_interval: Duration,
-    /// A cluster silent for this long is marked down.
-    pub heartbeat_timeout: Duration,
-    pub queue: usize,
-    pub max_pending_tasks: u64,
-    pub max_jobs_per_submit: usize,
-    /// Where this replica serves, as other replicas and clients reach it
-    /// (for standbys to name the leader).
-    pub advertise: Option<String>,
-}
-
-impl Config {
-    pub fn new(policy: Policy) -> Self {
-        Config {
-            prefix: "/sched".to_string(),
-            policy,
-            topology: None,
-            heartbeat_interval: Duration::from_secs(1),
-            heartbeat_timeout: Duration::from_secs(5),
-            // Each command is one call; 4,096 calls of 100-task jobs keep
-            // 400k tasks in flight, seconds of etcd writes, before refusing.
-            queue: 4096,
-            max_pending_tasks: 2_000_000,
-            max_jobs_per_submit: 10_000,
-            advertise: None,
         }
     }
 }
@@ -275,7 +233,7 @@ async fn lead(
         leadership.revision,
         lost.clone(),
     ));
-    let state = load(&keys, &store, config).await?;
+    let state = recovery::load(&keys, &store, config).await?;
     let limits = Limits {
         queue: config.queue,
         max_pending_tasks: config.max_pending_tasks,
@@ -307,52 +265,4 @@ async fn lead(
         "leading"
     );
     Ok(true)
-}
-
-/// Reads clusters, jobs and tasks back from the store.
-async fn load(keys: &Keys, store: &Arc<dyn Store>, config: &Config) -> Result<State, RunError> {
-    let started = std::time::Instant::now();
-    let state = load_state(keys, store, config, None).await?;
-    tracing::info!(
-        clusters = state.registry().entries().len(),
-        jobs = state.jobs().count(),
-        pending_tasks = state.pending_tasks(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "state loaded from the store"
-    );
-    Ok(state)
-}
-
-/// The state as stored: clusters, and every job with its tasks, or only
-/// job `only` (for a standby answering a read about one job). Clusters are
-/// down until their agents heartbeat.
-pub(crate) async fn load_state(
-    keys: &Keys,
-    store: &Arc<dyn Store>,
-    config: &Config,
-    only: Option<&str>,
-) -> Result<State, RunError> {
-    let mut registry = Registry::new(config.topology.as_ref(), config.heartbeat_timeout);
-    let clusters = store.list(&keys.clusters()).await?;
-    for kv in &clusters.items {
-        let record: records::ClusterRecord =
-            serde_json::from_slice(&kv.value).map_err(|e| LoadError {
-                key: kv.key.clone(),
-                reason: format!("not a cluster record: {e}"),
-            })?;
-        registry.register(record, false);
-    }
-    let mut state = State::new(keys.clone(), registry, config.policy.clone());
-    let (jobs, tasks) = match only {
-        None => (
-            store.list(&keys.jobs()).await?.items,
-            store.list(&keys.tasks()).await?.items,
-        ),
-        Some(name) => match store.get(&keys.job(name)).await? {
-            Some(job) => (vec![job], store.list(&keys.job_tasks(name)).await?.items),
-            None => (Vec::new(), Vec::new()),
-        },
-    };
-    state.load(&jobs, &tasks)?;
-    Ok(state)
 }

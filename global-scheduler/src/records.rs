@@ -5,6 +5,13 @@ use std::collections::BTreeMap;
 use sched_core::resources::Resources;
 use serde::{Deserialize, Serialize};
 
+/// Milliseconds since the Unix epoch, for records and events.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// One task's request in integer units (the core's units, named so that
 /// `etcdctl` output explains itself).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

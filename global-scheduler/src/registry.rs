@@ -161,7 +161,7 @@ impl Registry {
         e.record = record;
         if heartbeat_now {
             e.last_heartbeat = Some(Instant::now());
-            e.last_heartbeat_unix_ms = crate::now_unix_ms();
+            e.last_heartbeat_unix_ms = crate::records::now_unix_ms();
             e.summary.up = true;
         }
         if world_changed {
@@ -187,7 +187,7 @@ impl Registry {
         }
         let e = &mut self.clusters[id.0 as usize];
         e.last_heartbeat = Some(Instant::now());
-        e.last_heartbeat_unix_ms = crate::now_unix_ms();
+        e.last_heartbeat_unix_ms = crate::records::now_unix_ms();
         e.summary.up = true;
         e.summary.allocated = hb.allocated;
         e.heartbeat_queued = hb.queued;

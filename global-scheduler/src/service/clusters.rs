@@ -65,7 +65,7 @@ impl Clusters for ClustersService {
             address: r.address,
             classes,
             seen_classes: Vec::new(),
-            registered_unix_ms: crate::now_unix_ms(),
+            registered_unix_ms: crate::records::now_unix_ms(),
         };
         ask(&shared, |reply| Command::Register { record, reply }).await?;
         Ok(Response::new(pb::RegisterClusterResponse {

@@ -3,8 +3,8 @@
 //!
 //! - this module: whether this replica leads ([`Role`]), the views reads
 //!   are answered from, and request decoding shared by the handlers;
-//! - [`scheduler`]: `sched.v1.Scheduler`, for users and `schedctl`;
-//! - [`clusters`]: `sched.v1.Clusters`, for local agents.
+//! - `scheduler`: `sched.v1.Scheduler`, for users and `schedctl`;
+//! - `clusters`: `sched.v1.Clusters`, for local agents.
 
 mod clusters;
 mod scheduler;
@@ -36,7 +36,7 @@ pub struct Role {
     /// Where a standby reads jobs from (etcd reads are linearizable, so a
     /// standby's answer includes every job the leader has acknowledged).
     store: Arc<dyn sched_store::Store>,
-    config: crate::Config,
+    config: crate::config::Config,
 }
 
 /// What a read is answered from: the leader's live state, or, on a
@@ -69,7 +69,7 @@ impl View {
 }
 
 impl Role {
-    pub fn new(store: Arc<dyn sched_store::Store>, config: crate::Config) -> Self {
+    pub fn new(store: Arc<dyn sched_store::Store>, config: crate::config::Config) -> Self {
         Role {
             shared: Default::default(),
             leader_hint: Default::default(),
@@ -86,7 +86,7 @@ impl Role {
             return Ok(View::Leader(s));
         }
         let keys = crate::keys::Keys::new(&self.config.prefix);
-        match crate::load_state(&keys, &self.store, &self.config, only).await {
+        match crate::recovery::load_state(&keys, &self.store, &self.config, only).await {
             Ok(state) => Ok(View::Standby {
                 state: Box::new(state),
                 leader: self.hint(),

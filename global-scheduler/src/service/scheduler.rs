@@ -77,7 +77,7 @@ impl Scheduler for SchedulerService {
         let tasks: u64 = specs.iter().map(|s| u64::from(s.tasks)).sum();
         let (records, new) = shared.read(|state| {
             let records = state
-                .check_submission(specs, &submission_id, crate::now_unix_ms())
+                .check_submission(specs, &submission_id, crate::records::now_unix_ms())
                 .map_err(ServiceError::from)?;
             let new: u64 = records.iter().map(|r| u64::from(r.tasks)).sum();
             // Count the calls still in the writers' queue too: without
@@ -293,7 +293,7 @@ impl Scheduler for SchedulerService {
             // scheduler; tell it how many.
             Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
                 Some(Ok(pb::Event {
-                    unix_ms: crate::now_unix_ms(),
+                    unix_ms: crate::records::now_unix_ms(),
                     job: String::new(),
                     kind: pb::EventKind::Lagged as i32,
                     message: format!("{n} event(s) dropped: the watcher fell behind"),

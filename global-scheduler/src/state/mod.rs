@@ -9,12 +9,12 @@
 //!   state read back from the store.
 //! - [`transitions`]: scheduling passes (the decision is
 //!   `sched_core::assign`), task reports, hand-backs and cancels.
-//! - [`events`]: what happened to each job, for `describe` and `watch`.
+//! - [`history`]: what happened to each job, for `describe` and `watch`.
 //! - [`explain`]: job views and why tasks are where they are.
 
 pub mod admission;
-pub mod events;
 pub mod explain;
+pub mod history;
 pub mod transitions;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -27,7 +27,7 @@ use sched_core::policy::Policy;
 use sched_store::{Expect, Revision, Write};
 use tokio::sync::broadcast;
 
-pub use events::{Event, EventKind};
+pub use crate::event::{Event, EventKind};
 pub use sched_core::assign::HAND_BACK_RETRY_MS;
 
 use crate::keys::Keys;

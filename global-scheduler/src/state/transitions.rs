@@ -13,7 +13,8 @@ use sched_core::rank::Ranker;
 use sched_proto::pb;
 use sched_store::{Expect, Revision, Write};
 
-use super::events::{self, Event, EventKind};
+use super::history;
+use super::{Event, EventKind};
 use super::{State, TaskChange};
 use crate::convert::assignment_message;
 use crate::records::{JobRecord, TaskState};
@@ -152,9 +153,11 @@ impl State {
                     self.registry.name(cluster)
                 ),
             );
-            events::push(&self.events, j, e);
+            history::push(&self.events, j, e);
             let batch = out.entry(cluster).or_default();
-            batch.assignments.push(assignment_message(j, indices));
+            batch
+                .assignments
+                .push(assignment_message(&j.record, indices));
             batch.seq = seq;
         }
         out
@@ -188,7 +191,9 @@ impl State {
                     batch.cancelled_jobs.push(j.record.name.clone());
                 }
             } else if !indices.is_empty() {
-                batch.assignments.push(assignment_message(j, indices));
+                batch
+                    .assignments
+                    .push(assignment_message(&j.record, indices));
             }
         }
         batch
@@ -306,7 +311,7 @@ impl State {
         clusters.sort();
         clusters.dedup();
         let name = j.record.name.clone();
-        events::push(
+        history::push(
             &self.events,
             j,
             Event::new(&name, EventKind::Cancelled, "job cancelled".to_string()),

@@ -1,14 +1,9 @@
-//! What happened to each job: a bounded history per job for `describe`, and
-//! a broadcast for `watch`.
+//! A job's events: what happened to it, typed. The state keeps a bounded
+//! history of them per job and broadcasts them to watchers
+//! ([`state::history`](crate::state::history)); the API carries them as
+//! `sched.v1.Event`.
 
 use std::fmt;
-
-use tokio::sync::broadcast;
-
-use super::{JobEntry, State};
-
-/// Events kept per job for `describe`; older ones are dropped.
-pub const EVENTS_PER_JOB: usize = 64;
 
 /// What kind of thing happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,29 +58,10 @@ pub struct Event {
 impl Event {
     pub fn new(job: &str, kind: EventKind, message: String) -> Self {
         Event {
-            unix_ms: crate::now_unix_ms(),
+            unix_ms: crate::records::now_unix_ms(),
             job: job.to_string(),
             kind,
             message,
         }
     }
-}
-
-impl State {
-    /// Records an event of `job` (if it exists) and tells the watchers.
-    pub fn push_job_event(&mut self, job: &str, kind: EventKind, message: String) {
-        if let Some(j) = self.jobs.get_mut(job) {
-            push(&self.events, j, Event::new(job, kind, message));
-        }
-    }
-}
-
-/// Keeps `e` in `j`'s history and tells the watchers.
-pub(super) fn push(tx: &broadcast::Sender<Event>, j: &mut JobEntry, e: Event) {
-    if j.events.len() == EVENTS_PER_JOB {
-        j.events.pop_front();
-    }
-    j.events.push_back(e.clone());
-    // No watcher is not an error.
-    let _ = tx.send(e);
 }
