@@ -135,13 +135,27 @@ impl tonic::service::Interceptor for RequireLeader {
     }
 }
 
+/// Whether a status stands for a transport failure (its source chain holds
+/// a `tonic::transport::Error`), not for an answer from etcd.
+fn from_transport(s: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 fn map_error(s: tonic::Status) -> StoreError {
     match s.code() {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             StoreError::Unavailable(s.message().to_string())
         }
-        // tonic's report of a connection that broke or could not be made.
-        tonic::Code::Unknown if s.message().contains("transport error") => {
+        // A connection that broke or could not be made: tonic reports it
+        // with the transport's error as the status's source.
+        tonic::Code::Unknown if from_transport(&s) => {
             StoreError::Unavailable(s.message().to_string())
         }
         tonic::Code::NotFound if s.message().contains(LEASE_NOT_FOUND) => {
