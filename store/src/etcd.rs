@@ -61,9 +61,21 @@ const LEASE_NOT_FOUND: &str = "lease not found";
 
 type EtcdChannel = InterceptedService<Channel, RequireLeader>;
 
-/// A store in etcd (v3 API). Cheap to clone: clones share one connection.
+/// A store in etcd (v3 API). Cheap to clone: clones share the connections.
+///
+/// One channel per endpoint; calls go to the current one, and a call whose
+/// connection could not be made (so etcd never saw it, and trying again
+/// cannot apply it twice) moves on to the next endpoint and is tried there,
+/// once per endpoint at most. So a dead member of the list costs a refused
+/// connection now and then, not failed calls.
 #[derive(Clone)]
 pub struct EtcdStore {
+    members: std::sync::Arc<[Member]>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[derive(Clone)]
+struct Member {
     kv: KvClient<EtcdChannel>,
     lease: LeaseClient<EtcdChannel>,
 }
@@ -84,16 +96,60 @@ impl EtcdStore {
         if endpoints.is_empty() {
             return Err(StoreError::Backend("no etcd endpoints".to_string()));
         }
-        let endpoints = endpoints
+        let members = endpoints
             .iter()
-            .map(|url| endpoint(url))
-            .collect::<Result<Vec<_>, _>>()?;
-        let channel = Channel::balance_list(endpoints.into_iter());
+            .map(|url| {
+                let channel = endpoint(url)?.connect_lazy();
+                Ok(Member {
+                    kv: KvClient::with_interceptor(channel.clone(), RequireLeader),
+                    lease: LeaseClient::with_interceptor(channel, RequireLeader),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(EtcdStore {
-            kv: KvClient::with_interceptor(channel.clone(), RequireLeader),
-            lease: LeaseClient::with_interceptor(channel, RequireLeader),
+            members: members.into(),
+            current: Default::default(),
         })
     }
+
+    /// Runs `call` on the current member; while its connection cannot be
+    /// made, on the next ones (each at most once).
+    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(Member) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        use std::sync::atomic::Ordering;
+        let n = self.members.len();
+        let mut at = self.current.load(Ordering::Relaxed) % n;
+        let mut tries = 0;
+        loop {
+            match call(self.members[at].clone()).await {
+                Err(s) if tries + 1 < n && not_sent(&s) => {
+                    tries += 1;
+                    at = (at + 1) % n;
+                    self.current.store(at, Ordering::Relaxed);
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+/// Whether a call failed before it reached etcd: the connection was refused
+/// (its cause, somewhere in the status's source chain, is an I/O error of
+/// that kind). Then nothing was applied and the call can go elsewhere.
+fn not_sent(s: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// One endpoint with the connection's timeouts and keep-alive.
@@ -221,12 +277,14 @@ fn put(key: &str, value: &[u8], lease: LeaseId) -> RequestOp {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let request = RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
         let resp = self
-            .kv
-            .clone()
-            .range(RangeRequest {
-                key: key.as_bytes().to_vec(),
-                ..Default::default()
+            .call(|mut m| {
+                let request = request.clone();
+                async move { m.kv.range(request).await }
             })
             .await
             .map_err(map_error)?
@@ -235,20 +293,23 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Snapshot, StoreError> {
-        let mut kv = self.kv.clone();
         let end = prefix_end(prefix);
         let mut items = Vec::new();
         let mut from = prefix.as_bytes().to_vec();
         let mut revision = 0;
         loop {
-            let resp = kv
-                .range(RangeRequest {
-                    key: from.clone(),
-                    range_end: end.clone(),
-                    limit: LIST_PAGE,
-                    // Every page at the first page's revision (0, the newest,
-                    // for the first): one consistent read.
-                    revision,
+            let request = RangeRequest {
+                key: from.clone(),
+                range_end: end.clone(),
+                limit: LIST_PAGE,
+                // Every page at the first page's revision (0, the newest,
+                // for the first): one consistent read.
+                revision,
+            };
+            let resp = self
+                .call(|mut m| {
+                    let request = request.clone();
+                    async move { m.kv.range(request).await }
                 })
                 .await
                 .map_err(map_error)?
@@ -311,13 +372,15 @@ impl Store for EtcdStore {
                 }))
             })
             .collect();
+        let request = TxnRequest {
+            compare,
+            success,
+            failure,
+        };
         let resp = self
-            .kv
-            .clone()
-            .txn(TxnRequest {
-                compare,
-                success,
-                failure,
+            .call(|mut m| {
+                let request = request.clone();
+                async move { m.kv.txn(request).await }
             })
             .await
             .map_err(map_error)?
@@ -350,9 +413,7 @@ impl Store for EtcdStore {
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let secs = ttl.as_secs().max(1) as i64;
         let resp = self
-            .lease
-            .clone()
-            .lease_grant(LeaseGrantRequest { ttl: secs })
+            .call(|mut m| async move { m.lease.lease_grant(LeaseGrantRequest { ttl: secs }).await })
             .await
             .map_err(map_error)?
             .into_inner();
@@ -363,12 +424,12 @@ impl Store for EtcdStore {
         // One request on etcd's bidirectional keep-alive stream, then the
         // request side closes: etcd answers it before it sees the end of the
         // stream, and the stream ends.
-        let request = tokio_stream::once(LeaseKeepAliveRequest { id: lease });
         let answer = async {
             let mut responses = self
-                .lease
-                .clone()
-                .lease_keep_alive(request)
+                .call(|mut m| async move {
+                    let request = tokio_stream::once(LeaseKeepAliveRequest { id: lease });
+                    m.lease.lease_keep_alive(request).await
+                })
                 .await
                 .map_err(map_error)?
                 .into_inner();
@@ -389,9 +450,9 @@ impl Store for EtcdStore {
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
         let result = self
-            .lease
-            .clone()
-            .lease_revoke(LeaseRevokeRequest { id: lease })
+            .call(
+                |mut m| async move { m.lease.lease_revoke(LeaseRevokeRequest { id: lease }).await },
+            )
             .await;
         match result.map_err(map_error) {
             // Revoking a lease that is already gone is done.

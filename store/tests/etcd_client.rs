@@ -68,3 +68,30 @@ async fn keep_alive_of_a_lease_etcd_never_granted_names_it() {
     // Revoking it is done already.
     store.revoke_lease(12345).await.unwrap();
 }
+
+#[tokio::test]
+#[ignore = "needs etcd"]
+async fn a_dead_endpoint_among_live_ones_fails_no_call() {
+    // One member of the list is down (nothing listens there): calls that
+    // the balancer sends its way never reach it and go to a live one.
+    let etcd = start_etcd();
+    let store = EtcdStore::connect(&[closed_endpoint(), etcd.url()])
+        .await
+        .unwrap();
+    for i in 0..40 {
+        let key = format!("dead/{i}");
+        store
+            .commit(&[Write::put(key.as_str(), "v", Expect::Absent)])
+            .await
+            .unwrap_or_else(|e| panic!("commit {i}: {e}"));
+        let got = store
+            .get(&key)
+            .await
+            .unwrap_or_else(|e| panic!("get {i}: {e}"));
+        assert_eq!(got.unwrap().value, b"v");
+    }
+    assert_eq!(store.list("dead/").await.unwrap().items.len(), 40);
+    let lease = store.grant_lease(Duration::from_secs(5)).await.unwrap();
+    store.keep_alive(lease).await.unwrap();
+    store.revoke_lease(lease).await.unwrap();
+}
