@@ -538,16 +538,9 @@ pub fn unassignable_reason(ranking: &Ranking, summaries: &[ClusterSummary]) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::locality::{Locality, LocationId};
+    use crate::locality::LocationId;
     use crate::policy::Policy;
-    use crate::test_support::{cluster_summary, job};
-
-    fn locality() -> Locality {
-        Locality::new(
-            vec!["east".into(), "west".into()],
-            &[(LocationId(0), LocationId(1), 70)],
-        )
-    }
+    use crate::test_support::{cluster_summary, east_west, job};
 
     /// Clusters 0 (east) and 1 (west) of `cpu` millicores each.
     fn clusters(cpu: [u64; 2]) -> Vec<ClusterSummary> {
@@ -603,7 +596,7 @@ mod tests {
     fn a_job_fills_its_best_cluster_then_spills_to_the_next() {
         // east holds 8 cpu: 8 of 12 one-cpu tasks stay local (locality 4 x
         // 1000 outranks west's 4 x 125), the other 4 spill west.
-        let l = locality();
+        let l = east_west();
         let policy = Policy::default();
         let r = Ranker::new(&policy, &l);
         let js = jobs(&[(12, 0, 1000, Some(0))]);
@@ -620,7 +613,7 @@ mod tests {
 
     #[test]
     fn priority_first_and_the_budget_carries_over() {
-        let l = locality();
+        let l = east_west();
         let policy = Policy::default();
         let r = Ranker::new(&policy, &l);
         let js = jobs(&[(5, 0, 100, None), (5, 500, 100, None)]);
@@ -637,7 +630,7 @@ mod tests {
 
     #[test]
     fn handed_back_tasks_skip_the_cluster_until_the_retry_time() {
-        let l = locality();
+        let l = east_west();
         let policy = Policy::default();
         let r = Ranker::new(&policy, &l);
         let js = jobs(&[(4, 0, 1000, Some(0))]);
@@ -680,7 +673,7 @@ mod tests {
 
     #[test]
     fn an_unassignable_job_waits_until_capacity_is_freed() {
-        let l = locality();
+        let l = east_west();
         let policy = Policy::default();
         let r = Ranker::new(&policy, &l);
         let js = jobs(&[(4, 0, 1000, None), (2, 0, 1000, None)]);

@@ -169,18 +169,11 @@ mod tests {
     use super::*;
     use crate::locality::LocationId;
     use crate::resources::Resources;
-    use crate::test_support::{cluster_summary, job};
-
-    fn locality() -> Locality {
-        Locality::new(
-            vec!["east".into(), "west".into()],
-            &[(LocationId(0), LocationId(1), 70)],
-        )
-    }
+    use crate::test_support::{cluster_summary, east_west, job};
 
     #[test]
     fn weighted_sum_and_order() {
-        let l = locality();
+        let l = east_west();
         let policy = Policy::default(); // locality 4, headroom 1, queue 1
         let r = Ranker::new(&policy, &l);
         let mut j = job("j", 10, 1000, 1 << 30);
@@ -199,7 +192,7 @@ mod tests {
 
     #[test]
     fn ties_go_to_the_lower_id() {
-        let l = locality();
+        let l = east_west();
         let r = Ranker::new(&Policy::default(), &l);
         let j = job("j", 1, 1000, 1 << 30);
         let a = cluster_summary(7, 10_000, 10 << 30);
@@ -211,7 +204,7 @@ mod tests {
 
     #[test]
     fn filtered_clusters_say_why() {
-        let l = locality();
+        let l = east_west();
         let r = Ranker::new(&Policy::default(), &l);
         let j = job("j", 1, 8000, 1 << 30);
         let mut down = cluster_summary(0, 100_000, 100 << 30);

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::cluster::{ClassSummary, ClusterId, ClusterSummary};
 use crate::job::{Job, JobId, JobSpec};
-use crate::locality::LocationId;
+use crate::locality::{Locality, LocationId};
 use crate::resources::Resources;
 
 /// A job of `tasks` tasks of `cpu` millicores and `memory` bytes.
@@ -42,4 +42,12 @@ pub fn cluster_summary(id: u32, cpu: u64, memory: u64) -> ClusterSummary {
         queued: Resources::ZERO,
         queue_len: 0,
     }
+}
+
+/// Two locations, east (0) and west (1), 70 ms apart.
+pub fn east_west() -> Locality {
+    Locality::new(
+        vec!["east".into(), "west".into()],
+        &[(LocationId(0), LocationId(1), 70)],
+    )
 }
