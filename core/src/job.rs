@@ -8,8 +8,13 @@
 //!     priority: 100            # optional
 //!     locality: us-east        # optional: a location name
 //!     constraints: {ssd: "true"}   # optional: machine labels that must match
-//!     command: ["python3", "-m", "http.server"]   # optional in simulation
+//!     command: ["python3", "-m", "http.server"]   # required to run; optional in simulation
+//!     restart: {policy: on-failure, max_attempts: 3, backoff: 1s}   # optional
+//!     ttl_after_finished: 24h  # optional: deleted this long after it finished
 //! ```
+//!
+//! `restart` and `ttl_after_finished` default to the policy file's
+//! `lifecycle` section (see [`crate::lifecycle`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -18,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::SpecError;
 use crate::labels::{self, Labels};
+use crate::lifecycle::{RestartMode, RestartSpec, Span, MAX_ATTEMPTS};
 use crate::locality::LocationId;
 use crate::names::check_name;
 use crate::quantity::{parse_resources, QuantityText};
@@ -64,6 +70,51 @@ pub struct JobSpecText {
     pub constraints: Labels,
     #[serde(default)]
     pub command: Vec<String>,
+    #[serde(default)]
+    pub restart: Option<RestartText>,
+    #[serde(default)]
+    pub ttl_after_finished: Option<String>,
+}
+
+/// A `restart` mapping as written, before validation.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartText {
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub max_attempts: Option<i64>,
+    #[serde(default)]
+    pub backoff: Option<String>,
+}
+
+impl RestartText {
+    /// Validates it; `field` is the path of the `restart` mapping.
+    pub fn validate(&self, field: &str) -> Result<RestartSpec, SpecError> {
+        let policy = match &self.policy {
+            Some(p) => Some(RestartMode::parse(&format!("{field}.policy"), p)?),
+            None => None,
+        };
+        let max_attempts = match self.max_attempts {
+            Some(n) if (1..=i64::from(MAX_ATTEMPTS)).contains(&n) => Some(n as u32),
+            Some(n) => {
+                return Err(SpecError::new(
+                    format!("{field}.max_attempts"),
+                    format!("{n} is out of range 1..={MAX_ATTEMPTS}"),
+                ))
+            }
+            None => None,
+        };
+        let backoff = match &self.backoff {
+            Some(b) => Some(Span::parse(&format!("{field}.backoff"), b)?),
+            None => None,
+        };
+        Ok(RestartSpec {
+            policy,
+            max_attempts,
+            backoff,
+        })
+    }
 }
 
 /// A resource request as written, before validation.
@@ -88,6 +139,10 @@ pub struct JobSpec {
     pub locality: Option<String>,
     pub constraints: Labels,
     pub command: Vec<String>,
+    /// What the job says of restarts; the policy's defaults fill the rest.
+    pub restart: RestartSpec,
+    /// Its own `ttl_after_finished`, if it sets one.
+    pub ttl_after_finished: Option<Span>,
 }
 
 /// A job tied to the topology: its locality resolved to a location.
@@ -152,6 +207,14 @@ impl JobSpecText {
                 "the program to run must not be empty",
             ));
         }
+        let restart = match &self.restart {
+            Some(r) => r.validate(&format!("{field}.restart"))?,
+            None => RestartSpec::default(),
+        };
+        let ttl_after_finished = match &self.ttl_after_finished {
+            Some(t) => Some(Span::parse(&format!("{field}.ttl_after_finished"), t)?),
+            None => None,
+        };
         Ok(JobSpec {
             name: self.name.clone(),
             tasks: self.tasks as u32,
@@ -160,6 +223,8 @@ impl JobSpecText {
             locality: self.locality.clone(),
             constraints: self.constraints.clone(),
             command: self.command.clone(),
+            restart,
+            ttl_after_finished,
         })
     }
 }
@@ -332,6 +397,31 @@ clusters:
         assert!(e.to_string().contains("unknown field `cpus`"), "{e}");
         let e = err(&JOBS.replace("cpu: 0.5", "cpu: 0"));
         assert_eq!(e.field, "jobs[1].resources.cpu");
+    }
+
+    #[test]
+    fn restart_and_ttl_are_read_and_checked() {
+        let jobs = parse_job_file(&JOBS.replace(
+            "tasks: 3\n",
+            "tasks: 3\n    restart: {policy: never, max_attempts: 5, backoff: 2s}\n    ttl_after_finished: 30s\n",
+        ))
+        .unwrap();
+        assert_eq!(jobs[1].restart.policy, Some(RestartMode::Never));
+        assert_eq!(jobs[1].restart.max_attempts, Some(5));
+        assert_eq!(jobs[1].restart.backoff, Some(Span::secs(2)));
+        assert_eq!(jobs[1].ttl_after_finished, Some(Span::secs(30)));
+        assert!(jobs[0].restart.is_empty());
+        for (text, field) in [
+            ("restart: {policy: always}", "jobs[1].restart.policy"),
+            ("restart: {max_attempts: 0}", "jobs[1].restart.max_attempts"),
+            ("restart: {backoff: soon}", "jobs[1].restart.backoff"),
+            ("ttl_after_finished: 10", "jobs[1].ttl_after_finished"),
+        ] {
+            let e = err(&JOBS.replace("tasks: 3\n", &format!("tasks: 3\n    {text}\n")));
+            assert_eq!(e.field, field, "{text}: {e}");
+        }
+        let e = err(&JOBS.replace("tasks: 3\n", "tasks: 3\n    restart: {tries: 2}\n"));
+        assert!(e.to_string().contains("unknown field `tries`"), "{e}");
     }
 
     #[test]

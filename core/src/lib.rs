@@ -8,7 +8,7 @@
 //!
 //! - Model: [`resources`] (integer units) and [`quantity`] (Kubernetes-style
 //!   parsing), [`machine`], [`cluster`], [`job`], [`task`], [`placement`],
-//!   [`labels`].
+//!   [`labels`], [`lifecycle`] (restarts, backoff, retention).
 //! - Files users write: [`topology`] (with the [`locality`] graph), the job
 //!   file in [`job`], the [`policy`]; all parsed through [`yaml`] and refused
 //!   with a [`error::SpecError`] that names the field.
@@ -31,6 +31,7 @@ pub mod error;
 pub mod filter;
 pub mod job;
 pub mod labels;
+pub mod lifecycle;
 pub mod locality;
 pub mod machine;
 pub mod names;

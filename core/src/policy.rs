@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::SpecError;
+pub use crate::lifecycle::LifecyclePolicy;
 use crate::yaml;
 
 /// The largest weight of a scoring term; Kubernetes refuses plugin weights
@@ -24,6 +25,8 @@ pub struct Policy {
     pub local: LocalPolicy,
     #[serde(default)]
     pub ha: HaPolicy,
+    #[serde(default)]
+    pub lifecycle: LifecyclePolicy,
 }
 
 /// High availability of the global scheduler.
@@ -253,7 +256,7 @@ impl Policy {
                 ),
             ));
         }
-        Ok(())
+        self.lifecycle.validate()
     }
 
     /// The weight of a scorer, 0 when it is not configured.

@@ -19,6 +19,8 @@ pub fn job(name: &str, tasks: u32, cpu: u64, memory: u64) -> Job {
             locality: None,
             constraints: BTreeMap::new(),
             command: vec![],
+            restart: Default::default(),
+            ttl_after_finished: None,
         },
         locality: None,
     }

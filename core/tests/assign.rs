@@ -53,6 +53,8 @@ fn job(id: u32, tasks: u32, cpu_millis: u64, priority: u32) -> Job {
             locality: None,
             constraints: BTreeMap::new(),
             command: Vec::new(),
+            restart: Default::default(),
+            ttl_after_finished: None,
         },
         locality: Some(LocationId(id % 2)),
     }

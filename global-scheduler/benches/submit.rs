@@ -49,6 +49,8 @@ fn record(name: &str) -> JobRecord {
         submission_id: "0123456789abcdef".to_string(),
         submitted_unix_ms: 1_795_000_000_000,
         cancelled: false,
+        restart: Default::default(),
+        ttl_after_finished: None,
     }
 }
 
@@ -162,6 +164,7 @@ async fn through_scheduler(
                                 locality: None,
                                 constraints: Default::default(),
                                 command: vec!["sleep".to_string(), "1".to_string()],
+                                ..Default::default()
                             })
                             .collect(),
                         submission_id: format!("{first:016x}"),

@@ -17,6 +17,7 @@ pub fn to_pb_state(s: TaskState) -> pb::TaskState {
         TaskState::Succeeded => pb::TaskState::Succeeded,
         TaskState::Failed => pb::TaskState::Failed,
         TaskState::Lost => pb::TaskState::Lost,
+        TaskState::Cancelled => pb::TaskState::Cancelled,
     }
 }
 
@@ -41,6 +42,10 @@ pub fn to_pb_event_kind(k: EventKind) -> pb::EventKind {
         EventKind::Lost => pb::EventKind::Lost,
         EventKind::Cancelled => pb::EventKind::Cancelled,
         EventKind::Unschedulable => pb::EventKind::Unschedulable,
+        EventKind::Restarting => pb::EventKind::Restarting,
+        EventKind::Deleted => pb::EventKind::Deleted,
+        EventKind::TakenBack => pb::EventKind::TakenBack,
+        EventKind::Running => pb::EventKind::Running,
     }
 }
 

@@ -46,7 +46,9 @@ impl Engine {
         // heartbeat timeout to report in before assigning anything, so that
         // the first pass does not send everything to whichever cluster
         // reconnected first.
-        let warmup_until = Instant::now() + self.shared.limits.heartbeat_timeout;
+        let started = Instant::now();
+        let warmup_until = started + self.shared.limits.heartbeat_timeout;
+        let mut last_sweep = Instant::now();
         let shared = self.shared.clone();
         let warming_up = move || {
             Instant::now() < warmup_until
@@ -72,13 +74,18 @@ impl Engine {
                     for c in down {
                         tracing::warn!(cluster = %c, "cluster missed its heartbeats: marked down");
                     }
+                    let due = self.shared.write(|s| s.release_due());
+                    if last_sweep.elapsed() >= Duration::from_secs(1) {
+                        last_sweep = Instant::now();
+                        self.sweep(started).await;
+                    }
                     // Retry every pending job now and then (a cluster may
                     // have freed room without a visible change).
                     if last_pass.elapsed() >= Duration::from_secs(1) {
                         self.shared.write(|s| s.mark_rescan());
                         true
                     } else {
-                        false
+                        due
                     }
                 }
             };
@@ -110,6 +117,14 @@ impl Engine {
                 }
                 Command::Register { record, reply } => {
                     let _ = reply.send(self.register(record).await);
+                    schedule = true;
+                }
+                Command::Delete { name, force, reply } => {
+                    let r = self.delete(&[name], force, "deleted by a user").await;
+                    let _ = reply.send(r);
+                }
+                Command::DeleteCluster { name, reply } => {
+                    let _ = reply.send(self.delete_cluster(&name).await);
                     schedule = true;
                 }
             }
@@ -175,34 +190,168 @@ impl Engine {
     }
 
     async fn cancel(&mut self, name: &str) -> Result<pb::JobState, ServiceError> {
-        let (cancel, already) = self.shared.read(|s| {
-            (
-                s.cancel_write(name),
-                s.job(name).is_some_and(|j| j.record.cancelled),
-            )
-        });
-        let Some((record, write)) = cancel else {
-            return Err(ServiceError::NotFound {
-                what: "job",
-                name: name.to_string(),
-            });
-        };
-        if already {
+        let Some((record, write)) = self.shared.read(|s| s.cancel_write(name))? else {
+            // Cancelled already: cancel is idempotent.
             return Ok(pb::JobState::Cancelled);
-        }
+        };
         let rev = self.store.commit(&[write]).await?;
         let clusters = self.shared.write(|s| s.apply_cancel(record, rev));
         for c in clusters {
             self.shared.push(
                 c,
                 pb::AssignmentBatch {
-                    assignments: Vec::new(),
                     cancelled_jobs: vec![name.to_string()],
-                    seq: 0,
+                    ..Default::default()
                 },
             );
         }
         Ok(pb::JobState::Cancelled)
+    }
+
+    /// Deletes jobs (finished ones; any, cancelling them first, with
+    /// `force`): their keys go in one commit per few jobs, then every
+    /// cluster is told to stop and forget what it holds of them.
+    async fn delete(
+        &mut self,
+        names: &[String],
+        force: bool,
+        why: &str,
+    ) -> Result<(), ServiceError> {
+        /// Two operations a job: 60 jobs stay within a commit's 127.
+        const JOBS_PER_COMMIT: usize = 60;
+        if force {
+            for name in names {
+                match self.cancel(name).await {
+                    Ok(_) | Err(ServiceError::FailedPrecondition(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let mut deleted = Vec::new();
+        let mut result = Ok(());
+        for chunk in names.chunks(JOBS_PER_COMMIT) {
+            let writes = self.shared.read(|s| {
+                let mut writes = Vec::new();
+                for name in chunk {
+                    writes.extend(s.delete_writes(name, force)?);
+                }
+                Ok::<_, ServiceError>(writes)
+            });
+            let writes = match writes {
+                Ok(w) => w,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            if let Err(e) = self.store.commit(&writes).await {
+                result = Err(e.into());
+                break;
+            }
+            self.shared.write(|s| {
+                for name in chunk {
+                    s.apply_delete(name, why);
+                }
+            });
+            deleted.extend(chunk.iter().cloned());
+        }
+        if !deleted.is_empty() {
+            tracing::info!(jobs = deleted.len(), reason = why, "jobs deleted");
+            self.shared.push_all(pb::AssignmentBatch {
+                deleted_jobs: deleted,
+                ..Default::default()
+            });
+        }
+        result
+    }
+
+    /// The periodic upkeep: jobs past their `ttl_after_finished` deleted,
+    /// tasks taken back from clusters down for longer than the policy
+    /// allows, machine shapes not seen for long forgotten.
+    async fn sweep(&mut self, started: Instant) {
+        /// Jobs deleted per sweep at most, so that a backlog does not stall
+        /// the engine.
+        const DELETES_PER_SWEEP: usize = 600;
+        let expired = self
+            .shared
+            .read(|s| s.expired(crate::records::now_unix_ms(), DELETES_PER_SWEEP));
+        if !expired.is_empty() {
+            if let Err(e) = self
+                .delete(&expired, false, "ttl_after_finished passed")
+                .await
+            {
+                tracing::warn!(cause = %e, "deleting expired jobs failed; retrying later");
+            }
+        }
+        let gone = self
+            .shared
+            .read(|s| s.gone_clusters(Instant::now(), started));
+        for c in gone {
+            let changes = self.shared.read(|s| {
+                let timeout = s.policy().lifecycle.cluster_down_timeout;
+                tracing::warn!(cluster = %s.registry().name(c), %timeout, "cluster down for longer than lifecycle.cluster_down_timeout: taking its tasks back");
+                s.take_back_changes(c, &format!("down for longer than {timeout}"))
+            });
+            if let Err(e) = self.commit_changes(changes).await {
+                tracing::warn!(cause = %e, "taking tasks back failed; retrying later");
+            }
+        }
+        let changed = self.shared.write(|s| {
+            let ttl = s.policy().lifecycle.machine_class_ttl.ms();
+            let names = s
+                .registry_mut()
+                .expire_classes(crate::records::now_unix_ms(), ttl);
+            names
+                .into_iter()
+                .filter_map(|n| {
+                    let id = s.registry().id(&n)?;
+                    let record = s.registry().entries()[id.0 as usize].record.clone();
+                    Some((s.keys().cluster(&n), record))
+                })
+                .collect::<Vec<_>>()
+        });
+        for (key, record) in changed {
+            tracing::info!(cluster = %record.name, "machine shapes not reported for lifecycle.machine_class_ttl forgotten");
+            let value = serde_json::to_vec(&record).expect("cluster records serialize");
+            if let Err(e) = self
+                .store
+                .commit(&[Write::put(key, value, Expect::Any)])
+                .await
+            {
+                tracing::warn!(cause = %e, "cannot store a cluster record");
+            }
+        }
+    }
+
+    /// Forgets a cluster that is gone for good: its unfinished tasks are
+    /// taken back (to run elsewhere), its record deleted.
+    async fn delete_cluster(&mut self, name: &str) -> Result<u64, ServiceError> {
+        let (id, key) = self.shared.read(|s| {
+            let id = s.registry().id(name).ok_or_else(|| ServiceError::NotFound {
+                what: "cluster",
+                name: name.to_string(),
+            })?;
+            if s.registry().entries()[id.0 as usize].summary.up {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "cluster {name:?} is up (its local agent heartbeats); stop its local agent first"
+                )));
+            }
+            Ok((id, s.keys().cluster(name)))
+        })?;
+        let changes = self
+            .shared
+            .read(|s| s.take_back_changes(id, "the cluster was deleted"));
+        let n = changes.len() as u64;
+        self.commit_changes(changes).await?;
+        self.store
+            .commit(&[Write::delete(key, Expect::Any)])
+            .await?;
+        self.shared.write(|s| {
+            s.registry_mut().remove(name);
+            s.mark_rescan();
+        });
+        tracing::info!(cluster = %name, tasks_taken_back = n, "cluster deleted");
+        Ok(n)
     }
 
     async fn register(&mut self, record: ClusterRecord) -> Result<(), ServiceError> {

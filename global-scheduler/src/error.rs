@@ -17,6 +17,10 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("the scheduler is shutting down")]
     ShuttingDown,
+    /// The request is valid but the object's state forbids it (cancel of a
+    /// finished job, delete of a running one).
+    #[error("{0}")]
+    FailedPrecondition(String),
 }
 
 /// The retry hint sent with RESOURCE_EXHAUSTED: about the time the writers
@@ -29,6 +33,7 @@ impl From<ServiceError> for tonic::Status {
         match e {
             ServiceError::Invalid(_) => tonic::Status::invalid_argument(message),
             ServiceError::NotFound { .. } => tonic::Status::not_found(message),
+            ServiceError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             ServiceError::Busy(_) => {
                 // A hint for clients: when to try again.
                 let mut s = tonic::Status::resource_exhausted(format!(

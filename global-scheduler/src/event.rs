@@ -20,6 +20,13 @@ pub enum EventKind {
     Cancelled,
     /// No cluster can take some pending tasks (the message says why).
     Unschedulable,
+    /// Tasks failed or were lost and start again after their backoff.
+    Restarting,
+    /// The job was deleted (by a user or its `ttl_after_finished`).
+    Deleted,
+    /// Tasks taken back from a cluster that stayed down.
+    TakenBack,
+    Running,
 }
 
 impl EventKind {
@@ -36,6 +43,10 @@ impl EventKind {
             EventKind::Lost => "lost",
             EventKind::Cancelled => "cancelled",
             EventKind::Unschedulable => "unschedulable",
+            EventKind::Restarting => "restarting",
+            EventKind::Deleted => "deleted",
+            EventKind::TakenBack => "taken_back",
+            EventKind::Running => "running",
         }
     }
 }

@@ -39,6 +39,15 @@ pub enum Command {
         record: ClusterRecord,
         reply: oneshot::Sender<Result<(), ServiceError>>,
     },
+    Delete {
+        name: String,
+        force: bool,
+        reply: oneshot::Sender<Result<(), ServiceError>>,
+    },
+    DeleteCluster {
+        name: String,
+        reply: oneshot::Sender<Result<u64, ServiceError>>,
+    },
 }
 
 /// Where the engine answers a call.
@@ -146,6 +155,14 @@ impl Shared {
         let batch = state.assigned_to(cluster);
         if tx.try_send(Ok(batch)).is_ok() {
             self.streams().insert(cluster, tx);
+        }
+    }
+
+    /// Sends `batch` to every open assignment stream.
+    pub(crate) fn push_all(&self, batch: pb::AssignmentBatch) {
+        let clusters: Vec<ClusterId> = self.streams().keys().copied().collect();
+        for c in clusters {
+            self.push(c, batch.clone());
         }
     }
 

@@ -226,6 +226,9 @@ async fn lead(
         lost.clone(),
         shutdown.clone(),
     ));
+    // The leader compacts etcd's history (unfenced: compacting is safe from
+    // any replica, and a deposed leader's task stops with its term).
+    let history = store.clone();
     // Every write from here on is fenced by the leader key.
     let store: Arc<dyn Store> = Arc::new(sched_store::Fenced::new(
         store.clone(),
@@ -253,6 +256,11 @@ async fn lead(
             }
         });
     }
+    tracker.spawn(sched_store::compaction::run(
+        history,
+        config.policy.lifecycle.compaction_interval.as_duration(),
+        leader_token.clone(),
+    ));
     let (shared, rx, submissions) = Shared::new(state, limits, leader_token.clone());
     for s in submitter::Submitter::pool(shared.clone(), store.clone(), submissions) {
         tracker.spawn(s.run(leader_token.clone()));

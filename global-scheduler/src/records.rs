@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use sched_core::lifecycle::{RestartSpec, Span};
 use sched_core::resources::Resources;
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +64,12 @@ pub struct JobRecord {
     pub submitted_unix_ms: i64,
     #[serde(default)]
     pub cancelled: bool,
+    /// What the job said of restarts (the policy's defaults fill the rest,
+    /// so a policy change reaches the jobs that did not choose).
+    #[serde(default, skip_serializing_if = "RestartSpec::is_empty")]
+    pub restart: RestartSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_after_finished: Option<Span>,
 }
 
 /// A task's state, as stored.
@@ -76,11 +83,20 @@ pub enum TaskState {
     Succeeded,
     Failed,
     Lost,
+    Cancelled,
 }
 
 impl TaskState {
     pub fn is_final(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Failed)
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+
+    /// On a machine (or about to be): what a cancel must stop there.
+    pub fn is_on_machine(self) -> bool {
+        matches!(self, TaskState::Placed | TaskState::Running)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +108,7 @@ impl TaskState {
             TaskState::Succeeded => "succeeded",
             TaskState::Failed => "failed",
             TaskState::Lost => "lost",
+            TaskState::Cancelled => "cancelled",
         }
     }
 }
@@ -110,6 +127,22 @@ pub struct TaskRecord {
     /// again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub handed_back: Vec<String>,
+    /// Attempts started (placements on a machine).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    /// A pending task waiting out its restart backoff: when it may go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_unix_ms: Option<i64>,
+    /// Why it is in its state, when there is more to say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// When it reached a final state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_unix_ms: Option<i64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One class of identical machines of a registered cluster.
@@ -120,6 +153,14 @@ pub struct MachineClassRecord {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     pub count: u32,
+    /// In `seen_classes`: when a cluster last reported the shape (0: read
+    /// from an older record, counted as now).
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub last_seen_unix_ms: i64,
+}
+
+fn is_zero_i64(n: &i64) -> bool {
+    *n == 0
 }
 
 /// A registered cluster: `P/clusters/<name>`.
@@ -141,17 +182,37 @@ pub struct ClusterRecord {
 }
 
 impl ClusterRecord {
-    /// `seen_classes` grown by `more` and by the current classes.
+    /// `seen_classes` grown by `more` and by the current classes, which
+    /// are stamped as seen now.
     pub fn remember_classes(&mut self, more: &[MachineClassRecord]) {
-        let current = self.classes.clone();
+        let now = now_unix_ms();
+        let current: Vec<MachineClassRecord> = self
+            .classes
+            .iter()
+            .map(|c| MachineClassRecord {
+                last_seen_unix_ms: now,
+                ..c.clone()
+            })
+            .collect();
         for c in more.iter().chain(&current) {
+            let seen = if c.last_seen_unix_ms == 0 {
+                now
+            } else {
+                c.last_seen_unix_ms
+            };
             match self
                 .seen_classes
                 .iter_mut()
                 .find(|s| s.capacity == c.capacity && s.labels == c.labels)
             {
-                Some(s) => s.count = s.count.max(c.count),
-                None => self.seen_classes.push(c.clone()),
+                Some(s) => {
+                    s.count = s.count.max(c.count);
+                    s.last_seen_unix_ms = s.last_seen_unix_ms.max(seen);
+                }
+                None => self.seen_classes.push(MachineClassRecord {
+                    last_seen_unix_ms: seen,
+                    ..c.clone()
+                }),
             }
         }
     }

@@ -32,6 +32,10 @@ pub struct ClusterEntry {
     pub handed_total: u64,
     /// Handed over and not yet seen: `(seq after, tasks, their requests)`.
     unseen: std::collections::VecDeque<(u64, u64, Resources)>,
+    /// Deleted by an operator: no longer ranked, listed or validated
+    /// against (its id stays taken; a cluster registering under the name
+    /// later gets a new one).
+    pub removed: bool,
 }
 
 /// Heartbeat figures from a local agent.
@@ -145,6 +149,7 @@ impl Registry {
                     in_flight_request: Resources::ZERO,
                     handed_total: 0,
                     unseen: std::collections::VecDeque::new(),
+                    removed: false,
                 });
                 id
             }
@@ -205,6 +210,50 @@ impl Registry {
         Some(!before.0 || grew || before.2 != e.summary.classes)
     }
 
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.heartbeat_timeout
+    }
+
+    /// Forgets a cluster for good (it must be down); false if unknown.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let Some(id) = self.by_name.remove(name) else {
+            return false;
+        };
+        let e = &mut self.clusters[id.0 as usize];
+        e.removed = true;
+        e.summary.up = false;
+        e.summary.classes.clear();
+        e.summary.capacity = Resources::ZERO;
+        e.record.seen_classes.clear();
+        e.record.classes.clear();
+        self.world = self.build_world();
+        true
+    }
+
+    /// Forgets machine shapes that no cluster has reported for `ttl_ms`
+    /// (at `now_unix_ms`), so that jobs only they could run are refused
+    /// again; returns the names of the clusters whose records changed.
+    pub fn expire_classes(&mut self, now_unix_ms: i64, ttl_ms: u64) -> Vec<String> {
+        let mut changed = Vec::new();
+        for e in &mut self.clusters {
+            let before = e.record.seen_classes.len();
+            let current = e.record.classes.clone();
+            e.record.seen_classes.retain(|s| {
+                current
+                    .iter()
+                    .any(|c| c.capacity == s.capacity && c.labels == s.labels)
+                    || now_unix_ms.saturating_sub(s.last_seen_unix_ms) <= ttl_ms as i64
+            });
+            if e.record.seen_classes.len() != before {
+                changed.push(e.record.name.clone());
+            }
+        }
+        if !changed.is_empty() {
+            self.world = self.build_world();
+        }
+        changed
+    }
+
     /// Marks clusters whose heartbeats stopped as down; returns their names.
     pub fn expire(&mut self, now: Instant) -> Vec<String> {
         let mut down = Vec::new();
@@ -260,6 +309,7 @@ impl Registry {
         let clusters = self
             .clusters
             .iter()
+            .filter(|e| !e.removed)
             .map(|e| Cluster {
                 id: e.summary.id,
                 name: e.record.name.clone(),

@@ -34,6 +34,7 @@ fn job_spec() -> impl Strategy<Value = pb::JobSpec> {
                 locality,
                 constraints: Default::default(),
                 command,
+                ..Default::default()
             },
         )
 }

@@ -66,6 +66,7 @@ fn job(name: &str, tasks: i64) -> pb::JobSpec {
         locality: None,
         constraints: Default::default(),
         command: vec!["true".to_string()],
+        ..Default::default()
     }
 }
 

@@ -103,6 +103,14 @@ struct NodeArgs {
     /// Where to serve task logs.
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     listen: String,
+    /// Stop every task (then report them lost) when the local agent has
+    /// answered no registration or heartbeat for this long; 0: never. Keep
+    /// it, plus the 5 s grace of a stop, shorter than the global
+    /// scheduler's `lifecycle.cluster_down_timeout` (default 60 s), after
+    /// which tasks are taken back from a silent cluster and started
+    /// elsewhere: so that none runs twice.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    fence_timeout_ms: u64,
 }
 
 async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -194,7 +202,9 @@ async fn node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         listen: args.listen,
         supervisor: std::env::current_exe().context("cannot find the local-agent binary")?,
     };
-    Ok(local_agent::node::run(config, shutdown).await?)
+    let fence_timeout =
+        (args.fence_timeout_ms > 0).then(|| Duration::from_millis(args.fence_timeout_ms));
+    Ok(local_agent::node::run_fenced(config, fence_timeout, shutdown).await?)
 }
 
 fn main() -> ExitCode {

@@ -108,6 +108,7 @@ async fn reproduce_issue_10_a_job_with_an_11_kb_command_is_placed_and_runs() {
             }],
             cancelled_jobs: Vec::new(),
             seq: u64::from(TASKS),
+            ..Default::default()
         })),
         stream: Mutex::new(Vec::new()),
         reports: reports_tx,

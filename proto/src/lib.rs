@@ -26,6 +26,10 @@ impl pb::EventKind {
             K::Cancelled => "cancelled",
             K::Unschedulable => "unschedulable",
             K::Lagged => "lagged",
+            K::Restarting => "restarting",
+            K::Deleted => "deleted",
+            K::TakenBack => "taken_back",
+            K::Running => "running",
         }
     }
 }

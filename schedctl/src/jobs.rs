@@ -60,6 +60,20 @@ pub struct RunArgs {
     /// Machine labels the tasks require, `k=v,...`.
     #[arg(long, value_name = "K=V,...", value_delimiter = ',')]
     constraints: Vec<String>,
+    /// Restart failed tasks: `never` or `on-failure` (default: the policy's,
+    /// on-failure).
+    #[arg(long, value_name = "POLICY")]
+    restart: Option<String>,
+    /// Attempts a task may make in all (default: the policy's, 3).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    max_attempts: Option<i64>,
+    /// Wait before the second attempt, doubled for each further one (`1s`).
+    #[arg(long, value_name = "DURATION")]
+    backoff: Option<String>,
+    /// Delete the job this long after it finished (`30s`, `24h`; default:
+    /// the policy's, 24h).
+    #[arg(long, value_name = "DURATION")]
+    ttl_after_finished: Option<String>,
     #[arg(long)]
     wait: bool,
     #[arg(long, default_value_t = 600, value_name = "SECS")]
@@ -210,6 +224,13 @@ pub async fn run(server: &str, args: RunArgs) -> anyhow::Result<()> {
         locality: args.locality,
         constraints,
         command: args.command,
+        restart: (args.restart.is_some() || args.max_attempts.is_some() || args.backoff.is_some())
+            .then(|| pb::RestartPolicy {
+                policy: args.restart.unwrap_or_default(),
+                max_attempts: args.max_attempts,
+                backoff: args.backoff,
+            }),
+        ttl_after_finished: args.ttl_after_finished,
     };
     let request = pb::SubmitRequest {
         yaml: String::new(),
@@ -321,6 +342,7 @@ struct CountsView {
     succeeded: u32,
     failed: u32,
     lost: u32,
+    cancelled: u32,
 }
 
 #[derive(Serialize)]
@@ -343,6 +365,11 @@ struct TaskView {
     cluster: Option<String>,
     machine: Option<String>,
     exit_code: Option<i32>,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_retry_unix_ms: Option<i64>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    reason: String,
 }
 
 #[derive(Serialize)]
@@ -416,6 +443,7 @@ fn task_state_name(s: i32) -> &'static str {
         Ok(pb::TaskState::Succeeded) => "succeeded",
         Ok(pb::TaskState::Failed) => "failed",
         Ok(pb::TaskState::Lost) => "lost",
+        Ok(pb::TaskState::Cancelled) => "cancelled",
         _ => "unknown",
     }
 }
@@ -434,6 +462,7 @@ fn summary_view(s: &pb::JobSummary) -> JobSummaryView {
             succeeded: c.succeeded,
             failed: c.failed,
             lost: c.lost,
+            cancelled: c.cancelled,
         },
         request: request_view(s.request.as_ref()),
         priority: s.priority,
@@ -457,6 +486,9 @@ fn job_view(s: &pb::JobStatus) -> JobView {
                 cluster: (!t.cluster.is_empty()).then(|| t.cluster.clone()),
                 machine: (!t.machine.is_empty()).then(|| t.machine.clone()),
                 exit_code: t.exit_code,
+                attempts: t.attempts,
+                next_retry_unix_ms: t.next_retry_unix_ms,
+                reason: t.reason.clone(),
             })
             .collect(),
     }
@@ -591,12 +623,25 @@ pub async fn get(server: &str, cmd: GetCommand) -> anyhow::Result<()> {
                         t.cluster.clone().unwrap_or_else(|| "-".into()),
                         t.machine.clone().unwrap_or_else(|| "-".into()),
                         t.exit_code.map_or("-".into(), |c| c.to_string()),
+                        t.attempts.to_string(),
+                        t.next_retry_unix_ms.map_or("-".into(), retry_in),
+                        if t.reason.is_empty() {
+                            "-".into()
+                        } else {
+                            t.reason.clone()
+                        },
                     ]
                 })
                 .collect();
             print!(
                 "{}",
-                table(&["INDEX", "STATE", "CLUSTER", "MACHINE", "EXIT"], rows)
+                table(
+                    &[
+                        "INDEX", "STATE", "CLUSTER", "MACHINE", "EXIT", "ATTEMPTS", "RETRY",
+                        "REASON"
+                    ],
+                    rows
+                )
             );
         }
         GetCommand::Machines { cluster, output } => {
@@ -752,8 +797,8 @@ pub async fn describe(server: &str, cmd: DescribeCommand) -> anyhow::Result<()> 
     println!("State:        {}", s.state);
     let c = &s.counts;
     println!(
-        "Tasks:        {} (pending {}, assigned {}, placed {}, running {}, succeeded {}, failed {}, lost {})",
-        s.task_count, c.pending, c.assigned, c.placed, c.running, c.succeeded, c.failed, c.lost
+        "Tasks:        {} (pending {}, assigned {}, placed {}, running {}, succeeded {}, failed {}, lost {}, cancelled {})",
+        s.task_count, c.pending, c.assigned, c.placed, c.running, c.succeeded, c.failed, c.lost, c.cancelled
     );
     let mut request = format!("cpu {}, memory {}", req.cpu, req.memory);
     if let Some(d) = &req.disk {
@@ -775,6 +820,51 @@ pub async fn describe(server: &str, cmd: DescribeCommand) -> anyhow::Result<()> 
     }
     if !v.command.is_empty() {
         println!("Command:      {}", v.command.join(" "));
+    }
+    if let Some(r) = &spec.restart {
+        let mut parts = Vec::new();
+        if !r.policy.is_empty() {
+            parts.push(format!("policy {}", r.policy));
+        }
+        if let Some(n) = r.max_attempts {
+            parts.push(format!("max_attempts {n}"));
+        }
+        if let Some(b) = &r.backoff {
+            parts.push(format!("backoff {b}"));
+        }
+        println!(
+            "Restart:      {} (the rest: the policy's defaults)",
+            parts.join(", ")
+        );
+    }
+    if let Some(t) = &spec.ttl_after_finished {
+        println!("TTL:          deleted {t} after it finished");
+    }
+    // Tasks that needed more than one attempt, or failed: the latest ones.
+    let retried: Vec<&TaskView> = v
+        .tasks
+        .iter()
+        .filter(|t| t.attempts > 1 || !t.reason.is_empty())
+        .collect();
+    if !retried.is_empty() {
+        println!("Attempts:");
+        for t in retried.iter().take(10) {
+            let next = t.next_retry_unix_ms.map_or(String::new(), |at| {
+                format!(", next attempt {}", retry_in(at))
+            });
+            let reason = if t.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", t.reason)
+            };
+            println!(
+                "  task {} {} after {} attempt(s){next}{reason}",
+                t.index, t.state, t.attempts
+            );
+        }
+        if retried.len() > 10 {
+            println!("  ... and {} more", retried.len() - 10);
+        }
     }
     // Where the tasks are, grouped.
     let mut by_place: std::collections::BTreeMap<(String, &str), u32> = Default::default();
@@ -806,6 +896,65 @@ pub async fn describe(server: &str, cmd: DescribeCommand) -> anyhow::Result<()> 
             e.kind().name(),
             e.message
         );
+    }
+    Ok(())
+}
+
+/// `in 3s` (or `now`) for a retry time in Unix ms.
+fn retry_in(at: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    if at <= now {
+        "now".to_string()
+    } else {
+        format!("in {}", sched_core::lifecycle::Span((at - now) as u64))
+    }
+}
+
+/// What `schedctl delete` removes.
+#[derive(Debug, clap::Subcommand)]
+pub enum DeleteCommand {
+    /// A finished job and everything it left (tasks, placements, events,
+    /// task directories after the retention); its name is free at once.
+    Job {
+        name: String,
+        /// Cancel it first if it is still running.
+        #[arg(long)]
+        force: bool,
+    },
+    /// A cluster gone for good (it must be down): its unfinished tasks go
+    /// back to pending, to run elsewhere.
+    Cluster { name: String },
+}
+
+pub async fn delete(server: &str, cmd: DeleteCommand) -> anyhow::Result<()> {
+    let c = client(server).await?;
+    match cmd {
+        DeleteCommand::Job { name, force } => {
+            retry(RETRY_FOR, || {
+                let mut c = c.clone();
+                let name = name.clone();
+                async move { c.delete_job(pb::DeleteJobRequest { name, force }).await }
+            })
+            .await
+            .map_err(status_error)?;
+            println!("job/{name} deleted");
+        }
+        DeleteCommand::Cluster { name } => {
+            let r = retry(RETRY_FOR, || {
+                let mut c = c.clone();
+                let name = name.clone();
+                async move { c.delete_cluster(pb::DeleteClusterRequest { name }).await }
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+            println!(
+                "cluster/{name} deleted ({} unfinished task(s) taken back)",
+                r.tasks_taken_back
+            );
+        }
     }
     Ok(())
 }

@@ -61,8 +61,12 @@ enum Command {
     /// Show a job in detail, with why its pending tasks are pending.
     #[command(subcommand)]
     Describe(jobs::DescribeCommand),
-    /// Cancel a job.
+    /// Cancel a job: pending tasks at once, running ones stopped.
     Cancel { name: String },
+    /// Delete a finished job (or, with --force, any) or a cluster gone for
+    /// good.
+    #[command(subcommand)]
+    Delete(jobs::DeleteCommand),
     /// Follow job events as they happen (all jobs, or one).
     Watch { job: Option<String> },
     /// Start the whole stack on loopback (global scheduler, a local agent
@@ -88,6 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(cmd) => remote(jobs::get(&server, cmd)),
         Command::Describe(cmd) => remote(jobs::describe(&server, cmd)),
         Command::Cancel { name } => remote(jobs::cancel(&server, name)),
+        Command::Delete(cmd) => remote(jobs::delete(&server, cmd)),
         Command::Watch { job } => remote(jobs::watch(&server, job)),
         Command::Dev(args) => dev::run(args),
         Command::Logs { target, follow } => remote(jobs::logs(&server, target, follow)),

@@ -205,6 +205,25 @@ mod tests {
     }
 
     #[test]
+    fn a_prefix_delete_is_one_write_without_a_value() {
+        let w = Write::delete_prefix("jobs/web/");
+        // 9 bytes of prefix, 9 of the range's end, 16 of framing; like a
+        // single delete, no value.
+        let cost = Cost::of(&w);
+        assert_eq!(
+            (cost.key, cost.ops, cost.bytes),
+            ("jobs/web/", 1, 9 + 9 + 16)
+        );
+        assert_eq!(w.expect, Expect::Any);
+        let deletes: Vec<Write> = (0..200)
+            .map(|i| Write::delete_prefix(format!("jobs/{i}/")))
+            .collect();
+        let split = chunks(deletes, |w| w).strict().unwrap();
+        let lens: Vec<usize> = split.iter().map(Vec::len).collect();
+        assert_eq!(lens, [127, 73]);
+    }
+
+    #[test]
     fn an_item_of_too_many_writes_is_refused() {
         let limits = Limits { ops: 3, bytes: 100 };
         let split = chunks_within([2usize, 4, 1], limits, |n| Cost {

@@ -99,6 +99,132 @@ pub async fn delete_with_guard(s: &Arc<dyn Store>, p: &str) {
         .unwrap();
 }
 
+/// The keys under `prefix`, in order.
+async fn keys(s: &Arc<dyn Store>, prefix: &str) -> Vec<String> {
+    let snap = s.list(prefix).await.unwrap();
+    snap.items.into_iter().map(|kv| kv.key).collect()
+}
+
+pub async fn delete_prefix_removes_exactly_the_keys_under_it(s: &Arc<dyn Store>, p: &str) {
+    let writes: Vec<Write> = ["a/b/1", "a/b/2", "a/b/c/3", "a/b", "a/bc", "a/b0", "a/c"]
+        .iter()
+        .map(|k| put(&format!("{p}/{k}"), k, Expect::Absent))
+        .collect();
+    s.commit(&writes).await.unwrap();
+    s.commit(&[Write::delete_prefix(format!("{p}/a/b/"))])
+        .await
+        .unwrap();
+    // The key named like the prefix without its slash, and siblings that
+    // share its first bytes, stay.
+    let left = ["a/b", "a/b0", "a/bc", "a/c"].map(|k| format!("{p}/{k}"));
+    assert_eq!(keys(s, &format!("{p}/")).await, left);
+    // A prefix that holds nothing: done, nothing changes.
+    s.commit(&[Write::delete_prefix(format!("{p}/a/b/"))])
+        .await
+        .unwrap();
+    assert_eq!(keys(s, &format!("{p}/")).await, left);
+}
+
+pub async fn delete_prefix_commits_with_guarded_puts(s: &Arc<dyn Store>, p: &str) {
+    let guard = format!("{p}/guard");
+    let r = s.commit(&[put(&guard, "1", Expect::Absent)]).await.unwrap();
+    let old: Vec<Write> = (0..3)
+        .map(|i| put(&format!("{p}/old/{i}"), "v", Expect::Absent))
+        .collect();
+    s.commit(&old).await.unwrap();
+    let next = s
+        .commit(&[
+            put(&guard, "2", Expect::ModRevision(r)),
+            Write::delete_prefix(format!("{p}/old/")),
+            put(&format!("{p}/new"), "v", Expect::Absent),
+            // A single delete of a key under the prefix overlaps it, which
+            // etcd allows.
+            Write::delete(format!("{p}/old/0"), Expect::Any),
+        ])
+        .await
+        .unwrap();
+    // One commit, one revision.
+    assert_eq!(s.get(&guard).await.unwrap().unwrap().mod_revision, next);
+    assert_eq!(
+        s.get(&format!("{p}/new"))
+            .await
+            .unwrap()
+            .unwrap()
+            .mod_revision,
+        next
+    );
+    assert!(keys(s, &format!("{p}/old/")).await.is_empty());
+}
+
+pub async fn a_failed_guard_leaves_the_prefix_untouched(s: &Arc<dyn Store>, p: &str) {
+    let guard = format!("{p}/guard");
+    let r = s.commit(&[put(&guard, "1", Expect::Absent)]).await.unwrap();
+    let old: Vec<Write> = (0..3)
+        .map(|i| put(&format!("{p}/old/{i}"), "v", Expect::Absent))
+        .collect();
+    s.commit(&old).await.unwrap();
+    let before = s.list(&format!("{p}/old/")).await.unwrap().items;
+    let err = s
+        .commit(&[
+            Write::delete_prefix(format!("{p}/old/")),
+            put(&guard, "2", Expect::ModRevision(r + 100)),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { ref key, .. } if *key == guard),
+        "{err:?}"
+    );
+    assert_eq!(s.list(&format!("{p}/old/")).await.unwrap().items, before);
+    assert_eq!(before.len(), 3);
+}
+
+pub async fn a_put_under_a_deleted_prefix_is_refused(s: &Arc<dyn Store>, p: &str) {
+    // etcd refuses a commit that deletes a range and puts a key inside it:
+    // which should win is not said.
+    let inside = format!("{p}/old/new");
+    let err = s
+        .commit(&[
+            Write::delete_prefix(format!("{p}/old/")),
+            put(&inside, "v", Expect::Absent),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(err, StoreError::DuplicateKey(inside));
+    // Beside it (not under it) is fine.
+    s.commit(&[
+        Write::delete_prefix(format!("{p}/old/")),
+        put(&format!("{p}/old"), "v", Expect::Absent),
+    ])
+    .await
+    .unwrap();
+}
+
+pub async fn a_key_deleted_or_put_again_leaves_its_lease(s: &Arc<dyn Store>, p: &str) {
+    // A leased key deleted and put again without the lease, and one put
+    // again without it, no longer vanish with the lease.
+    let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let (a, b) = (format!("{p}/leased/a"), format!("{p}/b"));
+    s.commit(&[
+        Write::put_with_lease(&a, b"x".to_vec(), lease, Expect::Absent),
+        Write::put_with_lease(&b, b"x".to_vec(), lease, Expect::Absent),
+    ])
+    .await
+    .unwrap();
+    s.commit(&[Write::delete_prefix(format!("{p}/leased/"))])
+        .await
+        .unwrap();
+    s.commit(&[
+        put(&a, "free", Expect::Absent),
+        put(&b, "free", Expect::Any),
+    ])
+    .await
+    .unwrap();
+    s.revoke_lease(lease).await.unwrap();
+    assert_eq!(s.get(&a).await.unwrap().unwrap().value, b"free");
+    assert_eq!(s.get(&b).await.unwrap().unwrap().value, b"free");
+}
+
 pub async fn list_is_ordered_and_bounded_by_prefix(s: &Arc<dyn Store>, p: &str) {
     let writes: Vec<Write> = ["b", "a", "c/x"]
         .iter()
@@ -311,6 +437,11 @@ macro_rules! store_conformance_suite {
             revision_guard_is_compare_and_swap,
             commit_is_all_or_nothing,
             delete_with_guard,
+            delete_prefix_removes_exactly_the_keys_under_it,
+            delete_prefix_commits_with_guarded_puts,
+            a_failed_guard_leaves_the_prefix_untouched,
+            a_put_under_a_deleted_prefix_is_refused,
+            a_key_deleted_or_put_again_leaves_its_lease,
             list_is_ordered_and_bounded_by_prefix,
             list_pages_through_many_keys,
             limits_are_enforced,

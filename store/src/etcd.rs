@@ -1,9 +1,9 @@
 //! The etcd store, over our own small etcd v3 client.
 //!
 //! The client is generated from `proto/` (the part of etcd's gRPC API this
-//! store calls: KV.Range, KV.Txn and three Lease calls) by `build.rs`, with
-//! protox: so building needs no `protoc`, which the `etcd-client` crate's
-//! build script required.
+//! store calls: KV.Range, KV.Txn, KV.Compact and three Lease calls) by
+//! `build.rs`, with protox: so building needs no `protoc`, which the
+//! `etcd-client` crate's build script required.
 
 use std::time::Duration;
 
@@ -33,8 +33,8 @@ use pb::etcdserverpb::{
     lease_client::LeaseClient,
     request_op::Request,
     response_op::Response,
-    Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest,
-    PutRequest, RangeRequest, RequestOp, TxnRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
+    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 
 /// Keys per page when listing a prefix: large prefixes (a million task keys)
@@ -58,6 +58,11 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// `ErrGRPCLeaseNotFound`, code NotFound, message
 /// "etcdserver: requested lease not found".
 const LEASE_NOT_FOUND: &str = "lease not found";
+
+/// etcd's answer to a compaction, or a read, at a revision older than the
+/// last compaction: its `ErrGRPCCompacted`, code OutOfRange, message
+/// "etcdserver: mvcc: required revision has been compacted".
+const COMPACTED: &str = "required revision has been compacted";
 
 type EtcdChannel = InterceptedService<Channel, RequireLeader>;
 
@@ -266,6 +271,21 @@ fn op(request: Request) -> RequestOp {
     }
 }
 
+/// Deletes every key that starts with `prefix`.
+fn delete_prefix(prefix: &str) -> DeleteRangeRequest {
+    // etcd refuses an empty key; "\0" to "\0" is its way to say every key
+    // (etcd's `WithPrefix` on an empty key does the same).
+    let key = if prefix.is_empty() {
+        vec![0]
+    } else {
+        prefix.as_bytes().to_vec()
+    };
+    DeleteRangeRequest {
+        key,
+        range_end: prefix_end(prefix),
+    }
+}
+
 fn put(key: &str, value: &[u8], lease: LeaseId) -> RequestOp {
     op(Request::RequestPut(PutRequest {
         key: key.as_bytes().to_vec(),
@@ -357,7 +377,9 @@ impl Store for EtcdStore {
                 Op::PutWithLease(v, lease) => Some(put(&w.key, v, *lease)),
                 Op::Delete => Some(op(Request::RequestDeleteRange(DeleteRangeRequest {
                     key: w.key.as_bytes().to_vec(),
+                    range_end: Vec::new(),
                 }))),
+                Op::DeletePrefix => Some(op(Request::RequestDeleteRange(delete_prefix(&w.key)))),
                 Op::Check => None,
             })
             .collect();
@@ -460,6 +482,58 @@ impl Store for EtcdStore {
             Err(other) => Err(other),
         }
     }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        // Not `physical`: etcd answers once the compaction is committed
+        // through raft and applies it in the background; reads below the
+        // revision are refused from then on.
+        let request = CompactionRequest {
+            revision,
+            physical: false,
+        };
+        let result = self
+            .call(|mut m| async move { m.kv.compact(request).await })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Compacted already (by us, another replica, or etcd's own
+            // auto-compaction): what was asked is done.
+            Err(s) if already_compacted(&s) => Ok(()),
+            Err(s) => Err(map_error(s)),
+        }
+    }
+}
+
+/// Whether etcd refused a revision because its history was compacted past
+/// it.
+fn already_compacted(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::OutOfRange && s.message().contains(COMPACTED)
+}
+
+#[cfg(test)]
+impl EtcdStore {
+    /// `key` as it was at `revision`: only tests read the past, to see that
+    /// it is gone after a compaction.
+    pub(crate) async fn get_at(
+        &self,
+        key: &str,
+        revision: Revision,
+    ) -> Result<Option<KeyValue>, StoreError> {
+        let request = RangeRequest {
+            key: key.as_bytes().to_vec(),
+            revision,
+            ..Default::default()
+        };
+        let resp = self
+            .call(|mut m| {
+                let request = request.clone();
+                async move { m.kv.range(request).await }
+            })
+            .await
+            .map_err(map_error)?
+            .into_inner();
+        resp.kvs.into_iter().next().map(key_value).transpose()
+    }
 }
 
 #[cfg(test)]
@@ -485,6 +559,29 @@ mod tests {
         assert_eq!(prefix_end("a/b"), b"a/c");
         assert_eq!(prefix_end("a\u{7f}"), b"a\x80");
         assert_eq!(prefix_end(""), vec![0]);
+    }
+
+    #[test]
+    fn a_prefix_delete_is_the_prefixs_range() {
+        let d = delete_prefix("a/b/");
+        assert_eq!(
+            (d.key.as_slice(), d.range_end.as_slice()),
+            (&b"a/b/"[..], &b"a/b0"[..])
+        );
+        // Every key: etcd's "\0" to "\0".
+        let d = delete_prefix("");
+        assert_eq!((d.key, d.range_end), (vec![0], vec![0]));
+    }
+
+    #[test]
+    fn only_etcds_compacted_answer_is_already_compacted() {
+        let s =
+            tonic::Status::out_of_range("etcdserver: mvcc: required revision has been compacted");
+        assert!(already_compacted(&s));
+        let s =
+            tonic::Status::out_of_range("etcdserver: mvcc: required revision is a future revision");
+        assert!(!already_compacted(&s));
+        assert!(matches!(map_error(s), StoreError::Backend(_)));
     }
 
     #[test]

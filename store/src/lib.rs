@@ -8,6 +8,8 @@
 //! - [`MemStore`]: the same semantics in memory, for dev mode and unit tests.
 //! - [`batch`]: the one way to split writes into commits within the
 //!   count and byte limits; every writer uses it.
+//! - [`compaction`]: a loop that compacts the store's history, one interval
+//!   behind the newest revision.
 //! - [`conformance`]: one suite of behaviour tests, run against both
 //!   ([`store_conformance_suite!`]).
 //! - `testing` (feature `testing`): starts a real etcd on free loopback ports.
@@ -22,6 +24,7 @@ mod etcd;
 mod mem;
 
 pub mod batch;
+pub mod compaction;
 pub mod conformance;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -104,6 +107,12 @@ pub enum Op {
     /// A put whose key vanishes with the lease.
     PutWithLease(Vec<u8>, LeaseId),
     Delete,
+    /// Deletes every key that starts with the write's key (a prefix), in the
+    /// same atomic commit as the other writes. Built by
+    /// [`Write::delete_prefix`], whose expectation is [`Expect::Any`]: there
+    /// is no single key to guard (another expectation would guard the one key
+    /// named exactly like the prefix, in both backends).
+    DeletePrefix,
     /// Nothing: only the expectation counts (a fence).
     Check,
 }
@@ -146,6 +155,20 @@ impl Write {
         }
     }
 
+    /// Deletes every key starting with `prefix` (`"a/b/"` takes `a/b/x` and
+    /// `a/b/c/y`, not `a/bc`). Unguarded: guard the commit with the other
+    /// writes' expectations or a [`Write::check`]. An empty prefix is every
+    /// key. A commit may not also put a key under the prefix
+    /// ([`StoreError::DuplicateKey`], as etcd refuses it); deletes of keys
+    /// under it are fine.
+    pub fn delete_prefix(prefix: impl Into<String>) -> Self {
+        Write {
+            key: prefix.into(),
+            op: Op::DeletePrefix,
+            expect: Expect::Any,
+        }
+    }
+
     /// Changes nothing; the commit applies only if `key` meets `expect`.
     pub fn check(key: impl Into<String>, expect: Expect) -> Self {
         Write {
@@ -161,6 +184,9 @@ impl Write {
         let value = match &self.op {
             Op::Put(v) | Op::PutWithLease(v, _) => v.len(),
             Op::Delete | Op::Check => 0,
+            // No value, but the request carries the range's end beside the
+            // prefix, and it is no longer than the prefix.
+            Op::DeletePrefix => self.key.len(),
         };
         self.key.len() + value + 16
     }
@@ -190,6 +216,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ends a lease now; its keys vanish.
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError>;
+
+    /// Discards the history before `revision`: the values keys had before
+    /// it can no longer be read, nor watched from. The newest value of every
+    /// key is kept. A revision already compacted is done (not an error);
+    /// etcd refuses one newer than its own. [`compaction::run`] calls it
+    /// periodically: without it etcd's history, and its database, grow
+    /// until etcd refuses writes (its space quota). [`MemStore`] keeps no
+    /// history and does nothing.
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
 }
 
 /// Checks the limits every backend enforces the same way.
@@ -209,10 +244,25 @@ fn check_commit(writes: &[Write]) -> Result<(), StoreError> {
             limit: MAX_COMMIT_BYTES,
         });
     }
-    let mut keys: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
+    // A prefix delete is a range, checked below; ranges may overlap each
+    // other and single deletes, as in etcd.
+    let mut keys: Vec<&str> = writes
+        .iter()
+        .filter(|w| w.op != Op::DeletePrefix)
+        .map(|w| w.key.as_str())
+        .collect();
     keys.sort_unstable();
     if let Some(w) = keys.windows(2).find(|w| w[0] == w[1]) {
         return Err(StoreError::DuplicateKey(w[0].to_string()));
+    }
+    // etcd refuses a transaction that puts a key inside a range it deletes
+    // ("duplicate key given in txn request"; seen with etcd 3.4).
+    for prefix in writes.iter().filter(|w| w.op == Op::DeletePrefix) {
+        if let Some(put) = writes.iter().find(|w| {
+            matches!(w.op, Op::Put(_) | Op::PutWithLease(..)) && w.key.starts_with(&prefix.key)
+        }) {
+            return Err(StoreError::DuplicateKey(put.key.clone()));
+        }
     }
     Ok(())
 }

@@ -46,12 +46,46 @@ impl Inner {
 
     fn drop_lease(&mut self, id: LeaseId) {
         if let Some(l) = self.leases.remove(&id) {
+            // A lease holds only keys that exist: deleting or re-putting a
+            // key detaches it (see `remove` and `detach`).
             if !l.keys.is_empty() {
                 self.revision += 1;
             }
             for k in l.keys {
                 self.keys.remove(&k);
             }
+        }
+    }
+
+    /// Takes `key` off the lease it was put with, if any: as in etcd, a key
+    /// deleted, or put again without that lease, no longer vanishes with it.
+    fn detach(&mut self, key: &str) {
+        for l in self.leases.values_mut() {
+            l.keys.remove(key);
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if self.keys.remove(key).is_some() {
+            self.detach(key);
+        }
+    }
+
+    /// The stored keys that start with `prefix`, in order.
+    fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a KeyValue> {
+        self.keys
+            .range(prefix.to_string()..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+    }
+
+    /// Whether `op` on `key` would change anything.
+    fn changes(&self, key: &str, op: &Op) -> bool {
+        match op {
+            Op::Put(_) | Op::PutWithLease(..) => true,
+            Op::Delete => self.keys.contains_key(key),
+            Op::DeletePrefix => self.under(key).next().is_some(),
+            Op::Check => false,
         }
     }
 }
@@ -78,12 +112,7 @@ impl Store for MemStore {
 
     async fn list(&self, prefix: &str) -> Result<Snapshot, StoreError> {
         let inner = self.lock();
-        let items = inner
-            .keys
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v.clone())
-            .collect();
+        let items = inner.under(prefix).cloned().collect();
         Ok(Snapshot {
             revision: inner.revision,
             items,
@@ -110,9 +139,10 @@ impl Store for MemStore {
                 }
             }
         }
-        // Like etcd, a commit that changes nothing keeps the revision, and
-        // one that changes anything bumps it once.
-        if writes.iter().all(|w| w.op == Op::Check) {
+        // Like etcd, a commit that changes nothing (only checks, or deletes
+        // of keys that are not there) keeps the revision, and one that
+        // changes anything bumps it once.
+        if !writes.iter().any(|w| inner.changes(&w.key, &w.op)) {
             return Ok(inner.revision);
         }
         inner.revision += 1;
@@ -121,12 +151,20 @@ impl Store for MemStore {
             let (value, lease) = match &w.op {
                 Op::Check => continue,
                 Op::Delete => {
-                    inner.keys.remove(&w.key);
+                    inner.remove(&w.key);
+                    continue;
+                }
+                Op::DeletePrefix => {
+                    let gone: Vec<String> = inner.under(&w.key).map(|kv| kv.key.clone()).collect();
+                    for key in gone {
+                        inner.remove(&key);
+                    }
                     continue;
                 }
                 Op::Put(v) => (v, None),
                 Op::PutWithLease(v, id) => (v, Some(*id)),
             };
+            inner.detach(&w.key);
             let create_revision = inner
                 .keys
                 .get(&w.key)
@@ -174,6 +212,12 @@ impl Store for MemStore {
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
         self.lock().drop_lease(lease);
+        Ok(())
+    }
+
+    /// Nothing to do: the in-memory store keeps no history, only each key's
+    /// newest value.
+    async fn compact(&self, _revision: Revision) -> Result<(), StoreError> {
         Ok(())
     }
 }

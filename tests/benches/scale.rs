@@ -127,6 +127,7 @@ async fn run(clusters: usize, machines: usize, jobs: usize) {
                             locality: Some(format!("loc{}", i % locations)),
                             constraints: Default::default(),
                             command: vec!["sleep".into(), "600".into()],
+                            ..Default::default()
                         })
                         .collect();
                     let req = pb::SubmitRequest {

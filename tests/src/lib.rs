@@ -220,8 +220,19 @@ impl LocalAgent {
     /// Starts it for `cluster` at `location`, against the scheduler at
     /// `global` and etcd at `etcd_url`, with quick heartbeats for tests.
     pub async fn start(cluster: &str, location: &str, global: &str, etcd_url: &str) -> LocalAgent {
+        LocalAgent::start_with(cluster, location, global, etcd_url, &[]).await
+    }
+
+    /// [`LocalAgent::start`] with `extra` arguments (a `--policy` file).
+    pub async fn start_with(
+        cluster: &str,
+        location: &str,
+        global: &str,
+        etcd_url: &str,
+        extra: &[&str],
+    ) -> LocalAgent {
         let port = free_port();
-        let args = [
+        let mut args: Vec<String> = [
             "serve",
             "--cluster",
             cluster,
@@ -241,6 +252,7 @@ impl LocalAgent {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut a = LocalAgent {
             child: None,
             port,
@@ -303,7 +315,19 @@ pub struct NodeAgent {
 
 impl NodeAgent {
     pub fn start(agent: &str, name: &str, cpu: &str, memory: &str, work_dir: PathBuf) -> NodeAgent {
-        let args = [
+        NodeAgent::start_with(agent, name, cpu, memory, work_dir, &[])
+    }
+
+    /// [`NodeAgent::start`] with `extra` arguments.
+    pub fn start_with(
+        agent: &str,
+        name: &str,
+        cpu: &str,
+        memory: &str,
+        work_dir: PathBuf,
+        extra: &[&str],
+    ) -> NodeAgent {
+        let mut args: Vec<String> = [
             "node",
             "--agent",
             agent,
@@ -321,6 +345,7 @@ impl NodeAgent {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut n = NodeAgent {
             child: None,
             name: name.to_string(),

@@ -61,6 +61,14 @@ fn job(i: usize) -> pb::SubmitRequest {
                 "-c".into(),
                 "echo start $(date +%s.%N); sleep 1; echo end $(date +%s.%N)".into(),
             ],
+            // Killed agents lose tasks again and again: every attempt
+            // must be allowed, and soon.
+            restart: Some(pb::RestartPolicy {
+                policy: "on-failure".into(),
+                max_attempts: Some(1000),
+                backoff: Some("200ms".into()),
+            }),
+            ttl_after_finished: None,
         }],
         submission_id: name,
     }

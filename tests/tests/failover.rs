@@ -30,6 +30,7 @@ fn submit(i: usize) -> pb::SubmitRequest {
             locality: None,
             constraints: Default::default(),
             command: vec!["true".into()],
+            ..Default::default()
         }],
         submission_id: format!("sub-{i}"),
     }

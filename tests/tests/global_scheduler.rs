@@ -26,6 +26,7 @@ fn job(name: &str, tasks: i64, cpu: &str, memory: &str, locality: Option<&str>) 
         locality: locality.map(str::to_string),
         constraints: Default::default(),
         command: vec!["true".to_string()],
+        ..Default::default()
     }
 }
 
@@ -216,42 +217,57 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
         ("malformed yaml", "jobs: [ {name: web", "<document>"),
         (
             "unknown field",
-            "jobs:\n  - {name: web, tasks: 1, resources: {cpu: 1, memory: 1Gi}, colour: red}\n",
+            "jobs:\n  - {name: web, tasks: 1, resources: {cpu: 1, memory: 1Gi}, colour: red, command: [\"true\"]}\n",
             "colour",
         ),
         (
             "negative quantity",
-            "jobs:\n  - {name: web, tasks: 1, resources: {cpu: \"-1\", memory: 1Gi}}\n",
+            "jobs:\n  - {name: web, tasks: 1, resources: {cpu: \"-1\", memory: 1Gi}, command: [\"true\"]}\n",
             "jobs[0].resources.cpu",
         ),
         (
             "absurd quantity",
-            "jobs:\n  - {name: web, tasks: 1, resources: {cpu: 1, memory: 999999999Ti}}\n",
+            "jobs:\n  - {name: web, tasks: 1, resources: {cpu: 1, memory: 999999999Ti}, command: [\"true\"]}\n",
             "jobs[0].resources.memory",
         ),
         (
             "zero tasks",
-            "jobs:\n  - {name: web, tasks: 0, resources: {cpu: 1, memory: 1Gi}}\n",
+            "jobs:\n  - {name: web, tasks: 0, resources: {cpu: 1, memory: 1Gi}, command: [\"true\"]}\n",
             "jobs[0].tasks",
         ),
         (
             "unknown location",
-            "jobs:\n  - {name: web, tasks: 1, resources: {cpu: 1, memory: 1Gi}, locality: mars}\n",
+            "jobs:\n  - {name: web, tasks: 1, resources: {cpu: 1, memory: 1Gi}, locality: mars, command: [\"true\"]}\n",
             "jobs[0].locality",
         ),
         (
             "duplicate name in the file",
-            "jobs:\n  - {name: web, tasks: 1, resources: {cpu: 1, memory: 1Gi}}\n  - {name: web, tasks: 1, resources: {cpu: 1, memory: 1Gi}}\n",
+            "jobs:\n  - {name: web, tasks: 1, resources: {cpu: 1, memory: 1Gi}, command: [\"true\"]}\n  - {name: web, tasks: 1, resources: {cpu: 1, memory: 1Gi}, command: [\"true\"]}\n",
             "jobs[1].name",
         ),
         (
             "oversize request",
-            "jobs:\n  - {name: ok, tasks: 1, resources: {cpu: 1, memory: 1Gi}}\n  - {name: web, tasks: 1, resources: {cpu: 500, memory: 1Gi}}\n",
+            "jobs:\n  - {name: ok, tasks: 1, resources: {cpu: 1, memory: 1Gi}, command: [\"true\"]}\n  - {name: web, tasks: 1, resources: {cpu: 500, memory: 1Gi}, command: [\"true\"]}\n",
             "jobs[1].resources.cpu",
         ),
         (
+            "no command",
+            "jobs:\n  - {name: web, tasks: 1, resources: {cpu: 1, memory: 1Gi}}\n",
+            "jobs[0].command",
+        ),
+        (
+            "bad restart policy",
+            "jobs:\n  - {name: web, tasks: 1, resources: {cpu: 1, memory: 1Gi}, command: [\"true\"], restart: {policy: always}}\n",
+            "jobs[0].restart.policy",
+        ),
+        (
+            "bad ttl",
+            "jobs:\n  - {name: web, tasks: 1, resources: {cpu: 1, memory: 1Gi}, command: [\"true\"], ttl_after_finished: soon}\n",
+            "jobs[0].ttl_after_finished",
+        ),
+        (
             "bad name",
-            "jobs:\n  - {name: Web_1, tasks: 1, resources: {cpu: 1, memory: 1Gi}}\n",
+            "jobs:\n  - {name: Web_1, tasks: 1, resources: {cpu: 1, memory: 1Gi}, command: [\"true\"]}\n",
             "jobs[0].name",
         ),
     ];
@@ -559,7 +575,7 @@ async fn submit_wait_returns_once_every_task_is_placed() {
     let path = dir.path().join("jobs.yaml");
     std::fs::write(
         &path,
-        "jobs:\n  - {name: a, tasks: 5, resources: {cpu: 1, memory: 1Gi}, command: [\"true\"]}\n  - {name: b, tasks: 7, resources: {cpu: 500m, memory: 256Mi}, locality: eu-west}\n",
+        "jobs:\n  - {name: a, tasks: 5, resources: {cpu: 1, memory: 1Gi}, command: [\"true\"]}\n  - {name: b, tasks: 7, resources: {cpu: 500m, memory: 256Mi}, locality: eu-west, command: [\"true\"]}\n",
     )
     .unwrap();
     let out = tokio::task::spawn_blocking({

@@ -30,6 +30,7 @@ fn job(name: String, tasks: i64) -> pb::SubmitRequest {
             locality: None,
             constraints: Default::default(),
             command: vec!["sh".into(), "-c".into(), "sleep 1".into()],
+            ..Default::default()
         }],
         submission_id: name,
     }

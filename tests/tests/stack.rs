@@ -32,6 +32,7 @@ fn job(
             locality: locality.map(str::to_string),
             constraints: Default::default(),
             command: vec!["sh".to_string(), "-c".to_string(), script.to_string()],
+            ..Default::default()
         }],
         submission_id: name.to_string(),
     }

@@ -65,6 +65,8 @@ pub fn jobs(jobs: u32, tasks: u32, seed: u64) -> Vec<Job> {
                     locality: locality.map(|l| format!("loc-{}", l.0)),
                     constraints: BTreeMap::new(),
                     command: vec![],
+                    restart: Default::default(),
+                    ttl_after_finished: None,
                 },
                 locality,
             }

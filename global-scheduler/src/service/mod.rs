@@ -177,6 +177,12 @@ fn spec_from_pb(j: pb::JobSpec, field: &str) -> Result<JobSpec, SpecError> {
         locality: j.locality,
         constraints: j.constraints.into_iter().collect(),
         command: j.command,
+        restart: j.restart.map(|r| sched_core::job::RestartText {
+            policy: (!r.policy.is_empty()).then_some(r.policy),
+            max_attempts: r.max_attempts,
+            backoff: r.backoff,
+        }),
+        ttl_after_finished: j.ttl_after_finished,
     };
     text.validate(field)
 }
@@ -247,6 +253,7 @@ pub fn classes_from_pb(
                 capacity: capacity.into(),
                 labels: c.labels.into_iter().collect(),
                 count: c.count,
+                last_seen_unix_ms: 0,
             })
         })
         .collect()

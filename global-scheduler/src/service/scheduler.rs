@@ -126,7 +126,7 @@ impl Scheduler for SchedulerService {
                 .registry()
                 .entries()
                 .iter()
-                .filter(|e| want.is_empty() || e.record.name == want)
+                .filter(|e| !e.removed && (want.is_empty() || e.record.name == want))
                 .map(|e| (e.record.name.clone(), e.record.address.clone()))
                 .collect()
         });
@@ -277,6 +277,31 @@ impl Scheduler for SchedulerService {
         }))
     }
 
+    async fn delete_job(
+        &self,
+        request: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        let shared = self.role.leader()?;
+        let pb::DeleteJobRequest { name, force } = request.into_inner();
+        if shared.read(|s| s.job(&name).is_none()) {
+            return Err(ServiceError::NotFound { what: "job", name }.into());
+        }
+        ask(&shared, |reply| Command::Delete { name, force, reply }).await?;
+        Ok(Response::new(pb::DeleteJobResponse {}))
+    }
+
+    async fn delete_cluster(
+        &self,
+        request: Request<pb::DeleteClusterRequest>,
+    ) -> Result<Response<pb::DeleteClusterResponse>, Status> {
+        let shared = self.role.leader()?;
+        let name = request.into_inner().name;
+        let tasks_taken_back = ask(&shared, |reply| Command::DeleteCluster { name, reply }).await?;
+        Ok(Response::new(pb::DeleteClusterResponse {
+            tasks_taken_back,
+        }))
+    }
+
     type WatchStream = EventStream;
 
     async fn watch(
@@ -316,6 +341,7 @@ impl Scheduler for SchedulerService {
                 .registry()
                 .entries()
                 .iter()
+                .filter(|e| !e.removed)
                 .map(|e| pb::ClusterStatus {
                     name: e.record.name.clone(),
                     location: e.record.location.clone(),

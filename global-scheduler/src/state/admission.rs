@@ -35,6 +35,12 @@ impl State {
         let mut out = Vec::with_capacity(specs.len());
         for (i, spec) in specs.into_iter().enumerate() {
             let field = format!("jobs[{i}]");
+            if spec.command.is_empty() {
+                return Err(SpecError::new(
+                    format!("{field}.command"),
+                    "is required: the program to run and its arguments, such as [\"sh\", \"-c\", \"echo hi\"]",
+                ));
+            }
             if let Some(existing) = self.jobs.get(&spec.name) {
                 if !submission_id.is_empty() && existing.record.submission_id == submission_id {
                     continue;
@@ -86,9 +92,14 @@ impl State {
             spec: spec_of(&record),
         };
         self.next_id += 1;
-        if !record.cancelled {
+        let mut task = TaskEntry::pending();
+        if record.cancelled {
+            // Never placed when the job was cancelled.
+            task.state = TaskState::Cancelled;
+        } else {
             self.queue.add_job(job.id, record.priority, tasks);
         }
+        let open = if record.cancelled { 0 } else { tasks };
         self.names.insert(job.id, name.clone());
         self.jobs.insert(
             name,
@@ -96,8 +107,10 @@ impl State {
                 job,
                 record,
                 rev,
-                tasks: vec![TaskEntry::pending(); tasks as usize],
+                tasks: vec![task; tasks as usize],
                 events: VecDeque::new(),
+                open,
+                finished_at: None,
             },
         );
     }
@@ -124,7 +137,28 @@ impl State {
             );
         }
         self.queue.mark_rescan();
-        self.load_tasks(tasks)
+        self.load_tasks(tasks)?;
+        let names: Vec<String> = self.jobs.keys().cloned().collect();
+        for name in names {
+            self.recount(&name);
+        }
+        Ok(())
+    }
+
+    /// Recomputes a job's unfinished tasks, and when it finished, after its
+    /// tasks were read back.
+    fn recount(&mut self, name: &str) {
+        let Some(j) = self.jobs.get_mut(name) else {
+            return;
+        };
+        j.open = j.tasks.iter().filter(|t| !t.state.is_final()).count() as u32;
+        j.finished_at = (j.open == 0).then(|| {
+            j.tasks
+                .iter()
+                .filter_map(|t| t.ended)
+                .max()
+                .unwrap_or_else(crate::records::now_unix_ms)
+        });
     }
 
     fn load_tasks(&mut self, tasks: &[KeyValue]) -> Result<(), LoadError> {
@@ -139,7 +173,7 @@ impl State {
                 key: kv.key.clone(),
                 reason: format!("not a task record: {e}"),
             })?;
-            let entry = self.entry_of(&r, kv.mod_revision);
+            let mut entry = self.entry_of(&r, kv.mod_revision);
             let Some(j) = self.jobs.get_mut(job) else {
                 tracing::warn!(key = %kv.key, "task of an unknown job; ignored");
                 continue;
@@ -149,11 +183,17 @@ impl State {
                 continue;
             };
             let (id, priority, cancelled) = (j.job.id, j.record.priority, j.record.cancelled);
-            self.queue.remove(id, index);
-            if entry.state == TaskState::Pending && !cancelled {
-                self.queue.add(id, priority, index, &entry.handed_back);
+            // A cancel writes only the job: what had not reached a machine
+            // then is cancelled.
+            if cancelled && !entry.state.is_final() && !entry.state.is_on_machine() {
+                entry.state = TaskState::Cancelled;
             }
-            *t = entry;
+            *t = entry.clone();
+            self.queue.remove(id, index);
+            self.waiting.retain(|w| (w.1, w.2) != (id, index));
+            if entry.state == TaskState::Pending {
+                self.enqueue(id, priority, index, &entry, false);
+            }
         }
         Ok(())
     }
@@ -164,15 +204,22 @@ impl State {
         let Some(j) = self.jobs.get_mut(job) else {
             return Ok(());
         };
+        let mut fresh = TaskEntry::pending();
+        if j.record.cancelled {
+            fresh.state = TaskState::Cancelled;
+        }
         for t in j.tasks.iter_mut() {
-            *t = TaskEntry::pending();
+            *t = fresh.clone();
         }
         let (id, priority, tasks) = (j.job.id, j.record.priority, j.record.tasks);
         self.queue.remove_job(id);
+        self.waiting.retain(|w| w.1 != id);
         if !j.record.cancelled {
             self.queue.add_job(id, priority, tasks);
         }
-        self.load_tasks(items)
+        self.load_tasks(items)?;
+        self.recount(job);
+        Ok(())
     }
 }
 
@@ -231,6 +278,8 @@ pub(super) fn job_record(spec: JobSpec, submission_id: &str, now_ms: i64) -> Job
         submission_id: submission_id.to_string(),
         submitted_unix_ms: now_ms,
         cancelled: false,
+        restart: spec.restart,
+        ttl_after_finished: spec.ttl_after_finished,
     }
 }
 
@@ -243,5 +292,7 @@ fn spec_of(r: &JobRecord) -> JobSpec {
         locality: r.locality.clone(),
         constraints: r.constraints.clone(),
         command: r.command.clone(),
+        restart: r.restart,
+        ttl_after_finished: r.ttl_after_finished,
     }
 }

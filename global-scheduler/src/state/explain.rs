@@ -43,6 +43,7 @@ impl State {
                 TaskState::Succeeded => c.succeeded += 1,
                 TaskState::Failed => c.failed += 1,
                 TaskState::Lost => c.lost += 1,
+                TaskState::Cancelled => c.cancelled += 1,
             }
         }
         pb::JobSummary {
@@ -74,6 +75,16 @@ impl State {
                 locality: r.locality.clone(),
                 constraints: r.constraints.clone().into_iter().collect(),
                 command: r.command.clone(),
+                restart: (!r.restart.is_empty()).then(|| pb::RestartPolicy {
+                    policy: r
+                        .restart
+                        .policy
+                        .map(|p| p.as_str().to_string())
+                        .unwrap_or_default(),
+                    max_attempts: r.restart.max_attempts.map(i64::from),
+                    backoff: r.restart.backoff.map(|b| b.to_string()),
+                }),
+                ttl_after_finished: r.ttl_after_finished.map(|t| t.to_string()),
             }),
             tasks: j
                 .tasks
@@ -88,6 +99,9 @@ impl State {
                         .unwrap_or_default(),
                     machine: t.machine.clone().unwrap_or_default(),
                     exit_code: t.exit_code,
+                    attempts: t.attempts,
+                    next_retry_unix_ms: t.retry_at.filter(|_| t.state == TaskState::Pending),
+                    reason: t.reason.clone(),
                 })
                 .collect(),
         }
@@ -98,7 +112,31 @@ impl State {
     pub fn pending_reasons(&self, j: &JobEntry) -> Vec<String> {
         let mut out = Vec::new();
         if j.record.cancelled {
+            let stopping = j.tasks.iter().filter(|t| t.state.is_on_machine()).count();
+            if stopping > 0 {
+                out.push(format!(
+                    "{stopping} task(s) being stopped: the job was cancelled"
+                ));
+            }
             return out;
+        }
+        // Tasks waiting out their restart backoff.
+        let now = crate::records::now_unix_ms();
+        let backing_off: Vec<&super::TaskEntry> = j
+            .tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Pending && t.retry_at.is_some_and(|at| at > now))
+            .collect();
+        if let Some(next) = backing_off.iter().filter_map(|t| t.retry_at).min() {
+            let last = backing_off
+                .iter()
+                .max_by_key(|t| t.retry_at)
+                .map_or("", |t| t.reason.as_str());
+            out.push(format!(
+                "{} task(s) pending: waiting out their restart backoff (next retry in {} ms; last: {last})",
+                backing_off.len(),
+                next - now
+            ));
         }
         let summaries = self.registry.summaries();
         let ranker = Ranker::new(&self.policy, self.registry.locality());

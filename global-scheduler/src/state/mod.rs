@@ -8,16 +8,19 @@
 //! - [`admission`]: submissions checked against the world, jobs added, the
 //!   state read back from the store.
 //! - [`transitions`]: scheduling passes (the decision is
-//!   `sched_core::assign`), task reports, hand-backs and cancels.
+//!   `sched_core::assign`), task reports and hand-backs.
+//! - [`lifecycle`]: restarts with backoff, cancel, delete, jobs past their
+//!   `ttl_after_finished`, tasks taken back from clusters that stay down.
 //! - [`history`]: what happened to each job, for `describe` and `watch`.
 //! - [`explain`]: job views and why tasks are where they are.
 
 pub mod admission;
 pub mod explain;
 pub mod history;
+pub mod lifecycle;
 pub mod transitions;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use sched_core::assign::PendingQueue;
@@ -42,6 +45,14 @@ pub struct TaskEntry {
     pub machine: Option<String>,
     pub exit_code: Option<i32>,
     pub handed_back: Vec<ClusterId>,
+    /// Attempts started (placements on a machine).
+    pub attempts: u32,
+    /// Pending after a failure: not before this (Unix ms).
+    pub retry_at: Option<i64>,
+    /// Why it is in its state, when there is more to say.
+    pub reason: String,
+    /// When it reached a final state (Unix ms).
+    pub ended: Option<i64>,
     /// `mod_revision` of the task's key; 0 when it has none (pending).
     pub rev: Revision,
 }
@@ -54,6 +65,10 @@ impl TaskEntry {
             machine: None,
             exit_code: None,
             handed_back: Vec::new(),
+            attempts: 0,
+            retry_at: None,
+            reason: String::new(),
+            ended: None,
             rev: 0,
         }
     }
@@ -76,6 +91,17 @@ pub struct JobEntry {
     pub rev: Revision,
     pub tasks: Vec<TaskEntry>,
     pub events: VecDeque<Event>,
+    /// Tasks not in a final state.
+    pub open: u32,
+    /// When the last task reached a final state (Unix ms).
+    pub finished_at: Option<i64>,
+}
+
+impl JobEntry {
+    /// Every task succeeded, failed or was cancelled.
+    pub fn is_finished(&self) -> bool {
+        self.open == 0
+    }
 }
 
 /// A task change, computed before the write and applied after it.
@@ -99,6 +125,9 @@ pub struct State {
     next_id: u32,
     /// Pending tasks and the rules that assign them.
     queue: PendingQueue,
+    /// Pending tasks waiting out their restart backoff, by when they may go
+    /// (queue clock): they join the queue then.
+    waiting: BTreeSet<(u64, JobId, u32)>,
     /// The queue's clock: hand-back retries count from here (not persisted:
     /// a restarted scheduler retries them at once).
     epoch: Instant,
@@ -115,6 +144,7 @@ impl State {
             names: BTreeMap::new(),
             next_id: 0,
             queue: PendingQueue::new(),
+            waiting: BTreeSet::new(),
             epoch: Instant::now(),
             events: broadcast::channel(4096).0,
         }
@@ -153,7 +183,7 @@ impl State {
     /// Tasks waiting for a cluster, over all jobs (bounded by the
     /// `max_pending_tasks` limit).
     pub fn pending_tasks(&self) -> u64 {
-        self.queue.tasks()
+        self.queue.tasks() + self.waiting.len() as u64
     }
 
     /// Tasks of `j` waiting for a cluster.
@@ -182,6 +212,12 @@ impl State {
         self.queue.has_work()
     }
 
+    /// When the next task waiting out its backoff may go, if any.
+    pub fn next_retry(&self) -> Option<std::time::Instant> {
+        let &(at, _, _) = self.waiting.first()?;
+        Some(self.epoch + std::time::Duration::from_millis(at))
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -194,6 +230,10 @@ impl State {
             machine: r.machine.clone(),
             exit_code: r.exit_code,
             handed_back: r.handed_back.iter().filter_map(id).collect(),
+            attempts: r.attempts,
+            retry_at: r.retry_at_unix_ms,
+            reason: r.reason.clone(),
+            ended: r.ended_unix_ms,
             rev,
         }
     }
@@ -209,6 +249,10 @@ impl State {
                 .iter()
                 .map(|&c| self.registry.name(c).to_string())
                 .collect(),
+            attempts: t.attempts,
+            retry_at_unix_ms: t.retry_at,
+            reason: t.reason.clone(),
+            ended_unix_ms: t.ended,
         }
     }
 

@@ -8,7 +8,8 @@ use sched_proto::pb;
 use sched_store::KeyValue;
 
 use super::*;
-use crate::records::{ClusterRecord, MachineClassRecord};
+use crate::error::ServiceError;
+use crate::records::{ClusterRecord, MachineClassRecord, TaskRecord};
 use crate::registry::Heartbeat;
 
 const TOPOLOGY: &str = r#"
@@ -34,6 +35,7 @@ fn state(clusters: &[(&str, &str, u32)]) -> State {
                     capacity: Resources::new(4000, 16 << 30).into(),
                     labels: Default::default(),
                     count: *machines,
+                    last_seen_unix_ms: 0,
                 }],
                 seen_classes: Vec::new(),
                 registered_unix_ms: 0,
@@ -59,7 +61,9 @@ fn submit(
         priority,
         locality: locality.map(str::to_string),
         constraints: Default::default(),
-        command: Vec::new(),
+        command: vec!["true".to_string()],
+        restart: Default::default(),
+        ttl_after_finished: None,
     };
     let records = s.check_submission(vec![spec], "sub", 0).unwrap();
     for r in records {
@@ -196,7 +200,9 @@ fn jobs_are_sized_against_every_machine_a_cluster_has_had() {
         priority: 0,
         locality: None,
         constraints: Default::default(),
-        command: Vec::new(),
+        command: vec!["true".to_string()],
+        restart: Default::default(),
+        ttl_after_finished: None,
     };
     // The agent restarts and registers before its nodes do: no machine
     // right now, but a 4-cpu task still fits what the cluster has.
@@ -323,4 +329,283 @@ fn load_rebuilds_pending_counts_from_task_keys() {
     assert_eq!(j.tasks[0].state, TaskState::Assigned);
     assert_eq!(j.tasks[0].rev, 2);
     assert_eq!(j.events.back().unwrap().kind, EventKind::Recovered);
+}
+
+/// Applies a cluster's report of task `index` of `job` as if etcd took it.
+fn report(
+    s: &mut State,
+    cluster: &str,
+    job: &str,
+    index: u32,
+    state: pb::TaskState,
+    code: Option<i32>,
+) {
+    let id = s.registry().id(cluster).unwrap();
+    let r = pb::TaskReport {
+        job: job.into(),
+        index,
+        state: state as i32,
+        machine: "m0".into(),
+        exit_code: code,
+    };
+    if let Some(c) = s.report_change(id, &r) {
+        s.apply(vec![c], 3);
+    }
+}
+
+fn task(s: &State, job: &str, index: usize) -> TaskEntry {
+    s.job(job).unwrap().tasks[index].clone()
+}
+
+#[test]
+fn a_failed_task_waits_out_its_backoff_then_goes_again_until_its_attempts_are_used() {
+    // Default policy: on-failure, 3 attempts, backoff 1 s doubling.
+    let mut s = state(&[("east-a", "east", 1)]);
+    submit(&mut s, "web", 1, 1000, None, 0);
+    pass(&mut s, 10);
+    for attempt in 1..=3u32 {
+        report(&mut s, "east-a", "web", 0, pb::TaskState::Running, None);
+        assert_eq!(task(&s, "web", 0).attempts, attempt);
+        report(&mut s, "east-a", "web", 0, pb::TaskState::Failed, Some(1));
+        let t = task(&s, "web", 0);
+        if attempt < 3 {
+            // Pending, not yet in the queue: nothing to assign until the
+            // backoff (1 s, then 2 s) is over.
+            assert_eq!(t.state, TaskState::Pending);
+            let wait = t.retry_at.unwrap() - crate::records::now_unix_ms();
+            let want = 1000 << (attempt - 1);
+            assert!(wait > want - 200 && wait <= want, "{wait}");
+            assert!(
+                t.reason.contains(&format!("attempt {attempt} of 3")),
+                "{}",
+                t.reason
+            );
+            assert!(pass(&mut s, 10).is_empty());
+            assert_eq!(s.pending_tasks(), 1);
+            // Time passes (the retry time is moved, as the clock would).
+            let (at, id, i) = *s.waiting.first().unwrap();
+            s.waiting.remove(&(at, id, i));
+            s.waiting.insert((0, id, i));
+            assert!(s.release_due());
+            assert_eq!(pass(&mut s, 10).len(), 1);
+        } else {
+            assert_eq!(t.state, TaskState::Failed);
+            assert!(t.reason.contains("attempts are used up"), "{}", t.reason);
+            assert!(s.job("web").unwrap().is_finished());
+        }
+    }
+    assert_eq!(
+        State::job_state(s.job("web").unwrap()),
+        pb::JobState::Failed
+    );
+}
+
+#[test]
+fn a_lost_task_starts_again_even_under_never_and_a_failure_does_not() {
+    let mut s = state(&[("east-a", "east", 1)]);
+    let spec = JobSpec {
+        name: "batch".into(),
+        tasks: 2,
+        request: Resources::new(100, 1 << 20),
+        priority: 0,
+        locality: None,
+        constraints: Default::default(),
+        command: vec!["true".to_string()],
+        restart: sched_core::lifecycle::RestartSpec {
+            policy: Some(sched_core::lifecycle::RestartMode::Never),
+            ..Default::default()
+        },
+        ttl_after_finished: None,
+    };
+    for r in s.check_submission(vec![spec], "sub", 0).unwrap() {
+        s.insert_job(r, 1);
+    }
+    pass(&mut s, 10);
+    report(&mut s, "east-a", "batch", 0, pb::TaskState::Running, None);
+    report(&mut s, "east-a", "batch", 1, pb::TaskState::Running, None);
+    report(&mut s, "east-a", "batch", 0, pb::TaskState::Failed, Some(2));
+    report(&mut s, "east-a", "batch", 1, pb::TaskState::Lost, None);
+    let failed = task(&s, "batch", 0);
+    assert_eq!(
+        (failed.state, failed.exit_code),
+        (TaskState::Failed, Some(2))
+    );
+    assert!(
+        failed.reason.contains("restart policy is never"),
+        "{}",
+        failed.reason
+    );
+    let lost = task(&s, "batch", 1);
+    assert_eq!((lost.state, lost.cluster), (TaskState::Pending, None));
+    assert!(lost.retry_at.is_some());
+}
+
+#[test]
+fn cancel_ends_what_is_not_on_a_machine_at_once_and_is_refused_once_finished() {
+    let mut s = state(&[("east-a", "east", 1)]);
+    // 4 cpu: 4 tasks of 1 cpu are assigned, 2 stay pending.
+    submit(&mut s, "web", 6, 1000, None, 0);
+    pass(&mut s, 10);
+    report(&mut s, "east-a", "web", 0, pb::TaskState::Running, None);
+    assert_eq!(s.pending_tasks(), 2);
+    let (record, _) = s.cancel_write("web").unwrap().unwrap();
+    let clusters = s.apply_cancel(record, 5);
+    assert_eq!(clusters.len(), 1);
+    // Pending and assigned: cancelled now; the running one is stopping.
+    let states: Vec<TaskState> = s
+        .job("web")
+        .unwrap()
+        .tasks
+        .iter()
+        .map(|t| t.state)
+        .collect();
+    assert_eq!(states[0], TaskState::Running);
+    assert!(
+        states[1..].iter().all(|&t| t == TaskState::Cancelled),
+        "{states:?}"
+    );
+    assert_eq!(s.pending_tasks(), 0);
+    assert!(!s.job("web").unwrap().is_finished());
+    // Again: nothing to write.
+    assert!(s.cancel_write("web").unwrap().is_none());
+    // Its node stops it: it ends cancelled, not failed, and is not retried.
+    report(&mut s, "east-a", "web", 0, pb::TaskState::Failed, Some(143));
+    assert_eq!(task(&s, "web", 0).state, TaskState::Cancelled);
+    assert!(s.job("web").unwrap().is_finished());
+    assert_eq!(
+        State::job_state(s.job("web").unwrap()),
+        pb::JobState::Cancelled
+    );
+
+    // A succeeded job cannot be cancelled (a fresh cluster: web still holds
+    // the capacity its agent has not reported free).
+    let mut s = state(&[("east-a", "east", 1)]);
+    submit(&mut s, "done", 1, 100, None, 0);
+    pass(&mut s, 10);
+    report(
+        &mut s,
+        "east-a",
+        "done",
+        0,
+        pb::TaskState::Succeeded,
+        Some(0),
+    );
+    let e = s.cancel_write("done").unwrap_err();
+    assert!(matches!(e, ServiceError::FailedPrecondition(_)), "{e}");
+    assert_eq!(
+        State::job_state(s.job("done").unwrap()),
+        pb::JobState::Succeeded
+    );
+}
+
+#[test]
+fn a_cancelled_jobs_tasks_read_back_cancelled_and_delete_frees_the_name() {
+    let mut s = state(&[("east-a", "east", 1)]);
+    submit(&mut s, "web", 3, 1000, None, 0);
+    pass(&mut s, 10);
+    let (record, _) = s.cancel_write("web").unwrap().unwrap();
+    s.apply_cancel(record.clone(), 5);
+    // A new leader reads the job (cancelled) and the tasks' keys (still
+    // `assigned`): they are cancelled.
+    let mut fresh = state(&[("east-a", "east", 1)]);
+    let job = KeyValue {
+        key: fresh.keys().job("web"),
+        value: serde_json::to_vec(&record).unwrap(),
+        mod_revision: 5,
+        create_revision: 1,
+    };
+    let tasks: Vec<KeyValue> = (0..3u32)
+        .map(|i| KeyValue {
+            key: fresh.keys().task("web", i),
+            value: serde_json::to_vec(&TaskRecord {
+                state: TaskState::Assigned,
+                cluster: Some("east-a".into()),
+                machine: None,
+                exit_code: None,
+                handed_back: Vec::new(),
+                attempts: 0,
+                retry_at_unix_ms: None,
+                reason: String::new(),
+                ended_unix_ms: None,
+            })
+            .unwrap(),
+            mod_revision: 2,
+            create_revision: 2,
+        })
+        .collect();
+    fresh.load(&[job], &tasks).unwrap();
+    let j = fresh.job("web").unwrap();
+    assert!(j.tasks.iter().all(|t| t.state == TaskState::Cancelled));
+    assert!(j.is_finished());
+    assert_eq!(fresh.pending_tasks(), 0);
+
+    // Delete: the job's key and every task key go; the name is free.
+    let writes = s.delete_writes("web", false).unwrap();
+    assert_eq!(writes.len(), 2);
+    assert_eq!(writes[1].op, sched_store::Op::DeletePrefix);
+    s.apply_delete("web", "test");
+    assert!(s.job("web").is_none());
+    submit(&mut s, "web", 1, 100, None, 0);
+    assert_eq!(s.job("web").unwrap().tasks.len(), 1);
+    // An unfinished job needs force.
+    let e = s.delete_writes("web", false).unwrap_err();
+    assert!(e.to_string().contains("--force"), "{e}");
+    assert!(s.delete_writes("web", true).is_ok());
+}
+
+#[test]
+fn finished_jobs_expire_after_their_ttl() {
+    let mut s = state(&[("east-a", "east", 1)]);
+    submit(&mut s, "a", 1, 100, None, 0);
+    submit(&mut s, "b", 1, 100, None, 0);
+    pass(&mut s, 10);
+    report(&mut s, "east-a", "a", 0, pb::TaskState::Succeeded, Some(0));
+    let done = s.job("a").unwrap().finished_at.unwrap();
+    // The policy's default: 24 h.
+    assert!(s.expired(done + 86_399_000, 10).is_empty());
+    assert_eq!(s.expired(done + 86_400_000, 10), ["a"]);
+    // b is not finished: never expired.
+    assert!(s.expired(i64::MAX, 10).iter().all(|n| n != "b"));
+}
+
+#[test]
+fn tasks_are_taken_back_from_a_cluster_that_stays_down() {
+    let mut s = state(&[("east-a", "east", 1), ("west-a", "west", 1)]);
+    submit(&mut s, "web", 2, 1000, Some("east"), 0);
+    pass(&mut s, 10);
+    report(&mut s, "east-a", "web", 0, pb::TaskState::Running, None);
+    let east = s.registry().id("east-a").unwrap();
+    let now = std::time::Instant::now();
+    // Up: nothing to take back.
+    assert!(s.gone_clusters(now, now).is_empty());
+    s.registry_mut()
+        .expire(now + std::time::Duration::from_secs(6));
+    // Down for 6 s (heartbeat timeout 5 s + policy 60 s not passed).
+    assert!(s
+        .gone_clusters(now + std::time::Duration::from_secs(6), now)
+        .is_empty());
+    let later = now + std::time::Duration::from_secs(66);
+    assert_eq!(s.gone_clusters(later, now), [east]);
+    let changes = s.take_back_changes(east, "down");
+    assert_eq!(changes.len(), 2);
+    s.apply(changes, 9);
+    // The running one counts as lost (an attempt, a backoff); the assigned
+    // one goes back at once.
+    let t0 = task(&s, "web", 0);
+    assert_eq!(
+        (t0.state, t0.cluster, t0.attempts),
+        (TaskState::Pending, None, 1)
+    );
+    assert!(t0.retry_at.is_some());
+    let t1 = task(&s, "web", 1);
+    assert_eq!(
+        (t1.state, t1.cluster, t1.retry_at),
+        (TaskState::Pending, None, None)
+    );
+    assert!(s.gone_clusters(later, now).is_empty());
+    // The cluster's resync says it holds nothing of web any more.
+    let batch = s.assigned_to(east);
+    assert!(batch.resync);
+    assert_eq!(batch.held.len(), 1);
+    assert!(batch.held[0].indices.is_empty());
 }

@@ -1,6 +1,7 @@
 //! How tasks move: scheduling passes hand pending tasks to clusters (the
 //! decision is `sched_core::assign`, the one the simulator runs), clusters
-//! report what became of them or hand them back, and cancels stop them.
+//! report what became of them or hand them back. Failures and losses go
+//! through the restart rules of [`super::lifecycle`].
 //!
 //! Each transition is computed as a [`TaskChange`] (the write and the entry
 //! it leads to) and applied only once the write is committed.
@@ -11,13 +12,13 @@ use sched_core::assign::Assignment;
 use sched_core::cluster::ClusterId;
 use sched_core::rank::Ranker;
 use sched_proto::pb;
-use sched_store::{Expect, Revision, Write};
+use sched_store::Revision;
 
 use super::history;
 use super::{Event, EventKind};
 use super::{State, TaskChange};
 use crate::convert::assignment_message;
-use crate::records::{JobRecord, TaskState};
+use crate::records::TaskState;
 
 impl State {
     /// One scheduling pass over at most `limit` pending tasks: jobs by
@@ -64,6 +65,7 @@ impl State {
                 let mut entry = t.clone();
                 entry.state = TaskState::Assigned;
                 entry.cluster = Some(a.cluster);
+                entry.retry_at = None;
                 Some(self.change(name, i, t, entry, None))
             })
             .collect()
@@ -80,9 +82,8 @@ impl State {
                 continue;
             };
             if t.state == TaskState::Pending && !j.record.cancelled {
-                let (id, priority) = (j.job.id, j.record.priority);
-                let handed_back = t.handed_back.clone();
-                self.queue.add(id, priority, c.index, &handed_back);
+                let (id, priority, t) = (j.job.id, j.record.priority, t.clone());
+                self.enqueue(id, priority, c.index, &t, false);
             }
         }
         self.queue.mark_rescan();
@@ -95,7 +96,6 @@ impl State {
         changes: Vec<TaskChange>,
         rev: Revision,
     ) -> BTreeMap<ClusterId, pb::AssignmentBatch> {
-        let now_ms = self.now_ms();
         // Per (cluster, job), in the order the changes come (a pass's
         // order), which is the order the cluster will pack them in.
         let mut handed: Vec<((ClusterId, String), Vec<u32>)> = Vec::new();
@@ -110,8 +110,18 @@ impl State {
             };
             let was_pending = t.state == TaskState::Pending;
             let is_pending = c.entry.state == TaskState::Pending;
+            let (was_final, is_final) = (t.state.is_final(), c.entry.state.is_final());
             *t = c.entry;
             t.rev = rev;
+            if is_final && !was_final {
+                j.open -= 1;
+                if j.open == 0 {
+                    j.finished_at = Some(t.ended.unwrap_or_else(crate::records::now_unix_ms));
+                }
+            } else if was_final && !is_final {
+                j.open += 1;
+                j.finished_at = None;
+            }
             if t.state == TaskState::Assigned && was_pending {
                 if let Some(cluster) = t.cluster {
                     let i = *slot.entry((cluster, c.job.clone())).or_insert_with(|| {
@@ -124,9 +134,8 @@ impl State {
             if was_pending && !is_pending {
                 self.queue.remove(j.job.id, c.index);
             } else if !was_pending && is_pending && !j.record.cancelled {
-                let handed_back = t.handed_back.clone();
-                self.queue
-                    .hand_back(j.job.id, j.record.priority, c.index, &handed_back, now_ms);
+                let (id, priority, t) = (j.job.id, j.record.priority, t.clone());
+                self.enqueue(id, priority, c.index, &t, true);
             }
             if let Some((kind, text)) = c.event {
                 *noted.entry((c.job, kind, text)).or_insert(0) += 1;
@@ -163,38 +172,46 @@ impl State {
         out
     }
 
-    /// Every task currently assigned to `cluster` and not placed (or lost
-    /// with its machine), for a (re)connecting agent; and the cancelled jobs
-    /// with tasks there.
+    /// The first batch of a (re)connecting agent's stream: every task
+    /// assigned to `cluster` and not placed yet; in `held`, every job that
+    /// exists, with the unfinished tasks the cluster holds (a job not
+    /// listed was deleted, a task not listed taken back, while the agent
+    /// was away: they must stop there); and the cancelled jobs with tasks
+    /// still on its machines.
     pub fn assigned_to(&self, cluster: ClusterId) -> pb::AssignmentBatch {
         let mut batch = pb::AssignmentBatch {
             seq: self.registry.entries()[cluster.0 as usize].handed_total,
+            resync: true,
             ..Default::default()
         };
         for j in self.jobs.values() {
-            let indices: Vec<u32> = j
-                .tasks
-                .iter()
-                .enumerate()
-                // Lost tasks are the cluster's to place again (or hand back).
-                .filter(|(_, t)| {
-                    t.cluster == Some(cluster)
-                        && matches!(t.state, TaskState::Assigned | TaskState::Lost)
-                })
-                .map(|(i, _)| i as u32)
-                .collect();
-            if j.record.cancelled {
-                if j.tasks
-                    .iter()
-                    .any(|t| t.cluster == Some(cluster) && !t.state.is_final())
-                {
-                    batch.cancelled_jobs.push(j.record.name.clone());
+            let mut assigned = Vec::new();
+            let mut held = Vec::new();
+            for (i, t) in j.tasks.iter().enumerate() {
+                if t.cluster != Some(cluster) || t.state.is_final() {
+                    continue;
                 }
-            } else if !indices.is_empty() {
+                held.push(i as u32);
+                // Lost tasks (stored by an older version) are the cluster's
+                // to report again.
+                if matches!(t.state, TaskState::Assigned | TaskState::Lost) {
+                    assigned.push(i as u32);
+                }
+            }
+            let name = j.record.name.clone();
+            if j.record.cancelled {
+                if !held.is_empty() {
+                    batch.cancelled_jobs.push(name.clone());
+                }
+            } else if !assigned.is_empty() {
                 batch
                     .assignments
-                    .push(assignment_message(&j.record, indices));
+                    .push(assignment_message(&j.record, assigned));
             }
+            batch.held.push(pb::JobTasks {
+                job: name,
+                indices: held,
+            });
         }
         batch
     }
@@ -230,20 +247,39 @@ impl State {
         {
             return None;
         }
+        // The first word of a placement: an attempt has started.
+        if t.state == TaskState::Assigned && state != TaskState::Lost {
+            entry.attempts += 1;
+            entry.reason.clear();
+        }
+        let cluster_name = self.registry.name(cluster);
         let event = match state {
-            TaskState::Failed => Some((
-                EventKind::Failed,
-                format!(
-                    "failed (exit code {})",
-                    r.exit_code.map_or("unknown".to_string(), |c| c.to_string())
-                ),
+            TaskState::Failed => {
+                let code = r.exit_code.map_or("unknown".to_string(), |c| c.to_string());
+                let what = match r.exit_code {
+                    Some(127) => format!("failed: the command was not found (exit code {code})"),
+                    Some(126) => {
+                        format!("failed: the command could not be executed (exit code {code})")
+                    }
+                    _ => format!("failed (exit code {code})"),
+                };
+                Some(self.after_attempt(j, &mut entry, false, what))
+            }
+            TaskState::Lost => Some(self.after_attempt(
+                j,
+                &mut entry,
+                true,
+                format!("lost with its machine on cluster {cluster_name}"),
             )),
-            TaskState::Lost => Some((EventKind::Lost, "lost".to_string())),
-            TaskState::Succeeded => Some((EventKind::Succeeded, "succeeded".to_string())),
+            TaskState::Succeeded => {
+                entry.ended = Some(crate::records::now_unix_ms());
+                Some((EventKind::Succeeded, "succeeded".to_string()))
+            }
             TaskState::Placed => Some((
                 EventKind::Placed,
-                format!("placed on cluster {}", self.registry.name(cluster)),
+                format!("placed on cluster {cluster_name}"),
             )),
+            TaskState::Running => Some((EventKind::Running, "running".to_string())),
             _ => None,
         };
         Some(self.change(&r.job, r.index, t, entry, event))
@@ -281,41 +317,5 @@ impl State {
                 Some(self.change(&h.job, i, t, entry, event))
             })
             .collect()
-    }
-
-    /// The write that marks `name` cancelled.
-    pub fn cancel_write(&self, name: &str) -> Option<(JobRecord, Write)> {
-        let j = self.jobs.get(name)?;
-        let mut record = j.record.clone();
-        record.cancelled = true;
-        let value = serde_json::to_vec(&record).expect("job records serialize");
-        let write = Write::put(self.keys.job(name), value, Expect::ModRevision(j.rev));
-        Some((record, write))
-    }
-
-    /// Applies a committed cancel; returns the clusters holding its
-    /// unfinished tasks.
-    pub fn apply_cancel(&mut self, record: JobRecord, rev: Revision) -> Vec<ClusterId> {
-        let Some(j) = self.jobs.get_mut(&record.name) else {
-            return Vec::new();
-        };
-        j.record = record;
-        j.rev = rev;
-        self.queue.remove_job(j.job.id);
-        let mut clusters: Vec<ClusterId> = j
-            .tasks
-            .iter()
-            .filter(|t| !t.state.is_final())
-            .filter_map(|t| t.cluster)
-            .collect();
-        clusters.sort();
-        clusters.dedup();
-        let name = j.record.name.clone();
-        history::push(
-            &self.events,
-            j,
-            Event::new(&name, EventKind::Cancelled, "job cancelled".to_string()),
-        );
-        clusters
     }
 }

@@ -18,6 +18,9 @@ pub enum Change {
     },
     /// A placement's new state (final, or lost).
     State { key: TaskKey, write: Write },
+    /// Removes what is stored of a job (deleted) or of one placement (taken
+    /// back); retried until it is in.
+    Delete { write: Write },
 }
 
 impl Change {
@@ -25,7 +28,8 @@ impl Change {
         match self {
             Change::Spec { write, .. }
             | Change::Place { write, .. }
-            | Change::State { write, .. } => write,
+            | Change::State { write, .. }
+            | Change::Delete { write } => write,
         }
     }
 }

@@ -167,6 +167,33 @@ impl Intent {
             .collect()
     }
 
+    /// Removes a placement (its task was taken back, or its job deleted).
+    pub fn forget(&mut self, k: &TaskKey) -> Option<Placement> {
+        self.dirty.remove(k);
+        self.placements.remove(k)
+    }
+
+    /// The jobs with placements here.
+    pub fn jobs(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for k in self.placements.keys() {
+            if !out.contains(&k.0) {
+                out.insert(k.0.clone());
+            }
+        }
+        out
+    }
+
+    /// The placements of a job.
+    pub fn of_job(&self, job: &str) -> Vec<TaskKey> {
+        let from = (job.to_string(), 0);
+        self.placements
+            .range(from..)
+            .take_while(|(k, _)| k.0 == job)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// The active placements of a job, with their machines.
     pub fn active_of(&self, job: &str) -> Vec<(TaskKey, String)> {
         self.placements

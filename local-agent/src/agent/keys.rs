@@ -50,6 +50,11 @@ impl Keys {
         format!("{}{}/{:07}", self.prefix, k.0, k.1)
     }
 
+    /// The prefix of everything stored of a job: its spec and placements.
+    pub fn job(&self, job: &str) -> String {
+        format!("{}{job}/", self.prefix)
+    }
+
     pub fn spec(&self, job: &str) -> String {
         format!("{}{job}/spec", self.prefix)
     }

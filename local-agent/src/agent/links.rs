@@ -70,9 +70,40 @@ impl NodeLinks {
             l,
             pb::WorkBatch {
                 start: starts,
-                stop: Vec::new(),
+                ..Default::default()
             },
         );
+    }
+
+    /// Tells one node to stop and forget `jobs`.
+    pub fn forget_on(&mut self, node: &str, jobs: Vec<String>) {
+        let Some(l) = self.links.get_mut(node) else {
+            return;
+        };
+        Self::send(
+            l,
+            pb::WorkBatch {
+                forget_jobs: jobs,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Tells every node to stop and forget `jobs` (deleted): their tasks'
+    /// directories go after the retention.
+    pub fn forget(&mut self, jobs: &[String]) {
+        if jobs.is_empty() {
+            return;
+        }
+        for l in self.links.values_mut() {
+            Self::send(
+                l,
+                pb::WorkBatch {
+                    forget_jobs: jobs.to_vec(),
+                    ..Default::default()
+                },
+            );
+        }
     }
 
     pub fn stop(&mut self, node: &str, stop: pb::TaskStop) {
@@ -82,27 +113,25 @@ impl NodeLinks {
         Self::send(
             l,
             pb::WorkBatch {
-                start: Vec::new(),
                 stop: vec![stop],
+                ..Default::default()
             },
         );
     }
 
     /// Work waits for the node and no open stream can carry it.
     pub fn stranded(&self, node: &str) -> bool {
-        self.links.get(node).is_some_and(|l| {
-            l.work.as_ref().is_none_or(|w| w.is_closed())
-                && (!l.backlog.start.is_empty() || !l.backlog.stop.is_empty())
-        })
+        self.links
+            .get(node)
+            .is_some_and(|l| l.work.as_ref().is_none_or(|w| w.is_closed()) && !is_empty(&l.backlog))
     }
 
     fn send(l: &mut Link, batch: pb::WorkBatch) {
-        if batch.start.is_empty() && batch.stop.is_empty() {
+        if is_empty(&batch) {
             return;
         }
         let Some(tx) = &l.work else {
-            l.backlog.start.extend(batch.start);
-            l.backlog.stop.extend(batch.stop);
+            keep(&mut l.backlog, batch);
             return;
         };
         let mut parts = split(batch).into_iter();
@@ -116,8 +145,7 @@ impl NodeLinks {
                     // The node is not reading: it gets everything again
                     // when it registers next.
                     l.work = None;
-                    l.backlog.start.extend(b.start);
-                    l.backlog.stop.extend(b.stop);
+                    keep(&mut l.backlog, b);
                     break;
                 }
                 Err(_) => {
@@ -127,10 +155,27 @@ impl NodeLinks {
             }
         }
         for b in parts {
-            l.backlog.start.extend(b.start);
-            l.backlog.stop.extend(b.stop);
+            keep(&mut l.backlog, b);
         }
     }
+}
+
+fn is_empty(b: &pb::WorkBatch) -> bool {
+    b.start.is_empty() && b.stop.is_empty() && b.forget_jobs.is_empty()
+}
+
+/// Adds `b` to a backlog. A node applies a batch's forgets first, so a
+/// forget that arrives after starts of the job (a job deleted, then its
+/// name used again) drops those starts from the backlog: they belonged to
+/// the deleted job.
+fn keep(backlog: &mut pb::WorkBatch, b: pb::WorkBatch) {
+    for job in &b.forget_jobs {
+        backlog.start.retain(|s| &s.job != job);
+        backlog.stop.retain(|s| &s.job != job);
+    }
+    backlog.forget_jobs.extend(b.forget_jobs);
+    backlog.stop.extend(b.stop);
+    backlog.start.extend(b.start);
 }
 
 /// Splits a batch into batches of at most [`MAX_BATCH_BYTES`] (stops
@@ -143,21 +188,21 @@ fn split(batch: pb::WorkBatch) -> Vec<pb::WorkBatch> {
     let mut current = pb::WorkBatch {
         start: Vec::new(),
         stop: batch.stop,
+        forget_jobs: batch.forget_jobs,
     };
     let mut bytes = current.encoded_len();
     for s in batch.start {
         // The field's tag and length prefix: a few bytes more than the
         // message.
         let size = s.encoded_len() + 8;
-        if bytes + size > MAX_BATCH_BYTES && (!current.start.is_empty() || !current.stop.is_empty())
-        {
+        if bytes + size > MAX_BATCH_BYTES && !is_empty(&current) {
             out.push(std::mem::take(&mut current));
             bytes = 0;
         }
         bytes += size;
         current.start.push(s);
     }
-    if !current.start.is_empty() || !current.stop.is_empty() {
+    if !is_empty(&current) {
         out.push(current);
     }
     out

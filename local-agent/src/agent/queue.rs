@@ -1,13 +1,13 @@
 //! Tasks handed over by the global scheduler and waiting for a machine,
-//! the jobs it cancelled, and the last assignment batch taken in.
+//! and the last assignment batch taken in.
 //!
 //! Rules kept here:
 //! - a task waits once, however often it is handed over (a resync);
 //! - tasks are packed in the order they arrived, so a batch of the global
 //!   scheduler is packed in the order its pass decided it (priority, then
 //!   submission), as the simulator packs it;
-//! - a cancelled job's tasks leave the queue, and a task of it that is
-//!   lost does not come back.
+//! - a cancelled job's tasks leave the queue (a lost task does not come
+//!   back by itself: the global scheduler decides whether it runs again).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,7 +20,6 @@ pub struct Queue {
     /// The same tasks in arrival order.
     arrival: BTreeSet<(u64, TaskKey)>,
     next: u64,
-    cancelled: BTreeSet<String>,
     /// The highest assignment sequence number taken in.
     seq_seen: u64,
 }
@@ -38,15 +37,6 @@ impl Queue {
         true
     }
 
-    /// A task lost on its machine, to be placed again unless its job was
-    /// cancelled. True if it waits again.
-    pub fn requeue(&mut self, k: TaskKey) -> bool {
-        if self.cancelled.contains(&k.0) {
-            return false;
-        }
-        self.add(k)
-    }
-
     pub fn remove(&mut self, k: &TaskKey) {
         if let Some(at) = self.waiting.remove(k) {
             self.arrival.remove(&(at, k.clone()));
@@ -54,7 +44,6 @@ impl Queue {
     }
 
     pub fn cancel(&mut self, job: &str) {
-        self.cancelled.insert(job.to_string());
         self.waiting.retain(|k, _| k.0 != job);
         self.arrival.retain(|(_, k)| k.0 != job);
     }
@@ -124,15 +113,13 @@ mod tests {
     }
 
     #[test]
-    fn a_cancelled_job_leaves_and_does_not_come_back() {
+    fn a_cancelled_job_leaves() {
         let mut q = Queue::default();
         q.add(k("web", 0));
         q.add(k("api", 0));
         q.cancel("web");
         assert_eq!(q.iter().collect::<Vec<_>>(), [&k("api", 0)]);
-        assert!(!q.requeue(k("web", 1)));
-        assert!(q.requeue(k("api", 1)));
-        assert_eq!(q.len(), 2);
+        assert_eq!(q.len(), 1);
     }
 
     #[test]
@@ -142,7 +129,7 @@ mod tests {
         q.add(k("alpha", 0));
         q.add(k("zeta", 0));
         q.remove(&k("zeta", 1));
-        assert!(q.requeue(k("zeta", 1)));
+        assert!(q.add(k("zeta", 1)));
         assert_eq!(
             q.first(10),
             [

@@ -111,6 +111,16 @@ impl Specs {
         );
     }
 
+    /// Forgets a deleted job's spec.
+    pub fn forget(&mut self, job: &str) {
+        self.jobs.remove(job);
+    }
+
+    /// The jobs whose specs are known.
+    pub fn jobs(&self) -> impl Iterator<Item = &String> {
+        self.jobs.keys()
+    }
+
     pub fn get(&self, job: &str) -> Option<&JobSpec> {
         self.jobs.get(job).map(|e| &e.spec)
     }

@@ -46,6 +46,9 @@ pub struct AgentState {
     queue: Queue,
     reports: Reports,
     links: NodeLinks,
+    /// Deletes due in the store (forgotten jobs and placements), written
+    /// in commits of their own before any placement.
+    deletions: Vec<sched_store::Write>,
 }
 
 impl AgentState {
@@ -69,6 +72,7 @@ impl AgentState {
             queue: Queue::default(),
             reports: Reports::default(),
             links: NodeLinks::default(),
+            deletions: Vec::new(),
         }
     }
 
@@ -98,11 +102,6 @@ impl AgentState {
                     // An older agent kept the spec in every placement.
                     if let Ok(spec) = serde_json::from_slice::<JobSpec>(&kv.value) {
                         older.entry(k.0.clone()).or_insert(spec);
-                    }
-                    // Lost before the restart and not placed again yet: back
-                    // to the queue, or it would wait forever.
-                    if record.state == PlacementState::Lost {
-                        self.queue.add(k.clone());
                     }
                     self.intent.load(k, record, kv.mod_revision);
                 }
@@ -135,6 +134,16 @@ impl AgentState {
         // Count the placements read back from the store on these machines.
         for k in &keys {
             self.count(k);
+        }
+        // Tasks of jobs this agent no longer knows were deleted while the
+        // node was away: it stops and forgets them.
+        let unknown: BTreeSet<String> = tasks
+            .iter()
+            .filter(|t| self.specs.get(&t.job).is_none() && self.intent.of_job(&t.job).is_empty())
+            .map(|t| t.job.clone())
+            .collect();
+        if !unknown.is_empty() {
+            self.links.forget_on(node, unknown.into_iter().collect());
         }
         // What the node runs vs what it should.
         let known: BTreeSet<TaskKey> = tasks.iter().map(|t| (t.job.clone(), t.index)).collect();
@@ -254,8 +263,9 @@ impl AgentState {
         }
     }
 
-    /// A placement's machine is gone: free it, report the task lost, and
-    /// queue it to be placed again (a new attempt).
+    /// A placement's machine is gone: free it and report the task lost.
+    /// Whether it runs again, when and where, is the global scheduler's
+    /// call (its restart rules and backoff).
     fn lose(&mut self, k: &TaskKey) {
         let Some(freed) = self.intent.lose(k) else {
             return;
@@ -264,13 +274,16 @@ impl AgentState {
             self.inventory.release(id, &request);
         }
         self.reports.lost(&k.0, k.1);
-        self.queue.requeue(k.clone());
     }
 
     // ---- the global scheduler ----
 
     pub fn receive(&mut self, batch: pb::AssignmentBatch) {
         self.queue.seen(batch.seq);
+        self.forget_jobs(&batch.deleted_jobs);
+        if batch.resync {
+            self.reconcile(&batch.held);
+        }
         for job in &batch.cancelled_jobs {
             self.cancel(job);
         }
@@ -279,15 +292,115 @@ impl AgentState {
             for &index in &a.indices {
                 let k = (a.job.clone(), index);
                 match self.intent.get(&k) {
-                    // Already here (a resync): say where it is.
-                    Some(p) if p.record.state != PlacementState::Lost => {
+                    // Already here: say where it is.
+                    Some(p) if p.record.state.is_active() => {
                         self.reports.push(intent::report(&k, &p.record));
                     }
+                    // Ended here and handed over again by a resync: the
+                    // scheduler may not have heard how it ended yet.
+                    Some(p) if batch.resync => {
+                        self.reports.push(intent::report(&k, &p.record));
+                    }
+                    // New, or a new attempt after a failure or a loss.
                     _ => {
                         self.queue.add(k);
                     }
                 }
             }
+        }
+    }
+
+    /// Jobs deleted: their tasks stop, and everything stored of them here
+    /// and on the nodes goes.
+    fn forget_jobs(&mut self, jobs: &[String]) {
+        let mut forgotten = Vec::new();
+        for job in jobs {
+            self.queue.cancel(job);
+            for k in self.intent.of_job(job) {
+                if let Some(p) = self.intent.forget(&k) {
+                    if let Some((id, request)) = p.counted {
+                        self.inventory.release(id, &request);
+                    }
+                }
+            }
+            self.specs.forget(job);
+            self.deletions
+                .push(sched_store::Write::delete_prefix(self.keys.job(job)));
+            forgotten.push(job.clone());
+        }
+        self.links.forget(&forgotten);
+    }
+
+    /// The first batch of a stream says what the scheduler counts as this
+    /// cluster's: jobs it does not list were deleted while the agent was
+    /// away; tasks on machines it does not list were taken back. Both stop
+    /// here and are forgotten, so that nothing runs twice.
+    fn reconcile(&mut self, held: &[pb::JobTasks]) {
+        let listed: BTreeMap<&str, BTreeSet<u32>> = held
+            .iter()
+            .map(|h| (h.job.as_str(), h.indices.iter().copied().collect()))
+            .collect();
+        let known: BTreeSet<String> = self
+            .intent
+            .jobs()
+            .into_iter()
+            .chain(self.specs.jobs().cloned())
+            .collect();
+        let deleted: Vec<String> = known
+            .into_iter()
+            .filter(|j| !listed.contains_key(j.as_str()))
+            .collect();
+        if !deleted.is_empty() {
+            tracing::info!(
+                jobs = deleted.len(),
+                "jobs deleted while this agent was away: forgetting them"
+            );
+            self.forget_jobs(&deleted);
+        }
+        let mut taken = Vec::new();
+        for (job, indices) in &listed {
+            for k in self.intent.of_job(job) {
+                let active = self
+                    .intent
+                    .get(&k)
+                    .is_some_and(|p| p.record.state.is_active());
+                if active && !indices.contains(&k.1) {
+                    taken.push(k);
+                }
+            }
+        }
+        let queued: Vec<TaskKey> = self
+            .queue
+            .iter()
+            .filter(|k| listed.get(k.0.as_str()).is_none_or(|i| !i.contains(&k.1)))
+            .cloned()
+            .collect();
+        for k in queued {
+            self.queue.remove(&k);
+        }
+        for k in taken {
+            let Some(p) = self.intent.forget(&k) else {
+                continue;
+            };
+            tracing::warn!(job = %k.0, index = k.1, machine = %p.record.machine, "task taken back by the global scheduler while this cluster was away: stopping it");
+            if let Some((id, request)) = p.counted {
+                self.inventory.release(id, &request);
+            }
+            if let Some(node) = self
+                .inventory
+                .machine(&p.record.machine)
+                .map(|m| m.node.clone())
+            {
+                let stop = pb::TaskStop {
+                    job: k.0.clone(),
+                    index: k.1,
+                    machine: p.record.machine.clone(),
+                };
+                self.links.stop(&node, stop);
+            }
+            let key = self.keys.placement(&k);
+            self.deletions
+                .push(sched_store::Write::delete(key, sched_store::Expect::Any));
         }
     }
 
@@ -315,6 +428,18 @@ impl AgentState {
     /// commit fails. A write too large for any commit is handed back with
     /// the reason, never retried.
     pub fn commits(&mut self, limit: usize, now: Instant) -> Vec<Vec<Change>> {
+        // Deletes first, in commits of their own: a job deleted and then
+        // submitted again under its name must not meet its old keys.
+        let deletes: Vec<Change> = std::mem::take(&mut self.deletions)
+            .into_iter()
+            .map(|write| Change::Delete { write })
+            .collect();
+        let mut out = batch::chunks(deletes, Change::write).commits;
+        out.extend(self.placement_commits(limit, now));
+        out
+    }
+
+    fn placement_commits(&mut self, limit: usize, now: Instant) -> Vec<Vec<Change>> {
         let mut changes = self.plan(limit, now);
         // A placement's new record supersedes its old one's state.
         let placing: BTreeSet<TaskKey> = changes
@@ -344,10 +469,11 @@ impl AgentState {
                     refused_jobs.insert(job, reason);
                 }
                 Change::Place { key, placement, .. } => give_back.push((key, placement, reason)),
-                // A state record is a few dozen bytes.
+                // A state record is a few dozen bytes, a delete has none.
                 Change::State { key, .. } => {
                     tracing::error!(job = %key.0, index = key.1, cause = %r.reason, "a task state cannot be stored");
                 }
+                Change::Delete { .. } => {}
             }
         }
         let commits = split
@@ -453,6 +579,7 @@ impl AgentState {
             match change {
                 Change::Spec { job, .. } => self.specs.stored(&job, rev),
                 Change::State { key, .. } => self.intent.written(&key, rev),
+                Change::Delete { .. } => {}
                 Change::Place {
                     key, mut placement, ..
                 } => {
@@ -484,6 +611,7 @@ impl AgentState {
             keys.push(change.write().key.clone());
             match change {
                 Change::Spec { .. } => {}
+                Change::Delete { write } => self.deletions.push(write),
                 Change::State { key, .. } => self.intent.unwritten(key),
                 Change::Place { key, placement, .. } => {
                     self.unplace(&key, &placement);

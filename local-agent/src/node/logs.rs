@@ -30,7 +30,8 @@ impl LogsService {
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
 
 /// Streams `dir`'s stdout then stderr; with `follow`, keeps reading both
-/// until the task has exited and nothing more is written.
+/// until the task has exited and nothing more is written, or its job is
+/// forgotten.
 pub fn stream_logs(dir: PathBuf, follow: bool) -> LogStream {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
@@ -64,7 +65,9 @@ pub fn stream_logs(dir: PathBuf, follow: bool) -> LogStream {
                     }
                 }
             }
-            if !follow || (exited && !sent) {
+            // A forgotten job's directory has moved to the trash: its
+            // output is no longer served. A reader that left ends it too.
+            if !follow || (exited && !sent) || tx.is_closed() || !dir.is_dir() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -7,13 +7,24 @@
 //!   finding them again after a restart.
 //! - [`logs`]: the `Node` gRPC service that serves task output.
 //! - this module: the connection to the local agent (register, heartbeat,
-//!   work stream, reports), with jittered exponential backoff.
+//!   work stream, reports), with jittered exponential backoff; the fence;
+//!   the periodic sweep of old task directories.
+//!
+//! # The fence
+//! A node that has not heard from its local agent (no registration or
+//! heartbeat answered) for the fence timeout stops all its tasks, and
+//! reports them lost when it registers again. The global scheduler takes
+//! the tasks of a cluster it has not heard from for its
+//! `lifecycle.cluster_down_timeout` back and starts them elsewhere; with
+//! the fence timeout plus the stop's grace period below that, a task taken
+//! back is dead before its copy starts, whether the cluster or only this
+//! node was cut off.
 
 pub mod logs;
 pub mod tasks;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sched_core::resources::Resources;
@@ -21,6 +32,7 @@ use sched_proto::pb;
 use sched_proto::pb::machines_client::MachinesClient;
 use sched_proto::pb::node_server::NodeServer;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,6 +70,30 @@ pub struct NodeConfig {
     pub supervisor: PathBuf,
 }
 
+/// The fence timeout when none is given: half the global scheduler's
+/// default `lifecycle.cluster_down_timeout` (60 s), which leaves the 5 s
+/// grace of the stop and many missed heartbeats of margin.
+pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// When the node last heard from its local agent: a registration or a
+/// heartbeat answered.
+struct Contact(Mutex<Instant>);
+
+impl Contact {
+    fn new() -> Self {
+        Contact(Mutex::new(Instant::now()))
+    }
+
+    fn touch(&self) {
+        // Holds a plain Instant, written in one step.
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn last(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Capacity of this machine: all cpus and all memory.
 pub fn detect_capacity() -> Resources {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
@@ -83,8 +119,20 @@ fn channel(url: &str) -> Result<Channel, AgentError> {
         .connect_lazy())
 }
 
-/// Runs the node agent until `shutdown`; then stops its tasks.
+/// Runs the node agent until `shutdown`, fenced after
+/// [`DEFAULT_FENCE_TIMEOUT`]; then stops its tasks.
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    run_fenced(config, Some(DEFAULT_FENCE_TIMEOUT), shutdown).await
+}
+
+/// Runs the node agent until `shutdown`; then stops its tasks. With
+/// `fence_timeout`, it stops its tasks when it has not heard from its local
+/// agent for that long (see the module's doc).
+pub async fn run_fenced(
+    config: NodeConfig,
+    fence_timeout: Option<Duration>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.work_dir)
         .map_err(|e| AgentError::io(format!("work dir {}", config.work_dir.display()), e))?;
     let (report_tx, report_rx) = mpsc::unbounded_channel();
@@ -104,6 +152,36 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
                 }
             }
         });
+    }
+
+    // Old task directories: once at the start, then periodically, and at
+    // once when the local agent gives a new retention.
+    {
+        let tasks = tasks.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            loop {
+                let sweeping = tasks.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || sweeping.sweep()).await {
+                    tracing::error!(cause = %e, "the sweep of old task directories failed");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(tasks::sweep_every(tasks.retention())) => {}
+                    _ = tasks.retention_changed() => {}
+                }
+            }
+        });
+    }
+
+    let contact = Arc::new(Contact::new());
+    if let Some(timeout) = fence_timeout {
+        tracker.spawn(fence_loop(
+            tasks.clone(),
+            contact.clone(),
+            timeout,
+            shutdown.clone(),
+        ));
     }
 
     // Task logs.
@@ -140,9 +218,23 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
 
     let mut backoff = Backoff::new();
     while !shutdown.is_cancelled() {
-        match session(&config, &address, client.clone(), &tasks, &shutdown).await {
+        let before = contact.last();
+        let session = session(
+            &config,
+            &address,
+            client.clone(),
+            &tasks,
+            &contact,
+            fence_timeout,
+            &shutdown,
+        );
+        match session.await {
             Ok(()) => backoff.reset(),
             Err(e) => {
+                if contact.last() != before {
+                    // It was connected: start the backoff over.
+                    backoff.reset();
+                }
                 tracing::warn!(cause = %e, "lost the local agent; reconnecting");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -159,12 +251,49 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     Ok(())
 }
 
+/// Stops every task once the local agent has been silent for `timeout`,
+/// once per silence.
+async fn fence_loop(
+    tasks: Arc<Tasks>,
+    contact: Arc<Contact>,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    // Ten checks per timeout: a fence comes at most a tenth late; within
+    // [10 ms, 1 s] so that it neither spins nor lags.
+    let every = (timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The contact the last fence followed: one fence per silence.
+    let mut fenced_after: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let last = contact.last();
+        if last.elapsed() < timeout || fenced_after == Some(last) {
+            continue;
+        }
+        fenced_after = Some(last);
+        let stopped = tasks.stop_all_lost();
+        tracing::warn!(
+            silent_ms = last.elapsed().as_millis() as u64,
+            fence_timeout_ms = timeout.as_millis() as u64,
+            stopped,
+            "fenced: no word from the local agent; every task is stopped and will be reported lost"
+        );
+    }
+}
+
 /// One connection: register, then follow the work stream while heartbeating.
 async fn session(
     config: &NodeConfig,
     address: &str,
     mut client: MachinesClient<Channel>,
     tasks: &Arc<Tasks>,
+    contact: &Contact,
+    fence_timeout: Option<Duration>,
     shutdown: &CancellationToken,
 ) -> Result<(), AgentError> {
     let machines = config
@@ -185,7 +314,16 @@ async fn session(
         })
         .await?
         .into_inner();
+    contact.touch();
+    tasks.set_retention_ms(r.task_dir_retention_ms);
     let interval = Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(50)));
+    if let Some(timeout) = fence_timeout.filter(|t| *t < interval * 3) {
+        tracing::warn!(
+            fence_timeout_ms = timeout.as_millis() as u64,
+            heartbeat_interval_ms = interval.as_millis() as u64,
+            "the fence timeout is under three heartbeats: a late heartbeat or two will stop every task"
+        );
+    }
     let mut work = client
         .work(pb::WorkRequest {
             node: config.name.clone(),
@@ -201,6 +339,7 @@ async fn session(
                 // started together do not beat in step.
                 tokio::time::sleep(sched_proto::backoff::jitter(interval / 10)).await;
                 let r = client.node_heartbeat(pb::NodeHeartbeatRequest { node: config.name.clone() }).await?;
+                contact.touch();
                 if r.into_inner().register_again {
                     return Err(AgentError::SessionEnded("the local agent asked to register again"));
                 }
@@ -210,6 +349,11 @@ async fn session(
                     Some(b) => b?,
                     None => return Err(AgentError::SessionEnded("work stream ended")),
                 };
+                // Forgets first: a job deleted and submitted again under its
+                // name may come in one batch, its new tasks after.
+                for job in &batch.forget_jobs {
+                    tasks.forget(job);
+                }
                 for s in batch.stop {
                     tasks.stop(&s.job, s.index);
                 }

@@ -8,13 +8,20 @@
 //! node agent stays gone longer than its lease. After a restart the node
 //! agent reads these directories back: running tasks are adopted, finished
 //! ones reported.
+//!
+//! A task the node stopped for its own reasons (the fence, its shutdown)
+//! also gets `lost`, so that it is reported lost, not failed, even after a
+//! restart. A deleted job's directory moves at once to
+//! `WORK/trash/<job>.<unix_ms>`, which a restart does not read; [`sweep`]
+//! removes trash, and attempts older than a task's latest, after the
+//! retention the local agent gives.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sched_proto::pb;
 use serde::{Deserialize, Serialize};
@@ -23,6 +30,18 @@ use tokio_util::task::TaskTracker;
 
 use super::NodeConfig;
 use crate::error::AgentError;
+
+/// Where the tasks' directories are, under the work dir.
+const TASKS_DIR: &str = "tasks";
+/// Where deleted jobs' directories wait for [`sweep`].
+const TRASH_DIR: &str = "trash";
+/// The exit code file in an attempt's directory.
+const EXIT_FILE: &str = "exit";
+/// Marks an attempt the node stopped for its own reasons: it ends lost.
+const LOST_FILE: &str = "lost";
+
+/// How long old directories are kept when the local agent does not say.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
 
 /// What `meta.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +52,11 @@ struct Meta {
 
 #[derive(Debug)]
 struct Entry {
+    /// Unique in this node agent's life. It tells an entry from a later
+    /// one of the same job, index and attempt (the job forgotten, then
+    /// started again), so that the old process's exit cannot end the new
+    /// task.
+    id: u64,
     attempt: u64,
     machine: String,
     state: pb::TaskState,
@@ -43,6 +67,23 @@ struct Entry {
     dir: Option<PathBuf>,
     /// Stops a hollow task.
     hollow_stop: Option<tokio_util::sync::CancellationToken>,
+    /// Stopped by the node itself (the fence, its shutdown): it ends lost,
+    /// whatever its exit code.
+    lost: bool,
+}
+
+impl Entry {
+    /// Asks the task to stop: the supervisor forwards SIGTERM to the task's
+    /// group and escalates to SIGKILL after its grace period.
+    fn signal_stop(&self) {
+        if let Some(stop) = &self.hollow_stop {
+            stop.cancel();
+        }
+        if let Some(pid) = self.pid {
+            let _ =
+                sched_proto::process::signal_pid(pid, sched_proto::process::Signal::SIGTERM, false);
+        }
+    }
 }
 
 pub struct Tasks {
@@ -53,6 +94,11 @@ pub struct Tasks {
     hollow: Option<Duration>,
     report: UnboundedSender<pb::NodeTask>,
     entries: Mutex<BTreeMap<(String, u32), Entry>>,
+    next_id: AtomicU64,
+    /// How long old directories are kept, in milliseconds.
+    retention_ms: AtomicU64,
+    /// Wakes the sweep when the retention changes.
+    retention_changed: tokio::sync::Notify,
     waiters: TaskTracker,
     shutting_down: AtomicBool,
 }
@@ -68,7 +114,7 @@ fn alive(pid: u32) -> bool {
 }
 
 fn read_exit(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join("exit"))
+    std::fs::read_to_string(dir.join(EXIT_FILE))
         .ok()
         .and_then(|s| s.trim().parse().ok())
 }
@@ -107,6 +153,9 @@ impl Tasks {
             hollow: config.hollow,
             report,
             entries: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(0),
+            retention_ms: AtomicU64::new(DEFAULT_RETENTION.as_millis() as u64),
+            retention_changed: tokio::sync::Notify::new(),
             waiters: TaskTracker::new(),
             shutting_down: AtomicBool::new(false),
         };
@@ -124,6 +173,32 @@ impl Tasks {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sets how long old directories are kept, as the local agent said at
+    /// registration (0: it did not say; [`DEFAULT_RETENTION`]).
+    pub fn set_retention_ms(&self, ms: u64) {
+        let ms = if ms == 0 {
+            DEFAULT_RETENTION.as_millis() as u64
+        } else {
+            ms
+        };
+        if self.retention_ms.swap(ms, Ordering::Relaxed) != ms {
+            self.retention_changed.notify_one();
+        }
+    }
+
+    pub fn retention(&self) -> Duration {
+        Duration::from_millis(self.retention_ms.load(Ordering::Relaxed))
+    }
+
+    /// Waits until the retention changes.
+    pub async fn retention_changed(&self) {
+        self.retention_changed.notified().await;
+    }
+
     pub fn renew_lease(&self) {
         if let Err(e) = std::fs::write(&self.lease_file, b"") {
             tracing::error!(cause = %e, "cannot renew the task lease");
@@ -132,7 +207,8 @@ impl Tasks {
 
     /// Reads back task directories after a restart.
     fn recover(self: &Arc<Self>) -> Result<(), AgentError> {
-        let root = self.work_dir.join("tasks");
+        // Only `tasks/`: deleted jobs in the trash are never adopted.
+        let root = self.work_dir.join(TASKS_DIR);
         let Ok(jobs) = std::fs::read_dir(&root) else {
             return Ok(());
         };
@@ -157,7 +233,9 @@ impl Tasks {
                 else {
                     continue;
                 };
+                let lost = dir.join(LOST_FILE).exists();
                 let (state, exit_code, pid) = match read_exit(&dir) {
+                    Some(code) if lost => (pb::TaskState::Lost, Some(code), None),
                     Some(code) => (final_state(code), Some(code), None),
                     None if alive(meta.pid) => (pb::TaskState::Running, None, Some(meta.pid)),
                     // The supervisor died without writing an exit code:
@@ -165,9 +243,11 @@ impl Tasks {
                     None => (pb::TaskState::Lost, None, None),
                 };
                 tracing::info!(job = %job_name, index = i, attempt, state = ?state, "task found after restart");
+                let id = self.next_id();
                 self.lock().insert(
                     (job_name.clone(), i),
                     Entry {
+                        id,
                         attempt,
                         machine: meta.machine,
                         state,
@@ -175,10 +255,11 @@ impl Tasks {
                         pid,
                         dir: Some(dir.clone()),
                         hollow_stop: None,
+                        lost,
                     },
                 );
                 if let Some(pid) = pid {
-                    self.adopt(job_name.clone(), i, attempt, pid, dir);
+                    self.adopt(job_name.clone(), i, id, pid, dir);
                 }
             }
         }
@@ -211,14 +292,16 @@ impl Tasks {
         }
         let dir = self
             .work_dir
-            .join("tasks")
+            .join(TASKS_DIR)
             .join(&s.job)
             .join(s.index.to_string())
             .join(s.attempt.to_string());
         match self.spawn(&s, &dir) {
             Ok(child) => {
                 let pid = child.id().unwrap_or_default();
+                let id = self.next_id();
                 let entry = Entry {
+                    id,
                     attempt: s.attempt,
                     machine: s.machine.clone(),
                     state: pb::TaskState::Running,
@@ -226,13 +309,14 @@ impl Tasks {
                     pid: Some(pid),
                     dir: Some(dir.clone()),
                     hollow_stop: None,
+                    lost: false,
                 };
                 let _ = self.report.send(node_task(&s.job, s.index, &entry));
                 self.lock().insert(key, entry);
                 tracing::info!(job = %s.job, index = s.index, attempt = s.attempt, machine = %s.machine, pid, "task started");
                 // Only now that the entry is in: a task that exits at once
                 // must find it, or its exit would go unreported.
-                self.wait_for(child, s.job, s.index, s.attempt, dir);
+                self.wait_for(child, s.job, s.index, id, dir);
             }
             Err(e) => {
                 tracing::warn!(job = %s.job, index = s.index, cause = %e, "task did not start");
@@ -241,8 +325,9 @@ impl Tasks {
                     dir.join("stderr"),
                     format!("the task could not start: {e:#}\n"),
                 );
-                let _ = std::fs::write(dir.join("exit"), "127");
+                let _ = std::fs::write(dir.join(EXIT_FILE), "127");
                 let entry = Entry {
+                    id: self.next_id(),
                     attempt: s.attempt,
                     machine: s.machine.clone(),
                     state: pb::TaskState::Failed,
@@ -250,6 +335,7 @@ impl Tasks {
                     pid: None,
                     dir: Some(dir),
                     hollow_stop: None,
+                    lost: false,
                 };
                 let _ = self.report.send(node_task(&s.job, s.index, &entry));
                 self.lock().insert(key, entry);
@@ -275,8 +361,12 @@ impl Tasks {
             .arg(&self.lease_file)
             .arg("--lease-ms")
             .arg(self.lease.as_millis().to_string())
+            // Relative to the supervisor's working directory, the attempt's
+            // own: when a forgotten job's directory moves to the trash, the
+            // exit code follows it, and never lands in the directory of a
+            // new task with the same job, index and attempt.
             .arg("--exit-file")
-            .arg(dir.join("exit"))
+            .arg(EXIT_FILE)
             .arg("--")
             .args(&s.command)
             .current_dir(dir)
@@ -315,43 +405,46 @@ impl Tasks {
         mut child: tokio::process::Child,
         job: String,
         index: u32,
-        attempt: u64,
+        id: u64,
         dir: PathBuf,
     ) {
         let this = self.clone();
         self.waiters.spawn(async move {
             let _ = child.wait().await;
-            this.finish(&job, index, attempt, &dir);
+            this.finish(&job, index, id, &dir);
         });
     }
 
     /// Polls a process that is not our child (found after a restart).
-    fn adopt(self: &Arc<Self>, job: String, index: u32, attempt: u64, pid: u32, dir: PathBuf) {
+    fn adopt(self: &Arc<Self>, job: String, index: u32, id: u64, pid: u32, dir: PathBuf) {
         let this = self.clone();
         self.waiters.spawn(async move {
             while alive(pid) {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            this.finish(&job, index, attempt, &dir);
+            this.finish(&job, index, id, &dir);
         });
     }
 
-    fn finish(&self, job: &str, index: u32, attempt: u64, dir: &Path) {
+    /// Records the end of entry `id`; nothing if it is no longer the task's
+    /// entry (a later attempt, or its job was forgotten).
+    fn finish(&self, job: &str, index: u32, id: u64, dir: &Path) {
         let code = read_exit(dir);
         let mut entries = self.lock();
         let Some(e) = entries.get_mut(&(job.to_string(), index)) else {
             return;
         };
-        if e.attempt != attempt {
+        if e.id != id {
             return;
         }
         e.pid = None;
         e.exit_code = code;
         e.state = match code {
-            _ if self.shutting_down.load(Ordering::SeqCst) => pb::TaskState::Lost,
+            _ if e.lost || self.shutting_down.load(Ordering::SeqCst) => pb::TaskState::Lost,
             Some(c) => final_state(c),
             None => pb::TaskState::Lost,
         };
+        let attempt = e.attempt;
         tracing::info!(job, index, attempt, exit_code = ?code, state = ?e.state, "task exited");
         let _ = self.report.send(node_task(job, index, e));
     }
@@ -359,7 +452,9 @@ impl Tasks {
     fn start_hollow(self: &Arc<Self>, s: pb::TaskStart, default: Duration) {
         let duration = hollow_duration(&s.command, default);
         let stop = tokio_util::sync::CancellationToken::new();
+        let id = self.next_id();
         let entry = Entry {
+            id,
             attempt: s.attempt,
             machine: s.machine.clone(),
             state: pb::TaskState::Running,
@@ -367,6 +462,7 @@ impl Tasks {
             pid: None,
             dir: None,
             hollow_stop: Some(stop.clone()),
+            lost: false,
         };
         let _ = self.report.send(node_task(&s.job, s.index, &entry));
         self.lock().insert((s.job.clone(), s.index), entry);
@@ -376,20 +472,21 @@ impl Tasks {
                 _ = tokio::time::sleep(duration) => 0,
                 _ = stop.cancelled() => 143,
             };
-            this.finish_hollow(&s.job, s.index, s.attempt, code);
+            this.finish_hollow(&s.job, s.index, id, code);
         });
     }
 
-    fn finish_hollow(&self, job: &str, index: u32, attempt: u64, code: i32) {
+    fn finish_hollow(&self, job: &str, index: u32, id: u64, code: i32) {
         let mut entries = self.lock();
         let Some(e) = entries.get_mut(&(job.to_string(), index)) else {
             return;
         };
-        if e.attempt != attempt {
+        if e.id != id {
             return;
         }
+        e.hollow_stop = None;
         e.exit_code = Some(code);
-        e.state = if self.shutting_down.load(Ordering::SeqCst) {
+        e.state = if e.lost || self.shutting_down.load(Ordering::SeqCst) {
             pb::TaskState::Lost
         } else {
             final_state(code)
@@ -399,30 +496,77 @@ impl Tasks {
 
     /// Stops a task (its job was cancelled, or it was moved).
     pub fn stop(&self, job: &str, index: u32) {
-        let entries = self.lock();
-        let Some(e) = entries.get(&(job.to_string(), index)) else {
-            return;
-        };
-        if let Some(stop) = &e.hollow_stop {
-            stop.cancel();
+        if let Some(e) = self.lock().get(&(job.to_string(), index)) {
+            e.signal_stop();
         }
-        if let Some(pid) = e.pid {
-            // The supervisor forwards SIGTERM to the task's group and
-            // escalates to SIGKILL after its grace period.
-            let _ =
-                sched_proto::process::signal_pid(pid, sched_proto::process::Signal::SIGTERM, false);
+    }
+
+    /// Stops every running task for the node's own reasons (the fence, its
+    /// shutdown): each ends lost, and says so on disk for a restart.
+    /// Returns how many it stopped.
+    pub fn stop_all_lost(&self) -> usize {
+        let mut entries = self.lock();
+        let mut stopped = 0;
+        for e in entries.values_mut() {
+            if e.state != pb::TaskState::Running {
+                continue;
+            }
+            e.lost = true;
+            if let Some(dir) = &e.dir {
+                // Before the signal, so that a restart in between finds it.
+                if let Err(err) = std::fs::write(dir.join(LOST_FILE), b"") {
+                    tracing::warn!(dir = %dir.display(), cause = %err, "cannot mark a stopped task lost");
+                }
+            }
+            e.signal_stop();
+            stopped += 1;
         }
+        stopped
     }
 
     /// Stops every task and waits up to `grace` for them to exit.
     pub async fn stop_all(&self, grace: Duration) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        let keys: Vec<(String, u32)> = self.lock().keys().cloned().collect();
-        for (job, index) in &keys {
-            self.stop(job, *index);
-        }
+        self.stop_all_lost();
         self.waiters.close();
         let _ = tokio::time::timeout(grace, self.waiters.wait()).await;
+    }
+
+    /// A deleted job: stops its tasks, forgets them (a later start of the
+    /// same name is a new task, whatever its attempt), so its output is no
+    /// longer served, and moves its directory to the trash at once, so a
+    /// new job of the same name starts in a fresh one. [`sweep`] removes
+    /// the trash after the retention.
+    pub fn forget(&self, job: &str) {
+        // The name becomes a path: nothing but a job name may reach it.
+        if let Err(e) = sched_core::names::check_name("forget_jobs", job) {
+            tracing::warn!(cause = %e, "not a job name; nothing forgotten");
+            return;
+        }
+        let gone: Vec<Entry> = {
+            let mut entries = self.lock();
+            let keys: Vec<(String, u32)> = entries
+                .range((job.to_string(), 0)..=(job.to_string(), u32::MAX))
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| entries.remove(k)).collect()
+        };
+        let running = gone.iter().filter(|e| e.state == pb::TaskState::Running);
+        let running = running.map(Entry::signal_stop).count();
+        match move_to_trash(&self.work_dir, job, unix_ms(SystemTime::now())) {
+            Ok(Some(to)) => {
+                tracing::info!(job, tasks = gone.len(), running, trash = %to.display(), "job forgotten")
+            }
+            Ok(None) => tracing::info!(job, tasks = gone.len(), running, "job forgotten"),
+            Err(e) => {
+                tracing::warn!(job, tasks = gone.len(), running, cause = %e, "job forgotten, but its directory could not move to the trash")
+            }
+        }
+    }
+
+    /// Removes old directories (see [`sweep`]) with this node's retention.
+    pub fn sweep(&self) -> Swept {
+        sweep(&self.work_dir, self.retention(), SystemTime::now())
     }
 
     /// The output files of a task's latest attempt, and its exit file.
@@ -438,6 +582,118 @@ impl Tasks {
     }
 }
 
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Renames `WORK/tasks/<job>` to `WORK/trash/<job>.<now_ms>`, or to the
+/// next free millisecond; `None` when the job has no directory.
+fn move_to_trash(work_dir: &Path, job: &str, now_ms: u64) -> std::io::Result<Option<PathBuf>> {
+    let from = work_dir.join(TASKS_DIR).join(job);
+    if std::fs::symlink_metadata(&from).is_err() {
+        return Ok(None);
+    }
+    let trash = work_dir.join(TRASH_DIR);
+    std::fs::create_dir_all(&trash)?;
+    // Only this process writes the trash, and forgets run one at a time,
+    // so a name found free stays free until the rename.
+    let mut ms = now_ms;
+    loop {
+        let to = trash.join(format!("{job}.{ms}"));
+        if std::fs::symlink_metadata(&to).is_err() {
+            std::fs::rename(&from, &to)?;
+            return Ok(Some(to));
+        }
+        ms += 1;
+    }
+}
+
+/// What a [`sweep`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub trash: Vec<PathBuf>,
+    pub attempts: Vec<PathBuf>,
+}
+
+/// How often to sweep for a retention: a directory outlives its retention
+/// by at most this. A minute is nothing against the default hour; at least
+/// a second, so that a tiny retention (tests) does not turn the walk into a
+/// busy loop.
+pub fn sweep_every(retention: Duration) -> Duration {
+    retention.clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn older_than(t: Option<SystemTime>, retention: Duration, now: SystemTime) -> bool {
+    t.and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|age| age > retention)
+}
+
+/// Removes what is older than `retention` at `now`:
+/// - trash entries, by the time in their name (`<job>.<unix_ms>`);
+/// - attempt directories of a task other than its latest whose process
+///   has ended, by the time of their exit file (else of the directory).
+///
+/// It reads three levels of directories and `meta.json` of old attempts
+/// without an exit file; it never descends into what it keeps.
+pub fn sweep(work_dir: &Path, retention: Duration, now: SystemTime) -> Swept {
+    let mut swept = Swept::default();
+    let remove =
+        |path: PathBuf, what: &str, into: &mut Vec<PathBuf>| match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(dir = %path.display(), what, "removed an old directory");
+                into.push(path);
+            }
+            Err(e) => {
+                tracing::warn!(dir = %path.display(), cause = %e, "cannot remove an old directory")
+            }
+        };
+    let entries = |dir: &Path| std::fs::read_dir(dir).into_iter().flatten().flatten();
+
+    for entry in entries(&work_dir.join(TRASH_DIR)) {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let at = name
+            .rsplit_once('.')
+            .and_then(|(_, ms)| ms.parse::<u64>().ok())
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+            .or_else(|| modified(&entry.path()));
+        if older_than(at, retention, now) {
+            remove(entry.path(), "a deleted job's tasks", &mut swept.trash);
+        }
+    }
+
+    for job in entries(&work_dir.join(TASKS_DIR)) {
+        for index in entries(&job.path()) {
+            let mut attempts: Vec<(u64, PathBuf)> = entries(&index.path())
+                .filter_map(|a| {
+                    let n = a.file_name().to_string_lossy().parse::<u64>().ok()?;
+                    Some((n, a.path()))
+                })
+                .collect();
+            attempts.sort();
+            // The latest stays whatever its age: it is the task.
+            attempts.pop();
+            for (_, dir) in attempts {
+                let exit = dir.join(EXIT_FILE);
+                let ended_at = modified(&exit);
+                let ended = ended_at.is_some()
+                    || !std::fs::read(dir.join("meta.json"))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
+                        .is_some_and(|m| alive(m.pid));
+                if ended && older_than(ended_at.or_else(|| modified(&dir)), retention, now) {
+                    remove(dir, "an older attempt", &mut swept.attempts);
+                }
+            }
+        }
+    }
+    swept
+}
+
 fn node_task(job: &str, index: u32, e: &Entry) -> pb::NodeTask {
     pb::NodeTask {
         job: job.to_string(),
@@ -446,5 +702,220 @@ fn node_task(job: &str, index: u32, e: &Entry) -> pb::NodeTask {
         state: e.state as i32,
         exit_code: e.exit_code,
         attempt: e.attempt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sweep over directories made by hand in a temp dir, at a chosen
+    //! "now"; forget and the fence over hollow tasks. Real processes:
+    //! `tests/node_lifecycle.rs`.
+
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// An attempt's directory: `meta.json` with `pid`, and `exit` if given.
+    fn attempt(work: &Path, job: &str, index: u32, attempt: u64, pid: u32, exit: Option<i32>) {
+        let dir = work
+            .join(TASKS_DIR)
+            .join(job)
+            .join(index.to_string())
+            .join(attempt.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = Meta {
+            machine: "m1".into(),
+            pid,
+        };
+        std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+        if let Some(code) = exit {
+            std::fs::write(dir.join(EXIT_FILE), code.to_string()).unwrap();
+        }
+    }
+
+    fn exists(work: &Path, rel: &str) -> bool {
+        work.join(rel).exists()
+    }
+
+    /// No process has this pid: Linux's pid_max is at most 2^22.
+    const DEAD: u32 = u32::MAX - 1;
+
+    #[test]
+    fn the_sweep_removes_trash_older_than_the_retention() {
+        let work = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let ms = unix_ms(now);
+        for name in [
+            format!("old.{}", ms - 2 * 3_600_000),
+            format!("young.{}", ms - 60_000),
+        ] {
+            std::fs::create_dir_all(work.path().join(TRASH_DIR).join(name).join("0/1")).unwrap();
+        }
+        let swept = sweep(work.path(), HOUR, now);
+        assert_eq!(
+            swept.trash,
+            [work
+                .path()
+                .join(TRASH_DIR)
+                .join(format!("old.{}", ms - 2 * 3_600_000))]
+        );
+        assert!(swept.attempts.is_empty());
+        assert!(exists(work.path(), &format!("trash/young.{}", ms - 60_000)));
+    }
+
+    #[test]
+    fn the_sweep_removes_old_ended_attempts_but_never_the_latest_or_a_running_one() {
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        attempt(w, "j", 0, 1, DEAD, Some(1)); // ended
+        attempt(w, "j", 0, 2, std::process::id(), None); // still running
+        attempt(w, "j", 0, 3, DEAD, None); // ended without an exit file
+        attempt(w, "j", 0, 10, DEAD, Some(0)); // latest (10 > 3, numerically)
+        attempt(w, "j", 1, 1, DEAD, Some(0)); // the only one: latest
+        attempt(w, "k", 0, 4, DEAD, Some(0)); // latest
+
+        // Everything is younger than the retention: nothing goes.
+        assert_eq!(sweep(w, HOUR, SystemTime::now()), Swept::default());
+
+        let later = SystemTime::now() + 2 * HOUR;
+        let swept = sweep(w, HOUR, later);
+        let mut removed = swept.attempts.clone();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [w.join("tasks/j/0/1"), w.join("tasks/j/0/3")],
+            "{swept:?}"
+        );
+        for kept in ["tasks/j/0/2", "tasks/j/0/10", "tasks/j/1/1", "tasks/k/0/4"] {
+            assert!(exists(w, kept), "{kept} was removed");
+        }
+        // A second sweep finds nothing more.
+        assert_eq!(sweep(w, HOUR, later), Swept::default());
+    }
+
+    #[test]
+    fn a_job_forgotten_twice_in_one_millisecond_gets_two_trash_entries() {
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        attempt(w, "j", 0, 1, DEAD, Some(0));
+        let first = move_to_trash(w, "j", 1_000).unwrap();
+        attempt(w, "j", 0, 1, DEAD, Some(0));
+        let second = move_to_trash(w, "j", 1_000).unwrap();
+        assert_eq!(first, Some(w.join("trash/j.1000")));
+        assert_eq!(second, Some(w.join("trash/j.1001")));
+        assert!(exists(w, "trash/j.1000/0/1/exit") && exists(w, "trash/j.1001/0/1/exit"));
+        assert!(!exists(w, "tasks/j"));
+        assert_eq!(move_to_trash(w, "j", 1_000).unwrap(), None);
+    }
+
+    fn hollow(
+        work: &Path,
+    ) -> (
+        Arc<Tasks>,
+        tokio::sync::mpsc::UnboundedReceiver<pb::NodeTask>,
+    ) {
+        let config = NodeConfig {
+            agent: String::new(),
+            name: "n1".into(),
+            machines: Vec::new(),
+            work_dir: work.to_path_buf(),
+            hollow: Some(HOUR),
+            lease: Duration::from_secs(60),
+            listen: String::new(),
+            supervisor: PathBuf::new(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Tasks::new(&config, tx).unwrap(), rx)
+    }
+
+    fn start(job: &str, attempt: u64) -> pb::TaskStart {
+        pb::TaskStart {
+            job: job.into(),
+            index: 0,
+            machine: "m1".into(),
+            command: vec!["sleep".into(), "3600".into()],
+            request: None,
+            attempt,
+            cluster: "c1".into(),
+        }
+    }
+
+    async fn next_state(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<pb::NodeTask>,
+    ) -> (String, pb::TaskState) {
+        let t = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a report")
+            .expect("the channel is open");
+        (t.job, pb::TaskState::try_from(t.state).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_fenced_hollow_task_is_reported_lost() {
+        let work = tempfile::tempdir().unwrap();
+        let (tasks, mut rx) = hollow(work.path());
+        tasks.start(start("j", 1));
+        assert_eq!(
+            next_state(&mut rx).await,
+            ("j".into(), pb::TaskState::Running)
+        );
+        assert_eq!(tasks.stop_all_lost(), 1);
+        assert_eq!(next_state(&mut rx).await, ("j".into(), pb::TaskState::Lost));
+        let known = tasks.known();
+        assert_eq!(known.len(), 1);
+        assert_eq!(known[0].state, pb::TaskState::Lost as i32);
+        // Nothing runs any more: a second fence stops nothing.
+        assert_eq!(tasks.stop_all_lost(), 0);
+    }
+
+    #[tokio::test]
+    async fn after_a_forget_a_start_of_attempt_one_is_a_new_task() {
+        let work = tempfile::tempdir().unwrap();
+        let (tasks, mut rx) = hollow(work.path());
+        tasks.start(start("j", 1));
+        tasks.start(start("other", 1));
+        assert_eq!(next_state(&mut rx).await.1, pb::TaskState::Running);
+        assert_eq!(next_state(&mut rx).await.1, pb::TaskState::Running);
+
+        // Before the forget, a start of a known attempt is a resend.
+        tasks.start(start("j", 1));
+        assert_eq!(
+            next_state(&mut rx).await,
+            ("j".into(), pb::TaskState::Running)
+        );
+        assert_eq!(tasks.known().len(), 2);
+
+        tasks.forget("j");
+        assert_eq!(tasks.known().len(), 1, "{:?}", tasks.known());
+        // The old task's stop is not reported: the job is gone.
+        tasks.start(start("j", 1));
+        assert_eq!(
+            next_state(&mut rx).await,
+            ("j".into(), pb::TaskState::Running)
+        );
+        // The new task is not ended by the old one's stop.
+        tasks.stop("j", 0);
+        assert_eq!(
+            next_state(&mut rx).await,
+            ("j".into(), pb::TaskState::Failed)
+        );
+        assert!(rx.try_recv().is_err());
+        let j: Vec<_> = tasks.known().into_iter().filter(|t| t.job == "j").collect();
+        assert_eq!(j.len(), 1);
+        assert_eq!(j[0].exit_code, Some(143));
+    }
+
+    #[test]
+    fn a_name_that_is_not_a_job_name_moves_nothing() {
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        attempt(w, "j", 0, 1, DEAD, Some(0));
+        let (tasks, _rx) = hollow(w);
+        // As paths, these would move the whole work dir, or part of a job.
+        for name in ["..", "j/0", ""] {
+            tasks.forget(name);
+        }
+        assert!(exists(w, "tasks/j/0/1/exit"));
+        assert!(!exists(w, "trash"));
     }
 }

@@ -37,6 +37,7 @@ fn assign(job: &str, indices: Vec<u32>, command: Vec<String>) -> pb::AssignmentB
         }],
         cancelled_jobs: Vec::new(),
         seq: 1,
+        ..Default::default()
     }
 }
 
@@ -132,7 +133,7 @@ fn a_resync_reports_every_stored_placement() {
 }
 
 #[test]
-fn a_lost_machine_reports_the_loss_before_the_hand_back() {
+fn a_lost_machine_reports_the_loss_and_leaves_the_retry_to_the_global_scheduler() {
     let mut a = agent();
     let t0 = Instant::now();
     a.register_node("n0", "", &[machine("m0", 1000)], &[], t0);
@@ -140,17 +141,23 @@ fn a_lost_machine_reports_the_loss_before_the_hand_back() {
     let mut rev = 6;
     apply_all(&mut a, &mut rev);
     a.take_reports(100);
-    // The node goes silent (timeout 0): the task is lost, and with no
-    // machine left it is handed back in the same pass.
+    // The node goes silent (timeout 0): the task is lost and stored so;
+    // whether it runs again, and when, is the global scheduler's call (its
+    // restart rules): nothing is queued or handed back here.
     a.expire(t0 + Duration::from_millis(1));
-    apply_all(&mut a, &mut rev);
+    let stored = apply_all(&mut a, &mut rev);
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0]
+        .value
+        .windows(14)
+        .any(|w| w == b"\"state\":\"lost\""));
     let out = a.take_reports(100);
     assert_eq!(
         states(&out.tasks),
         [(0, pb::TaskState::Lost, String::new())]
     );
-    assert_eq!(out.hand_backs.len(), 1);
-    assert_eq!(out.hand_backs[0].indices, [0]);
+    assert!(out.hand_backs.is_empty());
+    assert_eq!(a.heartbeat_request().queue_len, 0);
     assert!(a.check().is_ok());
 }
 
@@ -171,6 +178,8 @@ fn a_lost_task_goes_to_another_machine_as_the_next_attempt() {
     );
     let mut n1 = work(&mut a, "n1");
     a.expire(t0 + Duration::from_millis(1));
+    // The scheduler hears of the loss and hands the task over again.
+    a.receive(web(vec![0]));
     let stored = apply_all(&mut a, &mut rev);
     // One write: the new placement, which supersedes the loss.
     assert_eq!(stored.len(), 1);
@@ -392,13 +401,15 @@ fn a_task_the_node_no_longer_runs_is_lost_and_a_resync_says_where_tasks_are() {
         states(&out.tasks),
         [(0, pb::TaskState::Running, "m0".into())]
     );
-    // The node restarts without it: lost, and placed again.
+    // The node restarts without it: lost; handed over again, it is
+    // placed again as the next attempt.
     a.register_node("n0", "", &[machine("m0", 4000)], &[], t0);
     let out = a.take_reports(100);
     assert_eq!(
         states(&out.tasks),
         [(0, pb::TaskState::Lost, String::new())]
     );
+    a.receive(web(vec![0]));
     let stored = apply_all(&mut a, &mut rev);
     assert_eq!(stored.len(), 1);
     assert!(stored[0].value.windows(11).any(|w| w == b"\"attempt\":2"));
