@@ -89,23 +89,6 @@ impl NodeLinks {
         );
     }
 
-    /// Tells every node to stop and forget `jobs` (deleted): their tasks'
-    /// directories go after the retention.
-    pub fn forget(&mut self, jobs: &[String]) {
-        if jobs.is_empty() {
-            return;
-        }
-        for l in self.links.values_mut() {
-            Self::send(
-                l,
-                pb::WorkBatch {
-                    forget_jobs: jobs.to_vec(),
-                    ..Default::default()
-                },
-            );
-        }
-    }
-
     pub fn stop(&mut self, node: &str, stop: pb::TaskStop) {
         let Some(l) = self.links.get_mut(node) else {
             return;

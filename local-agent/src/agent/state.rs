@@ -313,22 +313,39 @@ impl AgentState {
     /// Jobs deleted: their tasks stop, and everything stored of them here
     /// and on the nodes goes.
     fn forget_jobs(&mut self, jobs: &[String]) {
-        let mut forgotten = Vec::new();
+        // Per node, the deleted jobs it hosted tasks of.
+        let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for job in jobs {
             self.queue.cancel(job);
-            for k in self.intent.of_job(job) {
-                if let Some(p) = self.intent.forget(&k) {
-                    if let Some((id, request)) = p.counted {
-                        self.inventory.release(id, &request);
-                    }
+            let placed = self.intent.of_job(job);
+            // Never here: nothing stored, nothing on a node.
+            if placed.is_empty() && self.specs.get(job).is_none() {
+                continue;
+            }
+            let mut nodes = BTreeSet::new();
+            for k in placed {
+                let Some(p) = self.intent.forget(&k) else {
+                    continue;
+                };
+                if let Some((id, request)) = p.counted {
+                    self.inventory.release(id, &request);
+                }
+                if let Some(m) = self.inventory.machine(&p.record.machine) {
+                    nodes.insert(m.node.clone());
                 }
             }
             self.specs.forget(job);
             self.deletions
                 .push(sched_store::Write::delete_prefix(self.keys.job(job)));
-            forgotten.push(job.clone());
+            for node in nodes {
+                by_node.entry(node).or_default().push(job.clone());
+            }
         }
-        self.links.forget(&forgotten);
+        // Nodes that are away hear of it when they register again (tasks
+        // of jobs this agent does not know are forgotten then).
+        for (node, jobs) in by_node {
+            self.links.forget_on(&node, jobs);
+        }
     }
 
     /// The first batch of a stream says what the scheduler counts as this

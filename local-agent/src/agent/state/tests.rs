@@ -415,3 +415,98 @@ fn a_task_the_node_no_longer_runs_is_lost_and_a_resync_says_where_tasks_are() {
     assert!(stored[0].value.windows(11).any(|w| w == b"\"attempt\":2"));
     assert!(a.check().is_ok());
 }
+
+/// Every batch a node's stream carried, drained.
+fn batches(rx: &mut mpsc::Receiver<Result<pb::WorkBatch, tonic::Status>>) -> Vec<pb::WorkBatch> {
+    let mut out = Vec::new();
+    while let Ok(b) = rx.try_recv() {
+        out.push(b.unwrap());
+    }
+    out
+}
+
+#[test]
+fn a_deleted_job_is_forgotten_here_in_the_store_and_on_its_nodes() {
+    let mut a = agent();
+    let t0 = Instant::now();
+    a.register_node("n0", "", &[machine("m0", 4000)], &[], t0);
+    a.register_node("n1", "", &[machine("m1", 4000)], &[], t0);
+    let mut n0 = work(&mut a, "n0");
+    let mut n1 = work(&mut a, "n1");
+    a.receive(web(vec![0]));
+    let mut rev = 0;
+    apply_all(&mut a, &mut rev);
+    let on = starts(&mut n0).len() + starts(&mut n1).len();
+    assert_eq!(on, 1);
+    a.receive(pb::AssignmentBatch {
+        deleted_jobs: vec!["web".into(), "never-here".into()],
+        ..Default::default()
+    });
+    // One delete of the job's prefix (spec and placements), in a commit
+    // of its own; nothing for a job this cluster never had.
+    let commits = a.commits(100, t0);
+    assert_eq!(commits.len(), 1);
+    let writes: Vec<&sched_store::Write> = commits[0].iter().map(|c| c.write()).collect();
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].op, Op::DeletePrefix);
+    assert_eq!(writes[0].key, "/sched/placements/east-a/web/");
+    // The node that ran it is told to forget it; the other is not.
+    let told: Vec<Vec<String>> = batches(&mut n0)
+        .into_iter()
+        .chain(batches(&mut n1))
+        .map(|b| b.forget_jobs)
+        .filter(|f| !f.is_empty())
+        .collect();
+    assert_eq!(told, [vec!["web".to_string()]]);
+    // Its capacity is free, and the name can come back as a new job.
+    assert_eq!(a.heartbeat_request().allocated.unwrap().cpu_millis, 0);
+    a.receive(web(vec![0]));
+    let stored = apply_all(&mut a, &mut rev);
+    assert!(stored
+        .iter()
+        .any(|kv| kv.value.windows(11).any(|w| w == b"\"attempt\":1")));
+    assert!(a.check().is_ok());
+}
+
+#[test]
+fn a_resync_stops_what_was_taken_back_and_forgets_what_was_deleted() {
+    let mut a = agent();
+    let t0 = Instant::now();
+    a.register_node("n0", "", &[machine("m0", 4000)], &[], t0);
+    let mut n0 = work(&mut a, "n0");
+    a.receive(web(vec![0, 1]));
+    a.receive(assign("old", vec![0], vec!["true".into()]));
+    let mut rev = 0;
+    apply_all(&mut a, &mut rev);
+    starts(&mut n0);
+    // The scheduler took web/1 back and deleted `old` while we were away.
+    a.receive(pb::AssignmentBatch {
+        resync: true,
+        held: vec![pb::JobTasks {
+            job: "web".into(),
+            indices: vec![0],
+        }],
+        ..Default::default()
+    });
+    let b = batches(&mut n0);
+    let stops: Vec<(String, u32)> = b
+        .iter()
+        .flat_map(|b| b.stop.iter().map(|s| (s.job.clone(), s.index)))
+        .collect();
+    assert_eq!(stops, [("web".to_string(), 1)]);
+    assert!(b.iter().any(|b| b.forget_jobs == ["old"]));
+    let commits = a.commits(100, t0);
+    let deletes: Vec<(String, Op)> = commits
+        .iter()
+        .flatten()
+        .map(|c| (c.write().key.clone(), c.write().op.clone()))
+        .collect();
+    assert!(deletes.contains(&("/sched/placements/east-a/old/".into(), Op::DeletePrefix)));
+    assert!(deletes.contains(&("/sched/placements/east-a/web/0000001".into(), Op::Delete)));
+    assert_eq!(deletes.len(), 2);
+    // web/0 is still here and still reported.
+    a.resync_reports();
+    let out = a.take_reports(100);
+    assert_eq!(states(&out.tasks).len(), 1);
+    assert!(a.check().is_ok());
+}
