@@ -74,6 +74,34 @@ fn job(i: usize) -> pb::SubmitRequest {
     }
 }
 
+/// Calls `f` until it succeeds; only an unavailable leader or a full queue
+/// is worth retrying (anything else fails the test).
+async fn retry<F, Fut>(mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    loop {
+        match f().await {
+            Ok(()) => return,
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::ResourceExhausted
+                        | tonic::Code::Unknown
+                        | tonic::Code::Cancelled
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Aborted
+                ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+}
+
 fn mtime(p: &Path) -> Option<f64> {
     let t = std::fs::metadata(p).ok()?.modified().ok()?;
     Some(t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs_f64())
@@ -185,8 +213,11 @@ async fn chaos_keeps_every_invariant() {
 
     const JOBS: usize = 40;
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    // Jobs cancelled while they run, through the chaos; deleted at the end.
+    let cancelled: Arc<Mutex<Vec<String>>> = Arc::default();
     let submitter = {
         let acked = acked.clone();
+        let cancelled = cancelled.clone();
         let mut c = SchedulerClient::new(leader_channel(&all));
         tokio::spawn(async move {
             for i in 0..JOBS {
@@ -201,7 +232,33 @@ async fn chaos_keeps_every_invariant() {
                     }
                 }
                 acked.lock().unwrap().push(req.jobs[0].name.clone());
-                tokio::time::sleep(Duration::from_millis(1500)).await;
+                if i % 8 == 3 {
+                    let name = format!("victim-{i:03}");
+                    let mut v = req.clone();
+                    v.submission_id = name.clone();
+                    v.jobs[0].name = name.clone();
+                    v.jobs[0].command = vec!["sleep".into(), "30".into()];
+                    retry(|| {
+                        let mut c = c.clone();
+                        let v = v.clone();
+                        async move { c.submit(v).await.map(|_| ()) }
+                    })
+                    .await;
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    retry(|| {
+                        let mut c = c.clone();
+                        let name = name.clone();
+                        async move {
+                            c.cancel_job(pb::CancelJobRequest { name })
+                                .await
+                                .map(|_| ())
+                        }
+                    })
+                    .await;
+                    cancelled.lock().unwrap().push(name);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
             }
         })
     };
@@ -269,10 +326,17 @@ async fn chaos_keeps_every_invariant() {
             Ok(r) => r.into_inner().jobs,
             Err(_) => Vec::new(),
         };
+        let (victims, jobs): (Vec<_>, Vec<_>) = jobs
+            .into_iter()
+            .partition(|j| j.name.starts_with("victim-"));
         if jobs.len() == JOBS
             && jobs
                 .iter()
                 .all(|j| j.state == pb::JobState::Succeeded as i32)
+            && victims.iter().all(|j| {
+                j.state == pb::JobState::Cancelled as i32
+                    && j.counts.is_some_and(|c| c.cancelled == j.tasks)
+            })
         {
             break;
         }
@@ -324,7 +388,46 @@ async fn chaos_keeps_every_invariant() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    // Every acknowledged job is in etcd, once.
+    // Cancelled jobs: every task ended cancelled (none both cancelled and
+    // running: every attempt of theirs has exited on its node); a finished
+    // job deletes without --force, and leaves no key.
+    let cancelled = cancelled.lock().unwrap().clone();
+    assert!(!cancelled.is_empty());
+    for name in &cancelled {
+        for n in &nodes {
+            for index in 0..3 {
+                for a in n.attempts(name, index) {
+                    let stopped = n.exited(name, index, a)
+                        || n.work_dir
+                            .join(format!("tasks/{name}/{index}/{a}/lost"))
+                            .exists();
+                    assert!(
+                        stopped,
+                        "{name}/{index} attempt {a} on {} still runs",
+                        n.name
+                    );
+                }
+            }
+        }
+        retry(|| {
+            let mut c = c.clone();
+            let name = name.clone();
+            async move {
+                match c
+                    .delete_job(pb::DeleteJobRequest { name, force: false })
+                    .await
+                {
+                    // A retry after an answer lost on the way.
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                    r => r.map(|_| ()),
+                }
+            }
+        })
+        .await;
+    }
+
+    // Every acknowledged job is in etcd, once; nothing was deleted that was
+    // not finished and asked for.
     let store = EtcdStore::connect(&[etcd.url()]).await.unwrap();
     let keys: BTreeSet<String> = sched_tests::job_keys(&store).await.into_iter().collect();
     for name in &acked {
