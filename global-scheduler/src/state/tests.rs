@@ -609,3 +609,54 @@ fn tasks_are_taken_back_from_a_cluster_that_stays_down() {
     assert_eq!(batch.held.len(), 1);
     assert!(batch.held[0].indices.is_empty());
 }
+
+#[test]
+fn a_machine_shape_not_reported_for_its_ttl_is_forgotten() {
+    // A node started once with a mistyped --cpu 1000 made a shape that
+    // jobs were sized against for ever.
+    let mut s = state(&[("east-a", "east", 2)]);
+    let huge = MachineClassRecord {
+        name: "typo".into(),
+        capacity: Resources::new(1_000_000, 16 << 30).into(),
+        labels: Default::default(),
+        count: 1,
+        last_seen_unix_ms: 0,
+    };
+    let id = s.registry().id("east-a").unwrap();
+    let mut record = s.registry().entries()[id.0 as usize].record.clone();
+    record.classes.push(huge);
+    s.registry_mut().register(record.clone(), true);
+    let big = |s: &State| {
+        let spec = JobSpec {
+            name: "big".into(),
+            tasks: 1,
+            request: Resources::new(500_000, 1 << 30),
+            priority: 0,
+            locality: None,
+            constraints: Default::default(),
+            command: vec!["true".to_string()],
+            restart: Default::default(),
+            ttl_after_finished: None,
+        };
+        s.check_submission(vec![spec], "sub", 0)
+    };
+    assert!(big(&s).is_ok());
+    // The node comes back with its real capacity: the shape is remembered
+    // (machines away for a while keep their jobs admitted) ...
+    record.classes.pop();
+    s.registry_mut().register(record, true);
+    let now = crate::records::now_unix_ms();
+    assert!(s.registry_mut().expire_classes(now, 3_600_000).is_empty());
+    assert!(big(&s).is_ok());
+    // ... until no cluster has reported it for the ttl.
+    let changed = s.registry_mut().expire_classes(now + 3_600_001, 3_600_000);
+    assert_eq!(changed, ["east-a"]);
+    let e = big(&s).unwrap_err();
+    assert_eq!(e.field, "jobs[0].resources.cpu", "{e}");
+    // The shapes reported now stay.
+    let small = s.registry().entries()[id.0 as usize]
+        .record
+        .seen_classes
+        .len();
+    assert_eq!(small, 1);
+}
