@@ -3,8 +3,9 @@
 //! processes, keeps their output, and reports their states.
 //!
 //! # Layout
-//! - [`tasks`]: task processes, their directories under the work dir, and
-//!   finding them again after a restart.
+//! - [`tasks`]: task processes, and finding them again after a restart.
+//! - [`dirs`]: the task directories under the work dir (their layout, the
+//!   trash of deleted jobs), and the sweep that removes old ones.
 //! - [`logs`]: the `Node` gRPC service that serves task output.
 //! - this module: the connection to the local agent (register, heartbeat,
 //!   work stream, reports), with jittered exponential backoff; the fence;
@@ -20,6 +21,7 @@
 //! back is dead before its copy starts, whether the cluster or only this
 //! node was cut off.
 
+pub mod dirs;
 pub mod logs;
 pub mod tasks;
 
@@ -167,7 +169,7 @@ pub async fn run_fenced(
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(tasks::sweep_every(tasks.retention())) => {}
+                    _ = tokio::time::sleep(dirs::sweep_every(tasks.retention())) => {}
                     _ = tasks.retention_changed() => {}
                 }
             }

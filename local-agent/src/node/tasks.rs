@@ -1,54 +1,35 @@
-//! Task processes on a node, and their directories.
+//! Task processes on a node: the table of the tasks it runs, their starts,
+//! stops and exits, and finding them again after a restart.
 //!
-//! Each attempt of a task gets `WORK/tasks/<job>/<index>/<attempt>/` with
-//! `meta.json` (machine, pid), `stdout`, `stderr` and, once it has exited,
-//! `exit` (its exit code; 128+N when killed by signal N). The process is
+//! Each attempt of a task runs in its own directory (see [`super::dirs`]
+//! for the layout and how long directories are kept). The process is
 //! started through `local-agent supervise` (see [`crate::supervise`]), which
-//! writes `exit` even when the node agent is gone, and kills the task if the
-//! node agent stays gone longer than its lease. After a restart the node
-//! agent reads these directories back: running tasks are adopted, finished
-//! ones reported.
-//!
-//! A task the node stopped for its own reasons (the fence, its shutdown)
-//! also gets `lost`, so that it is reported lost, not failed, even after a
-//! restart. A deleted job's directory moves at once to
-//! `WORK/trash/<job>.<unix_ms>`, which a restart does not read; [`sweep`]
-//! removes trash, and attempts older than a task's latest, after the
-//! retention the local agent gives.
+//! writes the exit file even when the node agent is gone, and kills the task
+//! if the node agent stays gone longer than its lease. After a restart the
+//! node agent reads the directories back: running tasks are adopted,
+//! finished ones reported. A task the node stopped for its own reasons (the
+//! fence, its shutdown) is marked on disk, so that it is reported lost, not
+//! failed, even after a restart.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use sched_proto::pb;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::task::TaskTracker;
 
+use super::dirs::{
+    self, alive, read_exit, Meta, Swept, EXIT_FILE, LOST_FILE, META_FILE, TASKS_DIR,
+};
 use super::NodeConfig;
 use crate::error::AgentError;
 
-/// Where the tasks' directories are, under the work dir.
-const TASKS_DIR: &str = "tasks";
-/// Where deleted jobs' directories wait for [`sweep`].
-const TRASH_DIR: &str = "trash";
-/// The exit code file in an attempt's directory.
-const EXIT_FILE: &str = "exit";
-/// Marks an attempt the node stopped for its own reasons: it ends lost.
-const LOST_FILE: &str = "lost";
-
 /// How long old directories are kept when the local agent does not say.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
-
-/// What `meta.json` holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Meta {
-    machine: String,
-    pid: u32,
-}
 
 #[derive(Debug)]
 struct Entry {
@@ -101,22 +82,6 @@ pub struct Tasks {
     retention_changed: tokio::sync::Notify,
     waiters: TaskTracker,
     shutting_down: AtomicBool,
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie still has /proc/<pid>; its state letter is Z.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-fn read_exit(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join(EXIT_FILE))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
 }
 
 fn final_state(code: i32) -> pb::TaskState {
@@ -221,16 +186,13 @@ impl Tasks {
                 let Ok(i) = index.file_name().to_string_lossy().parse::<u32>() else {
                     continue;
                 };
-                let latest = read(&index.path())?
-                    .flatten()
-                    .filter_map(|a| a.file_name().to_string_lossy().parse::<u64>().ok())
-                    .max();
+                let latest = dirs::attempts(&index.path())
+                    .map_err(|e| AgentError::io(index.path().display().to_string(), e))?
+                    .last()
+                    .map(|(n, _)| *n);
                 let Some(attempt) = latest else { continue };
                 let dir = index.path().join(attempt.to_string());
-                let Some(meta) = std::fs::read(dir.join("meta.json"))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
-                else {
+                let Some(meta) = dirs::read_meta(&dir) else {
                     continue;
                 };
                 let lost = dir.join(LOST_FILE).exists();
@@ -290,12 +252,7 @@ impl Tasks {
             self.start_hollow(s, default);
             return;
         }
-        let dir = self
-            .work_dir
-            .join(TASKS_DIR)
-            .join(&s.job)
-            .join(s.index.to_string())
-            .join(s.attempt.to_string());
+        let dir = dirs::attempt_dir(&self.work_dir, &s.job, s.index, s.attempt);
         match self.spawn(&s, &dir) {
             Ok(child) => {
                 let pid = child.id().unwrap_or_default();
@@ -395,7 +352,7 @@ impl Tasks {
             pid,
         };
         let meta = serde_json::to_vec(&meta).expect("task metadata serializes");
-        std::fs::write(dir.join("meta.json"), meta).map_err(|e| io("meta.json", e))?;
+        std::fs::write(dir.join(META_FILE), meta).map_err(|e| io(META_FILE, e))?;
         Ok(child)
     }
 
@@ -535,8 +492,8 @@ impl Tasks {
     /// A deleted job: stops its tasks, forgets them (a later start of the
     /// same name is a new task, whatever its attempt), so its output is no
     /// longer served, and moves its directory to the trash at once, so a
-    /// new job of the same name starts in a fresh one. [`sweep`] removes
-    /// the trash after the retention.
+    /// new job of the same name starts in a fresh one. [`dirs::sweep`]
+    /// removes the trash after the retention.
     pub fn forget(&self, job: &str) {
         // The name becomes a path: nothing but a job name may reach it.
         if let Err(e) = sched_core::names::check_name("forget_jobs", job) {
@@ -553,7 +510,7 @@ impl Tasks {
         };
         let running = gone.iter().filter(|e| e.state == pb::TaskState::Running);
         let running = running.map(Entry::signal_stop).count();
-        match move_to_trash(&self.work_dir, job, unix_ms(SystemTime::now())) {
+        match dirs::move_to_trash(&self.work_dir, job, dirs::unix_ms(SystemTime::now())) {
             Ok(Some(to)) => {
                 tracing::info!(job, tasks = gone.len(), running, trash = %to.display(), "job forgotten")
             }
@@ -564,9 +521,10 @@ impl Tasks {
         }
     }
 
-    /// Removes old directories (see [`sweep`]) with this node's retention.
+    /// Removes old directories (see [`dirs::sweep`]) with this node's
+    /// retention.
     pub fn sweep(&self) -> Swept {
-        sweep(&self.work_dir, self.retention(), SystemTime::now())
+        dirs::sweep(&self.work_dir, self.retention(), SystemTime::now())
     }
 
     /// The output files of a task's latest attempt, and its exit file.
@@ -582,118 +540,6 @@ impl Tasks {
     }
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Renames `WORK/tasks/<job>` to `WORK/trash/<job>.<now_ms>`, or to the
-/// next free millisecond; `None` when the job has no directory.
-fn move_to_trash(work_dir: &Path, job: &str, now_ms: u64) -> std::io::Result<Option<PathBuf>> {
-    let from = work_dir.join(TASKS_DIR).join(job);
-    if std::fs::symlink_metadata(&from).is_err() {
-        return Ok(None);
-    }
-    let trash = work_dir.join(TRASH_DIR);
-    std::fs::create_dir_all(&trash)?;
-    // Only this process writes the trash, and forgets run one at a time,
-    // so a name found free stays free until the rename.
-    let mut ms = now_ms;
-    loop {
-        let to = trash.join(format!("{job}.{ms}"));
-        if std::fs::symlink_metadata(&to).is_err() {
-            std::fs::rename(&from, &to)?;
-            return Ok(Some(to));
-        }
-        ms += 1;
-    }
-}
-
-/// What a [`sweep`] removed.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Swept {
-    pub trash: Vec<PathBuf>,
-    pub attempts: Vec<PathBuf>,
-}
-
-/// How often to sweep for a retention: a directory outlives its retention
-/// by at most this. A minute is nothing against the default hour; at least
-/// a second, so that a tiny retention (tests) does not turn the walk into a
-/// busy loop.
-pub fn sweep_every(retention: Duration) -> Duration {
-    retention.clamp(Duration::from_secs(1), Duration::from_secs(60))
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-fn older_than(t: Option<SystemTime>, retention: Duration, now: SystemTime) -> bool {
-    t.and_then(|t| now.duration_since(t).ok())
-        .is_some_and(|age| age > retention)
-}
-
-/// Removes what is older than `retention` at `now`:
-/// - trash entries, by the time in their name (`<job>.<unix_ms>`);
-/// - attempt directories of a task other than its latest whose process
-///   has ended, by the time of their exit file (else of the directory).
-///
-/// It reads three levels of directories and `meta.json` of old attempts
-/// without an exit file; it never descends into what it keeps.
-pub fn sweep(work_dir: &Path, retention: Duration, now: SystemTime) -> Swept {
-    let mut swept = Swept::default();
-    let remove =
-        |path: PathBuf, what: &str, into: &mut Vec<PathBuf>| match std::fs::remove_dir_all(&path) {
-            Ok(()) => {
-                tracing::info!(dir = %path.display(), what, "removed an old directory");
-                into.push(path);
-            }
-            Err(e) => {
-                tracing::warn!(dir = %path.display(), cause = %e, "cannot remove an old directory")
-            }
-        };
-    let entries = |dir: &Path| std::fs::read_dir(dir).into_iter().flatten().flatten();
-
-    for entry in entries(&work_dir.join(TRASH_DIR)) {
-        let name = entry.file_name().to_string_lossy().to_string();
-        let at = name
-            .rsplit_once('.')
-            .and_then(|(_, ms)| ms.parse::<u64>().ok())
-            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
-            .or_else(|| modified(&entry.path()));
-        if older_than(at, retention, now) {
-            remove(entry.path(), "a deleted job's tasks", &mut swept.trash);
-        }
-    }
-
-    for job in entries(&work_dir.join(TASKS_DIR)) {
-        for index in entries(&job.path()) {
-            let mut attempts: Vec<(u64, PathBuf)> = entries(&index.path())
-                .filter_map(|a| {
-                    let n = a.file_name().to_string_lossy().parse::<u64>().ok()?;
-                    Some((n, a.path()))
-                })
-                .collect();
-            attempts.sort();
-            // The latest stays whatever its age: it is the task.
-            attempts.pop();
-            for (_, dir) in attempts {
-                let exit = dir.join(EXIT_FILE);
-                let ended_at = modified(&exit);
-                let ended = ended_at.is_some()
-                    || !std::fs::read(dir.join("meta.json"))
-                        .ok()
-                        .and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
-                        .is_some_and(|m| alive(m.pid));
-                if ended && older_than(ended_at.or_else(|| modified(&dir)), retention, now) {
-                    remove(dir, "an older attempt", &mut swept.attempts);
-                }
-            }
-        }
-    }
-    swept
-}
-
 fn node_task(job: &str, index: u32, e: &Entry) -> pb::NodeTask {
     pb::NodeTask {
         job: job.to_string(),
@@ -707,106 +553,14 @@ fn node_task(job: &str, index: u32, e: &Entry) -> pb::NodeTask {
 
 #[cfg(test)]
 mod tests {
-    //! The sweep over directories made by hand in a temp dir, at a chosen
-    //! "now"; forget and the fence over hollow tasks. Real processes:
+    //! Forget and the fence over hollow tasks. The sweep and the trash:
+    //! [`super::super::dirs`]. Real processes: `tests/tasks.rs`,
     //! `tests/node_lifecycle.rs`.
 
+    use super::super::dirs::tests::{attempt, exists, DEAD};
     use super::*;
 
     const HOUR: Duration = Duration::from_secs(3600);
-
-    /// An attempt's directory: `meta.json` with `pid`, and `exit` if given.
-    fn attempt(work: &Path, job: &str, index: u32, attempt: u64, pid: u32, exit: Option<i32>) {
-        let dir = work
-            .join(TASKS_DIR)
-            .join(job)
-            .join(index.to_string())
-            .join(attempt.to_string());
-        std::fs::create_dir_all(&dir).unwrap();
-        let meta = Meta {
-            machine: "m1".into(),
-            pid,
-        };
-        std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
-        if let Some(code) = exit {
-            std::fs::write(dir.join(EXIT_FILE), code.to_string()).unwrap();
-        }
-    }
-
-    fn exists(work: &Path, rel: &str) -> bool {
-        work.join(rel).exists()
-    }
-
-    /// No process has this pid: Linux's pid_max is at most 2^22.
-    const DEAD: u32 = u32::MAX - 1;
-
-    #[test]
-    fn the_sweep_removes_trash_older_than_the_retention() {
-        let work = tempfile::tempdir().unwrap();
-        let now = SystemTime::now();
-        let ms = unix_ms(now);
-        for name in [
-            format!("old.{}", ms - 2 * 3_600_000),
-            format!("young.{}", ms - 60_000),
-        ] {
-            std::fs::create_dir_all(work.path().join(TRASH_DIR).join(name).join("0/1")).unwrap();
-        }
-        let swept = sweep(work.path(), HOUR, now);
-        assert_eq!(
-            swept.trash,
-            [work
-                .path()
-                .join(TRASH_DIR)
-                .join(format!("old.{}", ms - 2 * 3_600_000))]
-        );
-        assert!(swept.attempts.is_empty());
-        assert!(exists(work.path(), &format!("trash/young.{}", ms - 60_000)));
-    }
-
-    #[test]
-    fn the_sweep_removes_old_ended_attempts_but_never_the_latest_or_a_running_one() {
-        let work = tempfile::tempdir().unwrap();
-        let w = work.path();
-        attempt(w, "j", 0, 1, DEAD, Some(1)); // ended
-        attempt(w, "j", 0, 2, std::process::id(), None); // still running
-        attempt(w, "j", 0, 3, DEAD, None); // ended without an exit file
-        attempt(w, "j", 0, 10, DEAD, Some(0)); // latest (10 > 3, numerically)
-        attempt(w, "j", 1, 1, DEAD, Some(0)); // the only one: latest
-        attempt(w, "k", 0, 4, DEAD, Some(0)); // latest
-
-        // Everything is younger than the retention: nothing goes.
-        assert_eq!(sweep(w, HOUR, SystemTime::now()), Swept::default());
-
-        let later = SystemTime::now() + 2 * HOUR;
-        let swept = sweep(w, HOUR, later);
-        let mut removed = swept.attempts.clone();
-        removed.sort();
-        assert_eq!(
-            removed,
-            [w.join("tasks/j/0/1"), w.join("tasks/j/0/3")],
-            "{swept:?}"
-        );
-        for kept in ["tasks/j/0/2", "tasks/j/0/10", "tasks/j/1/1", "tasks/k/0/4"] {
-            assert!(exists(w, kept), "{kept} was removed");
-        }
-        // A second sweep finds nothing more.
-        assert_eq!(sweep(w, HOUR, later), Swept::default());
-    }
-
-    #[test]
-    fn a_job_forgotten_twice_in_one_millisecond_gets_two_trash_entries() {
-        let work = tempfile::tempdir().unwrap();
-        let w = work.path();
-        attempt(w, "j", 0, 1, DEAD, Some(0));
-        let first = move_to_trash(w, "j", 1_000).unwrap();
-        attempt(w, "j", 0, 1, DEAD, Some(0));
-        let second = move_to_trash(w, "j", 1_000).unwrap();
-        assert_eq!(first, Some(w.join("trash/j.1000")));
-        assert_eq!(second, Some(w.join("trash/j.1001")));
-        assert!(exists(w, "trash/j.1000/0/1/exit") && exists(w, "trash/j.1001/0/1/exit"));
-        assert!(!exists(w, "tasks/j"));
-        assert_eq!(move_to_trash(w, "j", 1_000).unwrap(), None);
-    }
 
     fn hollow(
         work: &Path,
