@@ -289,11 +289,17 @@ impl Engine {
         for c in gone {
             let changes = self.shared.read(|s| {
                 let timeout = s.policy().lifecycle.cluster_down_timeout;
-                tracing::warn!(cluster = %s.registry().name(c), %timeout, "cluster down for longer than lifecycle.cluster_down_timeout: taking its tasks back");
-                s.take_back_changes(c, &format!("down for longer than {timeout}"))
+                let changes = s.take_back_changes(c, &format!("down for longer than {timeout}"));
+                if !changes.is_empty() {
+                    tracing::warn!(cluster = %s.registry().name(c), %timeout, tasks = changes.len(), "cluster down for longer than lifecycle.cluster_down_timeout: taking its tasks back");
+                }
+                changes
             });
-            if let Err(e) = self.commit_changes(changes).await {
-                tracing::warn!(cause = %e, "taking tasks back failed; retrying later");
+            match self.commit_changes(changes).await {
+                Ok(()) => self.shared.write(|s| s.registry_mut().mark_swept(c)),
+                Err(e) => {
+                    tracing::warn!(cause = %e, "taking tasks back failed; retrying later")
+                }
             }
         }
         let changed = self.shared.write(|s| {

@@ -36,6 +36,9 @@ pub struct ClusterEntry {
     /// against (its id stays taken; a cluster registering under the name
     /// later gets a new one).
     pub removed: bool,
+    /// Down, and its tasks taken back: nothing more to take until it comes
+    /// back (a heartbeat or a registration clears it).
+    pub swept: bool,
 }
 
 /// Heartbeat figures from a local agent.
@@ -150,6 +153,7 @@ impl Registry {
                     handed_total: 0,
                     unseen: std::collections::VecDeque::new(),
                     removed: false,
+                    swept: false,
                 });
                 id
             }
@@ -165,6 +169,7 @@ impl Registry {
             || known != total;
         e.record = record;
         if heartbeat_now {
+            e.swept = false;
             e.last_heartbeat = Some(Instant::now());
             e.last_heartbeat_unix_ms = crate::records::now_unix_ms();
             e.summary.up = true;
@@ -191,6 +196,7 @@ impl Registry {
             self.register(record, false);
         }
         let e = &mut self.clusters[id.0 as usize];
+        e.swept = false;
         e.last_heartbeat = Some(Instant::now());
         e.last_heartbeat_unix_ms = crate::records::now_unix_ms();
         e.summary.up = true;
@@ -208,6 +214,13 @@ impl Registry {
         let after = e.summary.unclaimed().as_array();
         let grew = before.1.as_array().iter().zip(after).any(|(b, a)| a > *b);
         Some(!before.0 || grew || before.2 != e.summary.classes)
+    }
+
+    /// A down cluster's tasks were all taken back.
+    pub fn mark_swept(&mut self, id: ClusterId) {
+        if let Some(e) = self.clusters.get_mut(id.0 as usize) {
+            e.swept = !e.summary.up;
+        }
     }
 
     pub fn heartbeat_timeout(&self) -> Duration {

@@ -275,26 +275,18 @@ impl State {
     /// Clusters down for longer than the policy's `cluster_down_timeout`
     /// (counted from their last heartbeat, or from `since` for clusters
     /// not heard from since this scheduler started) that still hold
-    /// unfinished tasks.
+    /// unfinished tasks. Each is looked at until its tasks are taken back
+    /// (then marked swept, until it comes back).
     pub fn gone_clusters(&self, now: Instant, since: Instant) -> Vec<ClusterId> {
         let limit = self.registry.heartbeat_timeout()
             + self.policy.lifecycle.cluster_down_timeout.as_duration();
         self.registry
             .entries()
             .iter()
-            .filter(|e| !e.summary.up && !e.removed)
+            .filter(|e| !e.summary.up && !e.removed && !e.swept)
             .filter(|e| now.saturating_duration_since(e.last_heartbeat.unwrap_or(since)) > limit)
             .map(|e| e.summary.id)
-            .filter(|&c| self.holds_tasks(c))
             .collect()
-    }
-
-    fn holds_tasks(&self, cluster: ClusterId) -> bool {
-        self.jobs.values().any(|j| {
-            j.tasks
-                .iter()
-                .any(|t| t.cluster == Some(cluster) && !t.state.is_final())
-        })
     }
 
     /// The changes that take every unfinished task back from `cluster`:

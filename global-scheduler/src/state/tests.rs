@@ -585,7 +585,10 @@ fn tasks_are_taken_back_from_a_cluster_that_stays_down() {
         .gone_clusters(now + std::time::Duration::from_secs(6), now)
         .is_empty());
     let later = now + std::time::Duration::from_secs(66);
-    assert_eq!(s.gone_clusters(later, now), [east]);
+    // Both missed their heartbeats; west-a holds nothing to take back.
+    let west = s.registry().id("west-a").unwrap();
+    assert_eq!(s.gone_clusters(later, now), [east, west]);
+    assert!(s.take_back_changes(west, "down").is_empty());
     let changes = s.take_back_changes(east, "down");
     assert_eq!(changes.len(), 2);
     s.apply(changes, 9);
@@ -602,6 +605,9 @@ fn tasks_are_taken_back_from_a_cluster_that_stays_down() {
         (t1.state, t1.cluster, t1.retry_at),
         (TaskState::Pending, None, None)
     );
+    // Swept: not looked at again until it comes back.
+    s.registry_mut().mark_swept(east);
+    s.registry_mut().mark_swept(west);
     assert!(s.gone_clusters(later, now).is_empty());
     // The cluster's resync says it holds nothing of web any more.
     let batch = s.assigned_to(east);
