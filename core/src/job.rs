@@ -11,6 +11,8 @@
 //!     command: ["python3", "-m", "http.server"]   # required to run; optional in simulation
 //!     restart: {policy: on-failure, max_attempts: 3, backoff: 1s}   # optional
 //!     ttl_after_finished: 24h  # optional: deleted this long after it finished
+//!     tenant: team-a           # optional: whose job it is (`default`); with
+//!                              # tokens in force, the token's tenant decides
 //! ```
 //!
 //! `restart` and `ttl_after_finished` default to the policy file's
@@ -74,7 +76,12 @@ pub struct JobSpecText {
     pub restart: Option<RestartText>,
     #[serde(default)]
     pub ttl_after_finished: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
+
+/// The tenant of a job that names none.
+pub const DEFAULT_TENANT: &str = "default";
 
 /// A `restart` mapping as written, before validation.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -143,6 +150,8 @@ pub struct JobSpec {
     pub restart: RestartSpec,
     /// Its own `ttl_after_finished`, if it sets one.
     pub ttl_after_finished: Option<Span>,
+    /// Whose job it is ([`DEFAULT_TENANT`] unless it says).
+    pub tenant: String,
 }
 
 /// A job tied to the topology: its locality resolved to a location.
@@ -215,6 +224,13 @@ impl JobSpecText {
             Some(t) => Some(Span::parse(&format!("{field}.ttl_after_finished"), t)?),
             None => None,
         };
+        let tenant = match &self.tenant {
+            Some(t) => {
+                check_name(&format!("{field}.tenant"), t)?;
+                t.clone()
+            }
+            None => DEFAULT_TENANT.to_string(),
+        };
         Ok(JobSpec {
             name: self.name.clone(),
             tasks: self.tasks as u32,
@@ -225,6 +241,7 @@ impl JobSpecText {
             command: self.command.clone(),
             restart,
             ttl_after_finished,
+            tenant,
         })
     }
 }

@@ -209,7 +209,7 @@ impl fmt::Display for Resources {
 
 /// Formats cpu as Kubernetes would: whole cores as `2`, else `1500m`.
 pub fn format_cpu(c: MilliCpu) -> String {
-    if c.0 % 1000 == 0 {
+    if c.0.is_multiple_of(1000) {
         format!("{}", c.0 / 1000)
     } else {
         format!("{}m", c.0)
@@ -231,7 +231,7 @@ pub fn format_bytes(b: Bytes) -> String {
         ("Ki", 1 << 10),
     ];
     for (s, m) in SUFFIXES {
-        if b.0 >= m && b.0 % m == 0 {
+        if b.0 >= m && b.0.is_multiple_of(m) {
             return format!("{}{}", b.0 / m, s);
         }
     }

@@ -21,6 +21,7 @@ pub fn job(name: &str, tasks: u32, cpu: u64, memory: u64) -> Job {
             command: vec![],
             restart: Default::default(),
             ttl_after_finished: None,
+            tenant: crate::job::DEFAULT_TENANT.to_string(),
         },
         locality: None,
     }

@@ -55,6 +55,7 @@ fn job(id: u32, tasks: u32, cpu_millis: u64, priority: u32) -> Job {
             command: Vec::new(),
             restart: Default::default(),
             ttl_after_finished: None,
+            tenant: sched_core::job::DEFAULT_TENANT.to_string(),
         },
         locality: Some(LocationId(id % 2)),
     }

@@ -51,6 +51,7 @@ fn record(name: &str) -> JobRecord {
         cancelled: false,
         restart: Default::default(),
         ttl_after_finished: None,
+        tenant: sched_core::job::DEFAULT_TENANT.to_string(),
     }
 }
 

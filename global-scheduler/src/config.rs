@@ -20,6 +20,10 @@ pub struct Config {
     /// Where this replica serves, as other replicas and clients reach it
     /// (for standbys to name the leader).
     pub advertise: Option<String>,
+    /// Mutual TLS for the server and for calls to agents and nodes.
+    pub tls: Option<sched_security::Tls>,
+    /// User tokens; `None`: no tokens in force.
+    pub tokens: Option<sched_security::Tokens>,
 }
 
 impl Config {
@@ -36,6 +40,8 @@ impl Config {
             max_pending_tasks: 2_000_000,
             max_jobs_per_submit: 10_000,
             advertise: None,
+            tls: None,
+            tokens: None,
         }
     }
 }

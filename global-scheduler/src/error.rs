@@ -66,4 +66,6 @@ pub enum RunError {
     /// A record in the store that this version cannot read.
     #[error("cannot read the stored state: {0}")]
     Load(#[from] crate::state::admission::LoadError),
+    #[error("TLS: {0}")]
+    Tls(String),
 }

@@ -87,10 +87,15 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let address = config
-        .advertise
-        .clone()
-        .unwrap_or(format!("http://{}", listener.local_addr()?));
+    let address = config.advertise.clone().unwrap_or(format!(
+        "{}://{}",
+        if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+        listener.local_addr()?
+    ));
     let role = Arc::new(service::Role::new(store.clone(), config.clone()));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -100,7 +105,13 @@ pub async fn run(
         .set_not_serving::<ClustersServer<service::ClustersService>>()
         .await;
     tracing::info!(addr = %listener.local_addr()?, %address, "serving");
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.server())
+            .map_err(|e| RunError::Tls(e.to_string()))?;
+    }
+    let serve = builder
         .add_service(health_service)
         .add_service(SchedulerServer::new(service::SchedulerService::new(
             role.clone(),

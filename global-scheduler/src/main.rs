@@ -47,6 +47,14 @@ struct Args {
     /// Tasks waiting for a cluster before submit answers RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 2_000_000)]
     max_pending_tasks: u64,
+    /// User tokens (YAML: `tokens: [{user, tenant, role, sha256}]`). With
+    /// it every call to the job API needs `authorization: Bearer TOKEN`.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    #[command(flatten)]
+    tls: sched_security::TlsArgs,
+    #[command(flatten)]
+    etcd_tls: sched_security::tls::EtcdTlsArgs,
 }
 
 fn read<T>(
@@ -76,13 +84,33 @@ async fn serve(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.queue = args.queue.max(1);
     config.max_pending_tasks = args.max_pending_tasks;
     config.advertise = args.advertise.clone();
+    config.tls = args.tls.load()?;
+    if let Some(t) = &config.tls {
+        anyhow::ensure!(
+            t.identity().kind == sched_security::Kind::Scheduler,
+            "--tls-cert: {} is not a scheduler certificate (schedctl certs issue --kind scheduler)",
+            t.identity()
+        );
+    }
+    config.tokens = args
+        .tokens
+        .as_deref()
+        .map(sched_security::Tokens::load)
+        .transpose()?;
+    if let Some(t) = &config.tokens {
+        tracing::info!(tokens = t.len(), "user tokens in force");
+    }
+    let etcd_tls = args
+        .etcd_tls
+        .load()?
+        .map(|(ca, identity)| sched_store::EtcdTls { ca, identity });
 
     let store: Arc<dyn Store> = if args.etcd.is_empty() {
         tracing::warn!("no --etcd given: state is kept in memory and lost on exit");
         Arc::new(MemStore::new())
     } else {
         Arc::new(
-            EtcdStore::connect(&args.etcd)
+            EtcdStore::connect_tls(&args.etcd, etcd_tls.as_ref())
                 .await
                 .with_context(|| format!("cannot connect to etcd at {}", args.etcd.join(",")))?,
         )
@@ -90,6 +118,16 @@ async fn serve(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = sched_proto::process::listen(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    sched_security::tls::check_listen(
+        listener.local_addr()?,
+        config.tls.as_ref(),
+        args.tls.insecure,
+        "global scheduler",
+    )
+    .map_err(anyhow::Error::msg)?;
+    if config.tls.is_none() && config.tokens.is_some() {
+        tracing::warn!("tokens without TLS: tokens cross the network in plaintext");
+    }
     Ok(global_scheduler::run(listener, store, config, shutdown).await?)
 }
 

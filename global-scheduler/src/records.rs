@@ -70,6 +70,13 @@ pub struct JobRecord {
     pub restart: RestartSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_after_finished: Option<Span>,
+    /// Whose job it is (records written before tenants are `default`'s).
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+}
+
+fn default_tenant() -> String {
+    sched_core::job::DEFAULT_TENANT.to_string()
 }
 
 /// A task's state, as stored.

@@ -63,6 +63,11 @@ pub struct Registry {
     heartbeat_timeout: Duration,
     /// The known world, rebuilt when a registration changes it.
     world: Topology,
+    /// Under mutual TLS, the fingerprint of the certificate each cluster's
+    /// agent registered with: another certificate for the same name is
+    /// refused while the cluster is up (not swapped in), so two agents
+    /// cannot take a cluster from each other.
+    owners: BTreeMap<String, String>,
 }
 
 impl Registry {
@@ -81,6 +86,7 @@ impl Registry {
             clusters: Vec::new(),
             by_name: BTreeMap::new(),
             heartbeat_timeout,
+            owners: BTreeMap::new(),
             world: Topology {
                 locality: Locality::new(Vec::new(), &[]),
                 clusters: Vec::new(),
@@ -104,6 +110,45 @@ impl Registry {
         self.locality = Locality::new(self.location_names.clone(), &self.links);
         self.world = self.build_world();
         LocationId(self.location_names.len() as u32 - 1)
+    }
+
+    /// Records that the certificate `fingerprint` speaks for cluster
+    /// `name`, unless another one does and the cluster is up. The first
+    /// certificate seen after a failover claims it.
+    pub fn claim(&mut self, name: &str, fingerprint: &str) -> Result<(), String> {
+        if let Some(owner) = self.owners.get(name) {
+            if owner == fingerprint {
+                return Ok(());
+            }
+            let up = self
+                .by_name
+                .get(name)
+                .is_some_and(|id| self.clusters[id.0 as usize].summary.up);
+            if up {
+                return Err(format!(
+                    "cluster {name} is held by another agent's certificate (sha256 {}...) \
+                     that is still heartbeating; stop that agent, or wait until the cluster \
+                     is down",
+                    &owner[..owner.len().min(12)]
+                ));
+            }
+        }
+        self.owners
+            .insert(name.to_string(), fingerprint.to_string());
+        Ok(())
+    }
+
+    /// Whether the certificate `fingerprint` may speak for cluster `name`
+    /// now: it is the one that registered it (or none has since a
+    /// failover, and it claims it).
+    pub fn owned_by(&mut self, name: &str, fingerprint: &str) -> Result<(), String> {
+        match self.owners.get(name) {
+            Some(owner) if owner != fingerprint => Err(format!(
+                "cluster {name} was registered by another agent's certificate; register again"
+            )),
+            Some(_) => Ok(()),
+            None => self.claim(name, fingerprint),
+        }
     }
 
     /// `record` with the machine shapes already known for its cluster, as
@@ -232,6 +277,7 @@ impl Registry {
         let Some(id) = self.by_name.remove(name) else {
             return false;
         };
+        self.owners.remove(name);
         let e = &mut self.clusters[id.0 as usize];
         e.removed = true;
         e.summary.up = false;

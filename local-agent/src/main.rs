@@ -62,6 +62,10 @@ struct ServeArgs {
     /// A node silent this long is lost with its machines, in milliseconds.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     machine_timeout_ms: u64,
+    #[command(flatten)]
+    tls: sched_security::TlsArgs,
+    #[command(flatten)]
+    etcd_tls: sched_security::tls::EtcdTlsArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,11 +115,37 @@ struct NodeArgs {
     /// elsewhere: so that none runs twice.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     fence_timeout_ms: u64,
+    #[command(flatten)]
+    tls: sched_security::TlsArgs,
+}
+
+/// The TLS material of `args`, whose certificate must be a `kind` named
+/// `name`: a component cannot start under another's identity.
+fn load_tls(
+    args: &sched_security::TlsArgs,
+    kind: sched_security::Kind,
+    name: &str,
+) -> anyhow::Result<Option<sched_security::Tls>> {
+    let tls = args.load()?;
+    if let Some(t) = &tls {
+        let id = t.identity();
+        anyhow::ensure!(
+            id.kind == kind && id.name == name,
+            "--tls-cert: the certificate is {id}'s, not {kind}/{name}'s \
+             (schedctl certs issue --kind {kind} --name {name})"
+        );
+    }
+    Ok(tls)
 }
 
 async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     sched_core::names::check_name("--cluster", &args.cluster)?;
     sched_core::names::check_name("--location", &args.location)?;
+    let tls = load_tls(&args.tls, sched_security::Kind::Cluster, &args.cluster)?;
+    let etcd_tls = args
+        .etcd_tls
+        .load()?
+        .map(|(ca, identity)| sched_store::EtcdTls { ca, identity });
     let policy = match &args.policy {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -130,7 +160,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         Arc::new(MemStore::new())
     } else {
         Arc::new(
-            EtcdStore::connect(&args.etcd)
+            EtcdStore::connect_tls(&args.etcd, etcd_tls.as_ref())
                 .await
                 .with_context(|| format!("cannot connect to etcd at {}", args.etcd.join(",")))?,
         )
@@ -138,6 +168,13 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let listener = sched_proto::process::listen(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    sched_security::tls::check_listen(
+        listener.local_addr()?,
+        tls.as_ref(),
+        args.tls.insecure,
+        "local agent",
+    )
+    .map_err(anyhow::Error::msg)?;
     let config = AgentConfig {
         cluster: args.cluster,
         location: args.location,
@@ -147,12 +184,14 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         node_heartbeat: Duration::from_millis(args.node_heartbeat_ms.max(10)),
         machine_timeout: Duration::from_millis(args.machine_timeout_ms.max(20)),
         advertise: None,
+        tls,
     };
     Ok(local_agent::agent::run(listener, store, config, shutdown).await?)
 }
 
 async fn node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     sched_core::names::check_name("--name", &args.name)?;
+    let tls = load_tls(&args.tls, sched_security::Kind::Node, &args.name)?;
     let detected = detect_capacity();
     let quantity =
         |q: &Option<String>, default: String| QuantityText::Text(q.clone().unwrap_or(default));
@@ -201,6 +240,8 @@ async fn node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         lease: Duration::from_millis(args.lease_ms.max(500)),
         listen: args.listen,
         supervisor: std::env::current_exe().context("cannot find the local-agent binary")?,
+        tls,
+        insecure: args.tls.insecure,
     };
     let fence_timeout =
         (args.fence_timeout_ms > 0).then(|| Duration::from_millis(args.fence_timeout_ms));

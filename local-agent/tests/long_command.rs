@@ -137,6 +137,7 @@ async fn reproduce_issue_10_a_job_with_an_11_kb_command_is_placed_and_runs() {
             node_heartbeat: Duration::from_millis(200),
             machine_timeout: Duration::from_secs(5),
             advertise: None,
+            tls: None,
         },
         shutdown.clone(),
     ));
@@ -156,6 +157,8 @@ async fn reproduce_issue_10_a_job_with_an_11_kb_command_is_placed_and_runs() {
             lease: Duration::from_secs(3),
             listen: "127.0.0.1:0".into(),
             supervisor: env!("CARGO_BIN_EXE_local-agent").into(),
+            tls: None,
+            insecure: false,
         },
         shutdown.clone(),
     ));

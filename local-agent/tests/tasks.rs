@@ -20,6 +20,8 @@ async fn a_task_that_exits_at_once_is_reported_finished() {
         lease: Duration::from_secs(60),
         listen: String::new(),
         supervisor: env!("CARGO_BIN_EXE_local-agent").into(),
+        tls: None,
+        insecure: false,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let tasks = Tasks::new(&config, tx).unwrap();

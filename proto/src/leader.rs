@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use sched_security::tls::{self, Tls, UrlError};
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::codegen::Service;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The metadata key in which a standby names the leader's address.
 pub const LEADER_HEADER: &str = "x-sched-leader";
@@ -32,6 +33,7 @@ pub struct LeaderChannel {
     replicas: Arc<Mutex<Replicas>>,
     connect_timeout: Duration,
     timeout: Duration,
+    tls: Option<Tls>,
 }
 
 struct Replicas {
@@ -60,6 +62,8 @@ fn normalize(url: &str) -> &str {
 pub enum AddressError {
     #[error("{0:?} is not a URL (like http://127.0.0.1:7070)")]
     NotAUrl(String),
+    #[error(transparent)]
+    Url(#[from] UrlError),
     #[error("no address given")]
     Empty,
 }
@@ -73,13 +77,25 @@ impl LeaderChannel {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<LeaderChannel, AddressError> {
+        LeaderChannel::with_tls(urls, None, connect_timeout, timeout)
+    }
+
+    /// As [`LeaderChannel::new`], over mutual TLS when `tls` is given
+    /// (every `http://` dialled as `https://`; `https://` without it is an
+    /// error, never plaintext).
+    pub fn with_tls(
+        urls: &str,
+        tls: Option<Tls>,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<LeaderChannel, AddressError> {
         let mut replicas = Replicas {
             urls: Vec::new(),
             channels: Vec::new(),
             current: 0,
         };
         for url in urls.split(',').map(normalize).filter(|u| !u.is_empty()) {
-            let channel = lazy(url, connect_timeout, timeout)?;
+            let channel = lazy(url, tls.as_ref(), connect_timeout, timeout)?;
             replicas.urls.push(url.to_string());
             replicas.channels.push(channel);
         }
@@ -90,6 +106,7 @@ impl LeaderChannel {
             replicas: Arc::new(Mutex::new(replicas)),
             connect_timeout,
             timeout,
+            tls,
         })
     }
 
@@ -112,7 +129,12 @@ impl LeaderChannel {
         if r.urls.len() >= 64 {
             return;
         }
-        if let Ok(channel) = lazy(leader, self.connect_timeout, self.timeout) {
+        if let Ok(channel) = lazy(
+            leader,
+            self.tls.as_ref(),
+            self.connect_timeout,
+            self.timeout,
+        ) {
             r.urls.push(leader.to_string());
             r.channels.push(channel);
             r.current = r.channels.len() - 1;
@@ -120,9 +142,17 @@ impl LeaderChannel {
     }
 }
 
-fn lazy(url: &str, connect_timeout: Duration, timeout: Duration) -> Result<Channel, AddressError> {
-    Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|_| AddressError::NotAUrl(url.to_string()))?
+fn lazy(
+    url: &str,
+    tls: Option<&Tls>,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<Channel, AddressError> {
+    Ok(tls::endpoint(url, tls)
+        .map_err(|e| match e {
+            UrlError::NotAUrl(u) => AddressError::NotAUrl(u),
+            e => AddressError::Url(e),
+        })?
         .connect_timeout(connect_timeout)
         .timeout(timeout)
         .connect_lazy())

@@ -162,8 +162,18 @@ pub async fn listen(addr: &str) -> io::Result<tokio::net::TcpListener> {
 /// is a server that could not be asked (not reachable, no answer within
 /// `timeout`, no such service).
 pub async fn serving(url: &str, service: &str, timeout: Duration) -> Result<bool, tonic::Status> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| tonic::Status::invalid_argument(format!("{url}: {e}")))?
+    serving_tls(url, service, timeout, None).await
+}
+
+/// As [`serving`], over mutual TLS when `tls` is given.
+pub async fn serving_tls(
+    url: &str,
+    service: &str,
+    timeout: Duration,
+    tls: Option<&sched_security::Tls>,
+) -> Result<bool, tonic::Status> {
+    let endpoint = sched_security::tls::endpoint(url, tls)
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(timeout)
         .timeout(timeout);
     let reply = HealthClient::new(endpoint.connect_lazy())

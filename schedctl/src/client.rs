@@ -16,19 +16,60 @@ use sched_proto::backoff::delay;
 pub use sched_proto::backoff::random_u64;
 use sched_proto::leader::{LeaderChannel, LEADER_HEADER};
 use sched_proto::pb::scheduler_client::SchedulerClient;
+use sched_security::Tls;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Status};
 
 /// The client type every command uses.
-pub type Client = SchedulerClient<LeaderChannel>;
+pub type Client = SchedulerClient<InterceptedService<LeaderChannel, Bearer>>;
+
+/// Where the scheduler is and how to prove who we are.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// One URL, or several replicas comma-separated.
+    pub server: String,
+    /// Mutual TLS (a `user` certificate).
+    pub tls: Option<Tls>,
+    /// A bearer token.
+    pub token: Option<String>,
+}
+
+/// Adds `authorization: Bearer TOKEN` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
 
 /// Connects lazily: an unreachable server shows up as UNAVAILABLE on the
 /// first call, where it is retried like any other. `server` may list
 /// several replicas, comma-separated: calls go to the one that leads (a
 /// standby names the leader, and the retry goes there).
-pub fn connect(server: &str) -> anyhow::Result<Client> {
-    let channel = LeaderChannel::new(server, Duration::from_secs(3), Duration::from_secs(30))
-        .map_err(|e| anyhow::anyhow!("--server: {e}"))?;
-    Ok(SchedulerClient::new(channel).max_decoding_message_size(256 << 20))
+pub fn connect(target: &Target) -> anyhow::Result<Client> {
+    let channel = LeaderChannel::with_tls(
+        &target.server,
+        target.tls.clone(),
+        Duration::from_secs(3),
+        Duration::from_secs(30),
+    )
+    .map_err(|e| anyhow::anyhow!("--server: {e}"))?;
+    let bearer = match &target.token {
+        Some(t) => Some(
+            format!("Bearer {}", t.trim())
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--token: not a printable ASCII token"))?,
+        ),
+        None => None,
+    };
+    Ok(SchedulerClient::with_interceptor(channel, Bearer(bearer))
+        .max_decoding_message_size(256 << 20))
 }
 
 pub use sched_proto::backoff::RETRY_AFTER_HEADER;
@@ -230,7 +271,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_that_is_down_is_retried() {
-        let mut c = connect(&format!("http://127.0.0.1:{}", closed_port())).unwrap();
+        let target = Target {
+            server: format!("http://127.0.0.1:{}", closed_port()),
+            tls: None,
+            token: None,
+        };
+        let mut c = connect(&target).unwrap();
         let s = c
             .list_clusters(sched_proto::pb::ListClustersRequest {})
             .await

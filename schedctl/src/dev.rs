@@ -19,6 +19,15 @@
 //! global scheduler answers its gRPC health check as SERVING (it leads, its
 //! state loaded), and node agents start once their local agent does.
 //!
+//! # Security
+//!
+//! By default the stack runs as a deployment should: a throwaway CA in
+//! `DIR/pki` issues a certificate to every process (scheduler, each
+//! cluster's agent, each node) and an `admin` user certificate with a
+//! token; every hop is mutual TLS and the job API needs the token. dev
+//! writes `DIR/schedctl.yaml`, a config file with that context, and prints
+//! how to use it. `--insecure` runs it all in plaintext without tokens.
+//!
 //! `cargo run -p schedctl` builds schedctl alone; started that way, dev
 //! first builds its two sibling binaries with the same cargo, profile and
 //! target directory, so that one command is enough on a fresh clone and
@@ -36,6 +45,10 @@ use sched_core::resources::{format_bytes, format_cpu, format_gpu};
 use sched_core::topology::Topology;
 use sched_proto::pb::{machines_server, scheduler_server};
 use sched_proto::process::{self, Signals};
+use sched_security::{certs, Kind, Tls};
+
+use crate::access::ContextEntry;
+use crate::client::Target;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -64,6 +77,81 @@ pub struct Args {
     /// stack and exit (1 if a job failed).
     #[arg(long, requires = "submit")]
     exit_when_done: bool,
+    /// Plaintext and no tokens (by default every hop is mutual TLS and the
+    /// job API needs a token).
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// The throwaway CA of a stack, and its admin's certificate and token.
+struct Pki {
+    dir: PathBuf,
+    admin: Tls,
+    token: String,
+}
+
+impl Pki {
+    /// A CA in `dir`, an admin user and token, and the scheduler's tokens
+    /// file.
+    fn new(dir: &Path) -> anyhow::Result<Pki> {
+        certs::init_ca(dir)?;
+        let files = issue(dir, Kind::User, "admin")?;
+        let admin = Tls::load(Some(&files[0]), Some(&files[1]), Some(&files[2]))?
+            .context("the admin certificate")?;
+        let token = sched_security::tokens::generate().context("cannot read /dev/urandom")?;
+        let tokens = format!(
+            "# schedctl dev: the admin's token (its SHA-256; the token is in admin.token)\n\
+             tokens:\n  - {{user: admin, tenant: default, role: admin, sha256: {}}}\n",
+            sched_security::tokens::sha256_hex(&token)
+        );
+        std::fs::write(dir.join("tokens.yaml"), tokens)?;
+        write_private(&dir.join("admin.token"), &token)?;
+        Ok(Pki {
+            dir: dir.to_path_buf(),
+            admin,
+            token,
+        })
+    }
+
+    /// `--tls-ca/--tls-cert/--tls-key` for a new certificate of `kind`/`name`.
+    fn flags(&self, kind: Kind, name: &str) -> anyhow::Result<Vec<String>> {
+        let [ca, crt, key] = issue(&self.dir, kind, name)?;
+        Ok(vec![
+            "--tls-ca".into(),
+            ca.display().to_string(),
+            "--tls-cert".into(),
+            crt.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ])
+    }
+}
+
+/// Issues `kind`/`name` from the CA in `dir`: the CA's, the certificate's
+/// and the key's paths.
+fn issue(dir: &Path, kind: Kind, name: &str) -> anyhow::Result<[PathBuf; 3]> {
+    let req = certs::Request {
+        kind,
+        name,
+        sans: &[],
+        days: 30,
+    };
+    let (crt, key) = certs::issue(dir, &req, dir)?;
+    Ok([dir.join(certs::CA_CERT), crt, key])
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// How long a process of the stack may take to answer its health check.
@@ -224,10 +312,16 @@ impl Stack {
 
     /// Waits until `name` at `url` reports `service` SERVING; fails at once
     /// if a process of the stack exits meanwhile.
-    async fn wait_serving(&mut self, name: &str, url: &str, service: &str) -> anyhow::Result<()> {
+    async fn wait_serving(
+        &mut self,
+        name: &str,
+        url: &str,
+        service: &str,
+        tls: Option<&Tls>,
+    ) -> anyhow::Result<()> {
         let start = Instant::now();
         loop {
-            let last = match process::serving(url, service, HEALTH_CHECK_TIMEOUT).await {
+            let last = match process::serving_tls(url, service, HEALTH_CHECK_TIMEOUT, tls).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => "not serving yet".to_string(),
                 Err(s) => s.message().to_string(),
@@ -312,8 +406,19 @@ async fn start_and_serve(
         .flat_map(|e| ["--etcd".to_string(), e.clone()])
         .collect();
 
+    let pki = if args.insecure {
+        None
+    } else {
+        Some(Pki::new(&dir.join("pki"))?)
+    };
+    let tls_flags = |kind: Kind, name: &str| -> anyhow::Result<Vec<String>> {
+        pki.as_ref().map_or(Ok(Vec::new()), |p| p.flags(kind, name))
+    };
+    let admin = pki.as_ref().map(|p| &p.admin);
+    let scheme = if pki.is_some() { "https" } else { "http" };
+
     let global_addr = listener.local_addr()?;
-    let server = format!("http://{global_addr}");
+    let server = format!("{scheme}://{global_addr}");
     let mut g = vec![
         "--listen".to_string(),
         process::STDIN.to_string(),
@@ -321,12 +426,20 @@ async fn start_and_serve(
         args.topology.display().to_string(),
     ];
     g.extend(etcd.iter().cloned());
+    g.extend(tls_flags(Kind::Scheduler, "scheduler")?);
+    if let Some(p) = &pki {
+        g.extend([
+            "--tokens".to_string(),
+            p.dir.join("tokens.yaml").display().to_string(),
+        ]);
+    }
     stack.spawn("global-scheduler", &bin.global, &g, logs, Some(listener))?;
     stack
         .wait_serving(
             "the global scheduler",
             &server,
             scheduler_server::SERVICE_NAME,
+            admin,
         )
         .await?;
 
@@ -346,18 +459,20 @@ async fn start_and_serve(
             server.clone(),
         ];
         a.extend(etcd.iter().cloned());
+        a.extend(tls_flags(Kind::Cluster, &c.name)?);
         let name = format!("agent-{}", c.name);
         stack.spawn(&name, &bin.agent, &a, logs, Some(listener))?;
         agents.push((c, addr));
     }
     let mut machines = 0;
     for (c, addr) in agents {
-        let url = format!("http://{addr}");
+        let url = format!("{scheme}://{addr}");
         stack
             .wait_serving(
                 &format!("the local agent of {}", c.name),
                 &url,
                 machines_server::SERVICE_NAME,
+                admin,
             )
             .await?;
         for class in &c.classes {
@@ -391,6 +506,7 @@ async fn start_and_serve(
                         .collect();
                     n.extend(["--labels".to_string(), l.join(",")]);
                 }
+                n.extend(tls_flags(Kind::Node, &name)?);
                 stack.spawn(&format!("node-{name}"), &bin.agent, &n, logs, None)?;
                 machines += 1;
             }
@@ -401,20 +517,44 @@ async fn start_and_serve(
         topology.clusters.len(),
         logs.display()
     );
-    let flag = if server == "http://127.0.0.1:7070" {
-        String::new()
-    } else {
-        format!(" --server {server}")
+    let target = Target {
+        server: server.clone(),
+        tls: admin.cloned(),
+        token: pki.as_ref().map(|p| p.token.clone()),
+    };
+    let how = match &pki {
+        Some(p) => {
+            let config = dir.join("schedctl.yaml");
+            crate::access::write_config(
+                &config,
+                ContextEntry {
+                    name: "dev".into(),
+                    server: Some(server.clone()),
+                    tls_ca: Some(p.dir.join(certs::CA_CERT)),
+                    tls_cert: Some(p.dir.join("admin.crt")),
+                    tls_key: Some(p.dir.join("admin.key")),
+                    token: None,
+                    token_file: Some(p.dir.join("admin.token")),
+                },
+            )?;
+            eprintln!(
+                "schedctl dev: mutual TLS on every hop and tokens on the job API (CA in {}; --insecure for plaintext)",
+                p.dir.display()
+            );
+            format!("SCHEDCTL_CONFIG={} schedctl", config.display())
+        }
+        None if server == crate::access::DEFAULT_SERVER => "schedctl".to_string(),
+        None => format!("schedctl --server {server}"),
     };
     eprintln!(
-        "schedctl dev: try `schedctl{flag} get clusters`, `schedctl{flag} submit -f config/examples/jobs.yaml --wait`; Ctrl-C stops the stack"
+        "schedctl dev: try `{how} get clusters`, `{how} submit -f config/examples/jobs.yaml --wait`; Ctrl-C stops the stack"
     );
 
-    wait_for_machines(&server, machines, stack).await?;
+    wait_for_machines(&target, machines, stack).await?;
     if let Some(file) = &args.submit {
-        crate::jobs::submit_file(&server, file).await?;
+        crate::jobs::submit_file(&target, file).await?;
         if args.exit_when_done {
-            return crate::jobs::wait_done_and_print(&server, Duration::from_secs(600)).await;
+            return crate::jobs::wait_done_and_print(&target, Duration::from_secs(600)).await;
         }
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -425,7 +565,7 @@ async fn start_and_serve(
 }
 
 /// Waits until the global scheduler sees `n` machines up.
-async fn wait_for_machines(server: &str, n: u32, stack: &mut Stack) -> anyhow::Result<()> {
+async fn wait_for_machines(server: &Target, n: u32, stack: &mut Stack) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut c = crate::client::connect(server)?;
     loop {

@@ -11,7 +11,7 @@ use sched_proto::pb;
 use serde::Serialize;
 use tokio_stream::StreamExt;
 
-use crate::client::{connect, random_u64, retry, status_error, Client};
+use crate::client::{connect, random_u64, retry, status_error, Client, Target};
 
 /// How long a call keeps retrying UNAVAILABLE and RESOURCE_EXHAUSTED.
 const RETRY_FOR: Duration = Duration::from_secs(120);
@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// the policy's, 24h).
     #[arg(long, value_name = "DURATION")]
     ttl_after_finished: Option<String>,
+    /// Whose job it is (default: the token's tenant; `default` without
+    /// tokens). Only an admin may name another tenant.
+    #[arg(long, value_name = "NAME")]
+    tenant: Option<String>,
     #[arg(long)]
     wait: bool,
     #[arg(long, default_value_t = 600, value_name = "SECS")]
@@ -120,7 +124,7 @@ pub enum DescribeCommand {
     Job { name: String },
 }
 
-async fn client(server: &str) -> anyhow::Result<Client> {
+async fn client(server: &Target) -> anyhow::Result<Client> {
     connect(server)
 }
 
@@ -129,7 +133,7 @@ fn submission_id() -> String {
 }
 
 /// Submits a job file (for `schedctl dev --submit`).
-pub async fn submit_file(server: &str, file: &std::path::Path) -> anyhow::Result<()> {
+pub async fn submit_file(server: &Target, file: &std::path::Path) -> anyhow::Result<()> {
     let yaml =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let request = pb::SubmitRequest {
@@ -141,7 +145,7 @@ pub async fn submit_file(server: &str, file: &std::path::Path) -> anyhow::Result
 }
 
 /// Waits until every job has finished, prints them; an error if any failed.
-pub async fn wait_done_and_print(server: &str, timeout: Duration) -> anyhow::Result<()> {
+pub async fn wait_done_and_print(server: &Target, timeout: Duration) -> anyhow::Result<()> {
     let c = client(server).await?;
     let start = Instant::now();
     loop {
@@ -192,7 +196,7 @@ pub async fn wait_done_and_print(server: &str, timeout: Duration) -> anyhow::Res
     }
 }
 
-pub async fn submit(server: &str, args: SubmitArgs) -> anyhow::Result<()> {
+pub async fn submit(server: &Target, args: SubmitArgs) -> anyhow::Result<()> {
     let yaml = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let request = pb::SubmitRequest {
@@ -203,7 +207,7 @@ pub async fn submit(server: &str, args: SubmitArgs) -> anyhow::Result<()> {
     submit_request(server, request, args.wait, args.timeout).await
 }
 
-pub async fn run(server: &str, args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(server: &Target, args: RunArgs) -> anyhow::Result<()> {
     let mut constraints = std::collections::HashMap::new();
     for c in &args.constraints {
         let Some((k, v)) = c.split_once('=') else {
@@ -231,6 +235,7 @@ pub async fn run(server: &str, args: RunArgs) -> anyhow::Result<()> {
                 backoff: args.backoff,
             }),
         ttl_after_finished: args.ttl_after_finished,
+        tenant: args.tenant,
     };
     let request = pb::SubmitRequest {
         yaml: String::new(),
@@ -241,7 +246,7 @@ pub async fn run(server: &str, args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn submit_request(
-    server: &str,
+    server: &Target,
     request: pb::SubmitRequest,
     wait: bool,
     timeout: u64,
@@ -544,7 +549,7 @@ fn age(unix_ms: i64) -> String {
     }
 }
 
-pub async fn get(server: &str, cmd: GetCommand) -> anyhow::Result<()> {
+pub async fn get(server: &Target, cmd: GetCommand) -> anyhow::Result<()> {
     let c = client(server).await?;
     match cmd {
         GetCommand::Jobs { output, state } => {
@@ -777,7 +782,7 @@ async fn get_job(c: &Client, name: &str) -> anyhow::Result<pb::JobStatus> {
     .into_inner())
 }
 
-pub async fn describe(server: &str, cmd: DescribeCommand) -> anyhow::Result<()> {
+pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<()> {
     let DescribeCommand::Job { name } = cmd;
     let c = client(server).await?;
     let d = retry(RETRY_FOR, || {
@@ -928,7 +933,7 @@ pub enum DeleteCommand {
     Cluster { name: String },
 }
 
-pub async fn delete(server: &str, cmd: DeleteCommand) -> anyhow::Result<()> {
+pub async fn delete(server: &Target, cmd: DeleteCommand) -> anyhow::Result<()> {
     let c = client(server).await?;
     match cmd {
         DeleteCommand::Job { name, force } => {
@@ -959,7 +964,7 @@ pub async fn delete(server: &str, cmd: DeleteCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn cancel(server: &str, name: String) -> anyhow::Result<()> {
+pub async fn cancel(server: &Target, name: String) -> anyhow::Result<()> {
     let c = client(server).await?;
     retry(RETRY_FOR, || {
         let mut c = c.clone();
@@ -973,7 +978,7 @@ pub async fn cancel(server: &str, name: String) -> anyhow::Result<()> {
 }
 
 /// Prints events as they happen; reconnects when the scheduler restarts.
-pub async fn watch(server: &str, job: Option<String>) -> anyhow::Result<()> {
+pub async fn watch(server: &Target, job: Option<String>) -> anyhow::Result<()> {
     let c = client(server).await?;
     let job = job.unwrap_or_default();
     loop {
@@ -1017,7 +1022,7 @@ fn clock(unix_ms: i64) -> String {
 
 /// `schedctl logs JOB[/INDEX] [-f]`: a task's output (every task's, one
 /// after the other, without an index).
-pub async fn logs(server: &str, target: String, follow: bool) -> anyhow::Result<()> {
+pub async fn logs(server: &Target, target: String, follow: bool) -> anyhow::Result<()> {
     use std::io::Write as _;
     let (job, index) = match target.split_once('/') {
         Some((j, i)) => (

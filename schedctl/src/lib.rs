@@ -12,6 +12,7 @@
 //!
 //! Exit codes: 0 success, 1 error, 2 usage (clap's own).
 
+mod access;
 mod client;
 mod dev;
 mod jobs;
@@ -30,15 +31,8 @@ use clap::{Parser, Subcommand};
     about = "Control and simulate the cluster scheduler"
 )]
 pub struct Cli {
-    /// The global scheduler's address.
-    #[arg(
-        long,
-        global = true,
-        env = "SCHEDCTL_SERVER",
-        default_value = "http://127.0.0.1:7070",
-        value_name = "URL"
-    )]
-    server: String,
+    #[command(flatten)]
+    access: access::AccessArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,7 +48,7 @@ enum Command {
     /// Submit the jobs of a job file.
     Submit(jobs::SubmitArgs),
     /// Submit one job from the command line: `schedctl run NAME --cpu 1 --memory 1Gi -- CMD ARGS...`.
-    Run(jobs::RunArgs),
+    Run(Box<jobs::RunArgs>),
     /// List jobs or clusters, or show one job.
     #[command(subcommand)]
     Get(jobs::GetCommand),
@@ -80,22 +74,39 @@ enum Command {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// A small CA for mutual TLS: `certs init DIR`, `certs issue`.
+    #[command(subcommand)]
+    Certs(access::CertsCommand),
+    /// User tokens: `token new --user U --tenant T --role R`.
+    #[command(subcommand)]
+    Token(access::TokenCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let server = cli.server;
-    match cli.command {
-        Command::Simulate(args) => simulate::run(args),
-        Command::Policy(cmd) => policy::run(cmd),
-        Command::Submit(args) => remote(jobs::submit(&server, args)),
-        Command::Run(args) => remote(jobs::run(&server, args)),
-        Command::Get(cmd) => remote(jobs::get(&server, cmd)),
-        Command::Describe(cmd) => remote(jobs::describe(&server, cmd)),
-        Command::Cancel { name } => remote(jobs::cancel(&server, name)),
-        Command::Delete(cmd) => remote(jobs::delete(&server, cmd)),
-        Command::Watch { job } => remote(jobs::watch(&server, job)),
-        Command::Dev(args) => dev::run(args),
-        Command::Logs { target, follow } => remote(jobs::logs(&server, target, follow)),
+    // Offline commands first: a broken config file does not stop them.
+    let command = match cli.command {
+        Command::Simulate(args) => return simulate::run(args),
+        Command::Policy(cmd) => return policy::run(cmd),
+        Command::Dev(args) => return dev::run(args),
+        Command::Certs(cmd) => return access::certs(cmd),
+        Command::Token(cmd) => return access::token(cmd),
+        remote => remote,
+    };
+    let server = &access::target(&cli.access)?;
+    match command {
+        Command::Simulate(_)
+        | Command::Policy(_)
+        | Command::Dev(_)
+        | Command::Certs(_)
+        | Command::Token(_) => unreachable!("offline commands are handled above"),
+        Command::Submit(args) => remote(jobs::submit(server, args)),
+        Command::Run(args) => remote(jobs::run(server, *args)),
+        Command::Get(cmd) => remote(jobs::get(server, cmd)),
+        Command::Describe(cmd) => remote(jobs::describe(server, cmd)),
+        Command::Cancel { name } => remote(jobs::cancel(server, name)),
+        Command::Delete(cmd) => remote(jobs::delete(server, cmd)),
+        Command::Watch { job } => remote(jobs::watch(server, job)),
+        Command::Logs { target, follow } => remote(jobs::logs(server, target, follow)),
     }
 }
 

@@ -98,13 +98,22 @@ impl EtcdStore {
     /// with every endpoint down, and calls fail with
     /// [`StoreError::Unavailable`] until one is up.
     pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
+        EtcdStore::connect_tls(endpoints, None).await
+    }
+
+    /// As [`EtcdStore::connect`], over TLS when `tls` is given (then every
+    /// endpoint is dialled as `https://`).
+    pub async fn connect_tls(
+        endpoints: &[String],
+        tls: Option<&EtcdTls>,
+    ) -> Result<Self, StoreError> {
         if endpoints.is_empty() {
             return Err(StoreError::Backend("no etcd endpoints".to_string()));
         }
         let members = endpoints
             .iter()
             .map(|url| {
-                let channel = endpoint(url)?.connect_lazy();
+                let channel = endpoint(url, tls)?.connect_lazy();
                 Ok(Member {
                     kv: KvClient::with_interceptor(channel.clone(), RequireLeader),
                     lease: LeaseClient::with_interceptor(channel, RequireLeader),
@@ -157,20 +166,47 @@ fn not_sent(s: &tonic::Status) -> bool {
     false
 }
 
-/// One endpoint with the connection's timeouts and keep-alive.
-fn endpoint(url: &str) -> Result<Endpoint, StoreError> {
-    if url.starts_with("https://") {
-        return Err(StoreError::Backend(format!(
-            "{url}: TLS to etcd is not supported"
-        )));
+/// TLS to etcd: the CA that signed etcd's certificate and, for etcd's
+/// `--client-cert-auth`, a client certificate and key (all PEM).
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EtcdTls {
+    fn config(&self) -> tonic::transport::ClientTlsConfig {
+        let c = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca));
+        match &self.identity {
+            Some((cert, key)) => c.identity(tonic::transport::Identity::from_pem(cert, key)),
+            None => c,
+        }
     }
-    let url = if url.starts_with("http://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
+}
+
+/// One endpoint with the connection's timeouts and keep-alive.
+fn endpoint(url: &str, tls: Option<&EtcdTls>) -> Result<Endpoint, StoreError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let url = match (url.starts_with("https://"), tls) {
+        (true, None) => {
+            return Err(StoreError::Backend(format!(
+                "{url}: https:// needs --etcd-ca (it never falls back to plaintext)"
+            )))
+        }
+        (_, Some(_)) => format!("https://{rest}"),
+        (false, None) => format!("http://{rest}"),
     };
-    let endpoint = Endpoint::from_shared(url.clone())
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| StoreError::Backend(format!("bad etcd endpoint {url}: {e}")))?;
+    if let Some(t) = tls {
+        endpoint = endpoint
+            .tls_config(t.config())
+            .map_err(|e| StoreError::Backend(format!("etcd TLS for {url}: {e}")))?;
+    }
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)

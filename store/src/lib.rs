@@ -33,7 +33,7 @@ use async_trait::async_trait;
 
 pub use batch::TooLarge;
 pub use error::StoreError;
-pub use etcd::EtcdStore;
+pub use etcd::{EtcdStore, EtcdTls};
 pub use mem::MemStore;
 
 pub mod fence;

@@ -54,7 +54,14 @@ fn job(i: usize) -> pb::SubmitRequest {
                 gpu: None,
             }),
             priority: None,
-            locality: Some(if i % 2 == 0 { "us-east" } else { "us-west" }.into()),
+            locality: Some(
+                if i.is_multiple_of(2) {
+                    "us-east"
+                } else {
+                    "us-west"
+                }
+                .into(),
+            ),
             constraints: Default::default(),
             command: vec![
                 "sh".into(),
@@ -69,6 +76,7 @@ fn job(i: usize) -> pb::SubmitRequest {
                 backoff: Some("200ms".into()),
             }),
             ttl_after_finished: None,
+            tenant: None,
         }],
         submission_id: name,
     }

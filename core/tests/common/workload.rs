@@ -67,6 +67,7 @@ pub fn jobs(jobs: u32, tasks: u32, seed: u64) -> Vec<Job> {
                     command: vec![],
                     restart: Default::default(),
                     ttl_after_finished: None,
+                    tenant: sched_core::job::DEFAULT_TENANT.to_string(),
                 },
                 locality,
             }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sched_proto::pb;
 use sched_proto::pb::clusters_server::Clusters;
 use sched_proto::shutdown::Until;
+use sched_security::Kind;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -37,6 +38,25 @@ impl ClustersService {
 type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::AssignmentBatch, Status>> + Send>>;
 
 impl ClustersService {
+    /// The caller must be `cluster`'s agent: its certificate names the
+    /// cluster, and is the one that registered it.
+    fn check<T>(&self, request: &Request<T>, cluster: &str) -> Result<(), Status> {
+        let Some(peer) = self
+            .role
+            .guard()
+            .component(request, Kind::Cluster, cluster)?
+        else {
+            return Ok(());
+        };
+        let shared = self.role.leader()?;
+        shared
+            .write(|s| s.registry_mut().owned_by(cluster, &peer.fingerprint))
+            .map_err(|e| {
+                tracing::warn!(%cluster, "denied: {e}");
+                Status::permission_denied(e)
+            })
+    }
+
     fn cluster_id(&self, name: &str) -> Result<sched_core::cluster::ClusterId, Status> {
         let shared = self.role.leader()?;
         let id = shared.read(|s| s.registry().id(name));
@@ -55,8 +75,23 @@ impl Clusters for ClustersService {
         request: Request<pb::RegisterClusterRequest>,
     ) -> Result<Response<pb::RegisterClusterResponse>, Status> {
         let shared = self.role.leader()?;
+        let peer =
+            self.role
+                .guard()
+                .component(&request, Kind::Cluster, &request.get_ref().cluster)?;
         let r = request.into_inner();
         check_name("cluster", &r.cluster).map_err(ServiceError::from)?;
+        if let Some(peer) = &peer {
+            // A second agent with another certificate for a cluster that
+            // is up is refused, not swapped in; a cluster that timed out
+            // may come back with a new certificate.
+            shared
+                .write(|s| s.registry_mut().claim(&r.cluster, &peer.fingerprint))
+                .map_err(|e| {
+                    tracing::warn!(cluster = %r.cluster, "denied: {e}");
+                    Status::permission_denied(e)
+                })?;
+        }
         check_name("location", &r.location).map_err(ServiceError::from)?;
         let classes = classes_from_pb(r.classes).map_err(ServiceError::from)?;
         let record = ClusterRecord {
@@ -78,6 +113,7 @@ impl Clusters for ClustersService {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let shared = self.role.leader()?;
+        self.check(&request, &request.get_ref().cluster)?;
         let r = request.into_inner();
         let classes = if r.classes.is_empty() {
             None
@@ -133,6 +169,7 @@ impl Clusters for ClustersService {
         request: Request<pb::AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let shared = self.role.leader()?;
+        self.check(&request, &request.get_ref().cluster)?;
         let id = self.cluster_id(&request.into_inner().cluster)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         shared.open_stream(id, tx);
@@ -147,6 +184,7 @@ impl Clusters for ClustersService {
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
         let shared = self.role.leader()?;
+        self.check(&request, &request.get_ref().cluster)?;
         let r = request.into_inner();
         let cluster = self.cluster_id(&r.cluster)?;
         ask(&shared, |reply| Command::Report {

@@ -17,6 +17,7 @@ use sched_core::job::{parse_job_file, JobSpec, JobSpecText, ResourcesText};
 use sched_core::names::check_name;
 use sched_core::quantity::QuantityText;
 use sched_proto::pb;
+use sched_security::Guard;
 use tokio::sync::oneshot;
 use tonic::{Response, Status};
 
@@ -37,6 +38,8 @@ pub struct Role {
     /// standby's answer includes every job the leader has acknowledged).
     store: Arc<dyn sched_store::Store>,
     config: crate::config::Config,
+    /// Who may call what (mutual TLS, tokens).
+    guard: Guard,
 }
 
 /// What a read is answered from: the leader's live state, or, on a
@@ -74,8 +77,18 @@ impl Role {
             shared: Default::default(),
             leader_hint: Default::default(),
             store,
+            guard: Guard::new(config.tls.is_some(), config.tokens.clone()),
             config,
         }
+    }
+
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// This replica's TLS material, for its calls to agents and nodes.
+    pub fn tls(&self) -> Option<&sched_security::Tls> {
+        self.config.tls.as_ref()
     }
 
     /// The view to answer a read from: the leader's state, or on a standby
@@ -183,6 +196,7 @@ fn spec_from_pb(j: pb::JobSpec, field: &str) -> Result<JobSpec, SpecError> {
             backoff: r.backoff,
         }),
         ttl_after_finished: j.ttl_after_finished,
+        tenant: j.tenant,
     };
     text.validate(field)
 }

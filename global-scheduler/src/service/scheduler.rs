@@ -8,6 +8,7 @@ use std::sync::Arc;
 use sched_proto::pb;
 use sched_proto::pb::scheduler_server::Scheduler;
 use sched_proto::shutdown::Until;
+use sched_security::{Role as UserRole, User};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
@@ -46,11 +47,44 @@ impl SchedulerService {
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
 
+/// PERMISSION_DENIED unless `user` may read `tenant`'s job `job`.
+fn may_see(user: &User, tenant: &str, job: &str) -> Result<(), Status> {
+    if user.sees(tenant) {
+        return Ok(());
+    }
+    tracing::warn!(user = %user.name, %job, %tenant, "denied: another tenant's job");
+    Err(Status::permission_denied(format!(
+        "job {job} belongs to another tenant than {}'s",
+        user.name
+    )))
+}
+
+/// PERMISSION_DENIED unless `user` may change `tenant`'s job `job`.
+fn may_change(user: &User, tenant: &str, job: &str, what: &str) -> Result<(), Status> {
+    user.require(UserRole::Submitter, what)?;
+    may_see(user, tenant, job)
+}
+
+/// The tenant of job `name`, if it exists (NOT_FOUND otherwise).
+fn tenant_of(state: &State, name: &str) -> Result<String, Status> {
+    state
+        .job(name)
+        .map(|j| j.record.tenant.clone())
+        .ok_or_else(|| {
+            ServiceError::NotFound {
+                what: "job",
+                name: name.to_string(),
+            }
+            .into()
+        })
+}
+
 /// A client for a local agent's `Machines` service.
 async fn agent_client(
     address: &str,
+    tls: Option<&sched_security::Tls>,
 ) -> Result<sched_proto::pb::machines_client::MachinesClient<tonic::transport::Channel>, Status> {
-    let endpoint = tonic::transport::Channel::from_shared(address.to_string())
+    let endpoint = sched_security::tls::endpoint(address, tls)
         .map_err(|e| Status::internal(format!("bad agent address {address:?}: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(10));
@@ -69,10 +103,30 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let user = self.role.guard().user(&request)?;
+        user.require(UserRole::Submitter, "submit")?;
         let shared = self.role.leader()?;
         let req = request.into_inner();
         let submission_id = req.submission_id.clone();
-        let specs = specs_of(req, shared.limits.max_jobs_per_submit).map_err(ServiceError::from)?;
+        let mut specs =
+            specs_of(req, shared.limits.max_jobs_per_submit).map_err(ServiceError::from)?;
+        // With tokens, a job is its submitter's tenant's; only an admin
+        // may name another.
+        if let Some(tenant) = &user.tenant {
+            for (i, s) in specs.iter_mut().enumerate() {
+                let named = s.tenant != sched_core::job::DEFAULT_TENANT;
+                if named && s.tenant != *tenant && user.role != UserRole::Admin {
+                    tracing::warn!(user = %user.name, tenant = %s.tenant, "denied: a job for another tenant");
+                    return Err(Status::permission_denied(format!(
+                        "jobs[{i}].tenant: {} may submit only for tenant {tenant}, not {}",
+                        user.name, s.tenant
+                    )));
+                }
+                if !named {
+                    s.tenant = tenant.clone();
+                }
+            }
+        }
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let tasks: u64 = specs.iter().map(|s| u64::from(s.tasks)).sum();
         let (records, new) = shared.read(|state| {
@@ -119,6 +173,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::ListMachinesRequest>,
     ) -> Result<Response<pb::ListMachinesResponse>, Status> {
+        self.role.guard().user(&request)?;
         let shared = self.role.leader()?;
         let want = request.into_inner().cluster;
         let agents: Vec<(String, String)> = shared.read(|state| {
@@ -143,7 +198,7 @@ impl Scheduler for SchedulerService {
                 continue;
             }
             let r = async {
-                let mut c = agent_client(&address).await?;
+                let mut c = agent_client(&address, self.role.tls()).await?;
                 c.list_machines(pb::ListMachinesRequest {
                     cluster: name.clone(),
                 })
@@ -169,6 +224,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::TaskLogsRequest>,
     ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        let user = self.role.guard().user(&request)?;
         let shared = self.role.leader()?;
         let r = request.into_inner();
         let address = shared.read(|state| -> Result<String, Status> {
@@ -176,6 +232,7 @@ impl Scheduler for SchedulerService {
                 what: "job",
                 name: r.job.clone(),
             })?;
+            may_see(&user, &j.record.tenant, &r.job)?;
             let t = j.tasks.get(r.index as usize).ok_or_else(|| {
                 Status::not_found(format!("job {} has no task {}", r.job, r.index))
             })?;
@@ -197,7 +254,7 @@ impl Scheduler for SchedulerService {
                 "the task's cluster has no agent address",
             ));
         }
-        let mut c = agent_client(&address).await?;
+        let mut c = agent_client(&address, self.role.tls()).await?;
         let stream = c.task_logs(r).await?.into_inner();
         Ok(Response::new(Box::pin(stream)))
     }
@@ -206,10 +263,15 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::JobStatus>, Status> {
+        let user = self.role.guard().user(&request)?;
         let name = request.into_inner().name;
         let view = self.role.view(Some(&name)).await?;
-        let status = view.with(|state| state.job(&name).map(|j| state.status(j)));
-        let status = status.ok_or(ServiceError::NotFound { what: "job", name })?;
+        let status = view.with(|state| {
+            state
+                .job(&name)
+                .map(|j| may_see(&user, &j.record.tenant, &name).map(|()| state.status(j)))
+        });
+        let status = status.ok_or(ServiceError::NotFound { what: "job", name })??;
         Ok(view.respond(status))
     }
 
@@ -217,10 +279,14 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let user = self.role.guard().user(&request)?;
         let want = request.into_inner().state;
         let view = self.role.view(None).await?;
         let jobs = view.with(|state| {
-            let mut jobs: Vec<&crate::state::JobEntry> = state.jobs().collect();
+            let mut jobs: Vec<&crate::state::JobEntry> = state
+                .jobs()
+                .filter(|j| user.sees(&j.record.tenant))
+                .collect();
             jobs.sort_by_key(|j| j.job.id);
             jobs.into_iter()
                 .map(State::summary)
@@ -234,8 +300,12 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::DescribeJobRequest>,
     ) -> Result<Response<pb::DescribeJobResponse>, Status> {
+        let user = self.role.guard().user(&request)?;
         let name = request.into_inner().name;
         let view = self.role.view(Some(&name)).await?;
+        if let Some(tenant) = view.with(|state| state.job(&name).map(|j| j.record.tenant.clone())) {
+            may_see(&user, &tenant, &name)?;
+        }
         let standby = match &view {
             View::Standby { leader, .. } => Some(leader.clone()),
             View::Leader(_) => None,
@@ -266,11 +336,11 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let user = self.role.guard().user(&request)?;
         let shared = self.role.leader()?;
         let name = request.into_inner().name;
-        if shared.read(|s| s.job(&name).is_none()) {
-            return Err(ServiceError::NotFound { what: "job", name }.into());
-        }
+        let tenant = shared.read(|s| tenant_of(s, &name))?;
+        may_change(&user, &tenant, &name, "cancel")?;
         let state = ask(&shared, |reply| Command::Cancel { name, reply }).await?;
         Ok(Response::new(pb::CancelJobResponse {
             state: state as i32,
@@ -281,11 +351,11 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::DeleteJobRequest>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        let user = self.role.guard().user(&request)?;
         let shared = self.role.leader()?;
         let pb::DeleteJobRequest { name, force } = request.into_inner();
-        if shared.read(|s| s.job(&name).is_none()) {
-            return Err(ServiceError::NotFound { what: "job", name }.into());
-        }
+        let tenant = shared.read(|s| tenant_of(s, &name))?;
+        may_change(&user, &tenant, &name, "delete")?;
         ask(&shared, |reply| Command::Delete { name, force, reply }).await?;
         Ok(Response::new(pb::DeleteJobResponse {}))
     }
@@ -294,6 +364,8 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::DeleteClusterRequest>,
     ) -> Result<Response<pb::DeleteClusterResponse>, Status> {
+        let user = self.role.guard().user(&request)?;
+        user.require(UserRole::Admin, "deleting a cluster")?;
         let shared = self.role.leader()?;
         let name = request.into_inner().name;
         let tasks_taken_back = ask(&shared, |reply| Command::DeleteCluster { name, reply }).await?;
@@ -308,11 +380,29 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let user = self.role.guard().user(&request)?;
         let shared = self.role.leader()?;
         let job = request.into_inner().job;
+        if !job.is_empty() {
+            if let Some(tenant) = shared.read(|s| s.job(&job).map(|j| j.record.tenant.clone())) {
+                may_see(&user, &tenant, &job)?;
+            }
+        }
         let rx = shared.read(|s| s.subscribe());
+        // A user who sees only some tenants gets only their jobs' events
+        // (a job gone by the time its event is read is not shown).
+        let visible = {
+            let shared = shared.clone();
+            move |name: &str| {
+                user.tenant.is_none()
+                    || user.role == UserRole::Admin
+                    || shared.read(|s| s.job(name).is_some_and(|j| user.sees(&j.record.tenant)))
+            }
+        };
         let stream = BroadcastStream::new(rx).filter_map(move |e| match e {
-            Ok(e) if job.is_empty() || e.job == job => Some(Ok(to_pb_event(&e))),
+            Ok(e) if (job.is_empty() || e.job == job) && visible(&e.job) => {
+                Some(Ok(to_pb_event(&e)))
+            }
             Ok(_) => None,
             // A slow watcher misses events rather than slowing the
             // scheduler; tell it how many.
@@ -333,8 +423,9 @@ impl Scheduler for SchedulerService {
 
     async fn list_clusters(
         &self,
-        _request: Request<pb::ListClustersRequest>,
+        request: Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        self.role.guard().user(&request)?;
         let shared = self.role.leader()?;
         let clusters = shared.read(|state| {
             state

@@ -280,6 +280,7 @@ pub(super) fn job_record(spec: JobSpec, submission_id: &str, now_ms: i64) -> Job
         cancelled: false,
         restart: spec.restart,
         ttl_after_finished: spec.ttl_after_finished,
+        tenant: spec.tenant,
     }
 }
 
@@ -294,5 +295,6 @@ fn spec_of(r: &JobRecord) -> JobSpec {
         command: r.command.clone(),
         restart: r.restart,
         ttl_after_finished: r.ttl_after_finished,
+        tenant: r.tenant.clone(),
     }
 }

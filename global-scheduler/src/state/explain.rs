@@ -55,6 +55,7 @@ impl State {
             request: Some(to_pb_resources(&j.job.spec.request)),
             priority: j.record.priority,
             locality: j.record.locality.clone().unwrap_or_default(),
+            tenant: j.record.tenant.clone(),
         }
     }
 
@@ -85,6 +86,7 @@ impl State {
                     backoff: r.restart.backoff.map(|b| b.to_string()),
                 }),
                 ttl_after_finished: r.ttl_after_finished.map(|t| t.to_string()),
+                tenant: Some(r.tenant.clone()),
             }),
             tasks: j
                 .tasks

@@ -64,6 +64,7 @@ fn submit(
         command: vec!["true".to_string()],
         restart: Default::default(),
         ttl_after_finished: None,
+        tenant: sched_core::job::DEFAULT_TENANT.to_string(),
     };
     let records = s.check_submission(vec![spec], "sub", 0).unwrap();
     for r in records {
@@ -203,6 +204,7 @@ fn jobs_are_sized_against_every_machine_a_cluster_has_had() {
         command: vec!["true".to_string()],
         restart: Default::default(),
         ttl_after_finished: None,
+        tenant: sched_core::job::DEFAULT_TENANT.to_string(),
     };
     // The agent restarts and registers before its nodes do: no machine
     // right now, but a 4-cpu task still fits what the cluster has.
@@ -416,6 +418,7 @@ fn a_lost_task_starts_again_even_under_never_and_a_failure_does_not() {
             ..Default::default()
         },
         ttl_after_finished: None,
+        tenant: sched_core::job::DEFAULT_TENANT.to_string(),
     };
     for r in s.check_submission(vec![spec], "sub", 0).unwrap() {
         s.insert_job(r, 1);
@@ -643,6 +646,7 @@ fn a_machine_shape_not_reported_for_its_ttl_is_forgotten() {
             command: vec!["true".to_string()],
             restart: Default::default(),
             ttl_after_finished: None,
+            tenant: sched_core::job::DEFAULT_TENANT.to_string(),
         };
         s.check_submission(vec![spec], "sub", 0)
     };

@@ -19,4 +19,7 @@ pub struct AgentConfig {
     /// The address node agents and the global scheduler reach us at
     /// (defaults to the listener's).
     pub advertise: Option<String>,
+    /// Mutual TLS: the server for nodes and the global scheduler, and the
+    /// calls to the global scheduler and to nodes.
+    pub tls: Option<sched_security::Tls>,
 }

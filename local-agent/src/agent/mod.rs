@@ -72,7 +72,12 @@ pub async fn run(
             let local = listener
                 .local_addr()
                 .map_err(|e| AgentError::io("the listener's address", e))?;
-            format!("http://{local}")
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{local}")
         }
     };
     let agent = Arc::new(Agent::new(state, config, shutdown.clone()));
@@ -89,7 +94,13 @@ pub async fn run(
         .set_serving::<MachinesServer<service::MachinesService>>()
         .await;
     tracing::info!(%address, "serving node agents");
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &agent.config.tls {
+        builder = builder
+            .tls_config(tls.server())
+            .map_err(AgentError::Serve)?;
+    }
+    let serve = builder
         .add_service(health_service)
         .add_service(MachinesServer::new(service::MachinesService::new(
             agent.clone(),

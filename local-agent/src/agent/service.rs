@@ -2,8 +2,10 @@
 //! report; the global scheduler lists machines and fetches task output.
 //! Handlers decode, call the agent, encode; errors are [`AgentError`]s.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use sched_core::error::SpecError;
 use sched_core::names::check_name;
@@ -11,6 +13,7 @@ use sched_proto::pb;
 use sched_proto::pb::machines_server::Machines;
 use sched_proto::pb::node_client::NodeClient;
 use sched_proto::shutdown::Until;
+use sched_security::{Guard, Kind};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -23,12 +26,57 @@ const WORK_BUFFER: usize = 4096;
 
 pub struct MachinesService {
     agent: Arc<Agent>,
+    guard: Guard,
+    /// Under mutual TLS, the certificate each node last spoke with and
+    /// when: another certificate for a node heard from within the machine
+    /// timeout is refused, so a rogue cannot take over a live machine.
+    owners: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl MachinesService {
     pub fn new(agent: Arc<Agent>) -> Self {
-        MachinesService { agent }
+        let guard = Guard::new(agent.config.tls.is_some(), None);
+        MachinesService {
+            agent,
+            guard,
+            owners: Mutex::new(HashMap::new()),
+        }
     }
+
+    /// The caller must be node `node`'s agent, with the certificate that
+    /// speaks for it (a new one only once the old one has gone quiet).
+    fn check_node<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
+        let Some(peer) = self.guard.component(request, Kind::Node, node)? else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        match owners.get(node) {
+            Some((fp, seen))
+                if *fp != peer.fingerprint
+                    && now.duration_since(*seen) < self.agent.config.machine_timeout =>
+            {
+                tracing::warn!(%node, "denied: another certificate for a live node");
+                Err(Status::permission_denied(format!(
+                    "node {node} is held by another certificate that is still heartbeating"
+                )))
+            }
+            _ => {
+                owners.insert(node.to_string(), (peer.fingerprint, now));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A node's certificate names the node; its machines are the node itself,
+/// or, for hollow nodes, `NODE-0`, `NODE-1`, ...
+fn machine_of_node(node: &str, machine: &str) -> bool {
+    machine == node
+        || machine
+            .strip_prefix(node)
+            .and_then(|r| r.strip_prefix('-'))
+            .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
 }
 
 type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkBatch, Status>> + Send>>;
@@ -65,8 +113,22 @@ impl Machines for MachinesService {
         &self,
         request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        self.check_node(&request, &request.get_ref().node)?;
         let r = request.into_inner();
         check_registration(&r).map_err(AgentError::from)?;
+        if self.guard.tls() {
+            if let Some(m) = r
+                .machines
+                .iter()
+                .find(|m| !machine_of_node(&r.node, &m.name))
+            {
+                tracing::warn!(node = %r.node, machine = %m.name, "denied: a machine of another name");
+                return Err(Status::permission_denied(format!(
+                    "node {}'s certificate cannot register machine {}",
+                    r.node, m.name
+                )));
+            }
+        }
         self.agent.register_node(&r);
         tracing::info!(node = %r.node, machines = r.machines.len(), tasks = r.tasks.len(), "node registered");
         Ok(Response::new(pb::RegisterNodeResponse {
@@ -79,6 +141,7 @@ impl Machines for MachinesService {
         &self,
         request: Request<pb::NodeHeartbeatRequest>,
     ) -> Result<Response<pb::NodeHeartbeatResponse>, Status> {
+        self.check_node(&request, &request.get_ref().node)?;
         let known = self.agent.node_heartbeat(&request.into_inner().node);
         Ok(Response::new(pb::NodeHeartbeatResponse {
             register_again: !known,
@@ -91,6 +154,7 @@ impl Machines for MachinesService {
         &self,
         request: Request<pb::WorkRequest>,
     ) -> Result<Response<Self::WorkStream>, Status> {
+        self.check_node(&request, &request.get_ref().node)?;
         let node = request.into_inner().node;
         let (tx, rx) = tokio::sync::mpsc::channel(WORK_BUFFER);
         self.agent.open_work(&node, tx)?;
@@ -104,6 +168,7 @@ impl Machines for MachinesService {
         &self,
         request: Request<pb::NodeReportRequest>,
     ) -> Result<Response<pb::NodeReportResponse>, Status> {
+        self.check_node(&request, &request.get_ref().node)?;
         let r = request.into_inner();
         self.agent.node_reports(&r.node, &r.tasks)?;
         Ok(Response::new(pb::NodeReportResponse {}))
@@ -111,8 +176,9 @@ impl Machines for MachinesService {
 
     async fn list_machines(
         &self,
-        _request: Request<pb::ListMachinesRequest>,
+        request: Request<pb::ListMachinesRequest>,
     ) -> Result<Response<pb::ListMachinesResponse>, Status> {
+        self.guard.one_of(&request, &[Kind::Scheduler])?;
         Ok(Response::new(pb::ListMachinesResponse {
             machines: self.agent.machine_statuses(),
         }))
@@ -124,11 +190,16 @@ impl Machines for MachinesService {
         &self,
         request: Request<pb::TaskLogsRequest>,
     ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        self.guard.one_of(&request, &[Kind::Scheduler])?;
         let mut r = request.into_inner();
         let (address, machine) = self.agent.task_node(&r.job, r.index)?;
         r.machine = machine;
-        let mut node = NodeClient::connect(address.clone())
+        let endpoint = sched_security::tls::endpoint(&address, self.agent.config.tls.as_ref())
+            .map_err(|e| Status::internal(format!("node agent at {address}: {e}")))?;
+        let mut node = endpoint
+            .connect()
             .await
+            .map(NodeClient::new)
             .map_err(|source| AgentError::Unreachable {
                 peer: format!("node agent at {address}"),
                 source,
@@ -169,6 +240,16 @@ mod tests {
             }),
             labels: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_node_certificate_covers_its_machine_and_its_hollow_ones() {
+        assert!(machine_of_node("m1", "m1"));
+        assert!(machine_of_node("h", "h-12"));
+        assert!(!machine_of_node("m1", "m2"));
+        assert!(!machine_of_node("m", "m1"));
+        assert!(!machine_of_node("h", "h-"));
+        assert!(!machine_of_node("h", "h-x"));
     }
 
     #[test]

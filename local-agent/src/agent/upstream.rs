@@ -24,8 +24,9 @@ const MAX_REPORTS_PER_CALL: usize = 4096;
 /// several replicas: calls go to the one that leads (a standby refuses to
 /// register and names the leader, which the next attempt tries at once).
 pub async fn run(agent: Arc<Agent>, address: String, shutdown: CancellationToken) {
-    let channel = match LeaderChannel::new(
+    let channel = match LeaderChannel::with_tls(
         &agent.config.global,
+        agent.config.tls.clone(),
         Duration::from_secs(3),
         Duration::from_secs(30),
     ) {

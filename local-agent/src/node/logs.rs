@@ -19,11 +19,14 @@ const CHUNK: usize = 64 * 1024;
 
 pub struct LogsService {
     tasks: Arc<Tasks>,
+    /// Under mutual TLS only cluster agents may read output (the global
+    /// scheduler reads it through them, after checking the user's tenant).
+    guard: sched_security::Guard,
 }
 
 impl LogsService {
-    pub fn new(tasks: Arc<Tasks>) -> Self {
-        LogsService { tasks }
+    pub fn new(tasks: Arc<Tasks>, guard: sched_security::Guard) -> Self {
+        LogsService { tasks, guard }
     }
 }
 
@@ -84,6 +87,8 @@ impl Node for LogsService {
         &self,
         request: Request<pb::TaskLogsRequest>,
     ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        self.guard
+            .one_of(&request, &[sched_security::Kind::Cluster])?;
         let r = request.into_inner();
         let dir = self
             .tasks

@@ -70,6 +70,10 @@ pub struct NodeConfig {
     pub listen: String,
     /// The `local-agent` binary, which supervises task processes.
     pub supervisor: PathBuf,
+    /// Mutual TLS to the local agent and for the logs server.
+    pub tls: Option<sched_security::Tls>,
+    /// Serve logs in plaintext on a non-loopback address (`--insecure`).
+    pub insecure: bool,
 }
 
 /// The fence timeout when none is given: half the global scheduler's
@@ -111,10 +115,9 @@ pub fn detect_capacity() -> Resources {
     Resources::new(cpus * 1000, memory)
 }
 
-fn channel(url: &str) -> Result<Channel, AgentError> {
-    let endpoint = Channel::from_shared(url.to_string()).map_err(|e| {
-        sched_core::error::SpecError::new("--agent", format!("{url:?} is not a URL: {e}"))
-    })?;
+fn channel(url: &str, tls: Option<&sched_security::Tls>) -> Result<Channel, AgentError> {
+    let endpoint = sched_security::tls::endpoint(url, tls)
+        .map_err(|e| sched_core::error::SpecError::new("--agent", e.to_string()))?;
     Ok(endpoint
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
@@ -191,12 +194,32 @@ pub async fn run_fenced(
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(listen)?;
-    let address = format!("http://{}", listener.local_addr().map_err(listen)?);
+    let local = listener.local_addr().map_err(listen)?;
+    sched_security::tls::check_listen(
+        local,
+        config.tls.as_ref(),
+        config.insecure,
+        "node agent (logs)",
+    )
+    .map_err(|e| sched_core::error::SpecError::new("--listen", e))?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let address = format!("{scheme}://{local}");
     {
-        let service = NodeServer::new(logs::LogsService::new(tasks.clone()));
+        let guard = sched_security::Guard::new(config.tls.is_some(), None);
+        let service = NodeServer::new(logs::LogsService::new(tasks.clone(), guard));
         let shutdown = shutdown.clone();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            builder = builder
+                .tls_config(tls.server())
+                .map_err(AgentError::Serve)?;
+        }
         tracker.spawn(async move {
-            let r = tonic::transport::Server::builder()
+            let r = builder
                 .add_service(service)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -209,7 +232,7 @@ pub async fn run_fenced(
         });
     }
 
-    let client = MachinesClient::new(channel(&config.agent)?);
+    let client = MachinesClient::new(channel(&config.agent, config.tls.as_ref())?);
     tracker.spawn(report_loop(
         client.clone(),
         config.name.clone(),

@@ -577,6 +577,8 @@ mod tests {
             lease: Duration::from_secs(60),
             listen: String::new(),
             supervisor: PathBuf::new(),
+            tls: None,
+            insecure: false,
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         (Tasks::new(&config, tx).unwrap(), rx)
