@@ -59,6 +59,13 @@ pub enum AgentError {
     /// A rule of the agent's own state does not hold (a bug).
     #[error("invariant broken: {0}")]
     Invariant(String),
+    /// Every uid of `--uid-range` runs a task: no task can start until
+    /// one ends.
+    #[error("every uid of the dynamic range {0} is in use on this node")]
+    UidsExhausted(String),
+    /// `--run-as` or `--uid-range` cannot be used.
+    #[error(transparent)]
+    RunAs(#[from] crate::node::run_as::RunAsError),
 }
 
 impl AgentError {
@@ -73,7 +80,8 @@ impl AgentError {
     pub fn code(&self) -> Code {
         match self {
             AgentError::InvalidArgument(_) | AgentError::TooLarge(_) => Code::InvalidArgument,
-            AgentError::NotRegistered(_) => Code::FailedPrecondition,
+            AgentError::NotRegistered(_) | AgentError::RunAs(_) => Code::FailedPrecondition,
+            AgentError::UidsExhausted(_) => Code::ResourceExhausted,
             AgentError::TaskNotFound { .. } => Code::NotFound,
             AgentError::Store(e) => match e {
                 StoreError::Conflict { .. } | StoreError::Fenced(_) => Code::Aborted,

@@ -10,11 +10,15 @@
 //! - [`error`]: [`AgentError`](error::AgentError), what can go wrong in
 //!   either, and its one mapping onto gRPC codes.
 //! - [`supervise`]: `local-agent supervise`, the parent of each task process.
+//! - [`limits`]: how tasks' cpu and memory requests are enforced (cgroup
+//!   v2, the cgroup v1 memory controller, or rlimits), shared by the node
+//!   agent, which picks the mechanism, and the supervisor, which applies it.
 //!
 //! Reconnects back off with `sched_proto::backoff`.
 
 pub mod agent;
 pub mod error;
+pub mod limits;
 pub mod node;
 pub mod supervise;
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use local_agent::agent::AgentConfig;
+use local_agent::limits::Limits;
+use local_agent::node::run_as::{Identity, RunAs, UidRange};
 use local_agent::node::{detect_capacity, MachineConfig, NodeConfig};
 use sched_core::quantity::QuantityText;
 use sched_store::{EtcdStore, MemStore, Store};
@@ -115,6 +117,21 @@ struct NodeArgs {
     /// elsewhere: so that none runs twice.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     fence_timeout_ms: u64,
+    /// Who tasks run as. `dynamic`: a uid (and gid) of its own per task
+    /// attempt, from --uid-range, free again once it has ended; `self`: this
+    /// agent's own user; a user name or a numeric uid: that user, for every
+    /// task: tasks then share one uid and are not isolated from each other.
+    /// Default: `dynamic` when the agent runs as root, `self` otherwise.
+    #[arg(long, value_name = "MODE")]
+    run_as: Option<String>,
+    /// The uids (and gids) of `--run-as dynamic`; the default is systemd's
+    /// range for dynamic users.
+    #[arg(long, default_value = "61184-65519", value_name = "FIRST-LAST")]
+    uid_range: String,
+    /// Lets `--run-as` be root (uid 0): tasks then have every right on the
+    /// machine.
+    #[arg(long)]
+    allow_root_tasks: bool,
     #[command(flatten)]
     tls: sched_security::TlsArgs,
 }
@@ -229,6 +246,32 @@ async fn node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     let work_dir = args
         .work_dir
         .unwrap_or_else(|| std::env::temp_dir().join("sched-node").join(&args.name));
+    // Hollow machines run no processes: nobody to run them as, nothing to
+    // limit.
+    let me = Identity::current();
+    let (run_as, limits) = if args.hollow.is_some() {
+        (RunAs::Myself(me), Limits::rlimits())
+    } else {
+        let range: UidRange = args.uid_range.parse()?;
+        let lookup = |name: &str| {
+            let user = match name.parse::<u32>() {
+                Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+                Err(_) => nix::unistd::User::from_name(name),
+            };
+            user.ok().flatten().map(|u| Identity {
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+            })
+        };
+        let run_as = RunAs::resolve(
+            args.run_as.as_deref(),
+            range,
+            args.allow_root_tasks,
+            me,
+            lookup,
+        )?;
+        (run_as, Limits::detect(&work_dir))
+    };
     let config = NodeConfig {
         agent: args.agent,
         name: args.name,
@@ -242,6 +285,8 @@ async fn node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         supervisor: std::env::current_exe().context("cannot find the local-agent binary")?,
         tls,
         insecure: args.tls.insecure,
+        run_as,
+        limits,
     };
     let fence_timeout =
         (args.fence_timeout_ms > 0).then(|| Duration::from_millis(args.fence_timeout_ms));

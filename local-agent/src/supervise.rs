@@ -9,19 +9,29 @@
 //!   agent declares a silent machine lost only after a longer timeout, so
 //!   a task is dead before it is placed again elsewhere: never two copies.
 //! - SIGTERM (a stop) reaches the task's whole process group, with SIGKILL
-//!   after a grace period.
+//!   after a grace period;
+//! - the task runs as the user the node agent chose (`--uid`, `--gid`;
+//!   std drops the supplementary groups when root switches uid), under its
+//!   limits (see [`crate::limits`]): it spawns the task from inside the
+//!   task's cgroup, or with `RLIMIT_DATA` lowered. When the task ends it
+//!   kills what is left of it (the cgroup's processes; with `--sole-user`,
+//!   every process of the uid), takes the task's directory back for root,
+//!   and says in the exit file when the kernel killed it for memory.
 //!
 //! The timing (lease checks, the grace period) is [`watch`], apart from the
 //! process and the files, so that it can be tested on a paused clock.
 
 use std::future::Future;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
+
+use crate::limits::{oom_reason, DataLimit, Mechanism, TaskCgroup};
+use crate::node::dirs;
 
 /// How often the lease file is checked, and SIGKILL repeated past the grace
 /// period: the node agent renews the lease every 500 ms, so a dead node
@@ -42,6 +52,29 @@ pub struct Args {
     /// Time between SIGTERM and SIGKILL on a stop.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     grace_ms: u64,
+    /// Run the task as this uid.
+    #[arg(long, value_name = "UID")]
+    uid: Option<u32>,
+    /// ... and this gid (default: the uid's number).
+    #[arg(long, value_name = "GID", requires = "uid")]
+    gid: Option<u32>,
+    /// No other process runs as --uid: when the task ends, every process
+    /// left with it is killed, and the working directory is taken back.
+    #[arg(long, requires = "uid")]
+    sole_user: bool,
+    /// How to enforce the task's requests.
+    #[arg(long, value_enum, value_name = "MECHANISM")]
+    limits: Option<Mechanism>,
+    /// With a cgroup mechanism: the node agent's cgroup, under which the
+    /// task gets its own.
+    #[arg(long, value_name = "DIR")]
+    cgroup_parent: Option<PathBuf>,
+    /// The task's memory request; 0: none.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    memory_bytes: u64,
+    /// The task's cpu request (cgroup v2 only); 0: none.
+    #[arg(long, default_value_t = 0, value_name = "MILLIS")]
+    cpu_millis: u64,
     /// The task's command.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -140,6 +173,16 @@ pub fn start_failure_code(e: &std::io::Error) -> i32 {
     }
 }
 
+/// The task's cgroup, when the node's mechanism is one.
+fn task_cgroup(args: &Args) -> std::io::Result<Option<TaskCgroup>> {
+    match (args.limits, &args.cgroup_parent) {
+        (Some(m @ (Mechanism::CgroupV2 | Mechanism::CgroupV1Memory)), Some(parent)) => {
+            TaskCgroup::create(m, parent, args.memory_bytes, args.cpu_millis).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 pub fn run(args: Args) -> Result<(), SuperviseError> {
     let program = args
         .command
@@ -155,26 +198,56 @@ pub fn run(args: Args) -> Result<(), SuperviseError> {
         // soon as the task runs is passed on, not fatal to the supervisor.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(io("cannot listen for SIGTERM"))?;
-        let spawned = tokio::process::Command::from({
-            let mut c = Command::new(&program);
-            c.args(&args.command[1..]).process_group(0);
-            c
-        })
-        .kill_on_drop(false)
-        .spawn();
+        let mut command = Command::new(&program);
+        command.args(&args.command[1..]).process_group(0);
+        if let Some(uid) = args.uid {
+            // The working directory is inherited, not entered again: the
+            // task needs no right on the directories above its own.
+            command.uid(uid).gid(args.gid.unwrap_or(uid));
+        }
+        let cgroup = match task_cgroup(&args) {
+            Ok(c) => c,
+            Err(e) => {
+                let what = args.limits.map_or("", Mechanism::describe);
+                eprintln!("cannot limit the task's resources ({what}): {e}");
+                return end(&args, None, 126);
+            }
+        };
+        let spawned = {
+            // Inherited by the task, restored for the supervisor at once.
+            let _data = match args.limits {
+                Some(Mechanism::Rlimits) if args.memory_bytes > 0 => Some(
+                    DataLimit::set(args.memory_bytes).map_err(|e| SuperviseError::Io {
+                        what: "cannot set RLIMIT_DATA",
+                        source: e.into(),
+                    })?,
+                ),
+                _ => None,
+            };
+            if let Some(c) = &cgroup {
+                c.enter().map_err(io("cannot enter the task's cgroup"))?;
+            }
+            let spawned = tokio::process::Command::from(command)
+                .kill_on_drop(false)
+                .spawn();
+            if let Some(c) = &cgroup {
+                c.leave().map_err(io("cannot leave the task's cgroup"))?;
+            }
+            spawned
+        };
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
                 // The task failed, as a shell would report it: its stderr
                 // says why, its exit file says how.
                 eprintln!("cannot start {program:?}: {e}");
-                return write_exit(&args.exit_file, start_failure_code(&e));
+                return end(&args, cgroup, start_failure_code(&e));
             }
         };
         let Some(pid) = child.id() else {
             // Reaped already: it exited before we looked.
             let status = child.wait().await.map_err(io("cannot wait for the task"))?;
-            return write_exit(&args.exit_file, exit_code(status));
+            return end(&args, cgroup, exit_code(status));
         };
         let status = watch(
             child.wait(),
@@ -186,8 +259,73 @@ pub fn run(args: Args) -> Result<(), SuperviseError> {
         )
         .await
         .map_err(io("cannot wait for the task"))?;
-        write_exit(&args.exit_file, exit_code(status))
+        end(&args, cgroup, exit_code(status))
     })
+}
+
+/// After the task: kills what is left of it, removes its cgroup, takes its
+/// directory back, and writes the exit file, with why it ended when the
+/// kernel killed it for memory.
+fn end(args: &Args, cgroup: Option<TaskCgroup>, code: i32) -> Result<(), SuperviseError> {
+    let mut reason = String::new();
+    if let Some(c) = cgroup {
+        c.kill_all();
+        if c.oom_kills() > 0 {
+            let mechanism = args.limits.unwrap_or(Mechanism::CgroupV2);
+            reason = oom_reason(args.memory_bytes, mechanism);
+        }
+        let dir = c.dir().to_path_buf();
+        if let Err(e) = c.remove() {
+            eprintln!("cannot remove the task's cgroup {}: {e}", dir.display());
+        }
+    }
+    if args.sole_user {
+        if let Some(uid) = args.uid {
+            kill_user(uid);
+        }
+        dirs::reclaim(Path::new(".")).map_err(io("cannot take the task's directory back"))?;
+    }
+    write_exit(&args.exit_file, code, &reason)
+}
+
+/// Kills every process whose real or effective uid is `uid`, until none is
+/// left (a second or so at most). Only for a uid no other task has: a
+/// dynamic one. Never root's, nor this process's own.
+pub fn kill_user(uid: u32) {
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        return;
+    }
+    for _ in 0..50 {
+        let mut found = false;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+                continue;
+            };
+            // "Uid:\treal\teffective\tsaved\tfilesystem"
+            let owned = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .is_some_and(|ids| ids.split_whitespace().any(|id| id == uid.to_string()));
+            if owned && dirs::alive(pid as u32) {
+                found = true;
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The task's exit code; 128 + N for a task killed by signal N.
@@ -199,11 +337,11 @@ fn exit_code(status: ExitStatus) -> i32 {
 }
 
 /// Writes the exit file atomically: a reader never sees half a number.
-fn write_exit(exit_file: &std::path::Path, code: i32) -> Result<(), SuperviseError> {
-    let tmp = exit_file.with_extension("tmp");
-    std::fs::write(&tmp, code.to_string()).map_err(io("cannot write the exit file"))?;
-    std::fs::rename(&tmp, exit_file).map_err(io("cannot write the exit file"))?;
-    Ok(())
+/// Other tasks cannot read it: it is in the task's directory, which only
+/// the task's user (and root) may enter.
+fn write_exit(exit_file: &Path, code: i32, reason: &str) -> Result<(), SuperviseError> {
+    dirs::write_atomic(exit_file, dirs::exit_text(code, reason).as_bytes(), 0o644)
+        .map_err(io("cannot write the exit file"))
 }
 
 #[cfg(test)]

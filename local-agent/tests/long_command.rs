@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use local_agent::agent::AgentConfig;
+use local_agent::limits::Limits;
+use local_agent::node::run_as::{Identity, RunAs};
 use local_agent::node::{MachineConfig, NodeConfig};
 use sched_core::policy::Policy;
 use sched_core::resources::Resources;
@@ -159,6 +161,8 @@ async fn reproduce_issue_10_a_job_with_an_11_kb_command_is_placed_and_runs() {
             supervisor: env!("CARGO_BIN_EXE_local-agent").into(),
             tls: None,
             insecure: false,
+            run_as: RunAs::Myself(Identity::current()),
+            limits: Limits::rlimits(),
         },
         shutdown.clone(),
     ));

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use local_agent::limits::Limits;
+use local_agent::node::run_as::{Identity, RunAs, DEFAULT_UID_RANGE};
 use local_agent::node::tasks::Tasks;
 use local_agent::node::NodeConfig;
 use sched_proto::pb;
@@ -22,6 +24,13 @@ async fn a_task_that_exits_at_once_is_reported_finished() {
         supervisor: env!("CARGO_BIN_EXE_local-agent").into(),
         tls: None,
         insecure: false,
+        // As root, each of the 200 gets a uid of its own, given back when
+        // it ends.
+        run_as: match Identity::current() {
+            i if i.uid == 0 => RunAs::Dynamic(DEFAULT_UID_RANGE),
+            i => RunAs::Myself(i),
+        },
+        limits: Limits::rlimits(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let tasks = Tasks::new(&config, tx).unwrap();

@@ -8,6 +8,8 @@
 //!   back the rest. It stands where a local agent stands, so the global
 //!   scheduler can be tested on its own; it records every assignment it
 //!   receives so tests can prove nothing was handed over twice;
+//! - [`pki::Pki`]: a throwaway CA issuing component and user certificates,
+//!   for the processes above run with mutual TLS;
 //! - re-exports of the etcd helpers from `sched_store::testing`.
 //!
 //! The binaries are the ones `cargo test --workspace` builds next to the
@@ -33,6 +35,10 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub mod pki;
+
+use sched_security::Tls;
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -55,6 +61,25 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A directory any task may write in, whatever its uid (a node agent
+/// running as root runs each task as a uid of its own): `path`, mode 1777
+/// like /tmp, its parent made passable by all (0711).
+pub fn shared_dir(path: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).expect("create the shared dir");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o1777))
+        .expect("open the shared dir to all");
+    if let Some(parent) = path.parent() {
+        let mode = std::fs::metadata(parent)
+            .expect("the parent")
+            .permissions()
+            .mode();
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode | 0o711))
+            .expect("make the parent passable");
+    }
+    path.to_path_buf()
+}
+
 /// Starts etcd, or fails the test saying how to install it; never `None`
 /// (the `Option` is kept for callers written when a missing etcd skipped
 /// the test). New tests call [`start_etcd`].
@@ -67,6 +92,8 @@ pub struct Scheduler {
     child: Option<Guarded>,
     pub port: u16,
     args: Vec<String>,
+    /// The test's own certificate, when the scheduler runs with mutual TLS.
+    tls: Option<Tls>,
 }
 
 impl Scheduler {
@@ -74,6 +101,15 @@ impl Scheduler {
     /// its health service says SERVING.
     pub async fn start(etcd_url: &str, extra: &[&str]) -> Scheduler {
         let mut s = Scheduler::new(etcd_url, extra);
+        s.restart().await;
+        s
+    }
+
+    /// [`Scheduler::start`] with mutual TLS: `extra` holds its `--tls-*`
+    /// flags, and `client` is the certificate the test checks it with.
+    pub async fn start_tls(etcd_url: &str, extra: &[&str], client: Tls) -> Scheduler {
+        let mut s = Scheduler::new(etcd_url, extra);
+        s.tls = Some(client);
         s.restart().await;
         s
     }
@@ -92,11 +128,13 @@ impl Scheduler {
             child: None,
             port,
             args,
+            tls: None,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// SIGKILL, as a crash would.
@@ -120,7 +158,13 @@ impl Scheduler {
     /// waits until it leads: after a kill -9, until the old lease expires.
     pub async fn restart(&mut self) {
         self.spawn();
-        wait_leading(&self.url(), Duration::from_secs(30)).await;
+        wait_service(
+            &self.url(),
+            "sched.v1.Scheduler",
+            Duration::from_secs(30),
+            self.tls.as_ref(),
+        )
+        .await;
     }
 
     /// Starts a replica on a new port without waiting for it to lead: it
@@ -214,6 +258,8 @@ pub struct LocalAgent {
     child: Option<Guarded>,
     pub port: u16,
     args: Vec<String>,
+    /// The test's own certificate, when the agent runs with mutual TLS.
+    tls: Option<Tls>,
 }
 
 impl LocalAgent {
@@ -230,6 +276,20 @@ impl LocalAgent {
         global: &str,
         etcd_url: &str,
         extra: &[&str],
+    ) -> LocalAgent {
+        LocalAgent::start_tls(cluster, location, global, etcd_url, extra, None).await
+    }
+
+    /// [`LocalAgent::start_with`]; with `client`, over mutual TLS (`extra`
+    /// holds the agent's `--tls-*` flags, `client` is the certificate the
+    /// test checks it with).
+    pub async fn start_tls(
+        cluster: &str,
+        location: &str,
+        global: &str,
+        etcd_url: &str,
+        extra: &[&str],
+        client: Option<Tls>,
     ) -> LocalAgent {
         let port = free_port();
         let mut args: Vec<String> = [
@@ -257,13 +317,15 @@ impl LocalAgent {
             child: None,
             port,
             args,
+            tls: client,
         };
         a.restart().await;
         a
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn kill9(&mut self) {
@@ -301,7 +363,7 @@ impl LocalAgent {
         cmd.args(&self.args).current_dir(repo());
         let name = format!("local-agent-{}", self.port);
         self.child = Some(Guarded::spawn_named(cmd, &name).expect("start local-agent serve"));
-        wait_serving(&self.url(), Duration::from_secs(30)).await;
+        wait_service(&self.url(), "", Duration::from_secs(30), self.tls.as_ref()).await;
     }
 }
 
@@ -489,6 +551,16 @@ pub fn channel(url: &str) -> Channel {
     }
 }
 
+/// A lazily connecting channel over mutual TLS, showing `tls`'s
+/// certificate.
+pub fn tls_channel(url: &str, tls: &Tls) -> Channel {
+    sched_security::tls::endpoint(url, Some(tls))
+        .expect("a valid URL")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(20))
+        .connect_lazy()
+}
+
 /// The keys of the jobs stored under the default prefix, in order.
 pub async fn job_keys(store: &dyn sched_store::Store) -> Vec<String> {
     store
@@ -511,18 +583,22 @@ pub fn leader_channel(urls: &str) -> sched_proto::leader::LeaderChannel {
 /// Waits until the gRPC health service at `url` reports the process
 /// SERVING.
 pub async fn wait_serving(url: &str, timeout: Duration) {
-    wait_service(url, "", timeout).await
+    wait_service(url, "", timeout, None).await
 }
 
 /// Waits until the global scheduler at `url` leads (a standby reports its
 /// `sched.v1.Scheduler` service NOT_SERVING).
 pub async fn wait_leading(url: &str, timeout: Duration) {
-    wait_service(url, "sched.v1.Scheduler", timeout).await
+    wait_service(url, "sched.v1.Scheduler", timeout, None).await
 }
 
-async fn wait_service(url: &str, service: &str, timeout: Duration) {
+async fn wait_service(url: &str, service: &str, timeout: Duration, tls: Option<&Tls>) {
     let start = Instant::now();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(url));
+    let channel = match tls {
+        Some(t) => tls_channel(url, t),
+        None => channel(url),
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     loop {
         let r = health
             .check(tonic_health::pb::HealthCheckRequest {
@@ -776,6 +852,7 @@ async fn cluster_loop(
                                 state: pb::TaskState::Placed as i32,
                                 machine,
                                 exit_code: None,
+                                reason: String::new(),
                             });
                         }
                         if !back.is_empty() {

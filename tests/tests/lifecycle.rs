@@ -153,9 +153,12 @@ async fn a_command_that_cannot_start_fails_with_127_within_its_attempts() {
 
     // on-failure with room to retry: a task that fails twice, then
     // succeeds, ends succeeded on its third attempt.
-    let marker = dir.path().join("tries");
+    // Tasks run as uids of their own: the marks are in a directory all
+    // may write.
+    let marker = sched_tests::shared_dir(&dir.path().join("tries"));
+    // One file per attempt: each attempt's uid owns what it makes.
     let script = format!(
-        "echo x >> {m}; test $(wc -l < {m}) -ge 3",
+        "mktemp -p {m} try.XXXXXX > /dev/null; test $(ls {m} | wc -l) -ge 3",
         m = marker.display()
     );
     let mut flaky = spec("flaky", 1, "500m", &["sh", "-c", &script]);
@@ -460,12 +463,12 @@ async fn tasks_of_a_cluster_that_stays_down_run_elsewhere_never_twice() {
     let _w1 = NodeAgent::start_with(&west.url(), "w1", "2", "1Gi", dir.path().join("w1"), &fence);
     sched.wait_machines_up(2, Duration::from_secs(20)).await;
 
-    // Each task appends "<cluster> <time>" to its own beat file every
-    // 50 ms until it is stopped.
-    let beats = dir.path().join("beats");
-    std::fs::create_dir_all(&beats).unwrap();
+    // Each task appends "<cluster> <time>" to its own beat file (one per
+    // cluster: each copy runs as a uid of its own) every 50 ms until it is
+    // stopped.
+    let beats = sched_tests::shared_dir(&dir.path().join("beats"));
     let script = format!(
-        "while true; do echo \"$SCHED_CLUSTER $(date +%s.%N)\" >> {}/$SCHED_TASK_INDEX; sleep 0.05; done",
+        "while true; do echo \"$SCHED_CLUSTER $(date +%s.%N)\" >> {}/$SCHED_TASK_INDEX.$SCHED_CLUSTER; sleep 0.05; done",
         beats.display()
     );
     let mut j = spec("steady", 2, "500m", &["sh", "-c", &script]);
@@ -507,7 +510,9 @@ async fn tasks_of_a_cluster_that_stays_down_run_elsewhere_never_twice() {
     // after the first west beat, for either task.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for index in 0..2 {
-        let text = std::fs::read_to_string(beats.join(index.to_string())).unwrap();
+        let text = ["east-a", "west-a"]
+            .map(|c| std::fs::read_to_string(beats.join(format!("{index}.{c}"))).unwrap())
+            .concat();
         let stamp =
             |line: &str, who: &str| -> Option<f64> { line.strip_prefix(who)?.trim().parse().ok() };
         let last_east = text

@@ -148,6 +148,7 @@ fn handed_back_tasks_skip_the_cluster_that_refused_them() {
         state: pb::TaskState::Placed as i32,
         machine: "m1".into(),
         exit_code: None,
+        reason: String::new(),
     };
     assert!(s.report_change(east, &stale).is_none());
 }
@@ -167,6 +168,7 @@ fn a_hand_back_returns_a_task_the_scheduler_still_thinks_runs() {
         state: pb::TaskState::Running as i32,
         machine: "m1".into(),
         exit_code: None,
+        reason: String::new(),
     };
     let c = s.report_change(east, &running).unwrap();
     s.apply(vec![c], 3);
@@ -268,6 +270,7 @@ fn freed_capacity_gets_the_rest_of_a_job() {
             state: pb::TaskState::Succeeded as i32,
             machine: "m".into(),
             exit_code: Some(0),
+            reason: String::new(),
         };
         let c = s.report_change(east, &r).unwrap();
         s.apply(vec![c], 5);
@@ -349,6 +352,7 @@ fn report(
         state: state as i32,
         machine: "m0".into(),
         exit_code: code,
+        reason: String::new(),
     };
     if let Some(c) = s.report_change(id, &r) {
         s.apply(vec![c], 3);
@@ -357,6 +361,35 @@ fn report(
 
 fn task(s: &State, job: &str, index: usize) -> TaskEntry {
     s.job(job).unwrap().tasks[index].clone()
+}
+
+/// Issue 12: a node's reason (the kernel killed the task for memory) is
+/// told in the task's reason, with the exit code.
+#[test]
+fn a_failure_the_node_explains_carries_its_reason() {
+    let mut s = state(&[("east-a", "east", 1)]);
+    submit(&mut s, "hog", 1, 1000, None, 0);
+    pass(&mut s, 10);
+    report(&mut s, "east-a", "hog", 0, pb::TaskState::Running, None);
+    let id = s.registry().id("east-a").unwrap();
+    let r = pb::TaskReport {
+        job: "hog".into(),
+        index: 0,
+        state: pb::TaskState::Failed as i32,
+        machine: "m0".into(),
+        exit_code: Some(137),
+        reason: "killed for exceeding its memory request of 64Mi (cgroup v2)".into(),
+    };
+    let c = s.report_change(id, &r).unwrap();
+    s.apply(vec![c], 3);
+    let t = task(&s, "hog", 0);
+    assert!(
+        t.reason.contains(
+            "failed: killed for exceeding its memory request of 64Mi (cgroup v2) (exit code 137)"
+        ),
+        "{}",
+        t.reason
+    );
 }
 
 #[test]

@@ -257,6 +257,9 @@ impl State {
             TaskState::Failed => {
                 let code = r.exit_code.map_or("unknown".to_string(), |c| c.to_string());
                 let what = match r.exit_code {
+                    // The node knows more than the code: it was killed
+                    // for exceeding its memory request.
+                    _ if !r.reason.is_empty() => format!("failed: {} (exit code {code})", r.reason),
                     Some(127) => format!("failed: the command was not found (exit code {code})"),
                     Some(126) => {
                         format!("failed: the command could not be executed (exit code {code})")

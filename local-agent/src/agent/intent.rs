@@ -30,6 +30,10 @@ pub struct PlacementRecord {
     pub state: PlacementState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Why it ended as it did, when its node said more than the exit code
+    /// (killed for exceeding its memory request).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +136,7 @@ impl Intent {
             attempt: previous.map_or(1, |p| p.record.attempt + 1),
             state: PlacementState::Placed,
             exit_code: None,
+            reason: String::new(),
         };
         let expect = match previous.map_or(0, |p| p.rev) {
             0 => Expect::Absent,
@@ -220,6 +225,7 @@ impl Intent {
         machine: &str,
         state: pb::TaskState,
         exit_code: Option<i32>,
+        reason: &str,
     ) -> Observed {
         let Some(p) = self.placements.get_mut(k).filter(|p| {
             p.record.attempt == attempt
@@ -240,6 +246,7 @@ impl Intent {
         }
         p.record.state = new;
         p.record.exit_code = exit_code;
+        p.record.reason = reason.to_string();
         let mut freed = None;
         if new.is_final() {
             freed = p.counted.take();
@@ -348,6 +355,7 @@ pub fn report(k: &TaskKey, record: &PlacementRecord) -> pb::TaskReport {
             record.machine.clone()
         },
         exit_code: record.exit_code,
+        reason: record.reason.clone(),
     }
 }
 
@@ -396,7 +404,7 @@ mod tests {
         let mut i = intent();
         place(&mut i, &key(0), "m0", 7);
         let observe = |i: &mut Intent, attempt, machine, state| {
-            i.observe(&key(0), attempt, machine, state, None)
+            i.observe(&key(0), attempt, machine, state, None, "")
         };
         use pb::TaskState::*;
         assert_eq!(observe(&mut i, 0, "m0", Running), Observed::Stale);
@@ -429,7 +437,7 @@ mod tests {
         place(&mut i, &key(1), "m0", 7);
         i.lose(&key(0));
         assert_eq!(
-            i.observe(&key(0), 1, "m0", pb::TaskState::Running, None),
+            i.observe(&key(0), 1, "m0", pb::TaskState::Running, None, ""),
             Observed::Stale
         );
         assert_eq!(i.orphans(|m| m != "m0"), [key(1)]);

@@ -45,6 +45,7 @@ impl Reports {
             state: pb::TaskState::Lost as i32,
             machine: String::new(),
             exit_code: None,
+            reason: String::new(),
         });
     }
 
@@ -109,6 +110,7 @@ mod tests {
             state: state as i32,
             machine: "m0".into(),
             exit_code: None,
+            reason: String::new(),
         }
     }
 

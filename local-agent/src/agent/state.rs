@@ -215,7 +215,7 @@ impl AgentState {
         let state = pb::TaskState::try_from(t.state).unwrap_or(pb::TaskState::Unspecified);
         match self
             .intent
-            .observe(&k, t.attempt, &t.machine, state, t.exit_code)
+            .observe(&k, t.attempt, &t.machine, state, t.exit_code, &t.reason)
         {
             Observed::Stale if state == pb::TaskState::Running => {
                 tracing::warn!(job = %t.job, index = t.index, machine = %t.machine, attempt = t.attempt, "stopping a task that is not placed here");
@@ -238,6 +238,7 @@ impl AgentState {
                     state: state.to_pb() as i32,
                     machine: t.machine.clone(),
                     exit_code: t.exit_code,
+                    reason: t.reason.clone(),
                 });
             }
         }

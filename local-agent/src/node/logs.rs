@@ -44,9 +44,11 @@ pub fn stream_logs(dir: PathBuf, follow: bool) -> LogStream {
             let exited = dir.join("exit").exists();
             let mut sent = false;
             for (i, name) in names.iter().enumerate() {
-                let Ok(mut f) = tokio::fs::File::open(dir.join(name)).await else {
+                // Not through a link a task planted in its directory.
+                let Ok(f) = super::dirs::open_nofollow(&dir.join(name)) else {
                     continue;
                 };
+                let mut f = tokio::fs::File::from_std(f);
                 if f.seek(std::io::SeekFrom::Start(offsets[i])).await.is_err() {
                     continue;
                 }

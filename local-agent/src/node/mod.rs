@@ -7,6 +7,8 @@
 //! - [`dirs`]: the task directories under the work dir (their layout, the
 //!   trash of deleted jobs), and the sweep that removes old ones.
 //! - [`logs`]: the `Node` gRPC service that serves task output.
+//! - [`run_as`]: who tasks run as (`--run-as`), and the pool of dynamic
+//!   uids. Their resource limits: [`crate::limits`].
 //! - this module: the connection to the local agent (register, heartbeat,
 //!   work stream, reports), with jittered exponential backoff; the fence;
 //!   the periodic sweep of old task directories.
@@ -23,6 +25,7 @@
 
 pub mod dirs;
 pub mod logs;
+pub mod run_as;
 pub mod tasks;
 
 use std::path::PathBuf;
@@ -74,6 +77,10 @@ pub struct NodeConfig {
     pub tls: Option<sched_security::Tls>,
     /// Serve logs in plaintext on a non-loopback address (`--insecure`).
     pub insecure: bool,
+    /// Who tasks run as.
+    pub run_as: run_as::RunAs,
+    /// How tasks' cpu and memory requests are enforced.
+    pub limits: crate::limits::Limits,
 }
 
 /// The fence timeout when none is given: half the global scheduler's
@@ -138,8 +145,21 @@ pub async fn run_fenced(
     fence_timeout: Option<Duration>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&config.work_dir)
+    let closed = dirs::secure_work_dir(&config.work_dir, &config.work_dir.join("lease"))
         .map_err(|e| AgentError::io(format!("work dir {}", config.work_dir.display()), e))?;
+    if config.hollow.is_none() {
+        tracing::info!("{}", config.run_as.describe());
+        tracing::info!("{}", config.limits.describe());
+        if let (run_as::RunAs::Dynamic(_) | run_as::RunAs::User { .. }, Some(first)) =
+            (&config.run_as, closed.first())
+        {
+            tracing::warn!(
+                dir = %first.display(),
+                "tasks cannot pass {} (not searchable by others): they start in their directory but cannot reach it by path ($HOME)",
+                first.display()
+            );
+        }
+    }
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     let tasks = Tasks::new(&config, report_tx)?;
     let tracker = TaskTracker::new();
@@ -271,6 +291,11 @@ pub async fn run_fenced(
     // Stop cleanly: the tasks go, and the local agent hears they are lost so
     // it can place them elsewhere at once.
     tasks.stop_all(Duration::from_secs(5)).await;
+    if let Some(parent) = &config.limits.parent {
+        // The node agent's cgroup, once its tasks' are gone (the kernel
+        // refuses while any is left).
+        let _ = std::fs::remove_dir(parent);
+    }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
     Ok(())

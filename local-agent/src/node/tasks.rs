@@ -10,6 +10,13 @@
 //! finished ones reported. A task the node stopped for its own reasons (the
 //! fence, its shutdown) is marked on disk, so that it is reported lost, not
 //! failed, even after a restart.
+//!
+//! # Isolation
+//! Each task runs as the user [`RunAs`] gives it (with `dynamic`, a uid of
+//! its own from [`UidPool`], given back once its supervisor has exited),
+//! in a directory only that user can enter, with an environment of its own
+//! (nothing of the node agent's but `PATH`), under the limits of the
+//! node's [`Limits`] mechanism.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -22,11 +29,14 @@ use sched_proto::pb;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::task::TaskTracker;
 
-use super::dirs::{
-    self, alive, read_exit, Meta, Swept, EXIT_FILE, LOST_FILE, META_FILE, TASKS_DIR,
-};
+use super::dirs::{self, read_end, Meta, Swept, EXIT_FILE, LOST_FILE, META_FILE, TASKS_DIR};
+use super::run_as::{Identity, RunAs, UidClaims, UidPool};
 use super::NodeConfig;
 use crate::error::AgentError;
+use crate::limits::Limits;
+
+/// The `PATH` tasks get when the node agent has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How long old directories are kept when the local agent does not say.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
@@ -42,6 +52,8 @@ struct Entry {
     machine: String,
     state: pb::TaskState,
     exit_code: Option<i32>,
+    /// Why it ended so, when the exit code does not say it all.
+    reason: String,
     /// The supervisor's pid while running.
     pid: Option<u32>,
     /// `None` for hollow tasks.
@@ -74,6 +86,11 @@ pub struct Tasks {
     supervisor: PathBuf,
     hollow: Option<Duration>,
     report: UnboundedSender<pb::NodeTask>,
+    run_as: RunAs,
+    /// With `--run-as dynamic`: the uids in use, and their claims.
+    uids: Mutex<UidPool>,
+    claims: Option<UidClaims>,
+    limits: Limits,
     entries: Mutex<BTreeMap<(String, u32), Entry>>,
     next_id: AtomicU64,
     /// How long old directories are kept, in milliseconds.
@@ -117,6 +134,19 @@ impl Tasks {
             supervisor: config.supervisor.clone(),
             hollow: config.hollow,
             report,
+            run_as: config.run_as.clone(),
+            uids: Mutex::new(UidPool::new(match config.run_as {
+                RunAs::Dynamic(range) => range,
+                _ => super::run_as::DEFAULT_UID_RANGE,
+            })),
+            claims: match (&config.run_as, config.hollow) {
+                (RunAs::Dynamic(_), None) => Some(
+                    UidClaims::open()
+                        .map_err(|e| AgentError::io("the claims on dynamic uids", e))?,
+                ),
+                _ => None,
+            },
+            limits: config.limits.clone(),
             entries: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0),
             retention_ms: AtomicU64::new(DEFAULT_RETENTION.as_millis() as u64),
@@ -165,7 +195,7 @@ impl Tasks {
     }
 
     pub fn renew_lease(&self) {
-        if let Err(e) = std::fs::write(&self.lease_file, b"") {
+        if let Err(e) = dirs::touch_lease(&self.lease_file) {
             tracing::error!(cause = %e, "cannot renew the task lease");
         }
     }
@@ -196,13 +226,25 @@ impl Tasks {
                     continue;
                 };
                 let lost = dir.join(LOST_FILE).exists();
-                let (state, exit_code, pid) = match read_exit(&dir) {
-                    Some(code) if lost => (pb::TaskState::Lost, Some(code), None),
-                    Some(code) => (final_state(code), Some(code), None),
-                    None if alive(meta.pid) => (pb::TaskState::Running, None, Some(meta.pid)),
+                let (state, exit_code, reason, pid) = match read_end(&dir) {
+                    Some((code, reason)) if lost => (pb::TaskState::Lost, Some(code), reason, None),
+                    Some((code, reason)) => (final_state(code), Some(code), reason, None),
+                    None if dirs::supervises(meta.pid, &dir) => {
+                        (pb::TaskState::Running, None, String::new(), Some(meta.pid))
+                    }
                     // The supervisor died without writing an exit code:
                     // the machine went down under it.
-                    None => (pb::TaskState::Lost, None, None),
+                    None => (pb::TaskState::Lost, None, String::new(), None),
+                };
+                // A running task keeps its dynamic uid until it ends.
+                let uid = match (pid, meta.uid) {
+                    (Some(_), Some(uid)) => {
+                        if !self.uid_pool().reserve(uid) {
+                            tracing::warn!(job = %job_name, index = i, uid, "a task found running has a uid outside the range, or in use twice");
+                        }
+                        Some(uid)
+                    }
+                    _ => None,
                 };
                 tracing::info!(job = %job_name, index = i, attempt, state = ?state, "task found after restart");
                 let id = self.next_id();
@@ -214,6 +256,7 @@ impl Tasks {
                         machine: meta.machine,
                         state,
                         exit_code,
+                        reason,
                         pid,
                         dir: Some(dir.clone()),
                         hollow_stop: None,
@@ -221,7 +264,7 @@ impl Tasks {
                     },
                 );
                 if let Some(pid) = pid {
-                    self.adopt(job_name.clone(), i, id, pid, dir);
+                    self.adopt(job_name.clone(), i, id, pid, dir, uid);
                 }
             }
         }
@@ -253,8 +296,14 @@ impl Tasks {
             return;
         }
         let dir = dirs::attempt_dir(&self.work_dir, &s.job, s.index, s.attempt);
-        match self.spawn(&s, &dir) {
-            Ok(child) => {
+        let identity = self.identity();
+        let spawned = identity.and_then(|(identity, uid)| {
+            self.spawn(&s, &dir, identity, uid)
+                .inspect_err(|_| self.give_back(uid, &dir, std::process::id()))
+                .map(|child| (child, uid))
+        });
+        match spawned {
+            Ok((child, uid)) => {
                 let pid = child.id().unwrap_or_default();
                 let id = self.next_id();
                 let entry = Entry {
@@ -263,6 +312,7 @@ impl Tasks {
                     machine: s.machine.clone(),
                     state: pb::TaskState::Running,
                     exit_code: None,
+                    reason: String::new(),
                     pid: Some(pid),
                     dir: Some(dir.clone()),
                     hollow_stop: None,
@@ -273,22 +323,25 @@ impl Tasks {
                 tracing::info!(job = %s.job, index = s.index, attempt = s.attempt, machine = %s.machine, pid, "task started");
                 // Only now that the entry is in: a task that exits at once
                 // must find it, or its exit would go unreported.
-                self.wait_for(child, s.job, s.index, id, dir);
+                self.wait_for(child, s.job, s.index, id, dir, uid);
             }
             Err(e) => {
                 tracing::warn!(job = %s.job, index = s.index, cause = %e, "task did not start");
-                let _ = std::fs::create_dir_all(&dir);
-                let _ = std::fs::write(
-                    dir.join("stderr"),
-                    format!("the task could not start: {e:#}\n"),
+                let reason = format!("the task could not start: {e}");
+                let _ = dirs::make_attempt_dir(&self.work_dir, &s.job, s.index, s.attempt, None);
+                let _ = dirs::write_atomic(
+                    &dir.join("stderr"),
+                    format!("{reason}\n").as_bytes(),
+                    dirs::PRIVATE_FILE_MODE,
                 );
-                let _ = std::fs::write(dir.join(EXIT_FILE), "127");
+                let _ = dirs::write_atomic(&dir.join(EXIT_FILE), b"127", dirs::PRIVATE_FILE_MODE);
                 let entry = Entry {
                     id: self.next_id(),
                     attempt: s.attempt,
                     machine: s.machine.clone(),
                     state: pb::TaskState::Failed,
                     exit_code: Some(127),
+                    reason: String::new(),
                     pid: None,
                     dir: Some(dir),
                     hollow_stop: None,
@@ -300,18 +353,51 @@ impl Tasks {
         }
     }
 
+    fn uid_pool(&self) -> std::sync::MutexGuard<'_, UidPool> {
+        // A set of numbers changed in one step per call.
+        self.uids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Who the next task runs as (`None`: the node agent's own user, no
+    /// switch), and the dynamic uid taken for it, if it is one.
+    fn identity(&self) -> Result<(Option<Identity>, Option<u32>), AgentError> {
+        match &self.run_as {
+            RunAs::Dynamic(range) => {
+                let me = std::process::id();
+                let claims = self.claims.as_ref();
+                let uid = self
+                    .uid_pool()
+                    .take(|uid| claims.is_some_and(|c| c.claim(uid, me)))
+                    .ok_or_else(|| AgentError::UidsExhausted(range.to_string()))?;
+                Ok((Some(Identity { uid, gid: uid }), Some(uid)))
+            }
+            RunAs::User { identity, .. } => Ok((Some(*identity), None)),
+            RunAs::Myself(_) => Ok((None, None)),
+        }
+    }
+
     /// Starts the task's supervisor; [`Tasks::wait_for`] then reports its
-    /// exit.
-    fn spawn(&self, s: &pb::TaskStart, dir: &Path) -> Result<tokio::process::Child, AgentError> {
+    /// exit. The task runs as `identity` (the node agent's user when
+    /// `None`); `dynamic_uid` is its own uid, which no other process uses.
+    fn spawn(
+        &self,
+        s: &pb::TaskStart,
+        dir: &Path,
+        identity: Option<Identity>,
+        dynamic_uid: Option<u32>,
+    ) -> Result<tokio::process::Child, AgentError> {
         if s.command.is_empty() {
             return Err(
                 sched_core::error::SpecError::new("command", "the job has no command").into(),
             );
         }
         let io = |what: &str, e| AgentError::io(format!("{what} in {}", dir.display()), e);
-        std::fs::create_dir_all(dir).map_err(|e| io("the task directory", e))?;
-        let stdout = std::fs::File::create(dir.join("stdout")).map_err(|e| io("stdout", e))?;
-        let stderr = std::fs::File::create(dir.join("stderr")).map_err(|e| io("stderr", e))?;
+        dirs::make_attempt_dir(&self.work_dir, &s.job, s.index, s.attempt, identity)
+            .map_err(|e| io("the task directory", e))?;
+        let stdout =
+            dirs::create_output(&dir.join("stdout"), identity).map_err(|e| io("stdout", e))?;
+        let stderr =
+            dirs::create_output(&dir.join("stderr"), identity).map_err(|e| io("stderr", e))?;
         let mut cmd = std::process::Command::new(&self.supervisor);
         cmd.arg("supervise")
             .arg("--lease")
@@ -323,10 +409,32 @@ impl Tasks {
             // exit code follows it, and never lands in the directory of a
             // new task with the same job, index and attempt.
             .arg("--exit-file")
-            .arg(EXIT_FILE)
-            .arg("--")
+            .arg(EXIT_FILE);
+        if let Some(i) = identity {
+            cmd.args(["--uid", &i.uid.to_string(), "--gid", &i.gid.to_string()]);
+        }
+        if dynamic_uid.is_some() {
+            cmd.arg("--sole-user");
+        }
+        let request = s.request.unwrap_or_default();
+        if request.memory_bytes > 0 || request.cpu_millis > 0 {
+            cmd.args(["--limits", self.limits.mechanism.arg()])
+                .args(["--memory-bytes", &request.memory_bytes.to_string()])
+                .args(["--cpu-millis", &request.cpu_millis.to_string()]);
+            if let Some(parent) = &self.limits.parent {
+                cmd.arg("--cgroup-parent").arg(parent);
+            }
+        }
+        // Nothing of the node agent's environment (credentials, tokens)
+        // reaches the task but where to find programs.
+        let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+        let home = std::path::absolute(dir).map_err(|e| io("the task directory", e))?;
+        cmd.arg("--")
             .args(&s.command)
             .current_dir(dir)
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", home)
             .env("SCHED_JOB", &s.job)
             .env("SCHED_TASK_INDEX", s.index.to_string())
             .env("SCHED_CLUSTER", &s.cluster)
@@ -347,13 +455,43 @@ impl Tasks {
         let pid = child
             .id()
             .ok_or_else(|| AgentError::Invariant("a task just started has no pid".into()))?;
+        if let (Some(uid), Some(claims)) = (dynamic_uid, &self.claims) {
+            // The supervisor holds the uid now: if the node agent dies, the
+            // uid stays taken as long as the task runs.
+            claims
+                .hand_to(uid, pid)
+                .map_err(|e| io("the claim on its uid", e))?;
+        }
         let meta = Meta {
             machine: s.machine.clone(),
             pid,
+            uid: dynamic_uid,
         };
         let meta = serde_json::to_vec(&meta).expect("task metadata serializes");
-        std::fs::write(dir.join(META_FILE), meta).map_err(|e| io(META_FILE, e))?;
+        dirs::write_atomic(&dir.join(META_FILE), &meta, 0o644).map_err(|e| io(META_FILE, e))?;
         Ok(child)
+    }
+
+    /// Gives a dynamic uid back once `holder`, the supervisor of its task,
+    /// has exited (or the node agent itself, when the task did not start).
+    /// The supervisor killed the task's strays and took its directory back;
+    /// if it was killed before it could (no exit file), that is done here,
+    /// so that the next task of that uid finds nothing of this one.
+    fn give_back(&self, uid: Option<u32>, dir: &Path, holder: u32) {
+        let (Some(uid), Some(claims)) = (uid, &self.claims) else {
+            return;
+        };
+        let still_held = claims.holder(uid) == Some(holder);
+        if still_held && read_end(dir).is_none() {
+            crate::supervise::kill_user(uid);
+        }
+        if dir.exists() {
+            if let Err(e) = dirs::reclaim(dir) {
+                tracing::warn!(dir = %dir.display(), cause = %e, "cannot take an ended task's directory back");
+            }
+        }
+        self.uid_pool().give_back(uid);
+        claims.release(uid, holder);
     }
 
     /// Reports the task's end when its supervisor exits.
@@ -364,21 +502,35 @@ impl Tasks {
         index: u32,
         id: u64,
         dir: PathBuf,
+        uid: Option<u32>,
     ) {
         let this = self.clone();
+        let pid = child.id().unwrap_or_default();
         self.waiters.spawn(async move {
             let _ = child.wait().await;
+            // Whether or not the task is still known (its job may have
+            // been forgotten), its uid is free again.
+            this.give_back(uid, &dir, pid);
             this.finish(&job, index, id, &dir);
         });
     }
 
     /// Polls a process that is not our child (found after a restart).
-    fn adopt(self: &Arc<Self>, job: String, index: u32, id: u64, pid: u32, dir: PathBuf) {
+    fn adopt(
+        self: &Arc<Self>,
+        job: String,
+        index: u32,
+        id: u64,
+        pid: u32,
+        dir: PathBuf,
+        uid: Option<u32>,
+    ) {
         let this = self.clone();
         self.waiters.spawn(async move {
-            while alive(pid) {
+            while dirs::alive(pid) {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
+            this.give_back(uid, &dir, pid);
             this.finish(&job, index, id, &dir);
         });
     }
@@ -386,7 +538,7 @@ impl Tasks {
     /// Records the end of entry `id`; nothing if it is no longer the task's
     /// entry (a later attempt, or its job was forgotten).
     fn finish(&self, job: &str, index: u32, id: u64, dir: &Path) {
-        let code = read_exit(dir);
+        let (code, reason) = read_end(dir).map_or((None, String::new()), |(c, r)| (Some(c), r));
         let mut entries = self.lock();
         let Some(e) = entries.get_mut(&(job.to_string(), index)) else {
             return;
@@ -396,13 +548,14 @@ impl Tasks {
         }
         e.pid = None;
         e.exit_code = code;
+        e.reason = reason;
         e.state = match code {
             _ if e.lost || self.shutting_down.load(Ordering::SeqCst) => pb::TaskState::Lost,
             Some(c) => final_state(c),
             None => pb::TaskState::Lost,
         };
         let attempt = e.attempt;
-        tracing::info!(job, index, attempt, exit_code = ?code, state = ?e.state, "task exited");
+        tracing::info!(job, index, attempt, exit_code = ?code, state = ?e.state, reason = %e.reason, "task exited");
         let _ = self.report.send(node_task(job, index, e));
     }
 
@@ -416,6 +569,7 @@ impl Tasks {
             machine: s.machine.clone(),
             state: pb::TaskState::Running,
             exit_code: None,
+            reason: String::new(),
             pid: None,
             dir: None,
             hollow_stop: Some(stop.clone()),
@@ -471,7 +625,7 @@ impl Tasks {
             e.lost = true;
             if let Some(dir) = &e.dir {
                 // Before the signal, so that a restart in between finds it.
-                if let Err(err) = std::fs::write(dir.join(LOST_FILE), b"") {
+                if let Err(err) = dirs::write_atomic(&dir.join(LOST_FILE), b"", 0o644) {
                     tracing::warn!(dir = %dir.display(), cause = %err, "cannot mark a stopped task lost");
                 }
             }
@@ -548,6 +702,7 @@ fn node_task(job: &str, index: u32, e: &Entry) -> pb::NodeTask {
         state: e.state as i32,
         exit_code: e.exit_code,
         attempt: e.attempt,
+        reason: e.reason.clone(),
     }
 }
 
@@ -579,6 +734,8 @@ mod tests {
             supervisor: PathBuf::new(),
             tls: None,
             insecure: false,
+            run_as: RunAs::Myself(dirs::own_identity()),
+            limits: Limits::rlimits(),
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         (Tasks::new(&config, tx).unwrap(), rx)

@@ -86,6 +86,7 @@ fn node_task(index: u32, machine: &str, state: pb::TaskState) -> pb::NodeTask {
         state: state as i32,
         exit_code: (state == pb::TaskState::Succeeded).then_some(0),
         attempt: 1,
+        reason: String::new(),
     }
 }
 
