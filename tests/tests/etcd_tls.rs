@@ -27,7 +27,7 @@ async fn the_scheduler_keeps_its_state_in_an_etcd_that_requires_client_certifica
     let (client, peer) = (free_port(), free_port());
     let url = format!("https://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut cmd = Command::new("etcd");
+    let mut cmd = Command::new(sched_store::testing::etcd_bin());
     cmd.args(["--logger=zap", "--log-level=error", "--name=default"])
         .arg(format!("--data-dir={}", data.path().join("data").display()))
         .arg(format!("--listen-client-urls={url}"))
