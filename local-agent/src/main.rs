@@ -47,6 +47,10 @@ struct ServeArgs {
     /// given as standard input (how `schedctl dev` starts it).
     #[arg(long, default_value = "127.0.0.1:7080", value_name = "ADDR")]
     listen: String,
+    /// This agent's URL as the global scheduler reaches it (default: the
+    /// --listen address); set it when listening on 0.0.0.0.
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
     /// The global scheduler.
     #[arg(long, default_value = "http://127.0.0.1:7070", value_name = "URL")]
     global: String,
@@ -109,6 +113,10 @@ struct NodeArgs {
     /// Where to serve task logs.
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     listen: String,
+    /// This node's URL as its local agent reaches it (default: the
+    /// --listen address); set it when listening on 0.0.0.0.
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
     /// Stop every task (then report them lost) when the local agent has
     /// answered no registration or heartbeat for this long; 0: never. Keep
     /// it, plus the 5 s grace of a stop, shorter than the global
@@ -200,7 +208,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         policy,
         node_heartbeat: Duration::from_millis(args.node_heartbeat_ms.max(10)),
         machine_timeout: Duration::from_millis(args.machine_timeout_ms.max(20)),
-        advertise: None,
+        advertise: args.advertise,
         tls,
     };
     Ok(local_agent::agent::run(listener, store, config, shutdown).await?)
@@ -282,6 +290,7 @@ async fn node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result<()>
             .map(|_| Duration::from_millis(args.hollow_duration_ms)),
         lease: Duration::from_millis(args.lease_ms.max(500)),
         listen: args.listen,
+        advertise: args.advertise,
         supervisor: std::env::current_exe().context("cannot find the local-agent binary")?,
         tls,
         insecure: args.tls.insecure,

@@ -158,6 +158,7 @@ async fn reproduce_issue_10_a_job_with_an_11_kb_command_is_placed_and_runs() {
             hollow: None,
             lease: Duration::from_secs(3),
             listen: "127.0.0.1:0".into(),
+            advertise: None,
             supervisor: env!("CARGO_BIN_EXE_local-agent").into(),
             tls: None,
             insecure: false,

@@ -21,6 +21,7 @@ async fn a_task_that_exits_at_once_is_reported_finished() {
         hollow: None,
         lease: Duration::from_secs(60),
         listen: String::new(),
+        advertise: None,
         supervisor: env!("CARGO_BIN_EXE_local-agent").into(),
         tls: None,
         insecure: false,

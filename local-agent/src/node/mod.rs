@@ -71,6 +71,8 @@ pub struct NodeConfig {
     pub lease: Duration,
     /// Where to serve task logs.
     pub listen: String,
+    /// The URL the local agent reaches the logs at (default: the listener's).
+    pub advertise: Option<String>,
     /// The `local-agent` binary, which supervises task processes.
     pub supervisor: PathBuf,
     /// Mutual TLS to the local agent and for the logs server.
@@ -227,7 +229,10 @@ pub async fn run_fenced(
     } else {
         "http"
     };
-    let address = format!("{scheme}://{local}");
+    let address = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{local}"));
     {
         let guard = sched_security::Guard::new(config.tls.is_some(), None);
         let service = NodeServer::new(logs::LogsService::new(tasks.clone(), guard));

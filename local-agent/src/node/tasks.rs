@@ -731,6 +731,7 @@ mod tests {
             hollow: Some(HOUR),
             lease: Duration::from_secs(60),
             listen: String::new(),
+            advertise: None,
             supervisor: PathBuf::new(),
             tls: None,
             insecure: false,
