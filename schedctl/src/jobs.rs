@@ -360,6 +360,7 @@ struct JobSummaryView {
     priority: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     locality: Option<String>,
+    tenant: String,
     submitted_unix_ms: i64,
 }
 
@@ -472,6 +473,7 @@ fn summary_view(s: &pb::JobSummary) -> JobSummaryView {
         request: request_view(s.request.as_ref()),
         priority: s.priority,
         locality: (!s.locality.is_empty()).then(|| s.locality.clone()),
+        tenant: s.tenant.clone(),
         submitted_unix_ms: s.submitted_unix_ms,
     }
 }
@@ -813,6 +815,7 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
         request.push_str(&format!(", gpu {g}"));
     }
     println!("Request:      {request} per task");
+    println!("Tenant:       {}", s.tenant);
     println!("Priority:     {}", s.priority);
     println!("Locality:     {}", s.locality.as_deref().unwrap_or("-"));
     if !v.constraints.is_empty() {
