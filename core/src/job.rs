@@ -5,7 +5,7 @@
 //!   - name: web                # lowercase letters, digits and '-', at most 63
 //!     tasks: 20
 //!     resources: {cpu: "1500m", memory: "2Gi"}
-//!     priority: 100            # optional
+//!     priority: 100            # optional (or `band: production`, the band's lowest)
 //!     locality: us-east        # optional: a location name
 //!     constraints: {ssd: "true"}   # optional: machine labels that must match
 //!     command: ["python3", "-m", "http.server"]   # required to run; optional in simulation
@@ -78,6 +78,9 @@ pub struct JobSpecText {
     pub ttl_after_finished: Option<String>,
     #[serde(default)]
     pub tenant: Option<String>,
+    /// A priority band by name instead of `priority` (see [`crate::band`]).
+    #[serde(default)]
+    pub band: Option<String>,
 }
 
 /// The tenant of a job that names none.
@@ -152,6 +155,9 @@ pub struct JobSpec {
     pub ttl_after_finished: Option<Span>,
     /// Whose job it is ([`DEFAULT_TENANT`] unless it says).
     pub tenant: String,
+    /// The band it named instead of a priority; [`JobSpec::resolve_band`]
+    /// turns it into the band's lowest priority.
+    pub band: Option<String>,
 }
 
 /// A job tied to the topology: its locality resolved to a location.
@@ -192,6 +198,15 @@ impl JobSpecText {
             ));
         }
         let request = self.resources.to_resources(&format!("{field}.resources"))?;
+        if let Some(b) = &self.band {
+            if self.priority.is_some() {
+                return Err(SpecError::new(
+                    format!("{field}.band"),
+                    "give a band or a priority, not both",
+                ));
+            }
+            check_name(&format!("{field}.band"), b)?;
+        }
         let priority = self.priority.unwrap_or(0);
         if !(0..=MAX_PRIORITY).contains(&priority) {
             return Err(SpecError::new(
@@ -242,6 +257,7 @@ impl JobSpecText {
             restart,
             ttl_after_finished,
             tenant,
+            band: self.band.clone(),
         })
     }
 }
@@ -270,6 +286,29 @@ pub fn parse_job_file(text: &str) -> Result<Vec<JobSpec>, SpecError> {
 }
 
 impl JobSpec {
+    /// Sets the priority of a job that named a band to the band's lowest;
+    /// an unknown band is an error naming `field.band`.
+    pub fn resolve_band(
+        &mut self,
+        bands: &crate::band::PriorityPolicy,
+        field: &str,
+    ) -> Result<(), SpecError> {
+        if let Some(name) = &self.band {
+            let b = bands.named(name).ok_or_else(|| {
+                let known: Vec<&str> = bands.bands.iter().map(|b| b.name.as_str()).collect();
+                SpecError::new(
+                    format!("{field}.band"),
+                    format!(
+                        "{name:?} is not a band (the policy has {})",
+                        known.join(", ")
+                    ),
+                )
+            })?;
+            self.priority = b.min;
+        }
+        Ok(())
+    }
+
     /// Ties the job to a topology: resolves its locality and checks that some
     /// machine anywhere could ever hold one of its tasks. `field` is the job's
     /// path, for errors.
@@ -339,10 +378,24 @@ pub fn format_labels(l: &Labels) -> String {
 
 /// Parses a job file and resolves every job against `topology`.
 pub fn load_workload(text: &str, topology: &Topology) -> Result<Vec<Job>, SpecError> {
+    load_workload_with_bands(text, topology, &crate::band::PriorityPolicy::default())
+}
+
+/// [`load_workload`], with `band:` names resolved against `bands` (the
+/// policy's).
+pub fn load_workload_with_bands(
+    text: &str,
+    topology: &Topology,
+    bands: &crate::band::PriorityPolicy,
+) -> Result<Vec<Job>, SpecError> {
     parse_job_file(text)?
         .into_iter()
         .enumerate()
-        .map(|(i, spec)| spec.resolve(JobId(i as u32), topology, &format!("jobs[{i}]")))
+        .map(|(i, mut spec)| {
+            let field = format!("jobs[{i}]");
+            spec.resolve_band(bands, &field)?;
+            spec.resolve(JobId(i as u32), topology, &field)
+        })
         .collect()
 }
 
@@ -456,5 +509,27 @@ clusters:
         let e = load_workload(&JOBS.replace("ssd: \"true\"", "gpu: a100"), &topo).unwrap_err();
         assert_eq!(e.field, "jobs[0].constraints");
         assert!(e.reason.contains("gpu=a100"), "{e}");
+    }
+
+    #[test]
+    fn a_band_names_its_lowest_priority() {
+        let bands = crate::band::PriorityPolicy::default();
+        let topo = crate::topology::Topology::from_yaml(
+            "locations: [{name: a}]\nclusters:\n  - {name: c, location: a, machines: [{class: m, count: 1, cpu: 4, memory: 8Gi}]}\n",
+        )
+        .unwrap();
+        let job = |extra: &str| {
+            format!(
+                "jobs:\n  - {{name: j, tasks: 1, resources: {{cpu: 1, memory: 1Gi}}, {extra}}}\n"
+            )
+        };
+        let jobs = load_workload_with_bands(&job("band: production"), &topo, &bands).unwrap();
+        assert_eq!(jobs[0].spec.priority, 6000);
+        let e = load_workload_with_bands(&job("band: gold"), &topo, &bands).unwrap_err();
+        assert_eq!(e.field, "jobs[0].band");
+        assert!(e.reason.contains("production"), "{e:?}");
+        let e =
+            load_workload_with_bands(&job("band: batch, priority: 5"), &topo, &bands).unwrap_err();
+        assert_eq!(e.field, "jobs[0].band");
     }
 }

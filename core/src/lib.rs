@@ -24,6 +24,7 @@
 //!   written from their published formulas, for comparison.
 
 pub mod assign;
+pub mod band;
 pub mod baseline;
 pub mod cell;
 pub mod cluster;
@@ -38,6 +39,7 @@ pub mod names;
 pub mod pack;
 pub mod placement;
 pub mod policy;
+pub mod preempt;
 pub mod quantity;
 pub mod rank;
 pub mod resources;

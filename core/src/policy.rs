@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::band::PriorityPolicy;
 use crate::error::SpecError;
 pub use crate::lifecycle::LifecyclePolicy;
 use crate::yaml;
@@ -27,6 +28,8 @@ pub struct Policy {
     pub ha: HaPolicy,
     #[serde(default)]
     pub lifecycle: LifecyclePolicy,
+    #[serde(default)]
+    pub priority: PriorityPolicy,
 }
 
 /// High availability of the global scheduler.
@@ -256,7 +259,8 @@ impl Policy {
                 ),
             ));
         }
-        self.lifecycle.validate()
+        self.lifecycle.validate()?;
+        self.priority.validate()
     }
 
     /// The weight of a scorer, 0 when it is not configured.

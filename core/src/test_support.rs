@@ -22,6 +22,7 @@ pub fn job(name: &str, tasks: u32, cpu: u64, memory: u64) -> Job {
             restart: Default::default(),
             ttl_after_finished: None,
             tenant: crate::job::DEFAULT_TENANT.to_string(),
+            band: None,
         },
         locality: None,
     }

@@ -56,6 +56,7 @@ fn job(id: u32, tasks: u32, cpu_millis: u64, priority: u32) -> Job {
             restart: Default::default(),
             ttl_after_finished: None,
             tenant: sched_core::job::DEFAULT_TENANT.to_string(),
+            band: None,
         },
         locality: Some(LocationId(id % 2)),
     }

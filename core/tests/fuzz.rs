@@ -19,7 +19,7 @@ fn example(path: &str) -> String {
 
 /// The top-level keys of each kind of document.
 const JOBS: &[&str] = &["jobs"];
-const POLICY: &[&str] = &["global", "local", "ha", "lifecycle"];
+const POLICY: &[&str] = &["global", "local", "ha", "lifecycle", "priority"];
 const TOPOLOGY: &[&str] = &["locations", "links", "clusters"];
 
 /// One step of a field path: `.name` or `[index]`.

@@ -78,6 +78,9 @@ pub struct RunArgs {
     /// tokens). Only an admin may name another tenant.
     #[arg(long, value_name = "NAME")]
     tenant: Option<String>,
+    /// A priority band (`production`, `batch`, ...) instead of --priority.
+    #[arg(long, value_name = "NAME", conflicts_with = "priority")]
+    band: Option<String>,
     #[arg(long)]
     wait: bool,
     #[arg(long, default_value_t = 600, value_name = "SECS")]
@@ -236,6 +239,7 @@ pub async fn run(server: &Target, args: RunArgs) -> anyhow::Result<()> {
             }),
         ttl_after_finished: args.ttl_after_finished,
         tenant: args.tenant,
+        band: args.band,
     };
     let request = pb::SubmitRequest {
         yaml: String::new(),
@@ -361,6 +365,7 @@ struct JobSummaryView {
     #[serde(skip_serializing_if = "Option::is_none")]
     locality: Option<String>,
     tenant: String,
+    band: String,
     submitted_unix_ms: i64,
 }
 
@@ -474,6 +479,7 @@ fn summary_view(s: &pb::JobSummary) -> JobSummaryView {
         priority: s.priority,
         locality: (!s.locality.is_empty()).then(|| s.locality.clone()),
         tenant: s.tenant.clone(),
+        band: s.band.clone(),
         submitted_unix_ms: s.submitted_unix_ms,
     }
 }
@@ -816,7 +822,7 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
     }
     println!("Request:      {request} per task");
     println!("Tenant:       {}", s.tenant);
-    println!("Priority:     {}", s.priority);
+    println!("Priority:     {} ({})", s.priority, s.band);
     println!("Locality:     {}", s.locality.as_deref().unwrap_or("-"));
     if !v.constraints.is_empty() {
         let list: Vec<String> = v

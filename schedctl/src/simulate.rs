@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use sched_core::job::{load_workload, Job};
+use sched_core::job::{load_workload_with_bands, Job};
 use sched_core::rank::Ranking;
 use sched_core::simulate::{simulate, JobExplanation, Outcome, Report};
 use sched_core::topology::Topology;
@@ -49,9 +49,9 @@ struct JsonReport<'a> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let topology = Topology::from_yaml(&super::read(&args.topology)?)
         .with_context(|| format!("invalid topology {}", args.topology.display()))?;
-    let jobs = load_workload(&super::read(&args.workload)?, &topology)
-        .with_context(|| format!("invalid workload {}", args.workload.display()))?;
     let policy = super::load_policy(args.policy.as_ref())?;
+    let jobs = load_workload_with_bands(&super::read(&args.workload)?, &topology, &policy.priority)
+        .with_context(|| format!("invalid workload {}", args.workload.display()))?;
     let explain = match &args.explain {
         None => None,
         Some(name) => match jobs.iter().find(|j| j.spec.name == *name) {

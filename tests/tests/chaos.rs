@@ -77,6 +77,7 @@ fn job(i: usize) -> pb::SubmitRequest {
             }),
             ttl_after_finished: None,
             tenant: None,
+            band: None,
         }],
         submission_id: name,
     }

@@ -68,6 +68,7 @@ pub fn jobs(jobs: u32, tasks: u32, seed: u64) -> Vec<Job> {
                     restart: Default::default(),
                     ttl_after_finished: None,
                     tenant: sched_core::job::DEFAULT_TENANT.to_string(),
+                    band: None,
                 },
                 locality,
             }

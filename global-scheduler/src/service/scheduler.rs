@@ -289,7 +289,7 @@ impl Scheduler for SchedulerService {
                 .collect();
             jobs.sort_by_key(|j| j.job.id);
             jobs.into_iter()
-                .map(State::summary)
+                .map(|j| state.summary(j))
                 .filter(|s| want == 0 || s.state == want)
                 .collect()
         });

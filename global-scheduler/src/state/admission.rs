@@ -33,8 +33,9 @@ impl State {
     ) -> Result<Vec<JobRecord>, SpecError> {
         let world = self.registry.world();
         let mut out = Vec::with_capacity(specs.len());
-        for (i, spec) in specs.into_iter().enumerate() {
+        for (i, mut spec) in specs.into_iter().enumerate() {
             let field = format!("jobs[{i}]");
+            spec.resolve_band(&self.policy.priority, &field)?;
             if spec.command.is_empty() {
                 return Err(SpecError::new(
                     format!("{field}.command"),
@@ -296,5 +297,6 @@ fn spec_of(r: &JobRecord) -> JobSpec {
         restart: r.restart,
         ttl_after_finished: r.ttl_after_finished,
         tenant: r.tenant.clone(),
+        band: None,
     }
 }

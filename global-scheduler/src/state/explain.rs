@@ -32,7 +32,7 @@ impl State {
         }
     }
 
-    pub fn summary(j: &JobEntry) -> pb::JobSummary {
+    pub fn summary(&self, j: &JobEntry) -> pb::JobSummary {
         let mut c = pb::TaskCounts::default();
         for t in &j.tasks {
             match t.state {
@@ -56,13 +56,18 @@ impl State {
             priority: j.record.priority,
             locality: j.record.locality.clone().unwrap_or_default(),
             tenant: j.record.tenant.clone(),
+            band: self
+                .policy
+                .priority
+                .band_name(j.record.priority)
+                .to_string(),
         }
     }
 
     pub fn status(&self, j: &JobEntry) -> pb::JobStatus {
         let r = &j.record;
         pb::JobStatus {
-            summary: Some(Self::summary(j)),
+            summary: Some(self.summary(j)),
             spec: Some(pb::JobSpec {
                 name: r.name.clone(),
                 tasks: i64::from(r.tasks),
@@ -87,6 +92,7 @@ impl State {
                 }),
                 ttl_after_finished: r.ttl_after_finished.map(|t| t.to_string()),
                 tenant: Some(r.tenant.clone()),
+                band: None,
             }),
             tasks: j
                 .tasks

@@ -65,6 +65,7 @@ fn submit(
         restart: Default::default(),
         ttl_after_finished: None,
         tenant: sched_core::job::DEFAULT_TENANT.to_string(),
+        band: None,
     };
     let records = s.check_submission(vec![spec], "sub", 0).unwrap();
     for r in records {
@@ -207,6 +208,7 @@ fn jobs_are_sized_against_every_machine_a_cluster_has_had() {
         restart: Default::default(),
         ttl_after_finished: None,
         tenant: sched_core::job::DEFAULT_TENANT.to_string(),
+        band: None,
     };
     // The agent restarts and registers before its nodes do: no machine
     // right now, but a 4-cpu task still fits what the cluster has.
@@ -452,6 +454,7 @@ fn a_lost_task_starts_again_even_under_never_and_a_failure_does_not() {
         },
         ttl_after_finished: None,
         tenant: sched_core::job::DEFAULT_TENANT.to_string(),
+        band: None,
     };
     for r in s.check_submission(vec![spec], "sub", 0).unwrap() {
         s.insert_job(r, 1);
@@ -680,6 +683,7 @@ fn a_machine_shape_not_reported_for_its_ttl_is_forgotten() {
             restart: Default::default(),
             ttl_after_finished: None,
             tenant: sched_core::job::DEFAULT_TENANT.to_string(),
+            band: None,
         };
         s.check_submission(vec![spec], "sub", 0)
     };
