@@ -10,6 +10,13 @@
 //!   receives so tests can prove nothing was handed over twice;
 //! - [`pki::Pki`]: a throwaway CA issuing component and user certificates,
 //!   for the processes above run with mutual TLS;
+//! - the mutual TLS mode: with `SCHED_TEST_TLS=1` in the environment
+//!   ([`tls_mode`]), every process above is started with a certificate for
+//!   what it is (from one throwaway CA per test process), every URL is
+//!   `https://`, and the harness's own clients ([`channel`],
+//!   [`Scheduler::client`], [`schedctl_command`]...) show the certificate
+//!   the servers expect, so that the same tests prove the stack works with
+//!   mTLS on every hop. Without it, everything is plaintext as before;
 //! - re-exports of the etcd helpers from `sched_store::testing`.
 //!
 //! The binaries are the ones `cargo test --workspace` builds next to the
@@ -22,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sched_proto::pb;
@@ -33,11 +40,12 @@ pub use sched_store::testing::{
 };
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 pub mod pki;
 
-use sched_security::Tls;
+use pki::Pki;
+use sched_security::{Kind, Tls};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -87,6 +95,112 @@ pub fn etcd() -> Option<EtcdServer> {
     Some(start_etcd())
 }
 
+/// The environment variable that runs the end-to-end tests with mutual TLS
+/// on every hop: `SCHED_TEST_TLS=1 cargo test -p sched-tests ...`.
+pub const TLS_ENV: &str = "SCHED_TEST_TLS";
+
+/// The user name on the harness's own certificate. The schedulers the
+/// harness starts take no `--tokens`, so any `user` certificate is an
+/// admin, as the tests (written for plaintext) expect.
+pub const TEST_USER: &str = "tester";
+
+/// Whether this run has mutual TLS on every hop (`SCHED_TEST_TLS=1`).
+pub fn tls_mode() -> bool {
+    std::env::var(TLS_ENV).is_ok_and(|v| v == "1")
+}
+
+/// The certificates of the TLS mode: one throwaway CA for the whole test
+/// process, and one certificate per component, issued once and shared by
+/// every test that names that component. Sharing matters beyond speed:
+/// tests run in parallel threads, and two issuing the same name into one
+/// directory at once could leave a certificate beside the other's key.
+struct TestPki {
+    pki: Pki,
+    issued: Mutex<BTreeMap<(Kind, String), [PathBuf; 3]>>,
+}
+
+impl TestPki {
+    /// The CA, certificate and key files for `kind`/`name`.
+    fn files(&self, kind: Kind, name: &str) -> [PathBuf; 3] {
+        // A panic while issuing fails that test; the map is still whole.
+        let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        issued
+            .entry((kind, name.to_string()))
+            .or_insert_with(|| self.pki.issue_in(&format!("{kind}-{name}"), kind, name))
+            .clone()
+    }
+}
+
+/// The TLS mode's CA, created on first use; `None` without the mode. Its
+/// temporary directory outlives the process (statics are never dropped):
+/// a few kilobytes per test binary in the temporary directory.
+fn test_pki() -> Option<&'static TestPki> {
+    static PKI: OnceLock<TestPki> = OnceLock::new();
+    tls_mode().then(|| {
+        PKI.get_or_init(|| TestPki {
+            pki: Pki::new(),
+            issued: Mutex::new(BTreeMap::new()),
+        })
+    })
+}
+
+/// In the TLS mode, the `--tls-ca/--tls-cert/--tls-key` flags of a
+/// certificate for `kind`/`name`; without it, none.
+pub fn tls_flags(kind: Kind, name: &str) -> Vec<String> {
+    let Some(pki) = test_pki() else {
+        return Vec::new();
+    };
+    let [ca, crt, key] = pki.files(kind, name);
+    vec![
+        "--tls-ca".into(),
+        ca.display().to_string(),
+        "--tls-cert".into(),
+        crt.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ]
+}
+
+/// In the TLS mode, a certificate for `kind`/`name` loaded for a client;
+/// without it, `None`.
+pub fn test_tls(kind: Kind, name: &str) -> Option<Tls> {
+    let [ca, crt, key] = test_pki()?.files(kind, name);
+    let tls = Tls::load(Some(&ca), Some(&crt), Some(&key))
+        .expect("the test certificate is readable")
+        .expect("all three files");
+    Some(tls)
+}
+
+/// The harness's user certificate (an admin: see [`TEST_USER`]) in the TLS
+/// mode; `None` without it.
+pub fn user_tls() -> Option<Tls> {
+    test_tls(Kind::User, TEST_USER)
+}
+
+/// `extra` with the TLS mode's flags for `kind`/`name` added, unless the
+/// caller already chose its own (`--tls-ca` among `extra`): a test that
+/// runs its own CA (tests/tests/security.rs) keeps it.
+fn with_tls_flags(extra: &[&str], kind: Kind, name: &str) -> Vec<String> {
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    if !extra.contains(&"--tls-ca") {
+        args.extend(tls_flags(kind, name));
+    }
+    args
+}
+
+/// `schedctl`, ready for `--server URL`: in the TLS mode with the
+/// harness's user certificate in its `SCHEDCTL_TLS_*` environment.
+pub fn schedctl_command() -> Command {
+    let mut cmd = Command::new(bin("schedctl"));
+    if let Some(pki) = test_pki() {
+        let [ca, crt, key] = pki.files(Kind::User, TEST_USER);
+        cmd.env("SCHEDCTL_TLS_CA", ca)
+            .env("SCHEDCTL_TLS_CERT", crt)
+            .env("SCHEDCTL_TLS_KEY", key);
+    }
+    cmd
+}
+
 /// The real `global-scheduler` on a loopback port.
 pub struct Scheduler {
     child: Option<Guarded>,
@@ -99,6 +213,8 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts it against `etcd_url` with `extra` arguments, and waits until
     /// its health service says SERVING.
+    /// In the TLS mode, with the `scheduler` certificate, checked with the
+    /// harness's user certificate.
     pub async fn start(etcd_url: &str, extra: &[&str]) -> Scheduler {
         let mut s = Scheduler::new(etcd_url, extra);
         s.restart().await;
@@ -108,14 +224,22 @@ impl Scheduler {
     /// [`Scheduler::start`] with mutual TLS: `extra` holds its `--tls-*`
     /// flags, and `client` is the certificate the test checks it with.
     pub async fn start_tls(etcd_url: &str, extra: &[&str], client: Tls) -> Scheduler {
-        let mut s = Scheduler::new(etcd_url, extra);
-        s.tls = Some(client);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut s = Scheduler::with_args(etcd_url, extra, Some(client));
         s.restart().await;
         s
     }
 
-    /// Not started yet: on a free port, against `etcd_url`.
+    /// Not started yet: on a free port, against `etcd_url`; in the TLS
+    /// mode with the `scheduler` certificate (unless `extra` has its own).
     fn new(etcd_url: &str, extra: &[&str]) -> Scheduler {
+        let args = with_tls_flags(extra, Kind::Scheduler, "scheduler");
+        Scheduler::with_args(etcd_url, args, user_tls())
+    }
+
+    /// Not started yet, with exactly these `extra` arguments; `tls` is the
+    /// test's own certificate when it serves mutual TLS.
+    fn with_args(etcd_url: &str, extra: Vec<String>, tls: Option<Tls>) -> Scheduler {
         let port = free_port();
         let mut args = vec![
             "--listen".to_string(),
@@ -123,13 +247,19 @@ impl Scheduler {
             "--etcd".to_string(),
             etcd_url.to_string(),
         ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra);
         Scheduler {
             child: None,
             port,
             args,
-            tls: None,
+            tls,
         }
+    }
+
+    /// A lazily connecting channel to it, showing the test's certificate
+    /// when it serves mutual TLS.
+    fn channel(&self) -> Channel {
+        channel_with(&self.url(), self.tls.as_ref())
     }
 
     pub fn url(&self) -> String {
@@ -139,9 +269,7 @@ impl Scheduler {
 
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill();
-        }
+        kill9(&mut self.child);
     }
 
     /// The scheduler's pid.
@@ -172,13 +300,13 @@ impl Scheduler {
     pub async fn start_standby(etcd_url: &str, extra: &[&str]) -> Scheduler {
         let mut s = Scheduler::new(etcd_url, extra);
         s.spawn();
-        wait_serving(&s.url(), Duration::from_secs(30)).await;
+        wait_service(&s.url(), "", Duration::from_secs(30), s.tls.as_ref()).await;
         s
     }
 
     /// Whether it leads now (its `sched.v1.Scheduler` service is SERVING).
     pub async fn leads(&self) -> bool {
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&self.url()));
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel());
         let r = health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: "sched.v1.Scheduler".to_string(),
@@ -199,8 +327,9 @@ impl Scheduler {
         self.child = Some(Guarded::spawn_named(cmd, &name).expect("start global-scheduler"));
     }
 
+    /// A client of its user API (in the TLS mode, as the harness's user).
     pub async fn client(&self) -> SchedulerClient<Channel> {
-        SchedulerClient::new(channel(&self.url()))
+        SchedulerClient::new(self.channel())
     }
 
     /// Machines in the clusters that are up, as this scheduler sees them
@@ -270,6 +399,10 @@ impl LocalAgent {
     }
 
     /// [`LocalAgent::start`] with `extra` arguments (a `--policy` file).
+    ///
+    /// In the TLS mode, with a `cluster` certificate for `cluster`, checked
+    /// with the `scheduler` certificate (the one its Machines service
+    /// answers, see [`LocalAgent::machines`]).
     pub async fn start_with(
         cluster: &str,
         location: &str,
@@ -277,7 +410,10 @@ impl LocalAgent {
         etcd_url: &str,
         extra: &[&str],
     ) -> LocalAgent {
-        LocalAgent::start_tls(cluster, location, global, etcd_url, extra, None).await
+        let args = with_tls_flags(extra, Kind::Cluster, cluster);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let client = test_tls(Kind::Scheduler, "scheduler");
+        LocalAgent::start_tls(cluster, location, global, etcd_url, &args, client).await
     }
 
     /// [`LocalAgent::start_with`]; with `client`, over mutual TLS (`extra`
@@ -329,9 +465,7 @@ impl LocalAgent {
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill();
-        }
+        kill9(&mut self.child);
     }
 
     /// The agent's pid.
@@ -348,7 +482,7 @@ impl LocalAgent {
     /// nodes registered, with the tasks it counts on each), or `None` if
     /// the call fails.
     pub async fn machines(&self) -> Option<Vec<pb::MachineStatus>> {
-        pb::machines_client::MachinesClient::new(channel(&self.url()))
+        pb::machines_client::MachinesClient::new(channel_with(&self.url(), self.tls.as_ref()))
             .list_machines(pb::ListMachinesRequest {
                 cluster: String::new(),
             })
@@ -380,7 +514,8 @@ impl NodeAgent {
         NodeAgent::start_with(agent, name, cpu, memory, work_dir, &[])
     }
 
-    /// [`NodeAgent::start`] with `extra` arguments.
+    /// [`NodeAgent::start`] with `extra` arguments; in the TLS mode with a
+    /// `node` certificate for `name` (unless `extra` has its own).
     pub fn start_with(
         agent: &str,
         name: &str,
@@ -407,7 +542,7 @@ impl NodeAgent {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(with_tls_flags(extra, Kind::Node, name));
         let mut n = NodeAgent {
             child: None,
             name: name.to_string(),
@@ -419,9 +554,7 @@ impl NodeAgent {
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill();
-        }
+        kill9(&mut self.child);
     }
 
     pub fn restart(&mut self) {
@@ -533,15 +666,31 @@ impl Lines {
 
 /// A lazily connecting channel (calls fail with UNAVAILABLE while the
 /// server is down, and work again once it is back). Several URLs,
-/// comma-separated, give a channel spread over the reachable ones.
+/// comma-separated, give a channel spread over the reachable ones. In the
+/// TLS mode, `https://` URLs are dialled with the harness's user
+/// certificate (`http://` ones stay plaintext, for tests that check a
+/// plaintext caller is refused).
 pub fn channel(url: &str) -> Channel {
-    let endpoints: Vec<_> = url
+    let tls = if url.contains("https://") {
+        user_tls()
+    } else {
+        None
+    };
+    channel_with(url, tls.as_ref())
+}
+
+/// [`channel`], showing `tls`'s certificate when given (mutual TLS), in
+/// plaintext when not.
+fn channel_with(url: &str, tls: Option<&Tls>) -> Channel {
+    let endpoints: Vec<Endpoint> = url
         .split(',')
         .map(|u| {
-            Channel::from_shared(u.to_string())
-                .expect("a valid URL")
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(20))
+            match tls {
+                Some(t) => sched_security::tls::endpoint(u, Some(t)).expect("a valid URL"),
+                None => Channel::from_shared(u.to_string()).expect("a valid URL"),
+            }
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(20))
         })
         .collect();
     if endpoints.len() == 1 {
@@ -554,11 +703,7 @@ pub fn channel(url: &str) -> Channel {
 /// A lazily connecting channel over mutual TLS, showing `tls`'s
 /// certificate.
 pub fn tls_channel(url: &str, tls: &Tls) -> Channel {
-    sched_security::tls::endpoint(url, Some(tls))
-        .expect("a valid URL")
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(20))
-        .connect_lazy()
+    channel_with(url, Some(tls))
 }
 
 /// The keys of the jobs stored under the default prefix, in order.
@@ -576,7 +721,23 @@ pub async fn job_keys(store: &dyn sched_store::Store) -> Vec<String> {
 /// A channel to the leader among the comma-separated replicas in `urls`
 /// (what schedctl and the local agents use).
 pub fn leader_channel(urls: &str) -> sched_proto::leader::LeaderChannel {
-    sched_proto::leader::LeaderChannel::new(urls, Duration::from_secs(2), Duration::from_secs(20))
+    leader_channel_timeouts(urls, Duration::from_secs(2), Duration::from_secs(20))
+}
+
+/// [`leader_channel`] with these connect and per-call timeouts. In the TLS
+/// mode, `https://` replicas are dialled with the harness's user
+/// certificate, as [`channel`] does.
+pub fn leader_channel_timeouts(
+    urls: &str,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> sched_proto::leader::LeaderChannel {
+    let tls = if urls.contains("https://") {
+        user_tls()
+    } else {
+        None
+    };
+    sched_proto::leader::LeaderChannel::with_tls(urls, tls, connect_timeout, timeout)
         .expect("valid URLs")
 }
 
@@ -592,6 +753,8 @@ pub async fn wait_leading(url: &str, timeout: Duration) {
     wait_service(url, "sched.v1.Scheduler", timeout, None).await
 }
 
+/// Waits until `service` at `url` is SERVING, asking with `tls`'s
+/// certificate, or as [`channel`] would without it.
 async fn wait_service(url: &str, service: &str, timeout: Duration, tls: Option<&Tls>) {
     let start = Instant::now();
     let channel = match tls {
@@ -694,12 +857,19 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Registers with the scheduler at `url` and starts serving it.
+    /// Registers with the scheduler at `url` and starts serving it; to
+    /// `https://` URLs in the TLS mode, with a `cluster` certificate for
+    /// its name.
     pub fn start(url: &str, spec: ClusterSpec) -> TestCluster {
         let log = Arc::new(Mutex::new(ClusterLog::default()));
         let stop = CancellationToken::new();
+        let tls = if url.contains("https://") {
+            test_tls(Kind::Cluster, &spec.name)
+        } else {
+            None
+        };
         let task = tokio::spawn(cluster_loop(
-            channel(url),
+            channel_with(url, tls.as_ref()),
             spec.clone(),
             log.clone(),
             stop.clone(),
@@ -882,6 +1052,39 @@ pub fn memory(pid: u32) -> Option<(u64, u64)> {
             .map(|kb| kb * 1024)
     };
     Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// SIGKILL to a child, and waits until the program is gone. The watchdog
+/// is reaped at once, but the program dies a moment later; until it has,
+/// its listening socket still takes connections, which it then resets, so
+/// a client started right after the kill could meet a broken connection
+/// (UNKNOWN) instead of a refused one (UNAVAILABLE), as after a real crash.
+fn kill9(child: &mut Option<Guarded>) {
+    let Some(mut c) = child.take() else {
+        return;
+    };
+    let pid = c.program_pid();
+    c.kill();
+    let Some(pid) = pid else {
+        return;
+    };
+    // SIGKILL cannot be caught; 5 s is far more than any exit takes, and
+    // bounds the wait should the pid have been reused meanwhile.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        // Gone, or a zombie (its files, sockets included, already closed).
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+                Some(state != 'Z')
+            })
+            .unwrap_or(false);
+        if !alive {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// SIGTERM to a child; whether it exited within `deadline` (else SIGKILL).

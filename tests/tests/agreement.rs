@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sched_proto::pb;
+use sched_security::Kind;
 use sched_tests::*;
 
 /// The local agents' `--machine-timeout-ms` in tests (`LocalAgent::start`).
@@ -213,6 +214,7 @@ async fn run(load: u64) -> (u64, u64) {
             if *ssd {
                 cmd.args(["--labels", "ssd=true"]);
             }
+            cmd.args(tls_flags(Kind::Node, &format!("{name}-c{i}")));
             let label = format!("node-{name}-c{i}");
             nodes.push(Guarded::spawn_named(cmd, &label).expect("start a hollow node agent"));
             machines += count * scale();

@@ -6,11 +6,12 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sched_proto::leader::LeaderChannel;
 use sched_proto::pb;
 use sched_proto::pb::scheduler_client::SchedulerClient;
 use sched_store::EtcdStore;
-use sched_tests::{channel, eventually, start_etcd, ClusterSpec, Scheduler, TestCluster};
+use sched_tests::{
+    channel, eventually, leader_channel_timeouts, start_etcd, ClusterSpec, Scheduler, TestCluster,
+};
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
 
@@ -80,12 +81,11 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
         replicas[2].url(),
         replicas[0].url()
     );
-    let lc = LeaderChannel::new(
+    let lc = leader_channel_timeouts(
         &standbys_first,
         Duration::from_secs(2),
         Duration::from_secs(10),
-    )
-    .unwrap();
+    );
     let mut c = SchedulerClient::new(lc.clone());
     let cancel = || pb::CancelJobRequest {
         name: "no-such-job".into(),
@@ -95,7 +95,7 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
     assert_eq!(lc.current(), replicas[0].url());
     let err = c.cancel_job(cancel()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
-    let cli = std::process::Command::new(sched_tests::bin("schedctl"))
+    let cli = sched_tests::schedctl_command()
         .args(["--server", &standbys_first, "get", "jobs"])
         .output()
         .unwrap();
@@ -176,12 +176,11 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
     // The standby answers reads from etcd, naming the leader: a client
     // that asked it first goes to the leader next.
     let standby = if new == 1 { 2 } else { 1 };
-    let lc = LeaderChannel::new(
+    let lc = leader_channel_timeouts(
         &format!("{},{}", replicas[standby].url(), replicas[new].url()),
         Duration::from_secs(2),
         Duration::from_secs(10),
-    )
-    .unwrap();
+    );
     let mut c = SchedulerClient::new(lc.clone());
     let jobs = c
         .list_jobs(pb::ListJobsRequest { state: 0 })
@@ -257,7 +256,7 @@ async fn an_etcd_outage_loses_nothing_and_work_resumes() {
     .expect("refused within 20 s");
     assert_eq!(r.code(), tonic::Code::Unavailable);
     // The CLI keeps retrying through the outage.
-    let cli = std::process::Command::new(sched_tests::bin("schedctl"))
+    let cli = sched_tests::schedctl_command()
         .args([
             "--server",
             &sched.url(),

@@ -274,7 +274,7 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
     for (what, text, field) in cases {
         let path = dir.path().join("jobs.yaml");
         std::fs::write(&path, text).unwrap();
-        let out = std::process::Command::new(sched_tests::bin("schedctl"))
+        let out = sched_tests::schedctl_command()
             .args([
                 "--server",
                 &sched.url(),
@@ -295,7 +295,7 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
     }
 
     // `schedctl run` goes through the same checks.
-    let out = std::process::Command::new(sched_tests::bin("schedctl"))
+    let out = sched_tests::schedctl_command()
         .args([
             "--server",
             &sched.url(),
@@ -373,7 +373,7 @@ async fn handed_back_tasks_go_to_the_next_best_cluster() {
     assert_eq!(by_cluster.get("east-a"), Some(&5));
     assert_eq!(by_cluster.get("west-a"), Some(&7));
 
-    let out = std::process::Command::new(sched_tests::bin("schedctl"))
+    let out = sched_tests::schedctl_command()
         .args(["--server", &sched.url(), "describe", "job", "web"])
         .output()
         .unwrap();
@@ -449,7 +449,7 @@ async fn a_silent_cluster_is_marked_down_and_gets_no_new_work() {
     .await;
     let s = status(&sched, "web").await.unwrap();
     assert!(s.tasks.iter().all(|t| t.cluster != "east-a"));
-    let out = std::process::Command::new(sched_tests::bin("schedctl"))
+    let out = sched_tests::schedctl_command()
         .args(["--server", &sched.url(), "describe", "job", "web"])
         .output()
         .unwrap();
@@ -496,7 +496,7 @@ async fn schedctl_retries_until_the_scheduler_is_back() {
     let mut sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
     let url = sched.url();
     sched.kill9();
-    let mut child = std::process::Command::new(sched_tests::bin("schedctl"))
+    let mut child = sched_tests::schedctl_command()
         .args([
             "--server", &url, "run", "hello", "--tasks", "3", "--cpu", "500m", "--memory", "256Mi",
             "--", "echo", "hi",
@@ -517,7 +517,7 @@ async fn schedctl_retries_until_the_scheduler_is_back() {
     let stderr = stderr.all().await;
     assert!(exit.success(), "{stderr}");
 
-    let out = std::process::Command::new(sched_tests::bin("schedctl"))
+    let out = sched_tests::schedctl_command()
         .args(["--server", &url, "get", "job", "hello", "-o", "json"])
         .output()
         .unwrap();
@@ -534,7 +534,7 @@ async fn schedctl_retries_until_the_scheduler_is_back() {
             assert!(t.get(field).is_some(), "task has {field}");
         }
     }
-    let out = std::process::Command::new(sched_tests::bin("schedctl"))
+    let out = sched_tests::schedctl_command()
         .args(["--server", &url, "cancel", "hello"])
         .output()
         .unwrap();
@@ -547,7 +547,7 @@ async fn schedctl_retries_until_the_scheduler_is_back() {
     let s = status(&sched, "hello").await.unwrap();
     assert_eq!(s.summary.unwrap().state, pb::JobState::Cancelled as i32);
     // Unknown job: exit 1 with NOT_FOUND.
-    let out = std::process::Command::new(sched_tests::bin("schedctl"))
+    let out = sched_tests::schedctl_command()
         .args(["--server", &url, "get", "job", "nope"])
         .output()
         .unwrap();
@@ -581,7 +581,7 @@ async fn submit_wait_returns_once_every_task_is_placed() {
     let out = tokio::task::spawn_blocking({
         let url = sched.url();
         move || {
-            std::process::Command::new(sched_tests::bin("schedctl"))
+            sched_tests::schedctl_command()
                 .args([
                     "--server",
                     &url,

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sched_proto::pb;
+use sched_security::Kind;
 use sched_tests::{bin, eventually, start_etcd, Guarded, LocalAgent, Scheduler};
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
@@ -67,6 +68,7 @@ fn node_agent(agent: &str, work: &Path, log: &Path) -> Guarded {
         .arg(log)
         .arg(bin("local-agent"))
         .args(["node", "--agent", agent, "--name", "n1"])
+        .args(sched_tests::tls_flags(Kind::Node, "n1"))
         .args(["--cpu", "2", "--memory", "2Gi", "--lease-ms", "1000"])
         .arg("--work-dir")
         .arg(work)
@@ -257,7 +259,7 @@ async fn tasks_are_isolated_from_each_other_and_held_to_their_memory_request() {
             assert_eq!(t.exit_code, Some(137), "{t:?}");
             let want = format!("killed for exceeding its memory request of 64Mi ({m})");
             assert!(t.reason.contains(&want), "{t:?}");
-            let out = Command::new(bin("schedctl"))
+            let out = sched_tests::schedctl_command()
                 .args(["--server", &sched.url(), "describe", "job", "hog"])
                 .output()
                 .unwrap();

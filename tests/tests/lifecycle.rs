@@ -61,7 +61,7 @@ async fn wait_tasks(s: &Scheduler, name: &str, want: pb::TaskState, n: usize, ti
 }
 
 fn schedctl(url: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(sched_tests::bin("schedctl"))
+    sched_tests::schedctl_command()
         .arg("--server")
         .arg(url)
         .args(args)

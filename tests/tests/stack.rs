@@ -93,7 +93,7 @@ async fn machines(s: &Scheduler) -> Vec<pb::MachineStatus> {
 }
 
 fn schedctl(url: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(sched_tests::bin("schedctl"))
+    sched_tests::schedctl_command()
         .arg("--server")
         .arg(url)
         .args(args)
