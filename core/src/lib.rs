@@ -41,6 +41,7 @@ pub mod placement;
 pub mod policy;
 pub mod preempt;
 pub mod quantity;
+pub mod quota;
 pub mod rank;
 pub mod resources;
 pub mod score;

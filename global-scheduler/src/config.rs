@@ -24,6 +24,8 @@ pub struct Config {
     pub tls: Option<sched_security::Tls>,
     /// User tokens; `None`: no tokens in force.
     pub tokens: Option<sched_security::Tokens>,
+    /// Quotas from the `--quotas` file (those set live are in the store).
+    pub quotas: sched_core::quota::Quotas,
 }
 
 impl Config {
@@ -42,6 +44,7 @@ impl Config {
             advertise: None,
             tls: None,
             tokens: None,
+            quotas: Default::default(),
         }
     }
 }

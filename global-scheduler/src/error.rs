@@ -21,7 +21,14 @@ pub enum ServiceError {
     /// finished job, delete of a running one).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Over a tenant's quota: RESOURCE_EXHAUSTED with a quota reason and no
+    /// retry hint (retrying cannot help until usage or quota changes).
+    #[error(transparent)]
+    Quota(#[from] Box<sched_core::quota::Exceeded>),
 }
+
+/// The `google.rpc.ErrorInfo` reason of a quota refusal.
+pub const QUOTA_REASON: &str = "QUOTA_EXCEEDED";
 
 /// The retry hint sent with RESOURCE_EXHAUSTED: about the time the writers
 /// take to drain a full queue of group commits.
@@ -44,6 +51,26 @@ impl From<ServiceError> for tonic::Status {
                     tonic::metadata::MetadataValue::from(RETRY_AFTER_MS),
                 );
                 s
+            }
+            ServiceError::Quota(q) => {
+                let q = *q;
+                use tonic_types::{ErrorDetails, StatusExt};
+                let metadata: std::collections::HashMap<String, String> = [
+                    ("tenant", q.tenant),
+                    ("band", q.band),
+                    ("resource", q.resource.to_string()),
+                    ("limit", q.limit),
+                    ("usage", q.usage),
+                    ("asked", q.asked),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+                tonic::Status::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    message,
+                    ErrorDetails::with_error_info(QUOTA_REASON, "sched.v1", metadata),
+                )
             }
             ServiceError::Store(StoreError::Unavailable(_) | StoreError::Fenced(_))
             | ServiceError::ShuttingDown => tonic::Status::unavailable(message),

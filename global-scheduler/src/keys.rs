@@ -70,6 +70,15 @@ impl Keys {
     pub fn cluster(&self, name: &str) -> String {
         format!("{}/clusters/{name}", self.prefix)
     }
+
+    /// Quotas set live (`schedctl quota set`), over the `--quotas` file's.
+    pub fn quotas(&self) -> String {
+        format!("{}/quotas/", self.prefix)
+    }
+
+    pub fn quota(&self, tenant: &str, band: &str) -> String {
+        format!("{}/quotas/{tenant}/{band}", self.prefix)
+    }
 }
 
 #[cfg(test)]

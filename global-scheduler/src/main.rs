@@ -51,6 +51,10 @@ struct Args {
     /// it every call to the job API needs `authorization: Bearer TOKEN`.
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
+    /// Quotas per tenant and band (YAML: `quotas: [{tenant, band, cpu,
+    /// memory, gpu, tasks}]`); `schedctl quota set` changes them live.
+    #[arg(long, value_name = "FILE")]
+    quotas: Option<PathBuf>,
     #[command(flatten)]
     tls: sched_security::TlsArgs,
     #[command(flatten)]
@@ -76,7 +80,14 @@ async fn serve(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
         .as_ref()
         .map(|t| read(t, sched_core::topology::Topology::from_yaml))
         .transpose()?;
+    let quotas = match &args.quotas {
+        Some(p) => read(p, |t| {
+            sched_core::quota::Quotas::from_yaml(t, &policy.priority)
+        })?,
+        None => Default::default(),
+    };
     let mut config = Config::new(policy);
+    config.quotas = quotas;
     config.prefix = args.prefix.clone();
     config.topology = topology;
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms.max(10));

@@ -51,6 +51,20 @@ pub(crate) async fn load_state(
         registry.register(record, false);
     }
     let mut state = State::new(keys.clone(), registry, config.policy.clone());
+    let mut quotas = config.quotas.clone();
+    for kv in store.list(&keys.quotas()).await?.items {
+        let rest = kv.key.strip_prefix(&keys.quotas()).unwrap_or_default();
+        let Some((tenant, band)) = rest.split_once('/') else {
+            continue;
+        };
+        let limit: sched_core::quota::Limit =
+            serde_json::from_slice(&kv.value).map_err(|e| LoadError {
+                key: kv.key.clone(),
+                reason: format!("not a quota: {e}"),
+            })?;
+        quotas.set(tenant, band, Some(limit));
+    }
+    state.set_quotas(quotas);
     let (jobs, tasks) = match only {
         None => (
             store.list(&keys.jobs()).await?.items,

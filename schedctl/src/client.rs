@@ -88,7 +88,20 @@ pub fn retryable(code: Code) -> bool {
 /// transport error behind it), which is the server being down, not a
 /// refusal. A connection refused already arrives as UNAVAILABLE.
 pub fn transient(s: &Status) -> bool {
+    if quota_refusal(s) {
+        return false;
+    }
     retryable(s.code()) || (s.code() == Code::Unknown && from_transport(s))
+}
+
+/// Whether `s` is a quota refusal (RESOURCE_EXHAUSTED carrying a
+/// `google.rpc.ErrorInfo` with reason `QUOTA_EXCEEDED`): retrying cannot
+/// help until usage or the quota changes.
+pub fn quota_refusal(s: &Status) -> bool {
+    use tonic_types::StatusExt;
+    s.code() == Code::ResourceExhausted
+        && s.get_details_error_info()
+            .is_some_and(|i| i.reason == "QUOTA_EXCEEDED")
 }
 
 /// Whether a `tonic::transport::Error` is in `s`'s chain of sources: the
@@ -198,6 +211,22 @@ mod tests {
     use tonic::metadata::MetadataValue;
 
     use super::*;
+
+    #[test]
+    fn a_quota_refusal_is_not_retried() {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let s = Status::with_error_details(
+            Code::ResourceExhausted,
+            "over quota",
+            ErrorDetails::with_error_info(
+                "QUOTA_EXCEEDED",
+                "sched.v1",
+                std::collections::HashMap::new(),
+            ),
+        );
+        assert!(quota_refusal(&s) && !transient(&s));
+        assert!(transient(&Status::resource_exhausted("queue full")));
+    }
 
     #[test]
     fn only_transient_codes_are_retried() {

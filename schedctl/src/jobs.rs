@@ -119,6 +119,91 @@ pub enum GetCommand {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// Quotas per tenant and band, with their usage.
+    Quotas {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+/// `schedctl quota`.
+#[derive(Debug, clap::Subcommand)]
+pub enum QuotaCommand {
+    /// Set a tenant's quota in a band (admins); limits not given are
+    /// unlimited.
+    Set {
+        #[arg(long, value_name = "NAME")]
+        tenant: String,
+        #[arg(long, value_name = "BAND")]
+        band: String,
+        #[arg(long, value_name = "Q")]
+        cpu: Option<String>,
+        #[arg(long, value_name = "Q")]
+        memory: Option<String>,
+        #[arg(long, value_name = "Q")]
+        gpu: Option<String>,
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        tasks: Option<i64>,
+    },
+    /// Remove a tenant's quota in a band (admins).
+    Remove {
+        #[arg(long, value_name = "NAME")]
+        tenant: String,
+        #[arg(long, value_name = "BAND")]
+        band: String,
+    },
+}
+
+pub async fn quota(server: &Target, cmd: QuotaCommand) -> anyhow::Result<()> {
+    let (quota, remove) = match cmd {
+        QuotaCommand::Set {
+            tenant,
+            band,
+            cpu,
+            memory,
+            gpu,
+            tasks,
+        } => (
+            pb::Quota {
+                tenant,
+                band,
+                cpu,
+                memory,
+                gpu,
+                tasks,
+                ..Default::default()
+            },
+            false,
+        ),
+        QuotaCommand::Remove { tenant, band } => (
+            pb::Quota {
+                tenant,
+                band,
+                ..Default::default()
+            },
+            true,
+        ),
+    };
+    let (tenant, band) = (quota.tenant.clone(), quota.band.clone());
+    let c = client(server).await?;
+    retry(RETRY_FOR, || {
+        let mut c = c.clone();
+        let quota = quota.clone();
+        async move {
+            c.set_quota(pb::SetQuotaRequest {
+                quota: Some(quota),
+                remove,
+            })
+            .await
+        }
+    })
+    .await
+    .map_err(status_error)?;
+    println!(
+        "quota/{tenant}/{band} {}",
+        if remove { "removed" } else { "set" }
+    );
+    Ok(())
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -352,6 +437,18 @@ struct CountsView {
     failed: u32,
     lost: u32,
     cancelled: u32,
+}
+
+#[derive(Serialize)]
+struct QuotaView {
+    tenant: String,
+    band: String,
+    cpu: Option<String>,
+    memory: Option<String>,
+    gpu: Option<String>,
+    tasks: Option<i64>,
+    used: RequestView,
+    used_tasks: u64,
 }
 
 #[derive(Serialize)]
@@ -710,6 +807,51 @@ pub async fn get(server: &Target, cmd: GetCommand) -> anyhow::Result<()> {
                     rows
                 )
             );
+        }
+        GetCommand::Quotas { output } => {
+            let quotas = retry(RETRY_FOR, || {
+                let mut c = c.clone();
+                async move { c.list_quotas(pb::ListQuotasRequest {}).await }
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .quotas;
+            if output != Format::Table {
+                let views: Vec<QuotaView> = quotas
+                    .iter()
+                    .map(|q| QuotaView {
+                        tenant: q.tenant.clone(),
+                        band: q.band.clone(),
+                        cpu: q.cpu.clone(),
+                        memory: q.memory.clone(),
+                        gpu: q.gpu.clone(),
+                        tasks: q.tasks,
+                        used: request_view(q.used.as_ref()),
+                        used_tasks: q.used_tasks,
+                    })
+                    .collect();
+                return print_structured(&views, output);
+            }
+            println!(
+                "{:<16} {:<12} {:>16} {:>20} {:>10} {:>14}",
+                "TENANT", "BAND", "CPU", "MEMORY", "GPU", "TASKS"
+            );
+            for q in &quotas {
+                let used = resources(q.used.as_ref());
+                let of = |used: String, limit: &Option<String>| {
+                    format!("{used}/{}", limit.as_deref().unwrap_or("-"))
+                };
+                println!(
+                    "{:<16} {:<12} {:>16} {:>20} {:>10} {:>14}",
+                    q.tenant,
+                    q.band,
+                    of(sched_core::resources::format_cpu(used.cpu), &q.cpu),
+                    of(sched_core::resources::format_bytes(used.memory), &q.memory),
+                    of(sched_core::resources::format_gpu(used.gpu), &q.gpu),
+                    of(q.used_tasks.to_string(), &q.tasks.map(|t| t.to_string())),
+                );
+            }
         }
         GetCommand::Clusters { output } => {
             let clusters = retry(RETRY_FOR, || {

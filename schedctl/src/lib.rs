@@ -61,6 +61,9 @@ enum Command {
     /// good.
     #[command(subcommand)]
     Delete(jobs::DeleteCommand),
+    /// Quotas per tenant and band (admins): `quota set`, `quota remove`.
+    #[command(subcommand)]
+    Quota(jobs::QuotaCommand),
     /// Follow job events as they happen (all jobs, or one).
     Watch { job: Option<String> },
     /// Start the whole stack on loopback (global scheduler, a local agent
@@ -105,6 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Describe(cmd) => remote(jobs::describe(server, cmd)),
         Command::Cancel { name } => remote(jobs::cancel(server, name)),
         Command::Delete(cmd) => remote(jobs::delete(server, cmd)),
+        Command::Quota(cmd) => remote(jobs::quota(server, cmd)),
         Command::Watch { job } => remote(jobs::watch(server, job)),
         Command::Logs { target, follow } => remote(jobs::logs(server, target, follow)),
     }

@@ -82,6 +82,10 @@ impl Role {
         }
     }
 
+    pub fn store(&self) -> &Arc<dyn sched_store::Store> {
+        &self.store
+    }
+
     pub fn guard(&self) -> &Guard {
         &self.guard
     }

@@ -133,6 +133,10 @@ impl Scheduler for SchedulerService {
             let records = state
                 .check_submission(specs, &submission_id, crate::records::now_unix_ms())
                 .map_err(ServiceError::from)?;
+            state.check_quotas(&records).map_err(|e| {
+                tracing::info!(tenant = %e.tenant, band = %e.band, resource = e.resource, "refused: over quota");
+                ServiceError::from(e)
+            })?;
             let new: u64 = records.iter().map(|r| u64::from(r.tasks)).sum();
             // Count the calls still in the writers' queue too: without
             // them, a burst of calls would each see room and all get in.
@@ -448,5 +452,75 @@ impl Scheduler for SchedulerService {
                 .collect()
         });
         Ok(Response::new(pb::ListClustersResponse { clusters }))
+    }
+
+    async fn set_quota(
+        &self,
+        request: Request<pb::SetQuotaRequest>,
+    ) -> Result<Response<pb::SetQuotaResponse>, Status> {
+        let user = self.role.guard().user(&request)?;
+        user.require(UserRole::Admin, "setting a quota")?;
+        let shared = self.role.leader()?;
+        let r = request.into_inner();
+        let q = r
+            .quota
+            .ok_or_else(|| Status::invalid_argument("quota: required"))?;
+        let text = sched_core::quota::QuotaText {
+            tenant: q.tenant,
+            band: q.band,
+            cpu: q.cpu.map(sched_core::quantity::QuantityText::Text),
+            memory: q.memory.map(sched_core::quantity::QuantityText::Text),
+            gpu: q.gpu.map(sched_core::quantity::QuantityText::Text),
+            tasks: q.tasks,
+        };
+        let policy = shared.read(|s| s.policy().priority.clone());
+        let ((tenant, band), limit) = text
+            .validate("quota", &policy)
+            .map_err(ServiceError::from)?;
+        let keys = shared.read(|s| s.keys().clone());
+        let key = keys.quota(&tenant, &band);
+        let write = if r.remove {
+            sched_store::Write::delete(key, sched_store::Expect::Any)
+        } else {
+            let value = serde_json::to_vec(&limit).map_err(|e| Status::internal(e.to_string()))?;
+            sched_store::Write::put(key, value, sched_store::Expect::Any)
+        };
+        self.role
+            .store()
+            .commit(&[write])
+            .await
+            .map_err(ServiceError::from)?;
+        shared.write(|s| s.set_quota(&tenant, &band, (!r.remove).then_some(limit)));
+        tracing::info!(user = %user.name, %tenant, %band, remove = r.remove, "quota set");
+        Ok(Response::new(pb::SetQuotaResponse {}))
+    }
+
+    async fn list_quotas(
+        &self,
+        request: Request<pb::ListQuotasRequest>,
+    ) -> Result<Response<pb::ListQuotasResponse>, Status> {
+        use sched_core::resources::{format_bytes, format_cpu, format_gpu};
+        let user = self.role.guard().user(&request)?;
+        let shared = self.role.leader()?;
+        let quotas = shared.read(|s| {
+            s.quotas()
+                .iter()
+                .filter(|(tenant, _, _)| user.sees(tenant))
+                .map(|(tenant, band, l)| {
+                    let used = s.usage(tenant, band);
+                    pb::Quota {
+                        tenant: tenant.to_string(),
+                        band: band.to_string(),
+                        cpu: l.cpu.map(format_cpu),
+                        memory: l.memory.map(format_bytes),
+                        gpu: l.gpu.map(format_gpu),
+                        tasks: l.tasks.map(|t| t as i64),
+                        used: Some(to_pb_resources(&used.resources)),
+                        used_tasks: used.tasks,
+                    }
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListQuotasResponse { quotas }))
     }
 }

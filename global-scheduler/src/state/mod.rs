@@ -119,6 +119,8 @@ pub struct State {
     keys: Keys,
     registry: Registry,
     policy: Policy,
+    /// Quotas by tenant and band (the file's, then those set live).
+    quotas: sched_core::quota::Quotas,
     jobs: BTreeMap<String, JobEntry>,
     /// Job names by id, for the queue.
     names: BTreeMap<JobId, String>,
@@ -140,6 +142,7 @@ impl State {
             keys,
             registry,
             policy,
+            quotas: Default::default(),
             jobs: BTreeMap::new(),
             names: BTreeMap::new(),
             next_id: 0,
@@ -166,6 +169,61 @@ impl State {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    pub fn quotas(&self) -> &sched_core::quota::Quotas {
+        &self.quotas
+    }
+
+    pub fn set_quotas(&mut self, quotas: sched_core::quota::Quotas) {
+        self.quotas = quotas;
+    }
+
+    /// Sets (or removes) one quota.
+    pub fn set_quota(&mut self, tenant: &str, band: &str, limit: Option<sched_core::quota::Limit>) {
+        self.quotas.set(tenant, band, limit);
+    }
+
+    /// What `tenant`'s unfinished tasks in `band` request.
+    pub fn usage(&self, tenant: &str, band: &str) -> sched_core::quota::Usage {
+        let mut u = sched_core::quota::Usage::default();
+        for j in self.jobs.values() {
+            if j.record.tenant == tenant
+                && self.policy.priority.band_name(j.record.priority) == band
+            {
+                u.add(&j.job.spec.request, u64::from(j.open));
+            }
+        }
+        u
+    }
+
+    /// Whether jobs about to be admitted keep every tenant within its quota
+    /// in their band (the lowest band has none); the first one over is
+    /// named.
+    pub fn check_quotas(
+        &self,
+        records: &[crate::records::JobRecord],
+    ) -> Result<(), Box<sched_core::quota::Exceeded>> {
+        if self.quotas.is_empty() {
+            return Ok(());
+        }
+        let mut asked: BTreeMap<(&str, &str), sched_core::quota::Usage> = BTreeMap::new();
+        for r in records {
+            if self.policy.priority.is_lowest(r.priority) {
+                continue;
+            }
+            let band = self.policy.priority.band_name(r.priority);
+            asked
+                .entry((r.tenant.as_str(), band))
+                .or_default()
+                .add(&r.request.into(), u64::from(r.tasks));
+        }
+        for ((tenant, band), more) in asked {
+            if let Some(limit) = self.quotas.get(tenant, band) {
+                limit.check(tenant, band, &self.usage(tenant, band), &more)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn job(&self, name: &str) -> Option<&JobEntry> {
