@@ -9,10 +9,20 @@
 //!    four in flight;
 //! 2. the global scheduler (in this process, over gRPC on loopback, on that
 //!    etcd): concurrent clients submit JOBS jobs of 100 tasks, 1, 10 or 100
-//!    jobs per call; a call returns once its jobs are in etcd.
+//!    jobs per call; a call returns once its jobs are in etcd. Each of the
+//!    three is run twice, in plaintext and then with mutual TLS and a token
+//!    (the scheduler started with a scheduler certificate and a token file,
+//!    the clients showing a user certificate and sending `authorization:
+//!    Bearer`), each on a fresh scheduler and key prefix. The clients'
+//!    connections are open before the clock starts: the figures are the
+//!    cost of encryption and of checking certificate and token on every
+//!    call, not of handshakes.
 //!
-//! It reports jobs/s, tasks/s and the ratio of (2) to (1). Targets (issue 3):
-//! at least 20,000 tasks/s, and at least half of etcd's rate.
+//! It reports jobs/s, tasks/s and the ratio of (2) to (1), and for each
+//! row the ratio of the mTLS rate to the plaintext one. Targets (issue 3):
+//! at least 20,000 tasks/s, and at least half of etcd's rate (plaintext).
+//! `SCHED_BENCH_SECURITY=plaintext` (or `mtls`) runs one mode only; the
+//! default is both.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,12 +31,102 @@ use global_scheduler::records::{JobRecord, ResourcesRecord};
 use global_scheduler::Config;
 use sched_proto::pb;
 use sched_proto::pb::scheduler_client::SchedulerClient;
+use sched_security::{certs, tokens, Kind, Tls, Tokens};
 use sched_store::testing::EtcdServer;
 use sched_store::{EtcdStore, Expect, Store, Write, MAX_OPS_PER_COMMIT};
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::AsciiMetadataValue;
 
 const TASKS_PER_JOB: u32 = 100;
 const CONNECTIONS: usize = 8;
+
+/// How the scheduler and its clients talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plaintext,
+    /// Mutual TLS, and a bearer token on every call.
+    MutualTls,
+}
+
+impl Mode {
+    /// The modes `SCHED_BENCH_SECURITY` asks for (`plaintext`, `mtls`;
+    /// unset or `both`: both, plaintext first).
+    fn from_env() -> Vec<Mode> {
+        match std::env::var("SCHED_BENCH_SECURITY").as_deref() {
+            Err(_) | Ok("both") => vec![Mode::Plaintext, Mode::MutualTls],
+            Ok("plaintext") => vec![Mode::Plaintext],
+            Ok("mtls") => vec![Mode::MutualTls],
+            Ok(other) => panic!("SCHED_BENCH_SECURITY={other}: plaintext, mtls or both"),
+        }
+    }
+}
+
+/// What the mTLS runs use: a throwaway CA's certificates for the
+/// scheduler and for a user, and that user's token.
+struct Security {
+    server: Tls,
+    user: Tls,
+    token: String,
+    tokens: Tokens,
+    _dir: tempfile::TempDir,
+}
+
+impl Security {
+    fn new() -> Security {
+        let dir = tempfile::tempdir().unwrap();
+        certs::init_ca(dir.path()).unwrap();
+        let load = |kind, name| {
+            let req = certs::Request {
+                kind,
+                name,
+                sans: &[],
+                days: 1,
+            };
+            let (crt, key) = certs::issue(dir.path(), &req, dir.path()).unwrap();
+            let ca = dir.path().join(certs::CA_CERT);
+            Tls::load(Some(&ca), Some(&crt), Some(&key))
+                .unwrap()
+                .unwrap()
+        };
+        let (server, user) = (
+            load(Kind::Scheduler, "scheduler"),
+            load(Kind::User, "bench"),
+        );
+        let token = tokens::generate().unwrap();
+        // The default tenant, so that the job records are the plaintext
+        // runs' byte for byte; a submitter, as a user submitting is.
+        let tokens = Tokens::parse(&format!(
+            "tokens:\n  - {{user: bench, tenant: default, role: submitter, sha256: {}}}\n",
+            tokens::sha256_hex(&token)
+        ))
+        .unwrap();
+        Security {
+            server,
+            user,
+            token,
+            tokens,
+            _dir: dir,
+        }
+    }
+}
+
+/// Adds `authorization: Bearer TOKEN` to every call, when there is one
+/// (the plaintext clients go through it too, empty, so that both modes
+/// have the same client stack).
+#[derive(Clone)]
+struct Bearer(Option<AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
 
 fn record(name: &str) -> JobRecord {
     JobRecord {
@@ -93,20 +193,27 @@ async fn etcd_alone(store: &EtcdStore, prefix: &str, jobs: usize, in_flight: usi
     start.elapsed()
 }
 
-/// The scheduler: `jobs` submit calls from `callers` concurrent clients.
+/// The scheduler: `jobs` submit calls from `callers` concurrent clients;
+/// with `security`, over mutual TLS with a token.
 async fn through_scheduler(
     etcd: &str,
     prefix: &str,
     jobs: usize,
     callers: usize,
     per_call: usize,
+    security: Option<&Security>,
 ) -> Duration {
     let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(&[etcd.to_string()]).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if security.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
     let mut config = Config::new(Default::default());
     config.prefix = prefix.to_string();
     config.max_pending_tasks = u64::MAX;
+    config.tls = security.map(|s| s.server.clone());
+    config.tokens = security.map(|s| s.tokens.clone());
+    let client_tls = security.map(|s| &s.user);
+    let bearer = Bearer(security.map(|s| format!("Bearer {}", s.token).parse().unwrap()));
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(global_scheduler::run(
         listener,
@@ -116,9 +223,14 @@ async fn through_scheduler(
     ));
     // Leading (the health service says SERVING) before the clock starts.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !sched_proto::process::serving(&url, "sched.v1.Scheduler", Duration::from_secs(1))
-        .await
-        .unwrap_or(false)
+    while !sched_proto::process::serving_tls(
+        &url,
+        "sched.v1.Scheduler",
+        Duration::from_secs(1),
+        client_tls,
+    )
+    .await
+    .unwrap_or(false)
     {
         assert!(
             Instant::now() < deadline,
@@ -129,13 +241,14 @@ async fn through_scheduler(
     // Several HTTP/2 connections, as many independent clients would open.
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
-        let client = loop {
-            if let Ok(c) = SchedulerClient::connect(url.clone()).await {
+        let endpoint = sched_security::tls::endpoint(&url, client_tls).unwrap();
+        let channel = loop {
+            if let Ok(c) = endpoint.connect().await {
                 break c;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        clients.push(client);
+        clients.push(SchedulerClient::with_interceptor(channel, bearer.clone()));
     }
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
@@ -229,17 +342,55 @@ fn main() {
             rate(jobs, alone4)
         );
         // (jobs per call, concurrent callers): single-job calls as `schedctl
-        // run` makes them, and job files of 10 and 100 jobs.
+        // run` makes them, and job files of 10 and 100 jobs. Each in both
+        // modes back to back, so that both see the same etcd (its db grows
+        // with every run) and the same neighbours on the machine.
+        let modes = Mode::from_env();
+        let security = modes.contains(&Mode::MutualTls).then(Security::new);
+        let mut ratios = Vec::new();
         for (run, (per_call, callers)) in [(1, 256), (10, 64), (100, 16)].into_iter().enumerate() {
-            let ours = through_scheduler(&etcd.url(), &format!("/sched{run}"), jobs, callers, per_call).await;
-            println!(
-                "  global-scheduler, {per_call:>3} job(s)/call, {callers:>3} callers: {:>7.3} s {:>8.0} jobs/s {:>9.0} tasks/s  ratio {:.2} (vs 4 in flight {:.2})",
-                ours.as_secs_f64(),
-                rate(jobs, ours),
-                rate(jobs * TASKS_PER_JOB as usize, ours),
-                alone.as_secs_f64() / ours.as_secs_f64(),
-                alone4.as_secs_f64() / ours.as_secs_f64(),
-            );
+            let mut rates = (None, None);
+            for &mode in &modes {
+                let (label, prefix, security) = match mode {
+                    Mode::Plaintext => (
+                        format!("global-scheduler, {per_call:>3} job(s)/call, {callers:>3} callers:"),
+                        format!("/sched{run}"),
+                        None,
+                    ),
+                    Mode::MutualTls => (
+                        // As wide as the plaintext label, so that the columns line up.
+                        format!("{:<47}", "  same, mTLS and a token:"),
+                        format!("/mtls{run}"),
+                        security.as_ref(),
+                    ),
+                };
+                let ours = through_scheduler(&etcd.url(), &prefix, jobs, callers, per_call, security).await;
+                let tasks_per_s = rate(jobs * TASKS_PER_JOB as usize, ours);
+                println!(
+                    "  {label} {:>7.3} s {:>8.0} jobs/s {:>9.0} tasks/s  ratio {:.2} (vs 4 in flight {:.2})",
+                    ours.as_secs_f64(),
+                    rate(jobs, ours),
+                    tasks_per_s,
+                    alone.as_secs_f64() / ours.as_secs_f64(),
+                    alone4.as_secs_f64() / ours.as_secs_f64(),
+                );
+                match mode {
+                    Mode::Plaintext => rates.0 = Some(tasks_per_s),
+                    Mode::MutualTls => rates.1 = Some(tasks_per_s),
+                }
+            }
+            if let (Some(plain), Some(mtls)) = rates {
+                ratios.push((per_call, plain, mtls));
+            }
+        }
+        if !ratios.is_empty() {
+            println!("  mTLS and a token / plaintext, tasks/s:");
+            for (per_call, plain, mtls) in ratios {
+                println!(
+                    "    {per_call:>3} job(s)/call: {mtls:>9.0} / {plain:>9.0} = {:.2}",
+                    mtls / plain
+                );
+            }
         }
     });
 }

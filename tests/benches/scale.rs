@@ -13,18 +13,65 @@
 //! tasks placed per second end to end and each process's peak memory.
 //! Defaults: 10 clusters x 1,000 machines, 1,000 jobs (100,000 tasks).
 //! Target (issue 4): all placed in under 60 s on a 2-core machine.
+//!
+//! The run is made twice, each on a fresh etcd and stack: in plaintext,
+//! then with mutual TLS on every hop and a token (every process with a
+//! certificate of its own from a throwaway CA, the global scheduler with
+//! a `--tokens` file, the callers with a user certificate sending
+//! `authorization: Bearer`), and the summary gives the ratio of the two
+//! end-to-end rates. `SCHED_BENCH_SECURITY=plaintext` (or `mtls`) makes
+//! one run only; the default is both.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sched_proto::pb;
-use sched_proto::pb::scheduler_client::SchedulerClient;
-use sched_tests::{bin, channel, free_port, memory, EtcdServer, Guarded, LocalAgent, Scheduler};
+use sched_security::{Kind, Role, Tls};
+use sched_tests::pki::Pki;
+use sched_tests::{
+    bin, free_port, memory, user_client, EtcdServer, Guarded, LocalAgent, Scheduler, UserClient,
+};
 
 const TASKS_PER_JOB: i64 = 100;
 
 fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
+}
+
+/// How the processes talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plaintext,
+    /// Mutual TLS on every hop, and a bearer token on the job API.
+    MutualTls,
+}
+
+impl Mode {
+    /// The modes `SCHED_BENCH_SECURITY` asks for (`plaintext`, `mtls`;
+    /// unset or `both`: both, plaintext first).
+    fn from_env() -> Vec<Mode> {
+        match std::env::var("SCHED_BENCH_SECURITY").as_deref() {
+            Err(_) | Ok("both") => vec![Mode::Plaintext, Mode::MutualTls],
+            Ok("plaintext") => vec![Mode::Plaintext],
+            Ok("mtls") => vec![Mode::MutualTls],
+            Ok(other) => panic!("SCHED_BENCH_SECURITY={other}: plaintext, mtls or both"),
+        }
+    }
+
+    /// How its lines start.
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Plaintext => "scale",
+            Mode::MutualTls => "scale, mTLS and a token",
+        }
+    }
+}
+
+/// What one run measured.
+struct Figures {
+    up: Duration,
+    placed: Duration,
 }
 
 fn main() {
@@ -39,20 +86,61 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(clusters, machines, jobs));
+    let mut figures = Vec::new();
+    for mode in Mode::from_env() {
+        figures.push(rt.block_on(run(clusters, machines, jobs, mode)));
+    }
+    if let [plain, mtls] = &figures[..] {
+        let total = (jobs as u64 * TASKS_PER_JOB as u64) as f64;
+        let (p, m) = (
+            total / plain.placed.as_secs_f64(),
+            total / mtls.placed.as_secs_f64(),
+        );
+        println!(
+            "scale: mTLS and a token / plaintext: {m:.0} / {p:.0} tasks/s end to end = {:.2}; machines up in {:.1} s / {:.1} s",
+            m / p,
+            mtls.up.as_secs_f64(),
+            plain.up.as_secs_f64(),
+        );
+    }
 }
 
-async fn run(clusters: usize, machines: usize, jobs: usize) {
+async fn run(clusters: usize, machines: usize, jobs: usize, mode: Mode) -> Figures {
+    let label = mode.label();
     let etcd = EtcdServer::start().expect("start etcd (is etcd-server installed?)");
-    let sched = Scheduler::start(&etcd.url(), &[]).await;
+    // With mTLS: a CA, a certificate for every process, a user's
+    // certificate and token for the callers.
+    let pki = (mode == Mode::MutualTls).then(Pki::new);
+    let flags = |kind: Kind, name: &str| -> Vec<String> {
+        pki.as_ref().map_or_else(Vec::new, |p| p.flags(kind, name))
+    };
+    let user: Option<(Tls, String, PathBuf)> = pki.as_ref().map(|p| {
+        let (token, tokens_file) = p.token("bench", "default", Role::Submitter);
+        (p.tls(Kind::User, "bench"), token, tokens_file)
+    });
+    let user_tls = user.as_ref().map(|(tls, _, _)| tls);
+    let token = user.as_ref().map(|(_, token, _)| token.as_str());
+    let sched = match &user {
+        Some((tls, _, tokens_file)) => {
+            let mut extra = flags(Kind::Scheduler, "scheduler");
+            extra.extend(["--tokens".to_string(), tokens_file.display().to_string()]);
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            Scheduler::start_tls(&etcd.url(), &extra, tls.clone()).await
+        }
+        None => Scheduler::start(&etcd.url(), &[]).await,
+    };
     let mut agents = Vec::new();
     for i in 0..clusters {
+        let extra = flags(Kind::Cluster, &format!("c{i}"));
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         agents.push(
-            LocalAgent::start(
+            LocalAgent::start_tls(
                 &format!("c{i}"),
                 &format!("loc{}", i % 3),
                 &sched.url(),
                 &etcd.url(),
+                &extra,
+                user_tls.cloned(),
             )
             .await,
         );
@@ -77,14 +165,15 @@ async fn run(clusters: usize, machines: usize, jobs: usize) {
                 &format!("127.0.0.1:{}", free_port()),
             ])
             .arg("--work-dir")
-            .arg(dir.path().join(format!("c{i}")));
+            .arg(dir.path().join(format!("c{i}")))
+            .args(flags(Kind::Node, &format!("c{i}-h")));
         nodes.push(Guarded::spawn(cmd).expect("start a hollow node"));
     }
-    let mut client = SchedulerClient::new(channel(&sched.url()));
+    let mut client = user_client(&sched.url(), user_tls, token);
     let want = (clusters * machines) as u32;
     let start = Instant::now();
     loop {
-        let up = sched.machines_up().await;
+        let up = machines_up(&mut client).await;
         if up == want {
             break;
         }
@@ -94,9 +183,10 @@ async fn run(clusters: usize, machines: usize, jobs: usize) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let up = start.elapsed();
     println!(
-        "scale: {clusters} clusters x {machines} hollow machines up in {:.1} s",
-        start.elapsed().as_secs_f64()
+        "{label}: {clusters} clusters x {machines} hollow machines up in {:.1} s",
+        up.as_secs_f64()
     );
 
     let total = jobs as u64 * TASKS_PER_JOB as u64;
@@ -179,7 +269,7 @@ async fn run(clusters: usize, machines: usize, jobs: usize) {
     }
     let elapsed = start.elapsed();
     println!(
-        "scale: {total} tasks in {jobs} jobs: submitted in {:.1} s, all placed on machines in {:.1} s = {:.0} tasks/s end to end",
+        "{label}: {total} tasks in {jobs} jobs: submitted in {:.1} s, all placed on machines in {:.1} s = {:.0} tasks/s end to end",
         submitted.as_secs_f64(),
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64()
@@ -194,11 +284,32 @@ async fn run(clusters: usize, machines: usize, jobs: usize) {
     for (i, n) in nodes.iter().enumerate() {
         rows.push((format!("node c{i} ({machines} hollow)"), n.program_pid()));
     }
-    println!("scale: memory (peak / now, MiB):");
+    println!("{label}: memory (peak / now, MiB):");
     for (name, pid) in rows {
         match pid.and_then(memory) {
             Some((peak, now)) => println!("  {name:<28} {:>8.1} / {:>8.1}", mib(peak), mib(now)),
             None => println!("  {name:<28} (gone)"),
         }
     }
+    Figures {
+        up,
+        placed: elapsed,
+    }
+}
+
+/// Machines in the clusters that are up, as the scheduler sees them (0 if
+/// the call fails).
+async fn machines_up(client: &mut UserClient) -> u32 {
+    client
+        .list_clusters(pb::ListClustersRequest {})
+        .await
+        .map(|r| {
+            r.into_inner()
+                .clusters
+                .iter()
+                .filter(|c| c.up)
+                .map(|c| c.machines)
+                .sum()
+        })
+        .unwrap_or(0)
 }

@@ -8,8 +8,10 @@
 //!   back the rest. It stands where a local agent stands, so the global
 //!   scheduler can be tested on its own; it records every assignment it
 //!   receives so tests can prove nothing was handed over twice;
-//! - [`pki::Pki`]: a throwaway CA issuing component and user certificates,
-//!   for the processes above run with mutual TLS;
+//! - [`pki::Pki`]: a throwaway CA issuing component and user certificates
+//!   and tokens, for the processes above run with mutual TLS;
+//!   [`user_client`] calls the scheduler as a user would, with a
+//!   certificate and a bearer token;
 //! - the mutual TLS mode: with `SCHED_TEST_TLS=1` in the environment
 //!   ([`tls_mode`]), every process above is started with a certificate for
 //!   what it is (from one throwaway CA per test process), every URL is
@@ -704,6 +706,44 @@ fn channel_with(url: &str, tls: Option<&Tls>) -> Channel {
 /// certificate.
 pub fn tls_channel(url: &str, tls: &Tls) -> Channel {
     channel_with(url, Some(tls))
+}
+
+/// Adds `authorization: Bearer TOKEN` to every call, when there is a
+/// token.
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Bearer {
+        Bearer(token.map(|t| format!("Bearer {t}").parse().expect("an ASCII token")))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A client of the scheduler's job API as a user calls it.
+pub type UserClient =
+    SchedulerClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// A user's client of the scheduler at `url`: plaintext, or with `tls`
+/// over mutual TLS (a user certificate), sending `token` with every call
+/// if given.
+pub fn user_client(url: &str, tls: Option<&Tls>, token: Option<&str>) -> UserClient {
+    let channel = match tls {
+        Some(t) => tls_channel(url, t),
+        None => channel(url),
+    };
+    SchedulerClient::with_interceptor(channel, Bearer::new(token))
 }
 
 /// The keys of the jobs stored under the default prefix, in order.

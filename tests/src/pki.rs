@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use sched_security::{certs, Kind, Tls};
+use sched_security::{certs, tokens, Kind, Role, Tls};
 
 /// A CA in a temporary directory, and the certificates issued from it.
 pub struct Pki {
@@ -60,6 +60,19 @@ impl Pki {
         Tls::load(Some(&ca), Some(&crt), Some(&key))
             .expect("readable")
             .expect("all three files")
+    }
+
+    /// A new token for `user` of `tenant` with `role`, and the path of a
+    /// `--tokens` file (in the CA's directory) that lists it alone.
+    pub fn token(&self, user: &str, tenant: &str, role: Role) -> (String, PathBuf) {
+        let token = tokens::generate().expect("/dev/urandom");
+        let path = self.dir.path().join(format!("tokens-{user}.yaml"));
+        let text = format!(
+            "tokens:\n  - {{user: {user}, tenant: {tenant}, role: {role}, sha256: {}}}\n",
+            tokens::sha256_hex(&token)
+        );
+        std::fs::write(&path, text).expect("write the tokens file");
+        (token, path)
     }
 }
 
