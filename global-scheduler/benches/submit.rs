@@ -35,7 +35,6 @@ use sched_security::{certs, tokens, Kind, Tls, Tokens};
 use sched_store::testing::EtcdServer;
 use sched_store::{EtcdStore, Expect, Store, Write, MAX_OPS_PER_COMMIT};
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::AsciiMetadataValue;
 
 const TASKS_PER_JOB: u32 = 100;
 const CONNECTIONS: usize = 8;
@@ -107,24 +106,6 @@ impl Security {
             tokens,
             _dir: dir,
         }
-    }
-}
-
-/// Adds `authorization: Bearer TOKEN` to every call, when there is one
-/// (the plaintext clients go through it too, empty, so that both modes
-/// have the same client stack).
-#[derive(Clone)]
-struct Bearer(Option<AsciiMetadataValue>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            request.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(request)
     }
 }
 
@@ -213,7 +194,7 @@ async fn through_scheduler(
     config.tls = security.map(|s| s.server.clone());
     config.tokens = security.map(|s| s.tokens.clone());
     let client_tls = security.map(|s| &s.user);
-    let bearer = Bearer(security.map(|s| format!("Bearer {}", s.token).parse().unwrap()));
+    let bearer = sched_security::Bearer::new(security.map(|s| s.token.as_str())).unwrap();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(global_scheduler::run(
         listener,

@@ -16,8 +16,7 @@ use sched_proto::backoff::delay;
 pub use sched_proto::backoff::random_u64;
 use sched_proto::leader::{LeaderChannel, LEADER_HEADER};
 use sched_proto::pb::scheduler_client::SchedulerClient;
-use sched_security::Tls;
-use tonic::metadata::AsciiMetadataValue;
+use sched_security::{Bearer, Tls};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Status};
 
@@ -35,19 +34,6 @@ pub struct Target {
     pub token: Option<String>,
 }
 
-/// Adds `authorization: Bearer TOKEN` to every call.
-#[derive(Clone)]
-pub struct Bearer(Option<AsciiMetadataValue>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            request.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(request)
-    }
-}
-
 /// Connects lazily: an unreachable server shows up as UNAVAILABLE on the
 /// first call, where it is retried like any other. `server` may list
 /// several replicas, comma-separated: calls go to the one that leads (a
@@ -60,16 +46,9 @@ pub fn connect(target: &Target) -> anyhow::Result<Client> {
         Duration::from_secs(30),
     )
     .map_err(|e| anyhow::anyhow!("--server: {e}"))?;
-    let bearer = match &target.token {
-        Some(t) => Some(
-            format!("Bearer {}", t.trim())
-                .parse()
-                .map_err(|_| anyhow::anyhow!("--token: not a printable ASCII token"))?,
-        ),
-        None => None,
-    };
-    Ok(SchedulerClient::with_interceptor(channel, Bearer(bearer))
-        .max_decoding_message_size(256 << 20))
+    let bearer =
+        Bearer::new(target.token.as_deref()).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+    Ok(SchedulerClient::with_interceptor(channel, bearer).max_decoding_message_size(256 << 20))
 }
 
 pub use sched_proto::backoff::RETRY_AFTER_HEADER;

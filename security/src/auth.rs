@@ -183,6 +183,34 @@ impl Guard {
     }
 }
 
+/// The client side: adds `authorization: Bearer TOKEN` to every call (to
+/// none without a token).
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+/// A token that cannot travel in a header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the token is not printable ASCII")]
+pub struct BadToken;
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Result<Bearer, BadToken> {
+        token
+            .map(|t| format!("Bearer {}", t.trim()).parse().map_err(|_| BadToken))
+            .transpose()
+            .map(Bearer)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// The bearer token of a call; UNAUTHENTICATED without one.
 pub fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
     let value = metadata.get("authorization").ok_or_else(|| {

@@ -15,7 +15,7 @@ pub mod identity;
 pub mod tls;
 pub mod tokens;
 
-pub use auth::{Guard, User};
+pub use auth::{Bearer, Guard, User};
 pub use identity::{Identity, Kind};
 pub use tls::{Tls, TlsArgs};
 pub use tokens::{Principal, Role, Tokens};

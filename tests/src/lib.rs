@@ -708,28 +708,7 @@ pub fn tls_channel(url: &str, tls: &Tls) -> Channel {
     channel_with(url, Some(tls))
 }
 
-/// Adds `authorization: Bearer TOKEN` to every call, when there is a
-/// token.
-#[derive(Debug, Clone, Default)]
-pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
-
-impl Bearer {
-    pub fn new(token: Option<&str>) -> Bearer {
-        Bearer(token.map(|t| format!("Bearer {t}").parse().expect("an ASCII token")))
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            request.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(request)
-    }
-}
+pub use sched_security::Bearer;
 
 /// A client of the scheduler's job API as a user calls it.
 pub type UserClient =
@@ -743,7 +722,7 @@ pub fn user_client(url: &str, tls: Option<&Tls>, token: Option<&str>) -> UserCli
         Some(t) => tls_channel(url, t),
         None => channel(url),
     };
-    SchedulerClient::with_interceptor(channel, Bearer::new(token))
+    SchedulerClient::with_interceptor(channel, Bearer::new(token).expect("an ASCII token"))
 }
 
 /// The keys of the jobs stored under the default prefix, in order.
