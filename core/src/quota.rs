@@ -191,6 +191,38 @@ impl Quotas {
     }
 }
 
+/// Admission of a workload submitted in order with nothing finishing (the
+/// simulator's view): for each job, whether its tenant stays within its
+/// quota in its band counting every job admitted before it, by the same
+/// check the scheduler makes. The lowest band is admitted without quota.
+pub fn admit_in_order(
+    jobs: &[crate::job::Job],
+    quotas: &Quotas,
+    bands: &PriorityPolicy,
+) -> Vec<Result<(), Box<Exceeded>>> {
+    let mut used: BTreeMap<(String, String), Usage> = BTreeMap::new();
+    jobs.iter()
+        .map(|j| {
+            let s = &j.spec;
+            if bands.is_lowest(s.priority) {
+                return Ok(());
+            }
+            let band = bands.band_name(s.priority).to_string();
+            let key = (s.tenant.clone(), band);
+            let mut asked = Usage::default();
+            asked.add(&s.request, u64::from(s.tasks));
+            if let Some(limit) = quotas.get(&key.0, &key.1) {
+                let usage = used.get(&key).copied().unwrap_or_default();
+                limit.check(&key.0, &key.1, &usage, &asked)?;
+            }
+            used.entry(key)
+                .or_default()
+                .add(&s.request, u64::from(s.tasks));
+            Ok(())
+        })
+        .collect()
+}
+
 impl QuotaText {
     /// The entry's key and limit; errors name `field.KEY`.
     pub fn validate(

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use sched_core::job::{load_workload_with_bands, Job};
+use sched_core::quota::{admit_in_order, Quotas};
 use sched_core::rank::Ranking;
 use sched_core::simulate::{simulate, JobExplanation, Outcome, Report};
 use sched_core::topology::Topology;
@@ -33,6 +34,17 @@ pub struct Args {
     /// Explain the decisions for one job: cluster scores, filters, machines.
     #[arg(long, value_name = "JOB")]
     explain: Option<String>,
+    /// Quotas per tenant and band (the global scheduler's --quotas file):
+    /// jobs over quota, in workload order, are refused as admission would.
+    #[arg(long, value_name = "FILE")]
+    quotas: Option<PathBuf>,
+}
+
+/// A job the quotas refused.
+#[derive(Serialize)]
+struct Refused {
+    job: String,
+    reason: String,
 }
 
 /// `--json` output: the core's report plus timing and the explanation.
@@ -44,6 +56,8 @@ struct JsonReport<'a> {
     placements_per_second: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     explain: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    refused: Vec<Refused>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -52,6 +66,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let policy = super::load_policy(args.policy.as_ref())?;
     let jobs = load_workload_with_bands(&super::read(&args.workload)?, &topology, &policy.priority)
         .with_context(|| format!("invalid workload {}", args.workload.display()))?;
+    let mut refused = Vec::new();
+    let jobs = match &args.quotas {
+        None => jobs,
+        Some(path) => {
+            let quotas = Quotas::from_yaml(&super::read(path)?, &policy.priority)
+                .with_context(|| format!("invalid quotas {}", path.display()))?;
+            let verdicts = admit_in_order(&jobs, &quotas, &policy.priority);
+            let mut admitted = Vec::with_capacity(jobs.len());
+            for (mut job, verdict) in jobs.into_iter().zip(verdicts) {
+                match verdict {
+                    Ok(()) => {
+                        // Ids index the workload: renumber what is left.
+                        job.id = sched_core::job::JobId(admitted.len() as u32);
+                        admitted.push(job);
+                    }
+                    Err(e) => refused.push(Refused {
+                        job: job.spec.name.clone(),
+                        reason: e.to_string(),
+                    }),
+                }
+            }
+            admitted
+        }
+    };
     let explain = match &args.explain {
         None => None,
         Some(name) => match jobs.iter().find(|j| j.spec.name == *name) {
@@ -100,10 +138,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             scheduling_seconds: seconds,
             placements_per_second: rate,
             explain,
+            refused,
         };
         serde_json::to_writer_pretty(&mut out, &json)?;
         writeln!(out)?;
     } else {
+        for r in &refused {
+            writeln!(out, "refused {}: {}", r.job, r.reason)?;
+        }
         out.write_all(summary_table(&report, seconds, rate).as_bytes())?;
         if let Some(x) = &outcome.explanation {
             out.write_all(explain_text(x, &topology, &jobs).as_bytes())?;

@@ -191,3 +191,39 @@ fn policy_check_validates_and_prints_the_effective_policy() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("global.scorers[0].weight"), "{err}");
 }
+
+#[test]
+fn simulate_refuses_jobs_over_quota_as_admission_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let quotas = dir.path().join("quotas.yaml");
+    std::fs::write(
+        &quotas,
+        "quotas:\n  - {tenant: team-a, band: production, cpu: \"4\"}\n",
+    )
+    .unwrap();
+    // 3 production cpus fit the quota of 4; 2 more do not; batch and
+    // another tenant have no quota.
+    let jobs = "jobs:\n\
+        - {name: p1, tasks: 3, resources: {cpu: 1, memory: 1Gi}, band: production, tenant: team-a}\n\
+        - {name: p2, tasks: 2, resources: {cpu: 1, memory: 1Gi}, band: production, tenant: team-a}\n\
+        - {name: b1, tasks: 2, resources: {cpu: 1, memory: 1Gi}, band: batch, tenant: team-a}\n\
+        - {name: o1, tasks: 2, resources: {cpu: 1, memory: 1Gi}, band: production, tenant: team-b}\n";
+    let out = simulate_jobs(jobs, &["--quotas", quotas.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let refused = v["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{v}");
+    assert_eq!(refused[0]["job"], "p2");
+    let reason = refused[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("team-a")
+            && reason.contains("production quota of cpu")
+            && reason.contains("limit 4"),
+        "{reason}"
+    );
+    assert_eq!(v["tasks_placed"], 7, "{v}");
+}
