@@ -116,14 +116,7 @@ impl Pki {
     /// `--tls-ca/--tls-cert/--tls-key` for a new certificate of `kind`/`name`.
     fn flags(&self, kind: Kind, name: &str) -> anyhow::Result<Vec<String>> {
         let [ca, crt, key] = issue(&self.dir, kind, name)?;
-        Ok(vec![
-            "--tls-ca".into(),
-            ca.display().to_string(),
-            "--tls-cert".into(),
-            crt.display().to_string(),
-            "--tls-key".into(),
-            key.display().to_string(),
-        ])
+        Ok(sched_security::tls::flags(&ca, &crt, &key))
     }
 }
 

@@ -221,6 +221,19 @@ impl Tls {
     }
 }
 
+/// The `--tls-ca/--tls-cert/--tls-key` arguments naming these files, for a
+/// process started with them.
+pub fn flags(ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
+    vec![
+        "--tls-ca".into(),
+        ca.display().to_string(),
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ]
+}
+
 /// A URL a client cannot use as given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {

@@ -153,14 +153,7 @@ pub fn tls_flags(kind: Kind, name: &str) -> Vec<String> {
         return Vec::new();
     };
     let [ca, crt, key] = pki.files(kind, name);
-    vec![
-        "--tls-ca".into(),
-        ca.display().to_string(),
-        "--tls-cert".into(),
-        crt.display().to_string(),
-        "--tls-key".into(),
-        key.display().to_string(),
-    ]
+    sched_security::tls::flags(&ca, &crt, &key)
 }
 
 /// In the TLS mode, a certificate for `kind`/`name` loaded for a client;

@@ -39,14 +39,7 @@ impl Pki {
     /// [`Pki::flags`], the pair written under `out`.
     pub fn flags_in(&self, out: &str, kind: Kind, name: &str) -> Vec<String> {
         let [ca, crt, key] = self.issue_in(out, kind, name);
-        vec![
-            "--tls-ca".into(),
-            ca.display().to_string(),
-            "--tls-cert".into(),
-            crt.display().to_string(),
-            "--tls-key".into(),
-            key.display().to_string(),
-        ]
+        sched_security::tls::flags(&ca, &crt, &key)
     }
 
     /// A new certificate for `kind`/`name`, loaded for a client.
