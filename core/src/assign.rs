@@ -69,6 +69,9 @@ pub struct Decision {
     pub ranking: Ranking,
     /// The cluster that got them; `None` when none could.
     pub chosen: Option<ClusterId>,
+    /// No cluster had room: `chosen` gets them because evicting
+    /// lower-priority tasks there makes room.
+    pub preempting: bool,
 }
 
 /// A set of task indexes, kept as sorted, disjoint, non-adjacent ranges: a
@@ -453,6 +456,40 @@ impl PendingQueue {
                     ranking = ranker.rank(spec, summaries, &[]);
                 }
                 let left = group.len();
+                let preempting = match ranking.best() {
+                    Some(_) => None,
+                    None => ranker.preemption_target(spec, &ranking, summaries),
+                };
+                if let Some((target, fit)) = preempting {
+                    // No cluster has room, but evicting lower-priority work
+                    // in `target` would make some: its local agent decides
+                    // which tasks go.
+                    let s = &mut summaries[target.0 as usize];
+                    let take = fit.clamp(1, u64::from(left)).min(*budget);
+                    let total = request.times(take);
+                    let displaced = total.saturating_sub(&s.unclaimed());
+                    s.claim_preemptible(spec.spec.priority, displaced, ranker.bands());
+                    if trace == Some(id) {
+                        pass.trace.push(Decision {
+                            tasks: take as u32,
+                            ranking,
+                            chosen: Some(target),
+                            preempting: true,
+                        });
+                    }
+                    s.queued = s.queued.saturating_add(&total);
+                    s.queue_len += take;
+                    *budget -= take;
+                    j.tasks -= take as u32;
+                    self.tasks -= take;
+                    pass.assignments.push(Assignment {
+                        job: id,
+                        cluster: target,
+                        indices: group.take_first(take as u32),
+                        handed_back: handed_back.clone(),
+                    });
+                    continue;
+                }
                 let Some(best) = ranking.best() else {
                     why = Some(unassignable_reason(&ranking, summaries));
                     if trace == Some(id) {
@@ -460,6 +497,7 @@ impl PendingQueue {
                             tasks: left,
                             ranking,
                             chosen: None,
+                            preempting: false,
                         });
                     }
                     break;
@@ -473,6 +511,7 @@ impl PendingQueue {
                         tasks: take as u32,
                         ranking,
                         chosen: Some(best),
+                        preempting: false,
                     });
                 }
                 s.queued = s.queued.saturating_add(&request.times(take));
@@ -590,6 +629,36 @@ mod tests {
         assert_eq!(s.iter().collect::<Vec<_>>(), [6, 7, 8, 9, 19, 20]);
         assert!(s.contains(19) && !s.contains(18));
         assert_eq!(s.len(), 6);
+    }
+
+    #[test]
+    fn a_full_cluster_takes_production_where_eviction_displaces_least() {
+        // Both clusters hold 10 cpu, all of it batch (priority 2000); west
+        // has 1 cpu unclaimed besides. Production tasks of 2 cpu fit
+        // nowhere without eviction. One task displaces 2 cpu of batch in
+        // east (20% of it), 1 cpu in west (10%): west. West can hold 5
+        // (1 free + 9 of batch = 10 cpu); the job asks 6: the 6th goes
+        // east (its 5 tasks claimed west's batch capacity).
+        let l = east_west();
+        let policy = Policy::default();
+        let r = Ranker::new(&policy, &l);
+        let mut summaries = clusters([10_000, 10_000]);
+        summaries[0].allocated = Resources::new(10_000, 0);
+        summaries[0].by_priority = vec![(2000, Resources::new(10_000, 0))];
+        summaries[1].allocated = Resources::new(9_000, 0);
+        summaries[1].by_priority = vec![(2000, Resources::new(9_000, 0))];
+        let js = jobs(&[(6, 7000, 2000, None), (1, 3000, 1000, None)]);
+        let mut q = PendingQueue::new();
+        for j in &js {
+            q.add_job(j.id, j.spec.priority, j.spec.tasks);
+        }
+        let lookup = |id: JobId| js.get(id.0 as usize);
+        let p = q.plan(&r, &lookup, &mut summaries, 0, 100, Some(JobId(0)));
+        assert_eq!(counts(&p), [(0, 1, 5), (0, 0, 1)]);
+        assert!(p.trace.iter().all(|d| d.preempting));
+        // Batch may not evict batch: the batch job waits.
+        assert_eq!(q.job_tasks(JobId(1)), 1);
+        assert!(q.reason(JobId(1)).unwrap().contains("cluster out of cpu"));
     }
 
     #[test]

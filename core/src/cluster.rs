@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::band::PriorityPolicy;
 use crate::labels::Labels;
 use crate::locality::LocationId;
 use crate::machine::MachineClass;
@@ -67,6 +68,9 @@ pub struct ClusterSummary {
     pub queued: Resources,
     /// Number of tasks handed to the cluster and not placed yet.
     pub queue_len: u64,
+    /// `allocated` by the priority of the tasks holding it, lowest priority
+    /// first: what preemption could free for a task of higher priority.
+    pub by_priority: Vec<(u32, Resources)>,
 }
 
 impl ClusterSummary {
@@ -90,6 +94,7 @@ impl ClusterSummary {
             allocated: Resources::ZERO,
             queued: Resources::ZERO,
             queue_len: 0,
+            by_priority: Vec::new(),
         }
     }
 
@@ -98,5 +103,56 @@ impl ClusterSummary {
         self.capacity
             .saturating_sub(&self.allocated)
             .saturating_sub(&self.queued)
+    }
+
+    /// The capacity held by tasks that a task of `priority` may preempt.
+    pub fn preemptible_for(&self, priority: u32, bands: &PriorityPolicy) -> Resources {
+        self.by_priority
+            .iter()
+            .take_while(|(p, _)| *p < priority)
+            .filter(|(p, _)| bands.may_preempt(priority, *p))
+            .fold(Resources::ZERO, |acc, (_, r)| acc.saturating_add(r))
+    }
+
+    /// Promises `amount` of the capacity that tasks of `priority` may
+    /// preempt to them, lowest priorities first, so that the next job of
+    /// the pass is not promised the same.
+    pub fn claim_preemptible(&mut self, priority: u32, amount: Resources, bands: &PriorityPolicy) {
+        let mut left = amount;
+        for (p, r) in self.by_priority.iter_mut() {
+            if left.is_zero() || *p >= priority {
+                break;
+            }
+            if !bands.may_preempt(priority, *p) {
+                continue;
+            }
+            let taken = Resources::from_array(std::array::from_fn(|i| {
+                r.as_array()[i].min(left.as_array()[i])
+            }));
+            *r = r.saturating_sub(&taken);
+            left = left.saturating_sub(&taken);
+        }
+        self.by_priority.retain(|(_, r)| !r.is_zero());
+    }
+
+    /// Counts `request` placed `n` times at `priority` in `by_priority`
+    /// (with `add`), or taken off (without).
+    pub fn count_priority(&mut self, priority: u32, request: &Resources, n: u64, add: bool) {
+        let total = request.times(n);
+        let at = self.by_priority.partition_point(|(p, _)| *p < priority);
+        match self.by_priority.get_mut(at) {
+            Some((p, r)) if *p == priority => {
+                *r = if add {
+                    r.saturating_add(&total)
+                } else {
+                    r.saturating_sub(&total)
+                };
+                if r.is_zero() {
+                    self.by_priority.remove(at);
+                }
+            }
+            _ if add && !total.is_zero() => self.by_priority.insert(at, (priority, total)),
+            _ => {}
+        }
     }
 }

@@ -7,11 +7,13 @@
 
 use serde::Serialize;
 
+use crate::band::PriorityPolicy;
 use crate::cluster::{ClusterId, ClusterSummary};
 use crate::filter::{cluster_filters, Rejection, TaskShape};
 use crate::job::Job;
 use crate::locality::Locality;
 use crate::policy::{Policy, ScorerName};
+use crate::resources::ResourceKind;
 use crate::score::Score;
 use crate::scorer::{ClusterScorer, Headroom, LocalityScorer, QueueLength};
 
@@ -63,6 +65,8 @@ impl Ranking {
 pub struct Ranker<'a> {
     scorers: Vec<(u32, Box<dyn ClusterScorer + 'a>)>,
     max_scored: usize,
+    /// Which priorities may evict which, for [`Ranker::preemption_target`].
+    bands: PriorityPolicy,
 }
 
 impl<'a> Ranker<'a> {
@@ -89,7 +93,55 @@ impl<'a> Ranker<'a> {
         Ranker {
             scorers,
             max_scored: policy.global.max_clusters_scored as usize,
+            bands: policy.priority.clone(),
         }
+    }
+
+    pub fn bands(&self) -> &PriorityPolicy {
+        &self.bands
+    }
+
+    /// When `ranking` found no cluster with room for `job`: the cluster
+    /// where evicting tasks the job's band may evict would make room for at
+    /// least one task, displacing the least (the largest share of a
+    /// cluster's capacity, over resources, that one task takes beyond its
+    /// unclaimed capacity; ties to the lower id), with how many tasks its
+    /// unclaimed plus preemptible capacity holds. Only clusters ruled out
+    /// for want of capacity are looked at: no eviction cures a constraint
+    /// or a machine too small.
+    pub fn preemption_target(
+        &self,
+        job: &Job,
+        ranking: &Ranking,
+        clusters: &[ClusterSummary],
+    ) -> Option<(ClusterId, u64)> {
+        let request = &job.spec.request;
+        let mut best: Option<(u64, ClusterId, u64)> = None;
+        for f in &ranking.filtered {
+            if !f.rejection.preemption_could_help() {
+                continue;
+            }
+            let Some(c) = clusters.iter().find(|c| c.id == f.cluster) else {
+                continue;
+            };
+            let unclaimed = c.unclaimed();
+            let room = unclaimed.saturating_add(&c.preemptible_for(job.spec.priority, &self.bands));
+            let fit = crate::assign::fit_count(&room, request);
+            if fit == 0 {
+                continue;
+            }
+            let displaced = request.saturating_sub(&unclaimed);
+            let share = ResourceKind::ALL
+                .iter()
+                .filter(|&&k| c.capacity.get(k) > 0)
+                .map(|&k| crate::resources::share_ppm(displaced.get(k), c.capacity.get(k)))
+                .max()
+                .unwrap_or(0);
+            if best.is_none_or(|(s, id, _)| (share, c.id) < (s, id)) {
+                best = Some((share, c.id, fit));
+            }
+        }
+        best.map(|(_, id, fit)| (id, fit))
     }
 
     /// Ranks `clusters` for `job`. Clusters in `handed_back` already tried

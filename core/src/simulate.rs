@@ -13,11 +13,21 @@
 //!    and the next pass offers them to the other clusters, together with
 //!    whatever the last pass had no budget left for.
 //!
+//! 4. Tasks a cluster could not place even so, when their band may evict
+//!    lower-priority work there ([`crate::band`]), go where evicting the
+//!    fewest, lowest-priority tasks makes room ([`preempt`], the local
+//!    agent's rule); the victims go back to the queue, with their priority.
+//!
 //! Nothing finishes in a simulation, so the daemons' retry of handed-back
 //! tasks after [`HAND_BACK_RETRY_MS`](crate::assign::HAND_BACK_RETRY_MS)
 //! could place nothing more: the simulation ends when a round assigns
 //! nothing, and what is still pending is unplaced, with the reason the last
 //! pass gave.
+//!
+//! With arrival times ([`simulate_arrivals`]), jobs arrive in waves, in time
+//! order: each wave goes through the rounds above before the next arrives,
+//! so work that arrives later finds the machines full of earlier work, and
+//! preemption decides what gives way.
 
 use serde::Serialize;
 
@@ -28,6 +38,7 @@ use crate::job::{Job, JobId};
 use crate::pack::{pack, GroupOutcome, TaskGroup};
 use crate::placement::{TaskLocation, Unschedulable};
 use crate::policy::Policy;
+use crate::preempt::{preempt_batch, Occupancy, Running};
 use crate::rank::{Ranker, Ranking};
 use crate::resources::{ResourceKind, Resources};
 use crate::topology::Topology;
@@ -44,6 +55,20 @@ pub struct ExplainRound {
     pub machines: Vec<(String, u32)>,
     /// Why the chosen cluster handed tasks back, if it did.
     pub handed_back: Option<Unschedulable>,
+    /// No cluster had room: the chosen one got the tasks because evicting
+    /// lower-priority work there makes room.
+    pub preempting: bool,
+    /// The tasks evicted to place this round's tasks.
+    pub victims: Vec<Victim>,
+}
+
+/// A task evicted to make room, for `--explain`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Victim {
+    pub job: JobId,
+    pub task: u32,
+    pub priority: u32,
+    pub machine: String,
 }
 
 /// Everything the simulator decided about one job, for `--explain`.
@@ -70,6 +95,8 @@ pub struct Outcome {
     pub placements: Vec<Vec<TaskLocation>>,
     pub unplaced: Vec<Unplaced>,
     pub explanation: Option<JobExplanation>,
+    /// Tasks evicted by higher-priority ones (each eviction counted).
+    pub preemptions: u64,
 }
 
 /// Runs the workload through both levels. `progress` is called after each
@@ -97,6 +124,54 @@ pub fn simulate_with(
     progress: &mut dyn FnMut(u64),
     packer: &mut Packer<'_>,
 ) -> Outcome {
+    run(topology, jobs, &[], policy, explain, progress, packer)
+}
+
+/// [`simulate`] with each job arriving at `arrivals[i]` ms (0 for jobs
+/// past the end of `arrivals`).
+pub fn simulate_arrivals(
+    topology: &Topology,
+    jobs: &[Job],
+    arrivals: &[u64],
+    policy: &Policy,
+    explain: Option<JobId>,
+    progress: &mut dyn FnMut(u64),
+) -> Outcome {
+    run(
+        topology, jobs, arrivals, policy, explain, progress, &mut pack,
+    )
+}
+
+/// A task's handle in the occupancy: its job and index.
+fn handle(job: JobId, task: u32) -> usize {
+    ((job.0 as usize) << 32) | task as usize
+}
+
+fn unhandle(h: usize) -> (JobId, u32) {
+    (JobId((h >> 32) as u32), (h & 0xffff_ffff) as u32)
+}
+
+/// Whether any job of the workload may evict another's tasks; when none
+/// may, the simulator keeps no occupancy (nothing costs more than before).
+fn preemption_possible(jobs: &[Job], policy: &Policy) -> bool {
+    let priorities: std::collections::BTreeSet<u32> =
+        jobs.iter().map(|j| j.spec.priority).collect();
+    priorities.iter().any(|&p| {
+        priorities
+            .iter()
+            .any(|&v| policy.priority.may_preempt(p, v))
+    })
+}
+
+fn run(
+    topology: &Topology,
+    jobs: &[Job],
+    arrivals: &[u64],
+    policy: &Policy,
+    explain: Option<JobId>,
+    progress: &mut dyn FnMut(u64),
+    packer: &mut Packer<'_>,
+) -> Outcome {
     let ranker = Ranker::new(policy, &topology.locality);
     let mut cells: Vec<Cell> = topology.clusters.iter().map(Cell::new).collect();
     let mut summaries: Vec<ClusterSummary> = topology
@@ -115,100 +190,205 @@ pub fn simulate_with(
     // Why each cluster last handed a job's tasks back, for the report.
     let mut last_why: Vec<Option<(ClusterId, Unschedulable)>> = vec![None; jobs.len()];
     let mut queue = PendingQueue::new();
-    for j in jobs {
-        queue.add_job(j.id, j.spec.priority, j.spec.tasks);
-    }
+    let preemption = preemption_possible(jobs, policy);
+    let mut occupancy: Vec<Occupancy> = if preemption {
+        vec![Occupancy::new(); cells.len()]
+    } else {
+        Vec::new()
+    };
+    let mut preemptions = 0u64;
     let budget = u64::from(policy.local.batch_size.max(1));
     let lookup = |id: JobId| jobs.get(id.0 as usize);
     let mut decided = 0u64;
-    // Time stands still: nothing finishes, so no hand-back retry is due.
-    let now_ms = 0;
+    // Jobs by arrival, then file order; each wave runs to the end before
+    // the next arrives. Time stands still within a wave: nothing finishes,
+    // so no hand-back retry is due.
+    let arrival = |j: &Job| arrivals.get(j.id.0 as usize).copied().unwrap_or(0);
+    let mut order: Vec<&Job> = jobs.iter().collect();
+    order.sort_by_key(|j| (arrival(j), j.id));
+    let mut next = 0;
 
     // What each cluster was handed in the pass (kept between passes, so
     // that a pass allocates nothing here).
     let mut handed: Vec<Vec<Assignment>> = vec![Vec::new(); cells.len()];
-    while queue.has_work() {
-        // 1. One pass of the global level.
-        let pass = queue.plan(&ranker, &lookup, &mut summaries, now_ms, budget, explain);
-        if let Some(x) = explanation.as_mut() {
-            x.rounds
-                .extend(pass.trace.into_iter().map(|d| ExplainRound {
-                    tasks: d.tasks,
-                    ranking: d.ranking,
-                    chosen: d.chosen,
-                    placed: 0,
-                    machines: Vec::new(),
-                    handed_back: None,
-                }));
+    while next < order.len() {
+        let now_ms = arrival(order[next]);
+        while next < order.len() && arrival(order[next]) == now_ms {
+            let j = order[next];
+            queue.add_job(j.id, j.spec.priority, j.spec.tasks);
+            next += 1;
         }
-        if pass.assignments.is_empty() {
-            continue;
-        }
-        for a in pass.assignments {
-            handed[a.cluster.0 as usize].push(a);
-        }
-        // 2. Each cluster packs what it was handed, in order.
-        for (c, assignments) in handed.iter_mut().enumerate() {
-            if assignments.is_empty() {
+        while queue.has_work() {
+            // 1. One pass of the global level.
+            let pass = queue.plan(&ranker, &lookup, &mut summaries, now_ms, budget, explain);
+            if let Some(x) = explanation.as_mut() {
+                x.rounds
+                    .extend(pass.trace.into_iter().map(|d| ExplainRound {
+                        tasks: d.tasks,
+                        ranking: d.ranking,
+                        chosen: d.chosen,
+                        placed: 0,
+                        machines: Vec::new(),
+                        handed_back: None,
+                        preempting: d.preempting,
+                        victims: Vec::new(),
+                    }));
+            }
+            if pass.assignments.is_empty() {
                 continue;
             }
-            let cluster = ClusterId(c as u32);
-            let groups: Vec<TaskGroup<'_>> = assignments
-                .iter()
-                .map(|a| {
-                    let spec = &jobs[a.job.0 as usize].spec;
-                    TaskGroup {
-                        job: a.job,
-                        request: spec.request,
-                        constraints: &spec.constraints,
-                        priority: spec.priority,
-                        count: a.indices.len() as u32,
+            for a in pass.assignments {
+                handed[a.cluster.0 as usize].push(a);
+            }
+            // 2. Each cluster packs what it was handed, in order.
+            for (c, assignments) in handed.iter_mut().enumerate() {
+                if assignments.is_empty() {
+                    continue;
+                }
+                let cluster = ClusterId(c as u32);
+                let groups: Vec<TaskGroup<'_>> = assignments
+                    .iter()
+                    .map(|a| {
+                        let spec = &jobs[a.job.0 as usize].spec;
+                        TaskGroup {
+                            job: a.job,
+                            request: spec.request,
+                            constraints: &spec.constraints,
+                            priority: spec.priority,
+                            count: a.indices.len() as u32,
+                        }
+                    })
+                    .collect();
+                let mut outcomes = packer(&mut cells[c], &groups, &policy.local);
+                // 4. What did not fit may evict lower-priority work (any
+                // placed before, in this batch too).
+                let mut evicted: Vec<(JobId, Vec<Running>)> = Vec::new();
+                if preemption {
+                    for ((a, o), g) in assignments.iter().zip(&outcomes).zip(&groups) {
+                        for (&task, &m) in a.indices.iter().zip(&o.placed) {
+                            occupancy[c].add(m, running(a.job, task, g, now_ms));
+                        }
                     }
-                })
-                .collect();
-            let outcomes = packer(&mut cells[c], &groups, &policy.local);
-            let summary = &mut summaries[c];
-            for (a, o) in assignments.drain(..).zip(outcomes) {
-                let spec = &jobs[a.job.0 as usize].spec;
-                let count = a.indices.len() as u64;
-                let placed = o.placed.len();
-                summary.queued = summary.queued.saturating_sub(&spec.request.times(count));
-                summary.queue_len -= count;
-                summary.allocated = summary
-                    .allocated
-                    .saturating_add(&spec.request.times(placed as u64));
-                decided += placed as u64;
-                if explain == Some(a.job) {
-                    if let Some(round) = explanation.as_mut().and_then(|x| {
-                        x.rounds
-                            .iter_mut()
-                            .rev()
-                            .find(|r| r.chosen == Some(cluster) && r.placed == 0)
-                    }) {
-                        round.placed = placed as u32;
-                        round.machines = machine_counts(&cells[c], &o.placed);
-                        round.handed_back = o.why.clone();
+                    let waiting: Vec<(TaskGroup<'_>, u32)> = groups
+                        .iter()
+                        .zip(&outcomes)
+                        .map(|(g, o)| (*g, g.count - o.placed.len() as u32))
+                        .collect();
+                    let placed_before: Vec<usize> =
+                        outcomes.iter().map(|o| o.placed.len()).collect();
+                    let made = preempt_batch(
+                        &mut cells[c],
+                        &mut occupancy[c],
+                        &waiting,
+                        &policy.priority,
+                        now_ms as i64,
+                        |g, k| {
+                            let a = &assignments[g];
+                            handle(a.job, a.indices[placed_before[g] + k as usize])
+                        },
+                    );
+                    let mut victims: Vec<Vec<Running>> = vec![Vec::new(); groups.len()];
+                    for (g, p) in made {
+                        outcomes[g].placed.push(p.machine);
+                        victims[g].extend(p.victims);
+                    }
+                    for (g, (a, o)) in assignments.iter().zip(outcomes.iter_mut()).enumerate() {
+                        o.unplaced = (a.indices.len() - o.placed.len()) as u32;
+                        if o.unplaced == 0 {
+                            o.why = None;
+                        }
+                        let v = std::mem::take(&mut victims[g]);
+                        if !v.is_empty() {
+                            evicted.push((a.job, v));
+                        }
                     }
                 }
-                placements[a.job.0 as usize].extend(a.indices.iter().zip(&o.placed).map(
-                    |(&task, &machine)| TaskLocation {
-                        task,
-                        cluster,
-                        machine,
-                    },
-                ));
-                // 3. The rest goes back to the global level.
-                if placed < a.indices.len() {
-                    let mut tried = a.handed_back.clone();
-                    tried.push(cluster);
-                    for &i in &a.indices[placed..] {
-                        queue.hand_back(a.job, spec.priority, i, &tried, now_ms);
+                let summary = &mut summaries[c];
+                for (a, o) in assignments.drain(..).zip(outcomes) {
+                    let spec = &jobs[a.job.0 as usize].spec;
+                    let count = a.indices.len() as u64;
+                    let placed = o.placed.len();
+                    summary.queued = summary.queued.saturating_sub(&spec.request.times(count));
+                    summary.queue_len -= count;
+                    summary.allocated = summary
+                        .allocated
+                        .saturating_add(&spec.request.times(placed as u64));
+                    if preemption {
+                        summary.count_priority(spec.priority, &spec.request, placed as u64, true);
                     }
-                    last_why[a.job.0 as usize] = o.why.map(|w| (cluster, w));
+                    decided += placed as u64;
+                    if explain == Some(a.job) {
+                        if let Some(round) = explanation.as_mut().and_then(|x| {
+                            x.rounds
+                                .iter_mut()
+                                .rev()
+                                .find(|r| r.chosen == Some(cluster) && r.placed == 0)
+                        }) {
+                            round.placed = placed as u32;
+                            round.machines = machine_counts(&cells[c], &o.placed);
+                            round.handed_back = o.why.clone();
+                        }
+                    }
+                    placements[a.job.0 as usize].extend(a.indices.iter().zip(&o.placed).map(
+                        |(&task, &machine)| TaskLocation {
+                            task,
+                            cluster,
+                            machine,
+                        },
+                    ));
+                    // 3. The rest goes back to the global level.
+                    if placed < a.indices.len() {
+                        let mut tried = a.handed_back.clone();
+                        tried.push(cluster);
+                        for &i in &a.indices[placed..] {
+                            queue.hand_back(a.job, spec.priority, i, &tried, now_ms);
+                        }
+                        last_why[a.job.0 as usize] = o.why.map(|w| (cluster, w));
+                    }
+                }
+                // The victims leave their machines and wait again, with
+                // their priority.
+                for (by, victims) in evicted {
+                    let mut report = Vec::new();
+                    for v in victims {
+                        let (job, task) = unhandle(v.id);
+                        let vspec = &jobs[job.0 as usize].spec;
+                        let on = &mut placements[job.0 as usize];
+                        let Some(at) = on.iter().rposition(|l| l.task == task) else {
+                            // Every task in the occupancy was placed here.
+                            unreachable!("victim {job}/{task} has no placement");
+                        };
+                        let l = on.swap_remove(at);
+                        summary.allocated = summary.allocated.saturating_sub(&vspec.request);
+                        summary.count_priority(vspec.priority, &vspec.request, 1, false);
+                        decided -= 1;
+                        preemptions += 1;
+                        queue.add(job, vspec.priority, task, &[]);
+                        if explain == Some(by) {
+                            report.push(Victim {
+                                job,
+                                task,
+                                priority: vspec.priority,
+                                machine: cells[c].machine_name(l.machine),
+                            });
+                        }
+                    }
+                    if let Some(round) = explanation
+                        .as_mut()
+                        .filter(|_| explain == Some(by))
+                        .and_then(|x| {
+                            x.rounds
+                                .iter_mut()
+                                .rev()
+                                .find(|r| r.chosen == Some(cluster))
+                        })
+                    {
+                        round.victims = report;
+                    }
                 }
             }
+            progress(decided);
         }
-        progress(decided);
     }
     for p in &mut placements {
         p.sort_unstable_by_key(|l| l.task);
@@ -239,6 +419,17 @@ pub fn simulate_with(
         placements,
         unplaced,
         explanation,
+        preemptions,
+    }
+}
+
+/// A placed task as preemption sees it.
+fn running(job: JobId, task: u32, group: &TaskGroup<'_>, now_ms: u64) -> Running {
+    Running {
+        id: handle(job, task),
+        priority: group.priority,
+        request: group.request,
+        started_unix_ms: now_ms as i64,
     }
 }
 

@@ -45,6 +45,7 @@ pub fn cluster_summary(id: u32, cpu: u64, memory: u64) -> ClusterSummary {
         allocated: Resources::ZERO,
         queued: Resources::ZERO,
         queue_len: 0,
+        by_priority: Vec::new(),
     }
 }
 

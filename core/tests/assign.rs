@@ -39,6 +39,7 @@ fn cluster(id: u32, machines: u32, cpu: u64, up: bool) -> ClusterSummary {
         allocated: Resources::ZERO,
         queued: Resources::ZERO,
         queue_len: 0,
+        by_priority: Vec::new(),
     }
 }
 

@@ -187,6 +187,7 @@ impl Registry {
                         allocated: Resources::ZERO,
                         queued: Resources::ZERO,
                         queue_len: 0,
+                        by_priority: Vec::new(),
                     },
                     record: record.clone(),
                     last_heartbeat: None,
