@@ -81,6 +81,11 @@ pub struct JobSpecText {
     /// A priority band by name instead of `priority` (see [`crate::band`]).
     #[serde(default)]
     pub band: Option<String>,
+    /// For `schedctl simulate`: when the job arrives, as a duration from
+    /// the start (`90s`); jobs without one arrive at the start. The
+    /// scheduler takes a job when it is submitted and ignores this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival: Option<String>,
 }
 
 /// The tenant of a job that names none.
@@ -379,6 +384,19 @@ pub fn format_labels(l: &Labels) -> String {
 /// Parses a job file and resolves every job against `topology`.
 pub fn load_workload(text: &str, topology: &Topology) -> Result<Vec<Job>, SpecError> {
     load_workload_with_bands(text, topology, &crate::band::PriorityPolicy::default())
+}
+
+/// Each job's `arrival` in the job file, in ms (0 when it says none).
+pub fn workload_arrivals(text: &str) -> Result<Vec<u64>, SpecError> {
+    let file: JobFile = yaml::from_str(text)?;
+    file.jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| match &j.arrival {
+            None => Ok(0),
+            Some(a) => Ok(Span::parse(&format!("jobs[{i}].arrival"), a)?.ms()),
+        })
+        .collect()
 }
 
 /// [`load_workload`], with `band:` names resolved against `bands` (the

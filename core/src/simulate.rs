@@ -478,6 +478,8 @@ pub struct Report {
     /// Tasks with a preferred location, and how many landed there.
     pub tasks_with_locality: u64,
     pub tasks_at_preferred_location: u64,
+    /// Evictions of lower-priority tasks by higher-priority ones.
+    pub tasks_preempted: u64,
     pub clusters: Vec<ClusterReport>,
     pub unplaced: Vec<UnplacedReport>,
 }
@@ -544,6 +546,7 @@ impl Outcome {
             lower_bound_machines: lower_bound_machines(topology, jobs),
             tasks_with_locality,
             tasks_at_preferred_location,
+            tasks_preempted: self.preemptions,
             clusters,
             unplaced: self
                 .unplaced

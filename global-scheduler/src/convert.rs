@@ -46,6 +46,7 @@ pub fn to_pb_event_kind(k: EventKind) -> pb::EventKind {
         EventKind::Deleted => pb::EventKind::Deleted,
         EventKind::TakenBack => pb::EventKind::TakenBack,
         EventKind::Running => pb::EventKind::Running,
+        EventKind::Preempted => pb::EventKind::Preempted,
     }
 }
 

@@ -27,6 +27,8 @@ pub enum EventKind {
     /// Tasks taken back from a cluster that stayed down.
     TakenBack,
     Running,
+    /// Tasks evicted for higher-priority work.
+    Preempted,
 }
 
 impl EventKind {
@@ -47,6 +49,7 @@ impl EventKind {
             EventKind::Deleted => "deleted",
             EventKind::TakenBack => "taken_back",
             EventKind::Running => "running",
+            EventKind::Preempted => "preempted",
         }
     }
 }

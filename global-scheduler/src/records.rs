@@ -146,6 +146,13 @@ pub struct TaskRecord {
     /// When it reached a final state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_unix_ms: Option<i64>,
+    /// Pending because higher-priority work evicted it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub preempted: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &u32) -> bool {

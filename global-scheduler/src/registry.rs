@@ -50,6 +50,8 @@ pub struct Heartbeat {
     pub queue_len: u64,
     /// The highest assignment `seq` the agent had taken in.
     pub seq_seen: u64,
+    /// `allocated` by task priority, lowest first (for preemption).
+    pub by_priority: Vec<(u32, Resources)>,
 }
 
 /// Locations (from the topology file, then from registrations) and clusters.
@@ -247,6 +249,7 @@ impl Registry {
         e.last_heartbeat_unix_ms = crate::records::now_unix_ms();
         e.summary.up = true;
         e.summary.allocated = hb.allocated;
+        e.summary.by_priority = hb.by_priority;
         e.heartbeat_queued = hb.queued;
         e.heartbeat_queue_len = hb.queue_len;
         // The heartbeat's figures count every task up to `seq_seen`.

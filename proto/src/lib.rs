@@ -30,6 +30,7 @@ impl pb::EventKind {
             K::Deleted => "deleted",
             K::TakenBack => "taken_back",
             K::Running => "running",
+            K::Preempted => "preempted",
         }
     }
 }

@@ -437,6 +437,7 @@ struct CountsView {
     failed: u32,
     lost: u32,
     cancelled: u32,
+    preempted: u32,
 }
 
 #[derive(Serialize)]
@@ -552,6 +553,7 @@ fn task_state_name(s: i32) -> &'static str {
         Ok(pb::TaskState::Failed) => "failed",
         Ok(pb::TaskState::Lost) => "lost",
         Ok(pb::TaskState::Cancelled) => "cancelled",
+        Ok(pb::TaskState::Preempted) => "preempted",
         _ => "unknown",
     }
 }
@@ -571,6 +573,7 @@ fn summary_view(s: &pb::JobSummary) -> JobSummaryView {
             failed: c.failed,
             lost: c.lost,
             cancelled: c.cancelled,
+            preempted: c.preempted,
         },
         request: request_view(s.request.as_ref()),
         priority: s.priority,
@@ -952,8 +955,8 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
     println!("State:        {}", s.state);
     let c = &s.counts;
     println!(
-        "Tasks:        {} (pending {}, assigned {}, placed {}, running {}, succeeded {}, failed {}, lost {}, cancelled {})",
-        s.task_count, c.pending, c.assigned, c.placed, c.running, c.succeeded, c.failed, c.lost, c.cancelled
+        "Tasks:        {} (pending {}, assigned {}, placed {}, running {}, succeeded {}, failed {}, lost {}, cancelled {}, preempted {})",
+        s.task_count, c.pending, c.assigned, c.placed, c.running, c.succeeded, c.failed, c.lost, c.cancelled, c.preempted
     );
     let mut request = format!("cpu {}, memory {}", req.cpu, req.memory);
     if let Some(d) = &req.disk {

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use sched_core::job::{load_workload_with_bands, Job};
+use sched_core::job::{load_workload_with_bands, workload_arrivals, Job};
 use sched_core::quota::{admit_in_order, Quotas};
 use sched_core::rank::Ranking;
-use sched_core::simulate::{simulate, JobExplanation, Outcome, Report};
+use sched_core::simulate::{simulate_arrivals, JobExplanation, Outcome, Report};
 use sched_core::topology::Topology;
 use serde::Serialize;
 
@@ -64,22 +64,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let topology = Topology::from_yaml(&super::read(&args.topology)?)
         .with_context(|| format!("invalid topology {}", args.topology.display()))?;
     let policy = super::load_policy(args.policy.as_ref())?;
-    let jobs = load_workload_with_bands(&super::read(&args.workload)?, &topology, &policy.priority)
+    let workload = super::read(&args.workload)?;
+    let jobs = load_workload_with_bands(&workload, &topology, &policy.priority)
+        .with_context(|| format!("invalid workload {}", args.workload.display()))?;
+    let arrivals = workload_arrivals(&workload)
         .with_context(|| format!("invalid workload {}", args.workload.display()))?;
     let mut refused = Vec::new();
-    let jobs = match &args.quotas {
-        None => jobs,
+    let (jobs, arrivals) = match &args.quotas {
+        None => (jobs, arrivals),
         Some(path) => {
             let quotas = Quotas::from_yaml(&super::read(path)?, &policy.priority)
                 .with_context(|| format!("invalid quotas {}", path.display()))?;
             let verdicts = admit_in_order(&jobs, &quotas, &policy.priority);
             let mut admitted = Vec::with_capacity(jobs.len());
-            for (mut job, verdict) in jobs.into_iter().zip(verdicts) {
+            let mut kept = Vec::with_capacity(jobs.len());
+            for ((mut job, verdict), arrival) in jobs.into_iter().zip(verdicts).zip(&arrivals) {
                 match verdict {
                     Ok(()) => {
                         // Ids index the workload: renumber what is left.
                         job.id = sched_core::job::JobId(admitted.len() as u32);
                         admitted.push(job);
+                        kept.push(*arrival);
                     }
                     Err(e) => refused.push(Refused {
                         job: job.spec.name.clone(),
@@ -87,7 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     }),
                 }
             }
-            admitted
+            (admitted, kept)
         }
     };
     let explain = match &args.explain {
@@ -114,7 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bar.set_position(decided);
         }
     };
-    let outcome = simulate(&topology, &jobs, &policy, explain, &mut progress);
+    let outcome = simulate_arrivals(&topology, &jobs, &arrivals, &policy, explain, &mut progress);
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
@@ -302,6 +307,26 @@ fn explain_text(x: &JobExplanation, topology: &Topology, jobs: &[Job]) -> String
                 if round.machines.len() > 20 {
                     let _ = writeln!(s, "       ... {} more machines", round.machines.len() - 20);
                 }
+                if round.preempting {
+                    let _ = writeln!(
+                        s,
+                        "       (no cluster had room: evicting lower-priority tasks there makes some)"
+                    );
+                }
+                if !round.victims.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "    -> evicted {} task(s): the fewest whose eviction makes room per task placed, lowest priority first, least work lost:",
+                        round.victims.len()
+                    );
+                    for v in round.victims.iter().take(20) {
+                        let _ = writeln!(
+                            s,
+                            "       {}/{} (priority {}) on {}",
+                            jobs[v.job.0 as usize].spec.name, v.task, v.priority, v.machine
+                        );
+                    }
+                }
                 if let Some(why) = &round.handed_back {
                     let _ = writeln!(
                         s,
@@ -362,6 +387,13 @@ fn explain_json(x: &JobExplanation, topology: &Topology, jobs: &[Job]) -> serde_
                 "placed": r.placed,
                 "machines": r.machines,
                 "handed_back": r.handed_back.as_ref().map(|w| w.to_string()),
+                "preempting": r.preempting,
+                "victims": r.victims.iter().map(|v| serde_json::json!({
+                    "job": jobs[v.job.0 as usize].spec.name,
+                    "task": v.task,
+                    "priority": v.priority,
+                    "machine": v.machine,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

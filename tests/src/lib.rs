@@ -1001,6 +1001,7 @@ async fn cluster_loop(
                         queued: None,
                         queue_len: 0,
                         seq_seen,
+                        by_priority: Vec::new(),
                     }).await {
                         Ok(r) if r.get_ref().register_again => continue 'connect,
                         Ok(_) => {}

@@ -126,6 +126,11 @@ impl Clusters for ClustersService {
             queued: from_pb_resources(r.queued.as_ref()),
             queue_len: r.queue_len,
             seq_seen: r.seq_seen,
+            by_priority: r
+                .by_priority
+                .iter()
+                .map(|u| (u.priority, from_pb_resources(u.allocated.as_ref())))
+                .collect(),
         };
         // A pass over every pending job only when the cluster can take more
         // than before; otherwise heartbeats would re-rank everything each

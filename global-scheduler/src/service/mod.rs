@@ -202,6 +202,7 @@ fn spec_from_pb(j: pb::JobSpec, field: &str) -> Result<JobSpec, SpecError> {
         ttl_after_finished: j.ttl_after_finished,
         tenant: j.tenant,
         band: j.band,
+        arrival: None,
     };
     text.validate(field)
 }

@@ -8,7 +8,7 @@ use sched_core::rank::Ranker;
 use sched_proto::pb;
 
 use super::{JobEntry, State};
-use crate::convert::{to_pb_resources, to_pb_state};
+use crate::convert::to_pb_resources;
 use crate::records::TaskState;
 
 impl State {
@@ -36,6 +36,7 @@ impl State {
         let mut c = pb::TaskCounts::default();
         for t in &j.tasks {
             match t.state {
+                TaskState::Pending if t.preempted => c.preempted += 1,
                 TaskState::Pending => c.pending += 1,
                 TaskState::Assigned => c.assigned += 1,
                 TaskState::Placed => c.placed += 1,
@@ -100,7 +101,7 @@ impl State {
                 .enumerate()
                 .map(|(i, t)| pb::TaskStatus {
                     index: i as u32,
-                    state: to_pb_state(t.state) as i32,
+                    state: t.shown_state() as i32,
                     cluster: t
                         .cluster
                         .map(|c| self.registry.name(c).to_string())
@@ -127,6 +128,19 @@ impl State {
                 ));
             }
             return out;
+        }
+        // Tasks evicted for higher-priority work, and by whom.
+        let preempted: Vec<&super::TaskEntry> = j
+            .tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Pending && t.preempted)
+            .collect();
+        if let Some(last) = preempted.iter().max_by_key(|t| t.retry_at) {
+            out.push(format!(
+                "{} task(s) preempted: evicted for higher-priority work, waiting to run again (last: {})",
+                preempted.len(),
+                last.reason
+            ));
         }
         // Tasks waiting out their restart backoff.
         let now = crate::records::now_unix_ms();
@@ -177,6 +191,7 @@ impl State {
                     self.registry.name(best)
                 )),
                 None => {
+                    out.push(self.preemption_outlook(j, &ranker, &ranking, &summaries));
                     let retry = if handed_back.is_empty() {
                         String::new()
                     } else {
@@ -218,5 +233,39 @@ impl State {
             ));
         }
         out
+    }
+
+    /// Whether evicting lower-priority work could place `j`'s tasks that
+    /// no cluster has room for, as `describe` says it.
+    fn preemption_outlook(
+        &self,
+        j: &JobEntry,
+        ranker: &Ranker<'_>,
+        ranking: &sched_core::rank::Ranking,
+        summaries: &[sched_core::cluster::ClusterSummary],
+    ) -> String {
+        let bands = &self.policy.priority;
+        let priority = j.record.priority;
+        let band = bands.band_name(priority);
+        let evicts = bands
+            .band_of(priority)
+            .map(|b| b.preempts.clone())
+            .unwrap_or_default();
+        if evicts.is_empty() {
+            return format!(
+                "  preemption: cannot help, band {band} (priority {priority}) may not evict any band"
+            );
+        }
+        match ranker.preemption_target(&j.job, ranking, summaries) {
+            Some((c, n)) => format!(
+                "  preemption: could place {n} task(s) on cluster {} by evicting {} tasks; the next pass hands them over",
+                self.registry.name(c),
+                evicts.join(" or ")
+            ),
+            None => format!(
+                "  preemption: cannot help, no cluster has room even without its {} tasks",
+                evicts.join(" and ")
+            ),
+        }
     }
 }

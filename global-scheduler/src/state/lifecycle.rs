@@ -127,6 +127,36 @@ impl State {
         }
     }
 
+    /// A task of `j` was evicted for higher-priority work (`why`, from its
+    /// cluster, names the preemptor): it waits again, with its priority,
+    /// after its restart backoff, however many attempts it has had (an
+    /// eviction is not the task's failure, and Borg does not give up on
+    /// preempted work). A cancelled job's task ends cancelled.
+    pub(super) fn after_preemption(
+        &self,
+        j: &JobEntry,
+        entry: &mut TaskEntry,
+        why: &str,
+    ) -> (EventKind, String) {
+        let now = now_unix_ms();
+        if j.record.cancelled {
+            entry.state = TaskState::Cancelled;
+            entry.ended = Some(now);
+            entry.reason = "stopped: its job was cancelled".to_string();
+            return (EventKind::Cancelled, "stopped (job cancelled)".to_string());
+        }
+        let rules = self.policy.lifecycle.restart(&j.record.restart);
+        let wait = rules.delay(entry.attempts.max(1));
+        entry.state = TaskState::Pending;
+        entry.cluster = None;
+        entry.machine = None;
+        entry.handed_back.clear();
+        entry.retry_at = Some(now + wait.ms() as i64);
+        entry.preempted = true;
+        entry.reason = format!("{why}; next attempt after {wait}");
+        (EventKind::Preempted, why.to_string())
+    }
+
     // ---- cancel ----
 
     /// The write that marks `name` cancelled; `None` when it already is

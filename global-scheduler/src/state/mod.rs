@@ -53,6 +53,9 @@ pub struct TaskEntry {
     pub reason: String,
     /// When it reached a final state (Unix ms).
     pub ended: Option<i64>,
+    /// Pending because a task of a higher band evicted it (`reason` says
+    /// which); shown as `preempted` until it is assigned again.
+    pub preempted: bool,
     /// `mod_revision` of the task's key; 0 when it has none (pending).
     pub rev: Revision,
 }
@@ -69,8 +72,18 @@ impl TaskEntry {
             retry_at: None,
             reason: String::new(),
             ended: None,
+            preempted: false,
             rev: 0,
         }
+    }
+
+    /// The state the API shows: a pending task that was evicted is
+    /// `preempted`.
+    pub fn shown_state(&self) -> sched_proto::pb::TaskState {
+        if self.preempted && self.state == TaskState::Pending {
+            return sched_proto::pb::TaskState::Preempted;
+        }
+        crate::convert::to_pb_state(self.state)
     }
 
     fn expect(&self) -> Expect {
@@ -292,6 +305,7 @@ impl State {
             retry_at: r.retry_at_unix_ms,
             reason: r.reason.clone(),
             ended: r.ended_unix_ms,
+            preempted: r.preempted,
             rev,
         }
     }
@@ -311,6 +325,7 @@ impl State {
             retry_at_unix_ms: t.retry_at,
             reason: t.reason.clone(),
             ended_unix_ms: t.ended,
+            preempted: t.preempted,
         }
     }
 

@@ -566,6 +566,7 @@ fn a_cancelled_jobs_tasks_read_back_cancelled_and_delete_frees_the_name() {
                 retry_at_unix_ms: None,
                 reason: String::new(),
                 ended_unix_ms: None,
+                preempted: false,
             })
             .unwrap(),
             mod_revision: 2,

@@ -66,6 +66,7 @@ impl State {
                 entry.state = TaskState::Assigned;
                 entry.cluster = Some(a.cluster);
                 entry.retry_at = None;
+                entry.preempted = false;
                 Some(self.change(name, i, t, entry, None))
             })
             .collect()
@@ -230,6 +231,11 @@ impl State {
             pb::TaskState::Succeeded => TaskState::Succeeded,
             pb::TaskState::Failed => TaskState::Failed,
             pb::TaskState::Lost => TaskState::Lost,
+            pb::TaskState::Preempted => {
+                let mut entry = t.clone();
+                let event = self.after_preemption(j, &mut entry, &r.reason);
+                return Some(self.change(&r.job, r.index, t, entry, Some(event)));
+            }
             _ => return None,
         };
         let mut entry = t.clone();

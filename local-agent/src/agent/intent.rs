@@ -44,6 +44,8 @@ pub enum PlacementState {
     Succeeded,
     Failed,
     Lost,
+    /// Evicted for a task of higher priority (the reason names it).
+    Preempted,
 }
 
 impl PlacementState {
@@ -63,6 +65,7 @@ impl PlacementState {
             PlacementState::Succeeded => pb::TaskState::Succeeded,
             PlacementState::Failed => pb::TaskState::Failed,
             PlacementState::Lost => pb::TaskState::Lost,
+            PlacementState::Preempted => pb::TaskState::Preempted,
         }
     }
 }
@@ -230,7 +233,10 @@ impl Intent {
         let Some(p) = self.placements.get_mut(k).filter(|p| {
             p.record.attempt == attempt
                 && p.record.machine == machine
-                && p.record.state != PlacementState::Lost
+                && !matches!(
+                    p.record.state,
+                    PlacementState::Lost | PlacementState::Preempted
+                )
         }) else {
             return Observed::Stale;
         };
@@ -266,6 +272,32 @@ impl Intent {
         p.record.state = PlacementState::Lost;
         self.dirty.insert(k.clone());
         Some(p.counted.take())
+    }
+
+    /// The active placement `k` is evicted (`reason` names the task it
+    /// makes room for). Its capacity was released by the caller, and the
+    /// returned write of its new state must reach the store before the
+    /// preemptor's placement: the node hears of it only then.
+    pub fn preempt(&mut self, k: &TaskKey, reason: String) -> Option<Write> {
+        let p = self
+            .placements
+            .get_mut(k)
+            .filter(|p| p.record.state.is_active())?;
+        p.record.state = PlacementState::Preempted;
+        p.record.reason = reason;
+        p.counted = None;
+        if p.rev == 0 {
+            // Never written (its placement write is still to come): the
+            // placement is replaced by the next one, nothing to store.
+            return None;
+        }
+        self.dirty.remove(k);
+        let value = serde_json::to_vec(&p.record).expect("placement records serialize");
+        Some(Write::put(
+            self.keys.placement(k),
+            value,
+            Expect::ModRevision(p.rev),
+        ))
     }
 
     /// Writes of the states not in the store yet; they are taken off the
@@ -342,9 +374,13 @@ impl Intent {
     }
 }
 
-/// A report of where a placement stands (a lost one names no machine).
+/// A report of where a placement stands (a lost or preempted one names no
+/// machine).
 pub fn report(k: &TaskKey, record: &PlacementRecord) -> pb::TaskReport {
-    let lost = record.state == PlacementState::Lost;
+    let lost = matches!(
+        record.state,
+        PlacementState::Lost | PlacementState::Preempted
+    );
     pb::TaskReport {
         job: k.0.clone(),
         index: k.1,

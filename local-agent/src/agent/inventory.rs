@@ -216,6 +216,12 @@ impl Inventory {
         pack(&mut self.cell, groups, policy)
     }
 
+    /// The cell, for preemption (`sched_core::preempt`), which moves
+    /// capacity between tasks the way packing does.
+    pub fn cell_mut(&mut self) -> &mut sched_core::cell::Cell {
+        &mut self.cell
+    }
+
     /// The name of the machine `id`.
     pub fn name(&self, id: MachineId) -> &str {
         &self.names[id.0 as usize]

@@ -62,7 +62,8 @@ pub async fn run(
         config.policy.local.clone(),
         config.machine_timeout,
         Instant::now(),
-    );
+    )
+    .with_bands(config.policy.priority.clone());
     let snap = store.list(state.prefix()).await?;
     state.load(&snap.items)?;
     tracing::info!(cluster = %config.cluster, keys = snap.items.len(), "placements read back from the store");

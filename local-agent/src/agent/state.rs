@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use sched_core::band::PriorityPolicy;
 use sched_core::policy::LocalPolicy;
 use sched_core::resources::Resources;
 use sched_proto::pb;
@@ -49,6 +50,8 @@ pub struct AgentState {
     /// Deletes due in the store (forgotten jobs and placements), written
     /// in commits of their own before any placement.
     deletions: Vec<sched_store::Write>,
+    /// Which priorities may evict which ([`preemption`]).
+    bands: PriorityPolicy,
 }
 
 impl AgentState {
@@ -73,7 +76,15 @@ impl AgentState {
             reports: Reports::default(),
             links: NodeLinks::default(),
             deletions: Vec::new(),
+            bands: PriorityPolicy::default(),
         }
+    }
+
+    /// The policy's priority bands, for preemption (the defaults unless
+    /// given).
+    pub fn with_bands(mut self, bands: PriorityPolicy) -> Self {
+        self.bands = bands;
+        self
     }
 
     /// The prefix of everything this agent stores.
@@ -567,7 +578,10 @@ impl AgentState {
         let registering = self.inventory.is_empty()
             || now.saturating_duration_since(self.started) < self.machine_timeout;
         if !registering {
-            for (job, indices, reason) in packed.unplaced {
+            // What fits nowhere may evict lower-priority tasks.
+            let mut unplaced = packed.unplaced;
+            changes.extend(self.preempt_for(&mut unplaced));
+            for (job, indices, reason) in unplaced {
                 for &index in &indices {
                     self.queue.remove(&(job.clone(), index));
                 }
@@ -596,7 +610,10 @@ impl AgentState {
         for change in commit {
             match change {
                 Change::Spec { job, .. } => self.specs.stored(&job, rev),
-                Change::State { key, .. } => self.intent.written(&key, rev),
+                Change::State { key, .. } => {
+                    self.intent.written(&key, rev);
+                    self.preempted_written(&key);
+                }
                 Change::Delete { .. } => {}
                 Change::Place {
                     key, mut placement, ..
@@ -711,6 +728,7 @@ impl AgentState {
             queued: Some(to_pb(&queued)),
             queue_len: self.queue.len() as u64,
             seq_seen: self.queue.seq_seen(),
+            by_priority: self.by_priority(),
         }
     }
 
@@ -742,5 +760,6 @@ impl AgentState {
     }
 }
 
+mod preemption;
 #[cfg(test)]
 mod tests;
