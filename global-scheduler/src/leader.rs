@@ -4,9 +4,11 @@
 //! A replica campaigns by creating the key, guarded by `Absent`, attached to
 //! a lease of `ha.leader_lease_seconds`. The winner renews the lease every
 //! third of its TTL and fences every commit on the key's revision
-//! ([`sched_store::Fenced`]). If it dies, the lease expires, the key
-//! vanishes, and the next standby to poll (every third of the TTL) creates
-//! it: a takeover within about 1.3 x TTL. A leader that cannot renew in
+//! ([`sched_store::Fenced`]). Standbys watch the key ([`Store::watch_key`]):
+//! if the leader dies, its lease expires, the key vanishes, and the
+//! standbys campaign at once, the first to create the key leading: a
+//! takeover within the TTL (plus etcd's check of expired leases, every
+//! 500 ms) of the leader's last renewal. A leader that cannot renew in
 //! time, or whose fence moved, stops: its writes could no longer land anyway.
 
 use std::sync::Arc;
@@ -35,7 +37,9 @@ pub struct Leadership {
 }
 
 /// Campaigns until this replica leads (or `shutdown`). Meanwhile it keeps
-/// `role`'s hint pointing at the current leader.
+/// `role`'s hint pointing at the current leader: cleared while the key is
+/// absent (an election is under way), this replica's own address from the
+/// moment it wins (it serves as soon as its state is loaded).
 pub async fn campaign(
     store: &Arc<dyn Store>,
     key: &str,
@@ -49,41 +53,80 @@ pub async fn campaign(
         since_unix_ms: crate::records::now_unix_ms(),
     })
     .expect("leader records serialize");
-    let mut announced = false;
+    let mut announced = String::new();
     loop {
-        match try_lead(store, key, &value, ttl).await {
-            Ok(Some(l)) => return Some(l),
+        let held = match store.get(key).await {
+            Ok(Some(kv)) => kv,
             Ok(None) => {
-                if let Ok(Some(kv)) = store.get(key).await {
-                    if let Ok(r) = serde_json::from_slice::<LeaderRecord>(&kv.value) {
-                        if !announced {
-                            tracing::info!(leader = %r.address, "standing by");
-                            announced = true;
-                        }
-                        role.set_hint(r.address);
+                role.set_hint(String::new());
+                match try_lead(store, key, &value, ttl).await {
+                    Ok(Some(l)) => {
+                        role.set_hint(address.to_string());
+                        return Some(l);
+                    }
+                    // Another replica won the race: read who.
+                    Ok(None) => continue,
+                    Err(e) => tracing::warn!(cause = %e, "cannot campaign for leadership"),
+                }
+                if !pause(ttl, shutdown).await {
+                    return None;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot read the leader key");
+                if !pause(ttl, shutdown).await {
+                    return None;
+                }
+                continue;
+            }
+        };
+        match serde_json::from_slice::<LeaderRecord>(&held.value) {
+            Ok(r) => {
+                if announced != r.address {
+                    tracing::info!(leader = %r.address, "standing by");
+                    announced.clone_from(&r.address);
+                }
+                role.set_hint(r.address);
+            }
+            Err(e) => tracing::warn!(cause = %e, "the leader key holds no leader record"),
+        }
+        // Until the key changes: deleted (revoked, or its lease expired
+        // with its leader) or put by a new leader. Read again every TTL
+        // anyway, should a watch go quiet without ending.
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = tokio::time::timeout(ttl, store.watch_key(key, held.mod_revision)) => {
+                if let Ok(Err(e)) = r {
+                    tracing::warn!(cause = %e, "cannot watch the leader key");
+                    if !pause(ttl, shutdown).await {
+                        return None;
                     }
                 }
             }
-            Err(e) => tracing::warn!(cause = %e, "cannot campaign for leadership"),
-        }
-        let poll = ttl / 3 - ttl / 12 + sched_proto::backoff::jitter(ttl / 6);
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(poll) => {}
         }
     }
 }
 
+/// Waits about a third of `ttl` (jittered, so that replicas that failed
+/// together do not retry in step) before trying the store again; false if
+/// `shutdown` came first.
+async fn pause(ttl: Duration, shutdown: &CancellationToken) -> bool {
+    let wait = ttl / 3 - ttl / 12 + sched_proto::backoff::jitter(ttl / 6);
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// Creates the leader key, absent when read: the leadership if this
+/// replica did, `None` if another one was first.
 async fn try_lead(
     store: &Arc<dyn Store>,
     key: &str,
     value: &[u8],
     ttl: Duration,
 ) -> Result<Option<Leadership>, StoreError> {
-    // Cheap check first: no lease churn while a leader is alive.
-    if store.get(key).await?.is_some() {
-        return Ok(None);
-    }
     let lease = store.grant_lease(ttl).await?;
     match store
         .commit(&[Write::put_with_lease(
@@ -150,5 +193,61 @@ pub async fn keep_leading(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sched_store::MemStore;
+
+    use super::*;
+
+    const KEY: &str = "/t/leader";
+
+    fn role(store: &Arc<dyn Store>) -> Arc<Role> {
+        let config = crate::Config::new(sched_core::policy::Policy::default());
+        Arc::new(Role::new(store.clone(), config))
+    }
+
+    /// The leader a standby's refusal names, if any.
+    fn named(role: &Role) -> Option<String> {
+        let refusal = role.leader().err()?;
+        let leader = refusal.metadata().get(sched_proto::leader::LEADER_HEADER)?;
+        Some(leader.to_str().ok()?.to_string())
+    }
+
+    /// A standby campaigns the moment the leader key is gone, not at a
+    /// poll a third of the TTL later: with a 30 s TTL, it leads within 2 s
+    /// of the old leader giving its lease up.
+    #[tokio::test]
+    async fn a_standby_campaigns_as_soon_as_the_leader_key_is_gone() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let ttl = Duration::from_secs(30);
+        let shutdown = CancellationToken::new();
+        let a = role(&store);
+        let first = campaign(&store, KEY, "http://a:1", ttl, &a, &shutdown)
+            .await
+            .expect("the only replica wins");
+        let b = role(&store);
+        let standby = {
+            let (store, b, shutdown) = (store.clone(), b.clone(), shutdown.clone());
+            tokio::spawn(
+                async move { campaign(&store, KEY, "http://b:1", ttl, &b, &shutdown).await },
+            )
+        };
+        let start = Instant::now();
+        while named(&b).as_deref() != Some("http://a:1") {
+            assert!(start.elapsed() < Duration::from_secs(10), "b never named a");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        store.revoke_lease(first.lease).await.unwrap();
+        let second = tokio::time::timeout(Duration::from_secs(2), standby)
+            .await
+            .expect("b took over within 2 s")
+            .unwrap()
+            .expect("b leads");
+        assert!(second.revision > first.revision);
+        // It names itself while it loads its state.
+        assert_eq!(named(&b).as_deref(), Some("http://b:1"));
     }
 }

@@ -176,6 +176,9 @@ async fn leadership(
                     }
                 }
                 role.step_down();
+                // No longer the leader it names; the next campaign reads
+                // who is.
+                role.set_hint(String::new());
                 health
                     .set_not_serving::<SchedulerServer<service::SchedulerService>>()
                     .await;
@@ -195,6 +198,7 @@ async fn leadership(
             Ok(false) => return,
             Err(e) => {
                 tracing::error!(cause = %e, "cannot take over as leader; standing by");
+                role.set_hint(String::new());
                 lost.cancel();
                 term.close();
                 let _ = tokio::time::timeout(Duration::from_secs(10), term.wait()).await;

@@ -5,9 +5,16 @@
 //! response and sends the next call to the leader it names; a replica that
 //! cannot be reached, or answers UNAVAILABLE without naming a leader (an
 //! election in progress), makes it try the next one in the list. Callers
-//! keep their own retry loop (with backoff); this only decides where the
-//! retry goes, so it reaches the leader on the first retry instead of
-//! wandering over standbys.
+//! keep their own retry loop; this only decides where the retry goes, so
+//! it reaches the leader on the first retry instead of wandering over
+//! standbys. [`crate::retry::Pace`] says when a retry should go during a
+//! failover.
+//!
+//! Connections are pinged (HTTP/2 PING, every [`KEEP_ALIVE_INTERVAL`] while
+//! a call is open): a leader whose host vanished without resetting the
+//! connection fails the call within [`KEEP_ALIVE_INTERVAL`] +
+//! [`KEEP_ALIVE_TIMEOUT`], rather than at its timeout. (A leader killed
+//! on a live host is noticed at once: its kernel resets the connection.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +33,14 @@ pub const LEADER_HEADER: &str = "x-sched-leader";
 
 /// gRPC's code for UNAVAILABLE, as carried in a `grpc-status` header.
 const UNAVAILABLE: &str = "14";
+
+/// How long a connection with a call open may stay silent before it is
+/// pinged.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a ping may go unanswered before the connection, and its calls,
+/// are dropped.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Channels to every replica; calls go to the one believed to lead.
 #[derive(Clone)]
@@ -53,7 +68,7 @@ impl Replicas {
 }
 
 /// The same address however it is written (`http://h:1` and `http://h:1/`).
-fn normalize(url: &str) -> &str {
+pub(crate) fn normalize(url: &str) -> &str {
     url.trim().trim_end_matches('/')
 }
 
@@ -155,6 +170,8 @@ fn lazy(
         })?
         .connect_timeout(connect_timeout)
         .timeout(timeout)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .connect_lazy())
 }
 

@@ -38,6 +38,7 @@ impl pb::EventKind {
 pub mod backoff;
 pub mod leader;
 pub mod process;
+pub mod retry;
 
 /// Resource amounts between the core's units and the wire's (the same
 /// integers, named).

@@ -7,15 +7,17 @@
 //! `[0, min(cap, base * 2^attempt)]` (AWS Architecture Blog, "Exponential
 //! Backoff And Jitter", 2015), so that many clients do not retry in step;
 //! but never sooner than the server's retry hint ([`RETRY_AFTER_HEADER`]).
+//! During a failover of the scheduler's leader the retry goes at once, or
+//! after a short fixed wait, instead ([`sched_proto::retry::Pace`]).
 
-use std::error::Error as _;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use sched_proto::backoff::delay;
 pub use sched_proto::backoff::random_u64;
-use sched_proto::leader::{LeaderChannel, LEADER_HEADER};
+use sched_proto::leader::LeaderChannel;
 use sched_proto::pb::scheduler_client::SchedulerClient;
+use sched_proto::retry::{from_transport, Pace};
 use sched_security::{Bearer, Tls};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Status};
@@ -83,19 +85,6 @@ pub fn quota_refusal(s: &Status) -> bool {
             .is_some_and(|i| i.reason == "QUOTA_EXCEEDED")
 }
 
-/// Whether a `tonic::transport::Error` is in `s`'s chain of sources: the
-/// call failed in the connection, not in the server.
-fn from_transport(s: &Status) -> bool {
-    let mut source = s.source();
-    while let Some(e) = source {
-        if e.is::<tonic::transport::Error>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
 /// The server's hint of how long to wait before retrying, if it sent a
 /// readable one (capped at [`MAX_RETRY_HINT`]).
 pub fn retry_hint(s: &Status) -> Option<Duration> {
@@ -125,21 +114,32 @@ where
 {
     let start = Instant::now();
     let mut attempt = 0;
-    let mut redirected = false;
+    let mut pace = Pace::new();
+    let mut noted = false;
     loop {
         match call().await {
             Ok(v) => return Ok(v),
-            // A standby named the leader: the channel now points there, so
-            // try it at once (once in a row; then back off as usual).
-            Err(s) if s.metadata().contains_key(LEADER_HEADER) && !redirected => {
-                redirected = true;
-            }
             Err(s) if transient(&s) && start.elapsed() < deadline => {
-                redirected = false;
-                let wait = wait_before_retry(&s, delay(attempt));
-                note_retry(&s, attempt, wait);
+                // A failover: the channel already points at the leader a
+                // standby named, or at the next replica. A new leader is
+                // tried at once, and the old one's lease waited out in
+                // short polls; anything else backs off.
+                let wait = match pace.wait(&s) {
+                    Some(wait) => {
+                        if !wait.is_zero() && !noted {
+                            note_retry(&s, 0, wait);
+                        }
+                        wait
+                    }
+                    None => {
+                        let wait = wait_before_retry(&s, delay(attempt));
+                        note_retry(&s, attempt, wait);
+                        attempt += 1;
+                        wait
+                    }
+                };
+                noted |= !wait.is_zero();
                 tokio::time::sleep(wait).await;
-                attempt += 1;
             }
             Err(s) => return Err(s),
         }

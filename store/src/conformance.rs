@@ -383,6 +383,65 @@ pub async fn a_fenced_commit_fails_once_the_fence_moves(s: &Arc<dyn Store>, p: &
     assert_eq!(s.get(&key).await.unwrap().unwrap().value, b"1");
 }
 
+pub async fn watch_key_returns_once_the_key_changes(s: &Arc<dyn Store>, p: &str) {
+    let key = format!("{p}/leader");
+    let within = Duration::from_secs(10);
+    let r1 = s.commit(&[put(&key, "a", Expect::Absent)]).await.unwrap();
+    // Seen at an older revision: changed already.
+    tokio::time::timeout(within, s.watch_key(&key, r1 - 1))
+        .await
+        .expect("a stale revision returns at once")
+        .unwrap();
+    let watch = s.watch_key(&key, r1);
+    tokio::pin!(watch);
+    // Another key's change is not this key's.
+    s.commit(&[put(&format!("{p}/other"), "x", Expect::Absent)])
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut watch)
+            .await
+            .is_err(),
+        "returned while the key was unchanged"
+    );
+    // Put again.
+    let r2 = s
+        .commit(&[put(&key, "b", Expect::ModRevision(r1))])
+        .await
+        .unwrap();
+    tokio::time::timeout(within, watch)
+        .await
+        .expect("a put is a change")
+        .unwrap();
+    // Deleted.
+    let watch = s.watch_key(&key, r2);
+    tokio::pin!(watch);
+    assert!(tokio::time::timeout(Duration::from_millis(100), &mut watch)
+        .await
+        .is_err());
+    s.commit(&[Write::delete(&key, Expect::Any)]).await.unwrap();
+    tokio::time::timeout(within, watch)
+        .await
+        .expect("a delete is a change")
+        .unwrap();
+    // Gone with its lease.
+    let lease = s.grant_lease(Duration::from_secs(1)).await.unwrap();
+    let r3 = s
+        .commit(&[Write::put_with_lease(
+            &key,
+            b"c".to_vec(),
+            lease,
+            Expect::Absent,
+        )])
+        .await
+        .unwrap();
+    tokio::time::timeout(within, s.watch_key(&key, r3))
+        .await
+        .expect("an expired lease is a change")
+        .unwrap();
+    assert_eq!(s.get(&key).await.unwrap(), None);
+}
+
 /// Awaits every future concurrently, in one task (without pulling in `futures`).
 async fn join_all<F: Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
     let mut slots: Vec<Option<Pin<Box<F>>>> = fs.map(|f| Some(Box::pin(f))).collect();
@@ -450,6 +509,7 @@ macro_rules! store_conformance_suite {
             revoking_a_lease_removes_its_keys,
             an_expired_lease_removes_its_keys,
             a_fenced_commit_fails_once_the_fence_moves,
+            watch_key_returns_once_the_key_changes,
         );
     };
 }

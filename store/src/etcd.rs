@@ -1,7 +1,8 @@
 //! The etcd store, over our own small etcd v3 client.
 //!
 //! The client is generated from `proto/` (the part of etcd's gRPC API this
-//! store calls: KV.Range, KV.Txn, KV.Compact and three Lease calls) by
+//! store calls: KV.Range, KV.Txn, KV.Compact, three Lease calls and
+//! Watch.Watch) by
 //! `build.rs`, with protox: so building needs no `protoc`, which the
 //! `etcd-client` crate's build script required.
 
@@ -33,9 +34,13 @@ use pb::etcdserverpb::{
     lease_client::LeaseClient,
     request_op::Request,
     response_op::Response,
+    watch_client::WatchClient,
+    watch_request::RequestUnion,
     CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
-    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
+    WatchRequest,
 };
+use tokio_stream::StreamExt as _;
 
 /// Keys per page when listing a prefix: large prefixes (a million task keys)
 /// would otherwise exceed gRPC's 4 MiB default message size in one response.
@@ -83,6 +88,7 @@ pub struct EtcdStore {
 struct Member {
     kv: KvClient<EtcdChannel>,
     lease: LeaseClient<EtcdChannel>,
+    watch: WatchClient<EtcdChannel>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -116,7 +122,8 @@ impl EtcdStore {
                 let channel = endpoint(url, tls)?.connect_lazy();
                 Ok(Member {
                     kv: KvClient::with_interceptor(channel.clone(), RequireLeader),
-                    lease: LeaseClient::with_interceptor(channel, RequireLeader),
+                    lease: LeaseClient::with_interceptor(channel.clone(), RequireLeader),
+                    watch: WatchClient::with_interceptor(channel, RequireLeader),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -536,6 +543,64 @@ impl Store for EtcdStore {
             // auto-compaction): what was asked is done.
             Err(s) if already_compacted(&s) => Ok(()),
             Err(s) => Err(map_error(s)),
+        }
+    }
+
+    async fn watch_key(&self, key: &str, seen: Revision) -> Result<(), StoreError> {
+        loop {
+            // Watch from the revision of a fresh read of the key, not from
+            // `seen`: that one may be older than the last compaction.
+            let request = RangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            };
+            let read = self
+                .call(|mut m| {
+                    let request = request.clone();
+                    async move { m.kv.range(request).await }
+                })
+                .await
+                .map_err(map_error)?
+                .into_inner();
+            if read.kvs.first().map(|kv| kv.mod_revision) != Some(seen) {
+                return Ok(());
+            }
+            let from = read.header.map_or(0, |h| h.revision) + 1;
+            let create = WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: key.as_bytes().to_vec(),
+                    start_revision: from,
+                })),
+            };
+            let mut responses = self
+                .call(|mut m| {
+                    // The request side stays open while the watch lasts,
+                    // as etcd's own client keeps it; dropping the answer
+                    // stream ends the call.
+                    let requests = tokio_stream::once(create.clone())
+                        .chain(tokio_stream::pending::<WatchRequest>());
+                    async move { m.watch.watch(requests).await }
+                })
+                .await
+                .map_err(map_error)?
+                .into_inner();
+            loop {
+                match responses.message().await.map_err(map_error)? {
+                    // The stream ended: the caller reads the key again.
+                    None => return Ok(()),
+                    Some(r) if !r.events.is_empty() => return Ok(()),
+                    // Compacted past `from` meanwhile: read and watch again.
+                    Some(r) if r.canceled && r.compact_revision > 0 => break,
+                    Some(r) if r.canceled => {
+                        return Err(StoreError::Unavailable(format!(
+                            "watch of {key} canceled: {}",
+                            r.cancel_reason
+                        )))
+                    }
+                    // Created, or a progress report.
+                    Some(_) => {}
+                }
+            }
         }
     }
 }

@@ -81,6 +81,10 @@ impl Store for Fenced {
         self.inner.revoke_lease(lease).await
     }
 
+    async fn watch_key(&self, key: &str, seen: Revision) -> Result<(), StoreError> {
+        self.inner.watch_key(key, seen).await
+    }
+
     /// Not fenced: compaction changes no key, so a deposed leader's is
     /// harmless.
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {

@@ -8,6 +8,8 @@
 //! - [`MemStore`]: the same semantics in memory, for dev mode and unit tests.
 //! - [`batch`]: the one way to split writes into commits within the
 //!   count and byte limits; every writer uses it.
+//! - [`Store::watch_key`]: waiting for a key to change (etcd's watch), for
+//!   standbys waiting on the leader key.
 //! - [`compaction`]: a loop that compacts the store's history, one interval
 //!   behind the newest revision.
 //! - [`conformance`]: one suite of behaviour tests, run against both
@@ -225,7 +227,24 @@ pub trait Store: Send + Sync + 'static {
     /// until etcd refuses writes (its space quota). [`MemStore`] keeps no
     /// history and does nothing.
     async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
+
+    /// Returns once `key`, last read at modification revision `seen`, has
+    /// changed: put again, or deleted (by a write, or with its lease). It
+    /// may also return before that (a watch that ended): callers read the
+    /// key again and decide. [`EtcdStore`] watches the key; this default
+    /// reads it every [`WATCH_POLL`].
+    async fn watch_key(&self, key: &str, seen: Revision) -> Result<(), StoreError> {
+        loop {
+            if self.get(key).await?.map(|kv| kv.mod_revision) != Some(seen) {
+                return Ok(());
+            }
+            tokio::time::sleep(WATCH_POLL).await;
+        }
+    }
 }
+
+/// How often [`Store::watch_key`]'s default reads the key.
+pub const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Checks the limits every backend enforces the same way.
 fn check_commit(writes: &[Write]) -> Result<(), StoreError> {
