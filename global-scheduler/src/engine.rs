@@ -139,6 +139,8 @@ impl Engine {
         handed_back: &[pb::HandBack],
     ) -> Result<(), ServiceError> {
         let mut lost_on_the_way: BTreeMap<String, u32> = BTreeMap::new();
+        // Submit to first placement, per task placed by this report.
+        let mut placed_after_ms: Vec<i64> = Vec::new();
         let changes: Vec<TaskChange> = self.shared.read(|state| {
             let mut seen = std::collections::BTreeSet::new();
             let mut out = Vec::new();
@@ -169,6 +171,9 @@ impl Engine {
                     continue;
                 }
                 if let Some(c) = state.report_change(cluster, t) {
+                    if let Some(ms) = first_placement(state, &c) {
+                        placed_after_ms.push(ms);
+                    }
                     out.push(c);
                 }
             }
@@ -176,6 +181,10 @@ impl Engine {
         });
         let result = self.commit_changes(changes).await;
         if result.is_ok() {
+            let latency = &crate::metrics::metrics().scheduling_latency;
+            for ms in placed_after_ms {
+                latency.observe(ms.max(0) as f64 / 1000.0);
+            }
             self.shared.write(|state| {
                 for (job, n) in lost_on_the_way {
                     state.push_job_event(
@@ -386,6 +395,7 @@ impl Engine {
     /// the simulator does).
     async fn schedule(&mut self) {
         loop {
+            let started = Instant::now();
             let (changes, more) = self.shared.write(|state| {
                 let plan = state.plan(self.shared.limits.pass_size);
                 let changes: Vec<TaskChange> = plan
@@ -397,10 +407,16 @@ impl Engine {
             if changes.is_empty() {
                 return;
             }
+            let planned = changes.len() as u64;
             let mut handed: BTreeMap<ClusterId, pb::AssignmentBatch> = BTreeMap::new();
             let result = self.commit(changes, &mut handed).await;
             for (cluster, batch) in handed {
                 self.shared.push(cluster, batch);
+            }
+            let m = crate::metrics::metrics();
+            m.pass_duration.observe(started.elapsed().as_secs_f64());
+            if result.is_ok() {
+                m.tasks_assigned.inc_by(planned);
             }
             if let Err(e) = result {
                 tracing::warn!(cause = %e, "scheduling pass not persisted; retrying later");
@@ -486,4 +502,17 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// For a change that places a task on a machine for the first time: how
+/// long after its job's submission (Unix ms).
+fn first_placement(state: &crate::state::State, c: &TaskChange) -> Option<i64> {
+    use crate::records::TaskState;
+    if !matches!(c.entry.state, TaskState::Placed | TaskState::Running) || c.entry.attempts != 1 {
+        return None;
+    }
+    let j = state.job(&c.job)?;
+    let before = j.tasks.get(c.index as usize)?;
+    (before.state == TaskState::Assigned)
+        .then(|| crate::records::now_unix_ms() - j.record.submitted_unix_ms)
 }

@@ -14,7 +14,8 @@
 //!   cancels and scheduling passes into guarded store commits.
 //! - [`convert`]: records to API messages.
 //! - [`service`]: the gRPC handlers (`sched.v1.Scheduler`, `sched.v1.Clusters`,
-//!   and `grpc.health.v1.Health`).
+//!   and `grpc.health.v1.Health`; `grpc.reflection.v1` from `sched_proto`).
+//! - [`metrics`]: the Prometheus families (`--metrics-listen`).
 //!
 //! [`run`] takes the listener, the store and a shutdown token, so tests can
 //! start it on port 0 against any [`Store`].
@@ -27,6 +28,7 @@ pub mod event;
 pub mod hub;
 pub mod keys;
 pub mod leader;
+pub mod metrics;
 pub mod records;
 mod recovery;
 pub mod registry;
@@ -97,6 +99,7 @@ pub async fn run(
         listener.local_addr()?
     ));
     let role = Arc::new(service::Role::new(store.clone(), config.clone()));
+    metrics::metrics().attach(&role);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_not_serving::<SchedulerServer<service::SchedulerService>>()
@@ -112,7 +115,9 @@ pub async fn run(
             .map_err(|e| RunError::Tls(e.to_string()))?;
     }
     let serve = builder
+        .layer(metrics::metrics().grpc.clone())
         .add_service(health_service)
+        .add_service(sched_proto::reflection::service())
         .add_service(SchedulerServer::new(service::SchedulerService::new(
             role.clone(),
         )))
@@ -163,6 +168,7 @@ async fn leadership(
         match lead(&role, &store, &config, &address, &shutdown, &lost, &term).await {
             Ok(true) => {
                 backoff = Duration::from_millis(200);
+                metrics::metrics().leader.set(1);
                 health
                     .set_serving::<SchedulerServer<service::SchedulerService>>()
                     .await;
@@ -179,6 +185,7 @@ async fn leadership(
                 // No longer the leader it names; the next campaign reads
                 // who is.
                 role.set_hint(String::new());
+                metrics::metrics().leader.set(0);
                 health
                     .set_not_serving::<SchedulerServer<service::SchedulerService>>()
                     .await;

@@ -55,6 +55,10 @@ struct Args {
     /// memory, gpu, tasks}]`); `schedctl quota set` changes them live.
     #[arg(long, value_name = "FILE")]
     quotas: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: a
+    /// loopback or monitoring-only address).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     tls: sched_security::TlsArgs,
     #[command(flatten)]
@@ -126,6 +130,17 @@ async fn serve(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot connect to etcd at {}", args.etcd.join(",")))?,
         )
     };
+    let metrics = global_scheduler::metrics::metrics();
+    let store: Arc<dyn Store> = Arc::new(sched_store::observe::Observed::new(
+        store,
+        metrics.store.clone(),
+    ));
+    if let Some(addr) = &args.metrics_listen {
+        let listener = sched_proto::metrics::http::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen: cannot listen on {addr}"))?;
+        sched_proto::metrics::http::spawn(listener, metrics.exposition(), shutdown.clone());
+    }
     let listener = sched_proto::process::listen(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -9,6 +9,7 @@
 //!   machines, for scale tests), keeps their output, reports their states.
 //! - [`error`]: [`AgentError`](error::AgentError), what can go wrong in
 //!   either, and its one mapping onto gRPC codes.
+//! - [`metrics`]: the Prometheus families of both (`--metrics-listen`).
 //! - [`supervise`]: `local-agent supervise`, the parent of each task process.
 //! - [`limits`]: how tasks' cpu and memory requests are enforced (cgroup
 //!   v2, the cgroup v1 memory controller, or rlimits), shared by the node
@@ -19,6 +20,7 @@
 pub mod agent;
 pub mod error;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod supervise;
 

@@ -68,6 +68,10 @@ struct ServeArgs {
     /// A node silent this long is lost with its machines, in milliseconds.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     machine_timeout_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: a
+    /// loopback or monitoring-only address).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     tls: sched_security::TlsArgs,
     #[command(flatten)]
@@ -140,6 +144,10 @@ struct NodeArgs {
     /// machine.
     #[arg(long)]
     allow_root_tasks: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: a
+    /// loopback or monitoring-only address).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     tls: sched_security::TlsArgs,
 }
@@ -190,6 +198,17 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
                 .with_context(|| format!("cannot connect to etcd at {}", args.etcd.join(",")))?,
         )
     };
+    let metrics = local_agent::metrics::agent();
+    let store: Arc<dyn Store> = Arc::new(sched_store::observe::Observed::new(
+        store,
+        metrics.store.clone(),
+    ));
+    serve_metrics(
+        args.metrics_listen.as_deref(),
+        metrics.exposition(),
+        &shutdown,
+    )
+    .await?;
     let listener = sched_proto::process::listen(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -212,6 +231,21 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         tls,
     };
     Ok(local_agent::agent::run(listener, store, config, shutdown).await?)
+}
+
+/// Starts `/metrics` at `addr`, if given.
+async fn serve_metrics(
+    addr: Option<&str>,
+    exposition: sched_proto::metrics::http::Exposition,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(addr) = addr {
+        let listener = sched_proto::metrics::http::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen: cannot listen on {addr}"))?;
+        sched_proto::metrics::http::spawn(listener, exposition, shutdown.clone());
+    }
+    Ok(())
 }
 
 async fn node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -299,6 +333,12 @@ async fn node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     };
     let fence_timeout =
         (args.fence_timeout_ms > 0).then(|| Duration::from_millis(args.fence_timeout_ms));
+    serve_metrics(
+        args.metrics_listen.as_deref(),
+        local_agent::metrics::node().exposition(),
+        &shutdown,
+    )
+    .await?;
     Ok(local_agent::node::run_fenced(config, fence_timeout, shutdown).await?)
 }
 

@@ -37,7 +37,9 @@ impl pb::EventKind {
 
 pub mod backoff;
 pub mod leader;
+pub mod metrics;
 pub mod process;
+pub mod reflection;
 pub mod retry;
 
 /// Resource amounts between the core's units and the wire's (the same

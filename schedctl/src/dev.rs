@@ -81,6 +81,39 @@ pub struct Args {
     /// job API needs a token).
     #[arg(long)]
     insecure: bool,
+    /// Prometheus metrics: the global scheduler's at http://ADDR/metrics,
+    /// then the local agents' and the node agents' on the ports after
+    /// ADDR's, one each, in the order they start.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+/// The `--metrics-listen` addresses of the stack's processes, one port
+/// after another.
+struct MetricsPorts {
+    next: Option<SocketAddr>,
+    first: Option<SocketAddr>,
+}
+
+impl MetricsPorts {
+    fn new(first: Option<SocketAddr>) -> anyhow::Result<Self> {
+        if first.is_some_and(|a| a.port() == 0) {
+            anyhow::bail!("--metrics-listen: give a port (each process takes the next one), not 0");
+        }
+        Ok(MetricsPorts { next: first, first })
+    }
+
+    /// The flag for the next process (none without --metrics-listen).
+    fn flag(&mut self) -> anyhow::Result<Vec<String>> {
+        let Some(addr) = self.next else {
+            return Ok(Vec::new());
+        };
+        let port = addr.port().checked_add(1).ok_or_else(|| {
+            anyhow::anyhow!("--metrics-listen: too few ports after {addr} for every process")
+        })?;
+        self.next = Some(SocketAddr::new(addr.ip(), port));
+        Ok(vec!["--metrics-listen".to_string(), addr.to_string()])
+    }
 }
 
 /// The throwaway CA of a stack, and its admin's certificate and token.
@@ -410,6 +443,7 @@ async fn start_and_serve(
     let admin = pki.as_ref().map(|p| &p.admin);
     let scheme = if pki.is_some() { "https" } else { "http" };
 
+    let mut metrics = MetricsPorts::new(args.metrics_listen)?;
     let global_addr = listener.local_addr()?;
     let server = format!("{scheme}://{global_addr}");
     let mut g = vec![
@@ -420,6 +454,7 @@ async fn start_and_serve(
     ];
     g.extend(etcd.iter().cloned());
     g.extend(tls_flags(Kind::Scheduler, "scheduler")?);
+    g.extend(metrics.flag()?);
     if let Some(p) = &pki {
         g.extend([
             "--tokens".to_string(),
@@ -453,6 +488,7 @@ async fn start_and_serve(
         ];
         a.extend(etcd.iter().cloned());
         a.extend(tls_flags(Kind::Cluster, &c.name)?);
+        a.extend(metrics.flag()?);
         let name = format!("agent-{}", c.name);
         stack.spawn(&name, &bin.agent, &a, logs, Some(listener))?;
         agents.push((c, addr));
@@ -500,6 +536,7 @@ async fn start_and_serve(
                     n.extend(["--labels".to_string(), l.join(",")]);
                 }
                 n.extend(tls_flags(Kind::Node, &name)?);
+                n.extend(metrics.flag()?);
                 stack.spawn(&format!("node-{name}"), &bin.agent, &n, logs, None)?;
                 machines += 1;
             }
@@ -510,6 +547,13 @@ async fn start_and_serve(
         topology.clusters.len(),
         logs.display()
     );
+    if let (Some(first), Some(end)) = (metrics.first, metrics.next) {
+        eprintln!(
+            "schedctl dev: metrics at http://{first}/metrics (global scheduler), then ports {} to {} (local agents, then node agents)",
+            first.port() + 1,
+            end.port() - 1
+        );
+    }
     let target = Target {
         server: server.clone(),
         tls: admin.cloned(),

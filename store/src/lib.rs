@@ -10,6 +10,8 @@
 //!   count and byte limits; every writer uses it.
 //! - [`Store::watch_key`]: waiting for a key to change (etcd's watch), for
 //!   standbys waiting on the leader key.
+//! - [`observe`]: a store that reports each commit's size, time and
+//!   outcome to an observer (the services' metrics).
 //! - [`compaction`]: a loop that compacts the store's history, one interval
 //!   behind the newest revision.
 //! - [`conformance`]: one suite of behaviour tests, run against both
@@ -40,6 +42,8 @@ pub use mem::MemStore;
 
 pub mod fence;
 pub use fence::Fenced;
+
+pub mod observe;
 
 /// etcd's store revision: increases with every committed change.
 pub type Revision = i64;

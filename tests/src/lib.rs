@@ -486,6 +486,20 @@ impl LocalAgent {
             .map(|r| r.into_inner().machines)
     }
 
+    /// `ListMachines` with `cluster` as the filter, called as the global
+    /// scheduler calls it.
+    pub async fn list_machines(
+        &self,
+        cluster: &str,
+    ) -> Result<Vec<pb::MachineStatus>, tonic::Status> {
+        pb::machines_client::MachinesClient::new(channel_with(&self.url(), self.tls.as_ref()))
+            .list_machines(pb::ListMachinesRequest {
+                cluster: cluster.to_string(),
+            })
+            .await
+            .map(|r| r.into_inner().machines)
+    }
+
     pub async fn restart(&mut self) {
         self.kill9();
         let mut cmd = Command::new(bin("local-agent"));

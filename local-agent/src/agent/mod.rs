@@ -102,7 +102,9 @@ pub async fn run(
             .map_err(AgentError::Serve)?;
     }
     let serve = builder
+        .layer(crate::metrics::agent().grpc.clone())
         .add_service(health_service)
+        .add_service(sched_proto::reflection::service())
         .add_service(MachinesServer::new(service::MachinesService::new(
             agent.clone(),
         )))

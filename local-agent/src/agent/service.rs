@@ -179,6 +179,16 @@ impl Machines for MachinesService {
         request: Request<pb::ListMachinesRequest>,
     ) -> Result<Response<pb::ListMachinesResponse>, Status> {
         self.guard.one_of(&request, &[Kind::Scheduler])?;
+        // The filter names a cluster; this agent holds one cluster's
+        // machines, so another name matches nothing it has (as the global
+        // scheduler answers for a cluster it does not know).
+        let want = &request.get_ref().cluster;
+        let mine = &self.agent.config.cluster;
+        if !want.is_empty() && want != mine {
+            return Err(Status::not_found(format!(
+                "cluster: this local agent serves cluster {mine:?}, not {want:?}"
+            )));
+        }
         Ok(Response::new(pb::ListMachinesResponse {
             machines: self.agent.machine_statuses(),
         }))

@@ -89,7 +89,18 @@ impl Agent {
         let now = Instant::now();
         let mut st = self.state();
         st.expire(now);
-        st.commits(limit, now)
+        let commits = st.commits(limit, now);
+        let m = crate::metrics::agent();
+        m.queued_tasks.set(st.queue_len() as i64);
+        drop(st);
+        let placed = commits
+            .iter()
+            .flatten()
+            .filter(|c| matches!(c, Change::Place { .. }))
+            .count();
+        m.tasks_placed.inc_by(placed as u64);
+        m.pass_duration.observe(now.elapsed().as_secs_f64());
+        commits
     }
 
     pub fn applied(&self, commit: Vec<Change>, rev: Revision) {

@@ -714,6 +714,11 @@ impl AgentState {
         self.inventory.classes()
     }
 
+    /// Tasks waiting to be packed.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// What the heartbeat to the global scheduler carries.
     pub fn heartbeat_request(&self) -> pb::HeartbeatRequest {
         let queued = self

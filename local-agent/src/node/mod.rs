@@ -243,8 +243,13 @@ pub async fn run_fenced(
                 .tls_config(tls.server())
                 .map_err(AgentError::Serve)?;
         }
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<NodeServer<logs::LogsService>>().await;
         tracker.spawn(async move {
             let r = builder
+                .layer(crate::metrics::node().grpc.clone())
+                .add_service(health_service)
+                .add_service(sched_proto::reflection::service())
                 .add_service(service)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -320,6 +320,7 @@ impl Tasks {
                 };
                 let _ = self.report.send(node_task(&s.job, s.index, &entry));
                 self.lock().insert(key, entry);
+                crate::metrics::node().started(crate::metrics::Start::Started);
                 tracing::info!(job = %s.job, index = s.index, attempt = s.attempt, machine = %s.machine, pid, "task started");
                 // Only now that the entry is in: a task that exits at once
                 // must find it, or its exit would go unreported.
@@ -349,6 +350,7 @@ impl Tasks {
                 };
                 let _ = self.report.send(node_task(&s.job, s.index, &entry));
                 self.lock().insert(key, entry);
+                crate::metrics::node().started(crate::metrics::Start::Refused);
             }
         }
     }
@@ -525,6 +527,7 @@ impl Tasks {
         dir: PathBuf,
         uid: Option<u32>,
     ) {
+        crate::metrics::node().adopted();
         let this = self.clone();
         self.waiters.spawn(async move {
             while dirs::alive(pid) {
@@ -538,6 +541,7 @@ impl Tasks {
     /// Records the end of entry `id`; nothing if it is no longer the task's
     /// entry (a later attempt, or its job was forgotten).
     fn finish(&self, job: &str, index: u32, id: u64, dir: &Path) {
+        crate::metrics::node().running_tasks.dec();
         let (code, reason) = read_end(dir).map_or((None, String::new()), |(c, r)| (Some(c), r));
         let mut entries = self.lock();
         let Some(e) = entries.get_mut(&(job.to_string(), index)) else {
@@ -554,6 +558,7 @@ impl Tasks {
             Some(c) => final_state(c),
             None => pb::TaskState::Lost,
         };
+        crate::metrics::node().exited(e.state);
         let attempt = e.attempt;
         tracing::info!(job, index, attempt, exit_code = ?code, state = ?e.state, reason = %e.reason, "task exited");
         let _ = self.report.send(node_task(job, index, e));
@@ -577,6 +582,7 @@ impl Tasks {
         };
         let _ = self.report.send(node_task(&s.job, s.index, &entry));
         self.lock().insert((s.job.clone(), s.index), entry);
+        crate::metrics::node().started(crate::metrics::Start::Started);
         let this = self.clone();
         self.waiters.spawn(async move {
             let code = tokio::select! {
@@ -588,6 +594,7 @@ impl Tasks {
     }
 
     fn finish_hollow(&self, job: &str, index: u32, id: u64, code: i32) {
+        crate::metrics::node().running_tasks.dec();
         let mut entries = self.lock();
         let Some(e) = entries.get_mut(&(job.to_string(), index)) else {
             return;
@@ -602,6 +609,7 @@ impl Tasks {
         } else {
             final_state(code)
         };
+        crate::metrics::node().exited(e.state);
         let _ = self.report.send(node_task(job, index, e));
     }
 
