@@ -10,6 +10,8 @@ use sched_core::topology::Topology;
 pub struct Config {
     pub prefix: String,
     pub policy: Policy,
+    /// Where `policy` was read from: read again on SIGHUP.
+    pub policy_file: Option<std::path::PathBuf>,
     pub topology: Option<Topology>,
     pub heartbeat_interval: Duration,
     /// A cluster silent for this long is marked down.
@@ -24,6 +26,8 @@ pub struct Config {
     pub tls: Option<sched_security::Tls>,
     /// User tokens; `None`: no tokens in force.
     pub tokens: Option<sched_security::Tokens>,
+    /// Where to serve the status page (`None`: not served).
+    pub http_listen: Option<std::net::SocketAddr>,
     /// Quotas from the `--quotas` file (those set live are in the store).
     pub quotas: sched_core::quota::Quotas,
 }
@@ -33,6 +37,7 @@ impl Config {
         Config {
             prefix: "/sched".to_string(),
             policy,
+            policy_file: None,
             topology: None,
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(5),
@@ -44,6 +49,7 @@ impl Config {
             advertise: None,
             tls: None,
             tokens: None,
+            http_listen: None,
             quotas: Default::default(),
         }
     }

@@ -47,6 +47,7 @@ pub fn to_pb_event_kind(k: EventKind) -> pb::EventKind {
         EventKind::TakenBack => pb::EventKind::TakenBack,
         EventKind::Running => pb::EventKind::Running,
         EventKind::Preempted => pb::EventKind::Preempted,
+        EventKind::PolicyChanged => pb::EventKind::PolicyChanged,
     }
 }
 

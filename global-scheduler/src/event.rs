@@ -29,6 +29,8 @@ pub enum EventKind {
     Running,
     /// Tasks evicted for higher-priority work.
     Preempted,
+    /// Not a job's: the scheduling policy changed (`job` is empty).
+    PolicyChanged,
 }
 
 impl EventKind {
@@ -50,6 +52,7 @@ impl EventKind {
             EventKind::TakenBack => "taken_back",
             EventKind::Running => "running",
             EventKind::Preempted => "preempted",
+            EventKind::PolicyChanged => "policy_changed",
         }
     }
 }

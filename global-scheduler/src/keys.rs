@@ -8,6 +8,7 @@
 //! | `P/jobs/<job>` | [`JobRecord`](crate::records::JobRecord): the validated spec, submission id, time, `cancelled` | on submit (before the call returns), on cancel |
 //! | `P/tasks/<job>/<index>` | [`TaskRecord`](crate::records::TaskRecord): state, cluster, machine, exit code, clusters that handed it back | when a task leaves `pending`, and on every change after; a task with no key is pending |
 //! | `P/clusters/<cluster>` | [`ClusterRecord`](crate::records::ClusterRecord): location, machine classes now and every shape seen | when a local agent registers, and when its machine classes change |
+//! | `P/policy` | [`PolicyRecord`](crate::policy::PolicyRecord): the policy in force, where it came from, when | by `ApplyPolicy`, a SIGHUP on the leader, a new leader whose own is newer |
 //! | `P/leader` | `LeaderRecord` (in `leader`): the leading replica's address; on a lease | by the replica that wins the election |
 //! | `P/placements/<cluster>/<job>/<index>` | the local agent's placement: machine, attempt, state, exit code | by the cluster's local agent |
 //! | `P/placements/<cluster>/<job>/spec` | the job's spec as the cluster got it (request, constraints, priority, command), once per job | by the cluster's local agent, with the job's first placement |
@@ -69,6 +70,13 @@ impl Keys {
 
     pub fn cluster(&self, name: &str) -> String {
         format!("{}/clusters/{name}", self.prefix)
+    }
+
+    /// The policy in force ([`PolicyRecord`](crate::policy::PolicyRecord)),
+    /// written by `ApplyPolicy`, a SIGHUP on the leader, or a new leader
+    /// whose own policy is newer.
+    pub fn policy(&self) -> String {
+        format!("{}/policy", self.prefix)
     }
 
     /// Quotas set live (`schedctl quota set`), over the `--quotas` file's.

@@ -12,7 +12,11 @@
 //! - [`submitter`]: writers of new jobs, group-committing submit calls.
 //! - [`engine`]: the single writer of tasks: batches cluster reports,
 //!   cancels and scheduling passes into guarded store commits.
+//! - [`policy`]: the policy in force, changed live by SIGHUP (the
+//!   `--policy` file read again) or `ApplyPolicy`, stored for the next
+//!   leader.
 //! - [`convert`]: records to API messages.
+//! - [`web`]: the read-only status page (`--http-listen`).
 //! - [`service`]: the gRPC handlers (`sched.v1.Scheduler`, `sched.v1.Clusters`,
 //!   and `grpc.health.v1.Health`; `grpc.reflection.v1` from `sched_proto`).
 //! - [`metrics`]: the Prometheus families (`--metrics-listen`).
@@ -29,12 +33,14 @@ pub mod hub;
 pub mod keys;
 pub mod leader;
 pub mod metrics;
+pub mod policy;
 pub mod records;
 mod recovery;
 pub mod registry;
 pub mod service;
 pub mod state;
 pub mod submitter;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,6 +136,31 @@ pub async fn run(
         );
 
     let tracker = TaskTracker::new();
+    if let Some(addr) = &config.http_listen {
+        let http = TcpListener::bind(addr).await?;
+        let (role, shutdown) = (role.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            if let Err(e) = web::serve(http, role, shutdown).await {
+                tracing::error!(cause = %e, "the status page stopped");
+            }
+        });
+    }
+    if let Some(path) = config.policy_file.clone() {
+        // Installed before serving: from now on SIGHUP re-reads the file
+        // instead of killing the process.
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let (role, shutdown) = (role.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    got = hangups.recv() => if got.is_none() { return },
+                }
+                tracing::info!(file = %path.display(), "SIGHUP: reading the policy again");
+                role.reload_file(&path).await;
+            }
+        });
+    }
     tracker.spawn(leadership(
         role,
         store,
@@ -234,7 +265,7 @@ async fn lead(
     tracker: &TaskTracker,
 ) -> Result<bool, RunError> {
     let keys = Keys::new(&config.prefix);
-    let ttl = Duration::from_secs(u64::from(config.policy.ha.leader_lease_seconds));
+    let ttl = Duration::from_secs(u64::from(role.policy().policy().ha.leader_lease_seconds));
     let Some(leadership) =
         leader::campaign(store, &keys.leader(), address, ttl, role, shutdown).await
     else {
@@ -258,14 +289,15 @@ async fn lead(
         leadership.revision,
         lost.clone(),
     ));
-    let state = recovery::load(&keys, &store, config).await?;
+    let policy = role.take_over_policy(&store).await?;
+    let state = recovery::load(&keys, &store, config, &policy).await?;
     let limits = Limits {
         queue: config.queue,
         max_pending_tasks: config.max_pending_tasks,
         max_jobs_per_submit: config.max_jobs_per_submit,
         heartbeat_interval: config.heartbeat_interval,
         heartbeat_timeout: config.heartbeat_timeout,
-        pass_size: u64::from(config.policy.local.batch_size.max(1)),
+        pass_size: u64::from(policy.local.batch_size.max(1)),
     };
     // The leader's tasks stop on shutdown or on losing the lease.
     let leader_token = shutdown.child_token();
@@ -280,7 +312,7 @@ async fn lead(
     }
     tracker.spawn(sched_store::compaction::run(
         history,
-        config.policy.lifecycle.compaction_interval.as_duration(),
+        policy.lifecycle.compaction_interval.as_duration(),
         leader_token.clone(),
     ));
     let (shared, rx, submissions) = Shared::new(state, limits, leader_token.clone());

@@ -30,6 +30,8 @@ struct Args {
     #[arg(long, default_value = "/sched", value_name = "P")]
     prefix: String,
     /// Policy file (default: the built-in policy, as in config/policy.yaml).
+    /// Read again on SIGHUP (a bad file is refused and the policy in force
+    /// kept); `schedctl policy apply` changes it too.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// Topology file: the locations and the latency between them.
@@ -59,6 +61,11 @@ struct Args {
     /// loopback or monitoring-only address).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Serve a read-only status page (clusters, jobs, tasks) over HTTP on
+    /// this address; with --tokens it asks for a token. Plain HTTP: keep it
+    /// on loopback (or behind a TLS proxy) when tokens are in force.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     tls: sched_security::TlsArgs,
     #[command(flatten)]
@@ -92,6 +99,7 @@ async fn serve(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
     };
     let mut config = Config::new(policy);
     config.quotas = quotas;
+    config.policy_file = args.policy.clone();
     config.prefix = args.prefix.clone();
     config.topology = topology;
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms.max(10));
@@ -151,6 +159,16 @@ async fn serve(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
         "global scheduler",
     )
     .map_err(anyhow::Error::msg)?;
+    if let Some(addr) = args.http_listen {
+        // The page has no client certificates to check: with TLS but no
+        // tokens, anyone who reaches it would see everything.
+        anyhow::ensure!(
+            addr.ip().is_loopback() || config.tls.is_none() || config.tokens.is_some(),
+            "--http-listen {addr}: with TLS and no --tokens the status page cannot tell \
+             who is looking; give --tokens or listen on loopback"
+        );
+        config.http_listen = Some(addr);
+    }
     if config.tls.is_none() && config.tokens.is_some() {
         tracing::warn!("tokens without TLS: tokens cross the network in plaintext");
     }

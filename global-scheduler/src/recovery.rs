@@ -18,9 +18,10 @@ pub(crate) async fn load(
     keys: &Keys,
     store: &Arc<dyn Store>,
     config: &Config,
+    policy: &sched_core::policy::Policy,
 ) -> Result<State, RunError> {
     let started = std::time::Instant::now();
-    let state = load_state(keys, store, config, None).await?;
+    let state = load_state(keys, store, config, policy, None).await?;
     tracing::info!(
         clusters = state.registry().entries().len(),
         jobs = state.jobs().count(),
@@ -38,6 +39,7 @@ pub(crate) async fn load_state(
     keys: &Keys,
     store: &Arc<dyn Store>,
     config: &Config,
+    policy: &sched_core::policy::Policy,
     only: Option<&str>,
 ) -> Result<State, RunError> {
     let mut registry = Registry::new(config.topology.as_ref(), config.heartbeat_timeout);
@@ -50,7 +52,7 @@ pub(crate) async fn load_state(
             })?;
         registry.register(record, false);
     }
-    let mut state = State::new(keys.clone(), registry, config.policy.clone());
+    let mut state = State::new(keys.clone(), registry, policy.clone());
     let mut quotas = config.quotas.clone();
     for kv in store.list(&keys.quotas()).await?.items {
         let rest = kv.key.strip_prefix(&keys.quotas()).unwrap_or_default();

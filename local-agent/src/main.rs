@@ -60,6 +60,8 @@ struct ServeArgs {
     etcd: Vec<String>,
     #[arg(long, default_value = "/sched", value_name = "P")]
     prefix: String,
+    /// Policy file (the `local` section decides packing); read again on
+    /// SIGHUP (a bad file is refused and the policy in force kept).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// How often node agents heartbeat, in milliseconds.
@@ -225,6 +227,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         global: args.global,
         prefix: args.prefix,
         policy,
+        policy_file: args.policy.clone(),
         node_heartbeat: Duration::from_millis(args.node_heartbeat_ms.max(10)),
         machine_timeout: Duration::from_millis(args.machine_timeout_ms.max(20)),
         advertise: args.advertise,

@@ -136,6 +136,7 @@ async fn reproduce_issue_10_a_job_with_an_11_kb_command_is_placed_and_runs() {
             global: global_url,
             prefix: "/sched".into(),
             policy: Policy::default(),
+            policy_file: None,
             node_heartbeat: Duration::from_millis(200),
             machine_timeout: Duration::from_secs(5),
             advertise: None,

@@ -31,6 +31,7 @@ impl pb::EventKind {
             K::TakenBack => "taken_back",
             K::Running => "running",
             K::Preempted => "preempted",
+            K::PolicyChanged => "policy_changed",
         }
     }
 }

@@ -64,6 +64,10 @@ pub struct Args {
     /// Where the global scheduler listens (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
     listen: String,
+    /// Where the global scheduler serves its status page (port 0: any free
+    /// port; `none`: no page). Its URL is printed once the stack is up.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    http_listen: String,
     /// Real node agents per machine class.
     #[arg(long, default_value_t = 2, value_name = "N")]
     machines_per_class: u32,
@@ -455,6 +459,10 @@ async fn start_and_serve(
     g.extend(etcd.iter().cloned());
     g.extend(tls_flags(Kind::Scheduler, "scheduler")?);
     g.extend(metrics.flag()?);
+    let http = status_page_addr(&args.http_listen)?;
+    if let Some(addr) = http {
+        g.extend(["--http-listen".to_string(), addr.to_string()]);
+    }
     if let Some(p) = &pki {
         g.extend([
             "--tokens".to_string(),
@@ -583,6 +591,15 @@ async fn start_and_serve(
         None if server == crate::access::DEFAULT_SERVER => "schedctl".to_string(),
         None => format!("schedctl --server {server}"),
     };
+    if let Some(addr) = http {
+        // A throwaway stack's admin token: the link signs the browser in
+        // (an HttpOnly cookie) and drops the token from the address bar.
+        let query = pki
+            .as_ref()
+            .map(|p| format!("?token={}", p.token))
+            .unwrap_or_default();
+        eprintln!("schedctl dev: status page at http://{addr}/{query}");
+    }
     eprintln!(
         "schedctl dev: try `{how} get clusters`, `{how} submit -f config/examples/jobs.yaml --wait`; Ctrl-C stops the stack"
     );
@@ -599,6 +616,23 @@ async fn start_and_serve(
         tick.tick().await;
         stack.check()?;
     }
+}
+
+/// The status page's address: `none` for no page; port 0 picks a free port
+/// now (so the URL can be printed before the scheduler is up).
+fn status_page_addr(arg: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if arg == "none" {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = arg
+        .parse()
+        .with_context(|| format!("--http-listen {arg:?}: not an address (IP:PORT, or none)"))?;
+    if addr.port() != 0 {
+        return Ok(Some(addr));
+    }
+    let probe = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("--http-listen {arg}: cannot listen"))?;
+    Ok(Some(probe.local_addr()?))
 }
 
 /// Waits until the global scheduler sees `n` machines up.

@@ -5,7 +5,7 @@
 //! - [`Cli`]: the clap command tree.
 //! - `simulate`: `schedctl simulate`, the core's simulator over files, with
 //!   a table, JSON, a placements CSV and per-job explanations.
-//! - `policy`: `schedctl policy check`.
+//! - `policy`: `schedctl policy check`, `apply` and `show`.
 //! - `jobs`: the commands served by the global scheduler (submit, run, get,
 //!   describe, cancel, watch, logs), over `client`'s connection with retries.
 //! - `dev`: `schedctl dev`, the whole stack on loopback.
@@ -42,7 +42,8 @@ enum Command {
     /// Run the scheduler's global and local decisions over a topology and a
     /// workload, with no network, and report where every task would go.
     Simulate(simulate::Args),
-    /// Validate and show scheduling policy files.
+    /// Scheduling policies: `check FILE` (offline), `apply FILE` and `show`
+    /// (the scheduler's policy in force).
     #[command(subcommand)]
     Policy(policy::Command),
     /// Submit the jobs of a job file.
@@ -89,7 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     // Offline commands first: a broken config file does not stop them.
     let command = match cli.command {
         Command::Simulate(args) => return simulate::run(args),
-        Command::Policy(cmd) => return policy::run(cmd),
+        Command::Policy(cmd) if cmd.offline() => return policy::run(cmd),
         Command::Dev(args) => return dev::run(args),
         Command::Certs(cmd) => return access::certs(cmd),
         Command::Token(cmd) => return access::token(cmd),
@@ -97,11 +98,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let server = &access::target(&cli.access)?;
     match command {
-        Command::Simulate(_)
-        | Command::Policy(_)
-        | Command::Dev(_)
-        | Command::Certs(_)
-        | Command::Token(_) => unreachable!("offline commands are handled above"),
+        Command::Simulate(_) | Command::Dev(_) | Command::Certs(_) | Command::Token(_) => {
+            unreachable!("offline commands are handled above")
+        }
+        Command::Policy(cmd) => remote(policy::remote(server, cmd)),
         Command::Submit(args) => remote(jobs::submit(server, args)),
         Command::Run(args) => remote(jobs::run(server, *args)),
         Command::Get(cmd) => remote(jobs::get(server, cmd)),

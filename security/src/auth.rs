@@ -135,6 +135,32 @@ impl Guard {
         )))
     }
 
+    /// The user behind a bearer token, for callers outside gRPC (the
+    /// status page): with tokens in force, the token's user
+    /// (UNAUTHENTICATED without a valid one); without, an anonymous admin.
+    /// Certificates are not looked at: a page served without TLS has none.
+    pub fn token_user(&self, token: Option<&str>) -> Result<User, Status> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(User {
+                name: "anonymous".to_string(),
+                tenant: None,
+                role: Role::Admin,
+            });
+        };
+        let Some(token) = token else {
+            return Err(Status::unauthenticated("a token is required"));
+        };
+        let Some(principal) = tokens.lookup(token.trim()) else {
+            tracing::warn!("denied: an unknown token");
+            return Err(Status::unauthenticated("the token is not valid"));
+        };
+        Ok(User {
+            name: principal.user.clone(),
+            tenant: Some(principal.tenant.clone()),
+            role: principal.role,
+        })
+    }
+
     /// The user calling the public API.
     ///
     /// - Tokens in force: a valid `authorization: Bearer TOKEN` names the

@@ -27,6 +27,7 @@ pub use scheduler::SchedulerService;
 use crate::convert::from_pb_resources;
 use crate::error::ServiceError;
 use crate::hub::{Command, Shared};
+use crate::policy::{LivePolicy, Source};
 use crate::records::MachineClassRecord;
 use crate::state::State;
 
@@ -40,6 +41,9 @@ pub struct Role {
     config: crate::config::Config,
     /// Who may call what (mutual TLS, tokens).
     guard: Guard,
+    /// The policy in force (kept across terms; the leader's state holds
+    /// the copy its decisions read).
+    policy: std::sync::Mutex<LivePolicy>,
 }
 
 /// What a read is answered from: the leader's live state, or, on a
@@ -78,7 +82,95 @@ impl Role {
             leader_hint: Default::default(),
             store,
             guard: Guard::new(config.tls.is_some(), config.tokens.clone()),
+            policy: std::sync::Mutex::new(LivePolicy::new(
+                config.policy.clone(),
+                config.policy_file.clone(),
+            )),
             config,
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, LivePolicy> {
+        // Every change is one assignment under the lock: a panic elsewhere
+        // cannot leave it half made.
+        self.policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The policy in force, and where it came from.
+    pub fn policy(&self) -> LivePolicy {
+        self.live().clone()
+    }
+
+    /// The store key of the policy in force.
+    fn policy_key(&self) -> String {
+        crate::keys::Keys::new(&self.config.prefix).policy()
+    }
+
+    /// At takeover: settles the policy between the stored one and this
+    /// replica's (see [`LivePolicy::takeover`]) and stores it if this
+    /// replica's wins; returns the policy the new term decides with.
+    pub(crate) async fn take_over_policy(
+        &self,
+        store: &Arc<dyn sched_store::Store>,
+    ) -> Result<sched_core::policy::Policy, sched_store::StoreError> {
+        let key = self.policy_key();
+        let stored = store.get(&key).await?;
+        let (write, live) = {
+            let mut live = self.live();
+            let write = live.takeover(stored.as_ref().map(|kv| kv.value.as_slice()));
+            (write, live.clone())
+        };
+        if write {
+            store.commit(&[policy_write(key, &live)]).await?;
+        }
+        tracing::info!(source = %live.source(), "policy in force");
+        Ok(live.policy().clone())
+    }
+
+    /// Puts a validated `policy` in force: stored first when this replica
+    /// leads (so a new leader keeps it), then in the decisions' state; an
+    /// event tells the watchers. A standby keeps it for its next term.
+    pub async fn set_policy(
+        &self,
+        policy: sched_core::policy::Policy,
+        source: Source,
+    ) -> Result<LivePolicy, ServiceError> {
+        let mut next = self.policy();
+        let old = next.policy().clone();
+        next.set(policy.clone(), source);
+        let leader = self.leader().ok();
+        if leader.is_some() {
+            self.store
+                .commit(&[policy_write(self.policy_key(), &next)])
+                .await?;
+        }
+        *self.live() = next.clone();
+        let summary = LivePolicy::summary(&old, &policy);
+        tracing::info!(source = %next.source(), reloads = next.reloads(), "policy {summary}");
+        if let Some(shared) = leader {
+            let message = format!("policy from {}: {summary}", next.source());
+            shared.write(|s| s.set_policy(policy, message));
+            shared.wake.notify_one();
+        }
+        Ok(next)
+    }
+
+    /// Records a refused policy change (the running policy stays).
+    pub fn refuse_policy(&self, why: String) {
+        tracing::error!(cause = %why, "policy refused; the running policy stays");
+        self.live().refuse(why);
+    }
+
+    /// Reads the `--policy` file again (SIGHUP): validated first, a bad
+    /// file refused with the reason logged.
+    pub async fn reload_file(&self, path: &std::path::Path) {
+        match crate::policy::read_file(path) {
+            Ok(p) => {
+                if let Err(e) = self.set_policy(p, Source::File(path.to_path_buf())).await {
+                    self.refuse_policy(format!("cannot store the policy: {e}"));
+                }
+            }
+            Err(e) => self.refuse_policy(e.to_string()),
         }
     }
 
@@ -103,7 +195,8 @@ impl Role {
             return Ok(View::Leader(s));
         }
         let keys = crate::keys::Keys::new(&self.config.prefix);
-        match crate::recovery::load_state(&keys, &self.store, &self.config, only).await {
+        let policy = self.live().policy().clone();
+        match crate::recovery::load_state(&keys, &self.store, &self.config, &policy, only).await {
             Ok(state) => Ok(View::Standby {
                 state: Box::new(state),
                 leader: self.hint(),
@@ -114,7 +207,8 @@ impl Role {
         }
     }
 
-    fn hint(&self) -> String {
+    /// Where the leader is, as last seen (empty: not known).
+    pub fn hint(&self) -> String {
         self.leader_hint
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -167,6 +261,12 @@ impl Role {
         }
         Err(status)
     }
+}
+
+fn policy_write(key: String, live: &LivePolicy) -> sched_store::Write {
+    let value = serde_json::to_vec(&live.record())
+        .expect("policy records serialize: plain strings and integers");
+    sched_store::Write::put(key, value, sched_store::Expect::Any)
 }
 
 pub(crate) async fn ask<T>(

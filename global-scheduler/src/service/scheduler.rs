@@ -523,4 +523,58 @@ impl Scheduler for SchedulerService {
         });
         Ok(Response::new(pb::ListQuotasResponse { quotas }))
     }
+
+    async fn apply_policy(
+        &self,
+        request: Request<pb::ApplyPolicyRequest>,
+    ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        let user = self.role.guard().user(&request)?;
+        user.require(UserRole::Admin, "applying a policy")?;
+        // Only the leader changes the stored policy; a standby names it.
+        self.role.leader()?;
+        let yaml = request.into_inner().yaml;
+        let policy = match sched_core::policy::Policy::from_yaml(&yaml) {
+            Ok(p) => p,
+            Err(e) => {
+                self.role
+                    .refuse_policy(format!("applied by {}: {e}", user.name));
+                return Err(ServiceError::from(e).into());
+            }
+        };
+        let live = self
+            .role
+            .set_policy(
+                policy,
+                crate::policy::Source::Applied {
+                    user: user.name.clone(),
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::ApplyPolicyResponse {
+            policy: Some(policy_status(&live)),
+        }))
+    }
+
+    async fn get_policy(
+        &self,
+        request: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::PolicyStatus>, Status> {
+        self.role.guard().user(&request)?;
+        // The leader's is the one deciding; a standby names the leader.
+        self.role.leader()?;
+        Ok(Response::new(policy_status(&self.role.policy())))
+    }
+}
+
+fn policy_status(live: &crate::policy::LivePolicy) -> pb::PolicyStatus {
+    let (refused_at, refused) = live.last_refused().cloned().unwrap_or_default();
+    pb::PolicyStatus {
+        yaml: live.policy().to_yaml(),
+        source: live.source().to_string(),
+        loaded_unix_ms: live.loaded_unix_ms(),
+        reloads: live.reloads(),
+        last_refused: refused,
+        last_refused_unix_ms: refused_at,
+        deferred: live.deferred(),
+    }
 }

@@ -184,6 +184,19 @@ impl State {
         &self.policy
     }
 
+    /// Puts a validated policy in force for the next pass (every job with
+    /// pending tasks is looked at again) and tells the watchers, with
+    /// `message` saying what changed.
+    pub fn set_policy(&mut self, policy: Policy, message: String) {
+        self.policy = policy;
+        self.queue.mark_rescan();
+        // Not a job's event: no job's history keeps it; no watcher is not
+        // an error.
+        let _ = self
+            .events
+            .send(Event::new("", EventKind::PolicyChanged, message));
+    }
+
     pub fn quotas(&self) -> &sched_core::quota::Quotas {
         &self.quotas
     }

@@ -12,6 +12,8 @@ pub struct AgentConfig {
     pub global: String,
     pub prefix: String,
     pub policy: Policy,
+    /// Where `policy` was read from: read again on SIGHUP.
+    pub policy_file: Option<std::path::PathBuf>,
     /// How often node agents heartbeat.
     pub node_heartbeat: Duration,
     /// A node silent this long is lost, with its machines.

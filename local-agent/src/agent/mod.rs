@@ -48,6 +48,29 @@ use state::AgentState;
 
 use crate::error::AgentError;
 
+/// Reads the `--policy` file again (SIGHUP): validated first; a bad file is
+/// refused with the reason logged and the policy in force kept.
+fn reload_policy(agent: &Agent, path: &std::path::Path) {
+    let read = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        .and_then(|text| {
+            sched_core::policy::Policy::from_yaml(&text)
+                .map_err(|e| format!("invalid {}: {e}", path.display()))
+        });
+    match read {
+        Ok(p) if p == agent.policy() => {
+            tracing::info!(file = %path.display(), "SIGHUP: policy unchanged");
+        }
+        Ok(p) => {
+            agent.set_policy(p);
+            tracing::info!(file = %path.display(), "SIGHUP: policy reloaded");
+        }
+        Err(why) => {
+            tracing::error!(cause = %why, "SIGHUP: policy refused; the policy in force stays");
+        }
+    }
+}
+
 /// Loads placements, then serves node agents and follows the global
 /// scheduler until `shutdown`.
 pub async fn run(
@@ -83,6 +106,22 @@ pub async fn run(
     };
     let agent = Arc::new(Agent::new(state, config, shutdown.clone()));
     let tracker = TaskTracker::new();
+    if let Some(path) = agent.config.policy_file.clone() {
+        // Installed before serving: from now on SIGHUP re-reads the file
+        // instead of killing the process.
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| AgentError::io("SIGHUP handler", e))?;
+        let (agent, shutdown) = (agent.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    got = hangups.recv() => if got.is_none() { return },
+                }
+                reload_policy(&agent, &path);
+            }
+        });
+    }
     tracker.spawn(planner::run(agent.clone(), store, shutdown.clone()));
     tracker.spawn(upstream::run(
         agent.clone(),

@@ -19,8 +19,9 @@ const TICK: Duration = Duration::from_millis(200);
 pub async fn run(agent: Arc<Agent>, store: Arc<dyn Store>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let batch = agent.config.policy.local.batch_size.max(1) as usize;
     loop {
+        // Read at each pass: a SIGHUP may have changed it.
+        let batch = agent.policy().local.batch_size.max(1) as usize;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = agent.wake.notified() => {}

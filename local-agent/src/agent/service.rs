@@ -133,7 +133,7 @@ impl Machines for MachinesService {
         tracing::info!(node = %r.node, machines = r.machines.len(), tasks = r.tasks.len(), "node registered");
         Ok(Response::new(pb::RegisterNodeResponse {
             heartbeat_interval_ms: self.agent.config.node_heartbeat.as_millis() as u32,
-            task_dir_retention_ms: self.agent.config.policy.lifecycle.task_dir_retention.ms(),
+            task_dir_retention_ms: self.agent.policy().lifecycle.task_dir_retention.ms(),
         }))
     }
 

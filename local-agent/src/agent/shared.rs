@@ -26,6 +26,9 @@ pub struct Agent {
     /// Wakes the upstream loop (reports to send).
     pub upstream: Notify,
     pub config: AgentConfig,
+    /// The policy in force: `config.policy` until a SIGHUP reads the
+    /// `--policy` file again.
+    policy: Mutex<sched_core::policy::Policy>,
     /// Fires when the agent shuts down: open streams end.
     pub shutdown: CancellationToken,
 }
@@ -36,6 +39,7 @@ impl Agent {
             state: Mutex::new(state),
             wake: Notify::new(),
             upstream: Notify::new(),
+            policy: Mutex::new(config.policy.clone()),
             config,
             shutdown,
         }
@@ -45,6 +49,21 @@ impl Agent {
         // State changes are applied in single steps under the lock; a panic
         // elsewhere leaves it consistent enough to go on.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> sched_core::policy::Policy {
+        self.policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts a validated policy in force from the next pass on.
+    pub fn set_policy(&self, policy: sched_core::policy::Policy) {
+        self.state().set_policy(policy.local.clone());
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
+        self.wake.notify_one();
     }
 
     // ---- node agents (the service) ----

@@ -55,6 +55,11 @@ pub struct AgentState {
 }
 
 impl AgentState {
+    /// The packing policy from the next pass on.
+    pub fn set_policy(&mut self, policy: LocalPolicy) {
+        self.policy = policy;
+    }
+
     pub fn new(
         cluster: &str,
         prefix: &str,
