@@ -49,7 +49,6 @@ use sched_proto::pb::clusters_server::ClustersServer;
 use sched_proto::pb::scheduler_server::SchedulerServer;
 use sched_store::Store;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -114,7 +113,7 @@ pub async fn run(
         .set_not_serving::<ClustersServer<service::ClustersService>>()
         .await;
     tracing::info!(addr = %listener.local_addr()?, %address, "serving");
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
     if let Some(tls) = &config.tls {
         builder = builder
             .tls_config(tls.server())
@@ -131,7 +130,7 @@ pub async fn run(
             role.clone(),
         )))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            sched_proto::process::incoming(listener),
             shutdown.clone().cancelled_owned(),
         );
 

@@ -20,13 +20,18 @@ struct Args {
     listen: String,
     /// This replica's URL as clients and other replicas reach it (default:
     /// http:// and the --listen address). Standbys name the leader by it.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = sched_proto::flags::url)]
     advertise: Option<String>,
     /// etcd endpoints, comma-separated (`http://127.0.0.1:2379`). Without
     /// it, state is kept in memory only and is lost on exit.
-    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        value_parser = sched_proto::flags::url
+    )]
     etcd: Vec<String>,
-    /// Key prefix in etcd.
+    /// Key prefix in etcd (every key of this scheduler starts with it).
     #[arg(long, default_value = "/sched", value_name = "P")]
     prefix: String,
     /// Policy file (default: the built-in policy, as in config/policy.yaml).
@@ -38,16 +43,16 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     topology: Option<PathBuf>,
     /// How often local agents heartbeat, in milliseconds.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    #[arg(long, default_value_t = 1000, value_name = "MS", value_parser = positive())]
     heartbeat_interval_ms: u64,
     /// A cluster silent for this long is marked down, in milliseconds.
-    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    #[arg(long, default_value_t = 5000, value_name = "MS", value_parser = positive())]
     heartbeat_timeout_ms: u64,
     /// Calls waiting for the writer before submit answers RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_name = "N", value_parser = positive_usize())]
     queue: usize,
     /// Tasks waiting for a cluster before submit answers RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = 2_000_000)]
+    #[arg(long, default_value_t = 2_000_000, value_name = "N", value_parser = positive())]
     max_pending_tasks: u64,
     /// User tokens (YAML: `tokens: [{user, tenant, role, sha256}]`). With
     /// it every call to the job API needs `authorization: Bearer TOKEN`.
@@ -70,6 +75,16 @@ struct Args {
     tls: sched_security::TlsArgs,
     #[command(flatten)]
     etcd_tls: sched_security::tls::EtcdTlsArgs,
+}
+
+/// A count or a duration that must not be zero (clap says which flag).
+fn positive() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..)
+}
+
+/// As [`positive`], for sizes.
+fn positive_usize() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 fn read<T>(

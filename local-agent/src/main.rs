@@ -49,15 +49,21 @@ struct ServeArgs {
     listen: String,
     /// This agent's URL as the global scheduler reaches it (default: the
     /// --listen address); set it when listening on 0.0.0.0.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = sched_proto::flags::url)]
     advertise: Option<String>,
-    /// The global scheduler.
+    /// The global scheduler (several replicas: comma-separated).
     #[arg(long, default_value = "http://127.0.0.1:7070", value_name = "URL")]
     global: String,
     /// etcd endpoints, comma-separated. Without it, placements are kept in
     /// memory only.
-    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        value_parser = sched_proto::flags::url
+    )]
     etcd: Vec<String>,
+    /// Key prefix in etcd (the global scheduler's --prefix).
     #[arg(long, default_value = "/sched", value_name = "P")]
     prefix: String,
     /// Policy file (the `local` section decides packing); read again on
@@ -65,10 +71,10 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// How often node agents heartbeat, in milliseconds.
-    #[arg(long, default_value_t = 500, value_name = "MS")]
+    #[arg(long, default_value_t = 500, value_name = "MS", value_parser = positive())]
     node_heartbeat_ms: u64,
     /// A node silent this long is lost with its machines, in milliseconds.
-    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    #[arg(long, default_value_t = 5000, value_name = "MS", value_parser = positive())]
     machine_timeout_ms: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: a
     /// loopback or monitoring-only address).
@@ -83,7 +89,12 @@ struct ServeArgs {
 #[derive(Debug, clap::Args)]
 struct NodeArgs {
     /// The cluster's local agent.
-    #[arg(long, default_value = "http://127.0.0.1:7080", value_name = "URL")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:7080",
+        value_name = "URL",
+        value_parser = sched_proto::flags::url
+    )]
     agent: String,
     /// The machine's name (with --hollow: the prefix of NAME-0, NAME-1, ...).
     #[arg(long, value_name = "NAME")]
@@ -101,27 +112,32 @@ struct NodeArgs {
     #[arg(long, value_name = "Q")]
     gpu: Option<String>,
     /// Machine labels, `k=v,...`.
-    #[arg(long, value_name = "K=V,...", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "K=V,...",
+        value_delimiter = ',',
+        value_parser = sched_proto::flags::label
+    )]
     labels: Vec<String>,
     /// Where task directories (output, exit codes) live.
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
     /// Host N simulated machines whose tasks only pretend to run.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     hollow: Option<u32>,
     /// How long a hollow task runs, unless its command is `sleep N`.
-    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    #[arg(long, default_value_t = 10_000, value_name = "MS", value_parser = positive())]
     hollow_duration_ms: u64,
     /// Tasks are killed when this agent has been gone this long; keep it
     /// below the local agent's --machine-timeout-ms.
-    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    #[arg(long, default_value_t = 3000, value_name = "MS", value_parser = positive())]
     lease_ms: u64,
     /// Where to serve task logs.
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     listen: String,
     /// This node's URL as its local agent reaches it (default: the
     /// --listen address); set it when listening on 0.0.0.0.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = sched_proto::flags::url)]
     advertise: Option<String>,
     /// Stop every task (then report them lost) when the local agent has
     /// answered no registration or heartbeat for this long; 0: never. Keep
@@ -152,6 +168,11 @@ struct NodeArgs {
     metrics_listen: Option<String>,
     #[command(flatten)]
     tls: sched_security::TlsArgs,
+}
+
+/// A count or a duration that must not be zero (clap says which flag).
+fn positive() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..)
 }
 
 /// The TLS material of `args`, whose certificate must be a `kind` named

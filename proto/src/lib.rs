@@ -37,6 +37,7 @@ impl pb::EventKind {
 }
 
 pub mod backoff;
+pub mod flags;
 pub mod leader;
 pub mod metrics;
 pub mod process;

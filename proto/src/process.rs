@@ -9,6 +9,8 @@
 //!   a parent bound and handed over as standard input (inetd's "wait"
 //!   style), which is how `schedctl dev` keeps its children on its own
 //!   ports.
+//! - [`incoming`]: a listener's connections for a tonic server, with
+//!   TCP_NODELAY set on each.
 //! - [`serving`]: a server's answer to the standard gRPC health check.
 //! - [`terminate`]: SIGTERM to a child process, through `nix`.
 
@@ -120,6 +122,16 @@ impl Signals {
             _ = self.interrupt.recv() => {}
         }
     }
+}
+
+/// The connections `listener` accepts, as a tonic server takes them, each
+/// with TCP_NODELAY set. tonic ignores its builder's `tcp_nodelay` for
+/// `serve_with_incoming*`, and without it a response that does not fill
+/// a segment (anything past ~250 bytes: headers, message, then trailers)
+/// waits for the client's delayed ACK (Nagle's algorithm, RFC 896): about
+/// 40 ms per call on a reused connection instead of well under one.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// A listener on `addr`, or with `addr` = [`STDIN`], the listening TCP

@@ -29,10 +29,13 @@ use sched_security::{Kind, Role, Tls};
 /// The default scheduler address.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 
-/// The flags every remote command takes (all global).
+/// The flags of every command that talks to the scheduler (global within
+/// it: `schedctl get --server URL jobs` and `schedctl get jobs --server
+/// URL` alike; `schedctl --server URL get jobs` too, see `Cli`).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct AccessArgs {
-    /// The global scheduler's address (several replicas: comma-separated)
+    /// The global scheduler's address (several replicas: comma-separated);
+    /// without a scheme, http:// (https:// with TLS flags or a TLS context)
     /// [default: the context's, or http://127.0.0.1:7070].
     #[arg(long, global = true, env = "SCHEDCTL_SERVER", value_name = "URL")]
     pub server: Option<String>,
@@ -151,14 +154,46 @@ pub fn target(args: &AccessArgs) -> anyhow::Result<Target> {
         ),
         (None, None) => None,
     };
+    let server = server_urls(&server, tls.is_some())?;
     Ok(Target { server, tls, token })
+}
+
+/// `list` (comma-separated addresses) with a scheme on each: `HOST:PORT`
+/// means http://, or https:// when TLS is configured. A scheme other than
+/// those is a usage error now, not a connection retried for minutes.
+fn server_urls(list: &str, tls: bool) -> anyhow::Result<String> {
+    let mut urls = Vec::new();
+    for u in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let (scheme, rest) = match u.split_once("://") {
+            Some((scheme, rest)) => (scheme, rest),
+            None => (if tls { "https" } else { "http" }, u),
+        };
+        if scheme != "http" && scheme != "https" {
+            return Err(crate::usage(format!(
+                "--server: {u:?}: the scheme {scheme:?} is not understood (http:// or https://)"
+            )));
+        }
+        if rest.is_empty() || rest.starts_with(':') || rest.starts_with('/') {
+            return Err(crate::usage(format!(
+                "--server: {u:?} names no host (like http://127.0.0.1:7070)"
+            )));
+        }
+        urls.push(format!("{scheme}://{rest}"));
+    }
+    if urls.is_empty() {
+        return Err(crate::usage("--server: no address given"));
+    }
+    Ok(urls.join(","))
 }
 
 /// `schedctl certs`.
 #[derive(Debug, clap::Subcommand)]
 pub enum CertsCommand {
     /// Make a CA: DIR/ca.crt and DIR/ca.key (readable only by you).
-    Init { dir: PathBuf },
+    Init {
+        /// Where to write the CA (created if missing).
+        dir: PathBuf,
+    },
     /// Issue a certificate for a component or a user: OUT/NAME.crt and
     /// OUT/NAME.key, valid for localhost and 127.0.0.1 plus any --san.
     Issue {
@@ -169,6 +204,8 @@ pub enum CertsCommand {
         /// machine's) or user.
         #[arg(long, value_parser = parse_kind)]
         kind: Kind,
+        /// Whose certificate: the cluster's, machine's or user's name
+        /// (`scheduler` for the scheduler).
         #[arg(long, value_name = "NAME")]
         name: String,
         /// Where to write the pair [default: the CA's directory].
@@ -225,8 +262,10 @@ pub enum TokenCommand {
     /// Make a token: prints it (give it to the user) and the line for the
     /// scheduler's --tokens file (which holds only its SHA-256).
     New {
+        /// The user the token names.
         #[arg(long, value_name = "NAME")]
         user: String,
+        /// The tenant whose jobs the user submits and sees.
         #[arg(long, value_name = "NAME")]
         tenant: String,
         /// admin, submitter or viewer.
@@ -257,4 +296,33 @@ pub fn write_config(path: &Path, ctx: ContextEntry) -> anyhow::Result<()> {
     };
     let text = serde_yaml::to_string(&file)?;
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_without_a_scheme_gets_the_one_tls_implies() {
+        assert_eq!(
+            server_urls("127.0.0.1:7070", false).unwrap(),
+            "http://127.0.0.1:7070"
+        );
+        assert_eq!(
+            server_urls("127.0.0.1:7070", true).unwrap(),
+            "https://127.0.0.1:7070"
+        );
+        assert_eq!(
+            server_urls("a:1, https://b:2", true).unwrap(),
+            "https://a:1,https://b:2"
+        );
+    }
+
+    #[test]
+    fn a_bad_server_is_a_usage_error() {
+        for bad in ["ftp://x", "http://", "", ":7070"] {
+            let e = server_urls(bad, false).unwrap_err();
+            assert!(e.downcast_ref::<crate::Usage>().is_some(), "{bad}: {e}");
+        }
+    }
 }

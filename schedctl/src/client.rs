@@ -10,6 +10,7 @@
 //! During a failover of the scheduler's leader the retry goes at once, or
 //! after a short fixed wait, instead ([`sched_proto::retry::Pace`]).
 
+use std::error::Error as _;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -180,9 +181,107 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// A call that failed, for the user: `CODE: message`, the code first as
+/// gRPC spells it. A call that never reached a server says so, with the
+/// address once the command fills it in ([`RpcError::at`]) and the
+/// connection's own reason (`connection refused`).
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}", code_name(*.code), self.text())]
+pub struct RpcError {
+    pub code: Code,
+    pub message: String,
+    /// Why no server could be reached, if that is what happened.
+    pub unreachable: Option<String>,
+    /// The address tried.
+    pub server: Option<String>,
+}
+
+impl RpcError {
+    fn text(&self) -> String {
+        match (&self.unreachable, &self.server) {
+            (Some(why), Some(server)) => format!("cannot reach {server}: {why}"),
+            (Some(why), None) => format!("cannot reach the scheduler: {why}"),
+            (None, _) => self.message.clone(),
+        }
+    }
+
+    /// `e` with the address that was tried, if it is an unreachable
+    /// server's error.
+    pub fn at(mut e: anyhow::Error, server: &str) -> anyhow::Error {
+        if let Some(r) = e.downcast_mut::<RpcError>() {
+            r.server = Some(server.to_string());
+        }
+        e
+    }
+}
+
+/// The innermost cause of a failed connection (`connection refused`,
+/// `deadline has elapsed`), lower-cased as it reads after a colon.
+fn connection_failure(s: &Status) -> Option<String> {
+    if !from_transport(s) {
+        return None;
+    }
+    let mut cause = s.source()?;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let text = match cause.downcast_ref::<std::io::Error>() {
+        // "Connection refused (os error 111)": the kind says it plainly.
+        Some(io) if io.kind() != std::io::ErrorKind::Other => io.kind().to_string(),
+        _ => cause.to_string(),
+    };
+    Some(text)
+}
+
 /// An error for the user: the code and the server's message.
 pub fn status_error(s: Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", code_name(s.code()), s.message())
+    anyhow::Error::new(RpcError {
+        code: s.code(),
+        message: s.message().to_string(),
+        unreachable: connection_failure(&s),
+        server: None,
+    })
+}
+
+/// How long a read keeps retrying when no server can be reached at all:
+/// long enough for a restart on the same port, short enough that a wrong
+/// address or a stopped scheduler is said in seconds, not minutes.
+pub const READ_UNREACHABLE_FOR: Duration = Duration::from_secs(3);
+
+/// How long a read keeps retrying a server that answers but is not ready
+/// (UNAVAILABLE during an election, RESOURCE_EXHAUSTED): an election takes
+/// a lease's time to live.
+pub const READ_BUSY_FOR: Duration = Duration::from_secs(30);
+
+/// [`retry`] for reads, quietly: gives up after [`READ_UNREACHABLE_FOR`]
+/// while no server answers, after [`READ_BUSY_FOR`] while one answers but
+/// is busy; the error then says which.
+pub async fn retry_read<T, F, Fut>(mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let start = Instant::now();
+    let mut attempt = 0;
+    loop {
+        // One attempt (and the hop to a leader a standby names).
+        match retry(Duration::ZERO, &mut call).await {
+            Err(s) if transient(&s) => {
+                let limit = if from_transport(&s) {
+                    READ_UNREACHABLE_FOR
+                } else {
+                    READ_BUSY_FOR
+                };
+                let left = limit.saturating_sub(start.elapsed());
+                if left.is_zero() {
+                    return Err(s);
+                }
+                tokio::time::sleep(wait_before_retry(&s, delay(attempt)).min(left)).await;
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
 }
 
 #[cfg(test)]

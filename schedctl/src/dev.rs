@@ -52,6 +52,8 @@ use crate::client::Target;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The topology to start: a local agent per cluster, node agents per
+    /// machine class.
     #[arg(
         long,
         default_value = "config/examples/topology.yaml",

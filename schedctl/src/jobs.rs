@@ -6,26 +6,27 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use sched_core::resources::{format_bytes, format_cpu, format_gpu, Resources};
+use sched_core::resources::Resources;
 use sched_proto::pb;
 use serde::Serialize;
 use tokio_stream::StreamExt;
 
-use crate::client::{connect, random_u64, retry, status_error, Client, Target};
+use crate::client::{connect, random_u64, retry, retry_read, status_error, Client, Target};
+use crate::human;
+use crate::out::{self, outln};
+use crate::output::{print_streamed, print_structured, Format, OutputArgs};
 
-/// How long a call keeps retrying UNAVAILABLE and RESOURCE_EXHAUSTED.
+/// How long a change (submit, cancel, delete, quota) keeps retrying
+/// UNAVAILABLE and RESOURCE_EXHAUSTED: a submit outlasts a scheduler's
+/// restart or a full queue, and says so when it gives up. Reads give up
+/// sooner (`client::retry_read`).
 const RETRY_FOR: Duration = Duration::from_secs(120);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-    Yaml,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct SubmitArgs {
-    /// The job file (see DESIGN.md: `jobs: [{name, tasks, resources, ...}]`).
+    /// The job file, YAML: `jobs: [{name, tasks, resources: {cpu, memory},
+    /// command, ...}]` (as config/examples/jobs.yaml); `-`: standard input.
+    /// A scheduler that cannot be reached is retried for 2 minutes.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: PathBuf,
     /// Wait, with a progress bar, until every task is placed on a machine.
@@ -38,9 +39,15 @@ pub struct SubmitArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The job's name.
+    /// The job's name (lower-case letters, digits and `-`).
     name: String,
-    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+    /// How many identical tasks the job has.
+    #[arg(
+        long,
+        default_value_t = 1,
+        allow_hyphen_values = true,
+        value_name = "N"
+    )]
     tasks: i64,
     /// Cpu per task: cores (`2`, `0.5`) or millicores (`500m`).
     #[arg(long, value_name = "Q", allow_hyphen_values = true)]
@@ -48,11 +55,15 @@ pub struct RunArgs {
     /// Memory per task: bytes or with a suffix (`512Mi`, `2Gi`, `1G`).
     #[arg(long, value_name = "Q", allow_hyphen_values = true)]
     memory: String,
+    /// Disk per task, as memory (default: none).
     #[arg(long, value_name = "Q", allow_hyphen_values = true)]
     disk: Option<String>,
+    /// GPUs per task, as cpu (default: none).
     #[arg(long, value_name = "Q", allow_hyphen_values = true)]
     gpu: Option<String>,
-    #[arg(long, allow_hyphen_values = true)]
+    /// Priority, 0-1000 (higher goes first and may preempt lower bands;
+    /// default: the band's, or 0).
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     priority: Option<i64>,
     /// Preferred location.
     #[arg(long, value_name = "L")]
@@ -81,8 +92,10 @@ pub struct RunArgs {
     /// A priority band (`production`, `batch`, ...) instead of --priority.
     #[arg(long, value_name = "NAME", conflicts_with = "priority")]
     band: Option<String>,
+    /// Wait, with a progress bar, until every task is placed on a machine.
     #[arg(long)]
     wait: bool,
+    /// Give up waiting after this many seconds (exit 1).
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     timeout: u64,
     /// The command each task runs, after `--`.
@@ -94,35 +107,43 @@ pub struct RunArgs {
 pub enum GetCommand {
     /// Every job, one line each.
     Jobs {
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: OutputArgs,
         /// Only jobs in this state.
         #[arg(long, value_parser = ["pending", "running", "succeeded", "failed", "cancelled"])]
         state: Option<String>,
     },
     /// One job and its tasks.
     Job {
+        /// The job's name.
         name: String,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Machines, as their clusters' local agents see them.
     Machines {
         /// Only this cluster's machines.
         #[arg(long, value_name = "C")]
         cluster: Option<String>,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// The clusters that registered, with their load.
     Clusters {
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// One cluster: its location, state, capacity and load.
+    Cluster {
+        /// The cluster's name.
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Quotas per tenant and band, with their usage.
     Quotas {
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
@@ -132,23 +153,31 @@ pub enum QuotaCommand {
     /// Set a tenant's quota in a band (admins); limits not given are
     /// unlimited.
     Set {
+        /// The tenant.
         #[arg(long, value_name = "NAME")]
         tenant: String,
+        /// The priority band (`production`, `batch`, ...).
         #[arg(long, value_name = "BAND")]
         band: String,
+        /// Cpu limit, in cores (`64`) or millicores (`500m`).
         #[arg(long, value_name = "Q")]
         cpu: Option<String>,
+        /// Memory limit (`256Gi`).
         #[arg(long, value_name = "Q")]
         memory: Option<String>,
+        /// GPU limit, as cpu.
         #[arg(long, value_name = "Q")]
         gpu: Option<String>,
+        /// Limit on unfinished tasks.
         #[arg(long, value_name = "N", allow_hyphen_values = true)]
         tasks: Option<i64>,
     },
     /// Remove a tenant's quota in a band (admins).
     Remove {
+        /// The tenant.
         #[arg(long, value_name = "NAME")]
         tenant: String,
+        /// The priority band.
         #[arg(long, value_name = "BAND")]
         band: String,
     },
@@ -199,17 +228,36 @@ pub async fn quota(server: &Target, cmd: QuotaCommand) -> anyhow::Result<()> {
     })
     .await
     .map_err(status_error)?;
-    println!(
+    outln!(
         "quota/{tenant}/{band} {}",
         if remove { "removed" } else { "set" }
-    );
+    )?;
     Ok(())
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DescribeCommand {
     /// A job: its spec, tasks, why pending tasks are pending, its events.
-    Job { name: String },
+    Job {
+        /// The job's name.
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// `schedctl logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The task: `JOB/INDEX`, or `JOB` for every task, one after another.
+    #[arg(value_name = "JOB[/INDEX]")]
+    target: String,
+    /// Keep printing until the task exits.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Only the last N lines of each output stream (stdout, stderr) so far.
+    #[arg(long, value_name = "N")]
+    tail: Option<usize>,
 }
 
 async fn client(server: &Target) -> anyhow::Result<Client> {
@@ -260,7 +308,7 @@ pub async fn wait_done_and_print(server: &Target, timeout: Duration) -> anyhow::
             get(
                 server,
                 GetCommand::Jobs {
-                    output: Format::Table,
+                    output: OutputArgs::table(),
                     state: None,
                 },
             )
@@ -285,8 +333,15 @@ pub async fn wait_done_and_print(server: &Target, timeout: Duration) -> anyhow::
 }
 
 pub async fn submit(server: &Target, args: SubmitArgs) -> anyhow::Result<()> {
-    let yaml = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let yaml = if args.file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("cannot read the job file from standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?
+    };
     let request = pb::SubmitRequest {
         yaml,
         jobs: Vec::new(),
@@ -298,8 +353,10 @@ pub async fn submit(server: &Target, args: SubmitArgs) -> anyhow::Result<()> {
 pub async fn run(server: &Target, args: RunArgs) -> anyhow::Result<()> {
     let mut constraints = std::collections::HashMap::new();
     for c in &args.constraints {
-        let Some((k, v)) = c.split_once('=') else {
-            bail!("--constraints: {c:?} is not key=value");
+        let Some((k, v)) = c.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+            return Err(crate::usage(format!(
+                "--constraints: {c:?} is not key=value"
+            )));
         };
         constraints.insert(k.to_string(), v.to_string());
     }
@@ -352,7 +409,7 @@ async fn submit_request(
     .map_err(status_error)?
     .into_inner();
     for j in &resp.jobs {
-        println!("job/{j} submitted");
+        outln!("job/{j} submitted")?;
     }
     if wait {
         wait_placed(&mut c, &resp.jobs, resp.tasks, Duration::from_secs(timeout)).await?;
@@ -525,10 +582,10 @@ fn resources(r: Option<&pb::Resources>) -> Resources {
 fn request_view(r: Option<&pb::Resources>) -> RequestView {
     let r = resources(r);
     RequestView {
-        cpu: format_cpu(r.cpu),
-        memory: format_bytes(r.memory),
-        disk: (r.disk.0 > 0).then(|| format_bytes(r.disk)),
-        gpu: (r.gpu.0 > 0).then(|| format_gpu(r.gpu)),
+        cpu: human::cpu(r.cpu.0),
+        memory: human::bytes(r.memory.0),
+        disk: (r.disk.0 > 0).then(|| human::bytes(r.disk.0)),
+        gpu: (r.gpu.0 > 0).then(|| human::cpu(r.gpu.0)),
     }
 }
 
@@ -607,15 +664,6 @@ fn job_view(s: &pb::JobStatus) -> JobView {
     }
 }
 
-fn print_structured<T: Serialize>(value: &T, format: Format) -> anyhow::Result<()> {
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Format::Yaml => print!("{}", serde_yaml::to_string(value)?),
-        Format::Table => unreachable!("tables are printed by each command"),
-    }
-    Ok(())
-}
-
 /// Columns padded to their widest cell.
 fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -661,6 +709,7 @@ pub async fn get(server: &Target, cmd: GetCommand) -> anyhow::Result<()> {
     let c = client(server).await?;
     match cmd {
         GetCommand::Jobs { output, state } => {
+            let output = output.format();
             let state = match state.as_deref() {
                 None => pb::JobState::Unspecified,
                 Some("pending") => pb::JobState::Pending,
@@ -669,7 +718,7 @@ pub async fn get(server: &Target, cmd: GetCommand) -> anyhow::Result<()> {
                 Some("failed") => pb::JobState::Failed,
                 Some(_) => pb::JobState::Cancelled,
             } as i32;
-            let jobs = retry(RETRY_FOR, || {
+            let jobs = retry_read(|| {
                 let mut c = c.clone();
                 async move { c.list_jobs(pb::ListJobsRequest { state }).await }
             })
@@ -677,89 +726,31 @@ pub async fn get(server: &Target, cmd: GetCommand) -> anyhow::Result<()> {
             .map_err(status_error)?
             .into_inner()
             .jobs;
-            if output != Format::Table {
+            if output.structured() {
                 let views: Vec<JobSummaryView> = jobs.iter().map(summary_view).collect();
                 return print_structured(&views, output);
             }
-            let rows = jobs
-                .iter()
-                .map(|j| {
-                    let n = j.counts.unwrap_or_default();
-                    vec![
-                        j.name.clone(),
-                        job_state_name(j.state).to_string(),
-                        j.tasks.to_string(),
-                        n.pending.to_string(),
-                        n.assigned.to_string(),
-                        (n.placed + n.running).to_string(),
-                        n.succeeded.to_string(),
-                        n.failed.to_string(),
-                        age(j.submitted_unix_ms),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(
-                    &[
-                        "NAME",
-                        "STATE",
-                        "TASKS",
-                        "PENDING",
-                        "ASSIGNED",
-                        "PLACED",
-                        "SUCCEEDED",
-                        "FAILED",
-                        "AGE"
-                    ],
-                    rows
-                )
-            );
+            out::print(&jobs_table(&jobs, output == Format::Wide))?;
         }
         GetCommand::Job { name, output } => {
+            let output = output.format();
             let s = get_job(&c, &name).await?;
-            if output != Format::Table {
+            if output.structured() {
                 return print_structured(&job_view(&s), output);
             }
             let v = job_view(&s);
-            println!(
+            outln!(
                 "job/{}  {}  {} task(s)",
-                v.summary.name, v.summary.state, v.summary.task_count
-            );
-            let rows = v
-                .tasks
-                .iter()
-                .map(|t| {
-                    vec![
-                        t.index.to_string(),
-                        t.state.to_string(),
-                        t.cluster.clone().unwrap_or_else(|| "-".into()),
-                        t.machine.clone().unwrap_or_else(|| "-".into()),
-                        t.exit_code.map_or("-".into(), |c| c.to_string()),
-                        t.attempts.to_string(),
-                        t.next_retry_unix_ms.map_or("-".into(), retry_in),
-                        if t.reason.is_empty() {
-                            "-".into()
-                        } else {
-                            t.reason.clone()
-                        },
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(
-                    &[
-                        "INDEX", "STATE", "CLUSTER", "MACHINE", "EXIT", "ATTEMPTS", "RETRY",
-                        "REASON"
-                    ],
-                    rows
-                )
-            );
+                v.summary.name,
+                v.summary.state,
+                v.summary.task_count
+            )?;
+            out::print(&tasks_table(&v.tasks, output == Format::Wide))?;
         }
         GetCommand::Machines { cluster, output } => {
+            let output = output.format();
             let cluster = cluster.unwrap_or_default();
-            let mut machines = retry(RETRY_FOR, || {
+            let mut machines = retry_read(|| {
                 let mut c = c.clone();
                 let cluster = cluster.clone();
                 async move { c.list_machines(pb::ListMachinesRequest { cluster }).await }
@@ -769,7 +760,7 @@ pub async fn get(server: &Target, cmd: GetCommand) -> anyhow::Result<()> {
             .into_inner()
             .machines;
             machines.sort_by(|a, b| (&a.cluster, &a.name).cmp(&(&b.cluster, &b.name)));
-            if output != Format::Table {
+            if output.structured() {
                 let views: Vec<MachineView> = machines
                     .iter()
                     .map(|m| MachineView {
@@ -784,35 +775,11 @@ pub async fn get(server: &Target, cmd: GetCommand) -> anyhow::Result<()> {
                     .collect();
                 return print_structured(&views, output);
             }
-            let rows = machines
-                .iter()
-                .map(|m| {
-                    let cap = resources(m.capacity.as_ref());
-                    let alloc = resources(m.allocated.as_ref());
-                    vec![
-                        m.cluster.clone(),
-                        m.name.clone(),
-                        if m.up { "up" } else { "lost" }.to_string(),
-                        format!("{}/{}", format_cpu(alloc.cpu), format_cpu(cap.cpu)),
-                        format!(
-                            "{}/{}",
-                            format_bytes(alloc.memory),
-                            format_bytes(cap.memory)
-                        ),
-                        m.tasks.len().to_string(),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(
-                    &["CLUSTER", "MACHINE", "STATUS", "CPU", "MEMORY", "TASKS"],
-                    rows
-                )
-            );
+            out::print(&machines_table(&machines, output == Format::Wide))?;
         }
         GetCommand::Quotas { output } => {
-            let quotas = retry(RETRY_FOR, || {
+            let output = output.format();
+            let quotas = retry_read(|| {
                 let mut c = c.clone();
                 async move { c.list_quotas(pb::ListQuotasRequest {}).await }
             })
@@ -820,7 +787,7 @@ pub async fn get(server: &Target, cmd: GetCommand) -> anyhow::Result<()> {
             .map_err(status_error)?
             .into_inner()
             .quotas;
-            if output != Format::Table {
+            if output.structured() {
                 let views: Vec<QuotaView> = quotas
                     .iter()
                     .map(|q| QuotaView {
@@ -836,96 +803,282 @@ pub async fn get(server: &Target, cmd: GetCommand) -> anyhow::Result<()> {
                     .collect();
                 return print_structured(&views, output);
             }
-            println!(
-                "{:<16} {:<12} {:>16} {:>20} {:>10} {:>14}",
-                "TENANT", "BAND", "CPU", "MEMORY", "GPU", "TASKS"
-            );
-            for q in &quotas {
-                let used = resources(q.used.as_ref());
-                let of = |used: String, limit: &Option<String>| {
-                    format!("{used}/{}", limit.as_deref().unwrap_or("-"))
-                };
-                println!(
-                    "{:<16} {:<12} {:>16} {:>20} {:>10} {:>14}",
-                    q.tenant,
-                    q.band,
-                    of(sched_core::resources::format_cpu(used.cpu), &q.cpu),
-                    of(sched_core::resources::format_bytes(used.memory), &q.memory),
-                    of(sched_core::resources::format_gpu(used.gpu), &q.gpu),
-                    of(q.used_tasks.to_string(), &q.tasks.map(|t| t.to_string())),
-                );
-            }
+            out::print(&quotas_table(&quotas))?;
         }
         GetCommand::Clusters { output } => {
-            let clusters = retry(RETRY_FOR, || {
-                let mut c = c.clone();
-                async move { c.list_clusters(pb::ListClustersRequest {}).await }
-            })
-            .await
-            .map_err(status_error)?
-            .into_inner()
-            .clusters;
-            if output != Format::Table {
-                let views: Vec<ClusterView> = clusters
-                    .iter()
-                    .map(|c| ClusterView {
-                        name: c.name.clone(),
-                        location: c.location.clone(),
-                        up: c.up,
-                        machines: c.machines,
-                        capacity: request_view(c.capacity.as_ref()),
-                        allocated: request_view(c.allocated.as_ref()),
-                        queued: request_view(c.queued.as_ref()),
-                        queue_len: c.queue_len,
-                        last_heartbeat_unix_ms: c.last_heartbeat_unix_ms,
-                    })
-                    .collect();
+            let output = output.format();
+            let clusters = list_clusters(&c).await?;
+            if output.structured() {
+                let views: Vec<ClusterView> = clusters.iter().map(cluster_view).collect();
                 return print_structured(&views, output);
             }
-            let rows = clusters
-                .iter()
-                .map(|c| {
-                    let cap = resources(c.capacity.as_ref());
-                    let alloc = resources(c.allocated.as_ref());
-                    vec![
-                        c.name.clone(),
-                        c.location.clone(),
-                        if c.up { "up" } else { "down" }.to_string(),
-                        c.machines.to_string(),
-                        format!("{}/{}", format_cpu(alloc.cpu), format_cpu(cap.cpu)),
-                        format!(
-                            "{}/{}",
-                            format_bytes(alloc.memory),
-                            format_bytes(cap.memory)
-                        ),
-                        c.queue_len.to_string(),
-                        age(c.last_heartbeat_unix_ms),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(
-                    &[
-                        "NAME",
-                        "LOCATION",
-                        "STATUS",
-                        "MACHINES",
-                        "CPU",
-                        "MEMORY",
-                        "QUEUE",
-                        "HEARTBEAT"
-                    ],
-                    rows
-                )
-            );
+            out::print(&clusters_table(&clusters, output == Format::Wide))?;
+        }
+        GetCommand::Cluster { name, output } => {
+            let output = output.format();
+            let clusters = list_clusters(&c).await?;
+            let Some(cluster) = clusters.iter().find(|c| c.name == name) else {
+                return Err(status_error(tonic::Status::not_found(format!(
+                    "no cluster named {name:?} has registered"
+                ))));
+            };
+            if output.structured() {
+                return print_structured(&cluster_view(cluster), output);
+            }
+            out::print(&cluster_text(cluster))?;
         }
     }
     Ok(())
 }
 
+async fn list_clusters(c: &Client) -> anyhow::Result<Vec<pb::ClusterStatus>> {
+    Ok(retry_read(|| {
+        let mut c = c.clone();
+        async move { c.list_clusters(pb::ListClustersRequest {}).await }
+    })
+    .await
+    .map_err(status_error)?
+    .into_inner()
+    .clusters)
+}
+
+/// `get jobs`: placed and running apart, lost in its own column; wide adds
+/// who and what.
+fn jobs_table(jobs: &[pb::JobSummary], wide: bool) -> String {
+    let mut header = vec![
+        "NAME",
+        "STATE",
+        "TASKS",
+        "PENDING",
+        "ASSIGNED",
+        "PLACED",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+        "LOST",
+    ];
+    if wide {
+        header.extend(["CANCELLED", "TENANT", "BAND", "PRIORITY", "CPU", "MEMORY"]);
+    }
+    header.push("AGE");
+    let rows = jobs
+        .iter()
+        .map(|j| {
+            let n = j.counts.unwrap_or_default();
+            let mut row = vec![
+                j.name.clone(),
+                job_state_name(j.state).to_string(),
+                j.tasks.to_string(),
+                n.pending.to_string(),
+                n.assigned.to_string(),
+                n.placed.to_string(),
+                n.running.to_string(),
+                n.succeeded.to_string(),
+                n.failed.to_string(),
+                n.lost.to_string(),
+            ];
+            if wide {
+                let r = request_view(j.request.as_ref());
+                row.extend([
+                    n.cancelled.to_string(),
+                    j.tenant.clone(),
+                    j.band.clone(),
+                    j.priority.to_string(),
+                    r.cpu,
+                    r.memory,
+                ]);
+            }
+            row.push(age(j.submitted_unix_ms));
+            row
+        })
+        .collect();
+    table(&header, rows)
+}
+
+/// `get job NAME`: one line per task.
+fn tasks_table(tasks: &[TaskView], wide: bool) -> String {
+    let mut header = vec![
+        "INDEX", "STATE", "CLUSTER", "MACHINE", "EXIT", "ATTEMPTS", "RETRY",
+    ];
+    if wide {
+        header.push("REASON");
+    }
+    let rows = tasks
+        .iter()
+        .map(|t| {
+            let mut row = vec![
+                t.index.to_string(),
+                t.state.to_string(),
+                t.cluster.clone().unwrap_or_else(|| "-".into()),
+                t.machine.clone().unwrap_or_else(|| "-".into()),
+                t.exit_code.map_or("-".into(), |c| c.to_string()),
+                t.attempts.to_string(),
+                t.next_retry_unix_ms.map_or("-".into(), retry_in),
+            ];
+            if wide {
+                row.push(if t.reason.is_empty() {
+                    "-".into()
+                } else {
+                    t.reason.clone()
+                });
+            }
+            row
+        })
+        .collect();
+    table(&header, rows)
+}
+
+/// `USED/CAPACITY` in people's units.
+fn used_of(used: String, capacity: String) -> String {
+    format!("{used}/{capacity}")
+}
+
+fn machines_table(machines: &[pb::MachineStatus], wide: bool) -> String {
+    let mut header = vec!["CLUSTER", "MACHINE", "STATUS", "CPU", "MEMORY", "TASKS"];
+    if wide {
+        header.extend(["GPU", "DISK", "LABELS"]);
+    }
+    let rows = machines
+        .iter()
+        .map(|m| {
+            let cap = request_view(m.capacity.as_ref());
+            let alloc = request_view(m.allocated.as_ref());
+            let mut row = vec![
+                m.cluster.clone(),
+                m.name.clone(),
+                if m.up { "up" } else { "lost" }.to_string(),
+                used_of(alloc.cpu, cap.cpu),
+                used_of(alloc.memory, cap.memory),
+                m.tasks.len().to_string(),
+            ];
+            if wide {
+                let or_0 = |v: Option<String>| v.unwrap_or_else(|| "0".into());
+                let labels: std::collections::BTreeMap<_, _> = m.labels.iter().collect();
+                let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                row.extend([
+                    used_of(or_0(alloc.gpu), or_0(cap.gpu)),
+                    used_of(or_0(alloc.disk), or_0(cap.disk)),
+                    if labels.is_empty() {
+                        "-".to_string()
+                    } else {
+                        labels.join(",")
+                    },
+                ]);
+            }
+            row
+        })
+        .collect();
+    table(&header, rows)
+}
+
+fn quotas_table(quotas: &[pb::Quota]) -> String {
+    let rows = quotas
+        .iter()
+        .map(|q| {
+            let used = request_view(q.used.as_ref());
+            let of = |used: String, limit: &Option<String>| {
+                used_of(used, limit.clone().unwrap_or_else(|| "-".into()))
+            };
+            vec![
+                q.tenant.clone(),
+                q.band.clone(),
+                of(used.cpu, &q.cpu),
+                of(used.memory, &q.memory),
+                of(used.gpu.unwrap_or_else(|| "0".into()), &q.gpu),
+                of(q.used_tasks.to_string(), &q.tasks.map(|t| t.to_string())),
+            ]
+        })
+        .collect();
+    table(&["TENANT", "BAND", "CPU", "MEMORY", "GPU", "TASKS"], rows)
+}
+
+fn cluster_view(c: &pb::ClusterStatus) -> ClusterView {
+    ClusterView {
+        name: c.name.clone(),
+        location: c.location.clone(),
+        up: c.up,
+        machines: c.machines,
+        capacity: request_view(c.capacity.as_ref()),
+        allocated: request_view(c.allocated.as_ref()),
+        queued: request_view(c.queued.as_ref()),
+        queue_len: c.queue_len,
+        last_heartbeat_unix_ms: c.last_heartbeat_unix_ms,
+    }
+}
+
+fn clusters_table(clusters: &[pb::ClusterStatus], wide: bool) -> String {
+    let mut header = vec![
+        "NAME", "LOCATION", "STATUS", "MACHINES", "CPU", "MEMORY", "QUEUE",
+    ];
+    if wide {
+        header.extend(["GPU", "QUEUED_CPU", "QUEUED_MEMORY"]);
+    }
+    header.push("HEARTBEAT");
+    let rows = clusters
+        .iter()
+        .map(|c| {
+            let v = cluster_view(c);
+            let mut row = vec![
+                v.name,
+                v.location,
+                if v.up { "up" } else { "down" }.to_string(),
+                v.machines.to_string(),
+                used_of(v.allocated.cpu, v.capacity.cpu),
+                used_of(v.allocated.memory, v.capacity.memory),
+                v.queue_len.to_string(),
+            ];
+            if wide {
+                let or_0 = |v: Option<String>| v.unwrap_or_else(|| "0".into());
+                row.extend([
+                    used_of(or_0(v.allocated.gpu), or_0(v.capacity.gpu)),
+                    v.queued.cpu,
+                    v.queued.memory,
+                ]);
+            }
+            row.push(age(c.last_heartbeat_unix_ms));
+            row
+        })
+        .collect();
+    table(&header, rows)
+}
+
+/// `get cluster NAME`: one cluster, a field a line.
+fn cluster_text(c: &pb::ClusterStatus) -> String {
+    let v = cluster_view(c);
+    let amounts = |r: &RequestView| {
+        let mut s = format!("cpu {}, memory {}", r.cpu, r.memory);
+        if let Some(g) = &r.gpu {
+            s.push_str(&format!(", gpu {g}"));
+        }
+        if let Some(d) = &r.disk {
+            s.push_str(&format!(", disk {d}"));
+        }
+        s
+    };
+    let mut s = String::new();
+    s.push_str(&format!("Name:       {}\n", v.name));
+    s.push_str(&format!("Location:   {}\n", v.location));
+    s.push_str(&format!(
+        "Status:     {}\n",
+        if v.up { "up" } else { "down" }
+    ));
+    s.push_str(&format!("Machines:   {}\n", v.machines));
+    s.push_str(&format!("Capacity:   {}\n", amounts(&v.capacity)));
+    s.push_str(&format!("Allocated:  {}\n", amounts(&v.allocated)));
+    s.push_str(&format!(
+        "Queued:     {} task(s): {}\n",
+        v.queue_len,
+        amounts(&v.queued)
+    ));
+    s.push_str(&format!(
+        "Heartbeat:  {} ago\n",
+        age(v.last_heartbeat_unix_ms)
+    ));
+    s
+}
+
 async fn get_job(c: &Client, name: &str) -> anyhow::Result<pb::JobStatus> {
-    Ok(retry(RETRY_FOR, || {
+    Ok(retry_read(|| {
         let mut c = c.clone();
         let name = name.to_string();
         async move { c.get_job(pb::GetJobRequest { name }).await }
@@ -935,10 +1088,39 @@ async fn get_job(c: &Client, name: &str) -> anyhow::Result<pb::JobStatus> {
     .into_inner())
 }
 
+/// What `describe job -o json|yaml` prints: the job as `get job` shows
+/// it, why its pending tasks wait, and its events.
+#[derive(Serialize)]
+struct DescribeView<'a> {
+    #[serde(flatten)]
+    job: &'a JobView,
+    pending_reasons: &'a [String],
+    events: Vec<EventView>,
+}
+
+/// One event, as `describe -o json` and `watch -o json` print it.
+#[derive(Serialize)]
+struct EventView {
+    unix_ms: i64,
+    job: String,
+    kind: &'static str,
+    message: String,
+}
+
+fn event_view(e: &pb::Event) -> EventView {
+    EventView {
+        unix_ms: e.unix_ms,
+        job: e.job.clone(),
+        kind: e.kind().name(),
+        message: e.message.clone(),
+    }
+}
+
 pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<()> {
-    let DescribeCommand::Job { name } = cmd;
+    let DescribeCommand::Job { name, output } = cmd;
+    let output = output.format();
     let c = client(server).await?;
-    let d = retry(RETRY_FOR, || {
+    let d = retry_read(|| {
         let mut c = c.clone();
         let name = name.clone();
         async move { c.describe_job(pb::DescribeJobRequest { name }).await }
@@ -948,16 +1130,25 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
     .into_inner();
     let status = d.status.unwrap_or_default();
     let v = job_view(&status);
+    if output.structured() {
+        let view = DescribeView {
+            job: &v,
+            pending_reasons: &d.pending_reasons,
+            events: d.events.iter().map(event_view).collect(),
+        };
+        return print_structured(&view, output);
+    }
     let s = &v.summary;
     let spec = status.spec.unwrap_or_default();
-    let req = spec.resources.unwrap_or_default();
-    println!("Name:         {}", s.name);
-    println!("State:        {}", s.state);
+    // In people's units (the spec's own text may be `33072176Ki`).
+    let req = &s.request;
+    outln!("Name:         {}", s.name)?;
+    outln!("State:        {}", s.state)?;
     let c = &s.counts;
-    println!(
+    outln!(
         "Tasks:        {} (pending {}, assigned {}, placed {}, running {}, succeeded {}, failed {}, lost {}, cancelled {}, preempted {})",
         s.task_count, c.pending, c.assigned, c.placed, c.running, c.succeeded, c.failed, c.lost, c.cancelled, c.preempted
-    );
+    )?;
     let mut request = format!("cpu {}, memory {}", req.cpu, req.memory);
     if let Some(d) = &req.disk {
         request.push_str(&format!(", disk {d}"));
@@ -965,20 +1156,20 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
     if let Some(g) = &req.gpu {
         request.push_str(&format!(", gpu {g}"));
     }
-    println!("Request:      {request} per task");
-    println!("Tenant:       {}", s.tenant);
-    println!("Priority:     {} ({})", s.priority, s.band);
-    println!("Locality:     {}", s.locality.as_deref().unwrap_or("-"));
+    outln!("Request:      {request} per task")?;
+    outln!("Tenant:       {}", s.tenant)?;
+    outln!("Priority:     {} ({})", s.priority, s.band)?;
+    outln!("Locality:     {}", s.locality.as_deref().unwrap_or("-"))?;
     if !v.constraints.is_empty() {
         let list: Vec<String> = v
             .constraints
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        println!("Constraints:  {}", list.join(", "));
+        outln!("Constraints:  {}", list.join(", "))?;
     }
     if !v.command.is_empty() {
-        println!("Command:      {}", v.command.join(" "));
+        outln!("Command:      {}", v.command.join(" "))?;
     }
     if let Some(r) = &spec.restart {
         let mut parts = Vec::new();
@@ -991,13 +1182,13 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
         if let Some(b) = &r.backoff {
             parts.push(format!("backoff {b}"));
         }
-        println!(
+        outln!(
             "Restart:      {} (the rest: the policy's defaults)",
             parts.join(", ")
-        );
+        )?;
     }
     if let Some(t) = &spec.ttl_after_finished {
-        println!("TTL:          deleted {t} after it finished");
+        outln!("TTL:          deleted {t} after it finished")?;
     }
     // Tasks that needed more than one attempt, or failed: the latest ones.
     let retried: Vec<&TaskView> = v
@@ -1006,7 +1197,7 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
         .filter(|t| t.attempts > 1 || !t.reason.is_empty())
         .collect();
     if !retried.is_empty() {
-        println!("Attempts:");
+        outln!("Attempts:")?;
         for t in retried.iter().take(10) {
             let next = t.next_retry_unix_ms.map_or(String::new(), |at| {
                 format!(", next attempt {}", retry_in(at))
@@ -1016,13 +1207,15 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
             } else {
                 format!(": {}", t.reason)
             };
-            println!(
+            outln!(
                 "  task {} {} after {} attempt(s){next}{reason}",
-                t.index, t.state, t.attempts
-            );
+                t.index,
+                t.state,
+                t.attempts
+            )?;
         }
         if retried.len() > 10 {
-            println!("  ... and {} more", retried.len() - 10);
+            outln!("  ... and {} more", retried.len() - 10)?;
         }
     }
     // Where the tasks are, grouped.
@@ -1033,28 +1226,28 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
         }
     }
     if !by_place.is_empty() {
-        println!("Clusters:");
+        outln!("Clusters:")?;
         for ((cl, st), n) in by_place {
-            println!("  {cl}: {n} {st}");
+            outln!("  {cl}: {n} {st}")?;
         }
     }
     if !d.pending_reasons.is_empty() {
-        println!("Why not running:");
+        outln!("Why not running:")?;
         for r in &d.pending_reasons {
-            println!("  {r}");
+            outln!("  {r}")?;
         }
     }
-    println!("Events:");
+    outln!("Events:")?;
     if d.events.is_empty() {
-        println!("  <none>");
+        outln!("  <none>")?;
     }
     for e in &d.events {
-        println!(
+        outln!(
             "  {:>5}  {:<13}  {}",
             age(e.unix_ms),
             e.kind().name(),
             e.message
-        );
+        )?;
     }
     Ok(())
 }
@@ -1077,6 +1270,7 @@ pub enum DeleteCommand {
     /// A finished job and everything it left (tasks, placements, events,
     /// task directories after the retention); its name is free at once.
     Job {
+        /// The job's name.
         name: String,
         /// Cancel it first if it is still running.
         #[arg(long)]
@@ -1084,7 +1278,10 @@ pub enum DeleteCommand {
     },
     /// A cluster gone for good (it must be down): its unfinished tasks go
     /// back to pending, to run elsewhere.
-    Cluster { name: String },
+    Cluster {
+        /// The cluster's name.
+        name: String,
+    },
 }
 
 pub async fn delete(server: &Target, cmd: DeleteCommand) -> anyhow::Result<()> {
@@ -1098,7 +1295,7 @@ pub async fn delete(server: &Target, cmd: DeleteCommand) -> anyhow::Result<()> {
             })
             .await
             .map_err(status_error)?;
-            println!("job/{name} deleted");
+            outln!("job/{name} deleted")?;
         }
         DeleteCommand::Cluster { name } => {
             let r = retry(RETRY_FOR, || {
@@ -1109,10 +1306,10 @@ pub async fn delete(server: &Target, cmd: DeleteCommand) -> anyhow::Result<()> {
             .await
             .map_err(status_error)?
             .into_inner();
-            println!(
+            outln!(
                 "cluster/{name} deleted ({} unfinished task(s) taken back)",
                 r.tasks_taken_back
-            );
+            )?;
         }
     }
     Ok(())
@@ -1127,32 +1324,40 @@ pub async fn cancel(server: &Target, name: String) -> anyhow::Result<()> {
     })
     .await
     .map_err(status_error)?;
-    println!("job/{name} cancelled");
+    outln!("job/{name} cancelled")?;
     Ok(())
 }
 
 /// Prints events as they happen; reconnects when the scheduler restarts.
-pub async fn watch(server: &Target, job: Option<String>) -> anyhow::Result<()> {
+/// The first connection gives up as other reads do (a wrong address is
+/// said in seconds); once following, a restart is waited out.
+pub async fn watch(server: &Target, job: Option<String>, output: Format) -> anyhow::Result<()> {
     let c = client(server).await?;
     let job = job.unwrap_or_default();
+    let mut first = true;
     loop {
-        let mut stream = retry(Duration::MAX, || {
+        let call = || {
             let mut c = c.clone();
             let job = job.clone();
             async move { c.watch(pb::WatchRequest { job }).await }
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+        };
+        let stream = if first {
+            retry_read(call).await
+        } else {
+            retry(Duration::MAX, call).await
+        };
+        first = false;
+        let mut stream = stream.map_err(status_error)?.into_inner();
         while let Some(e) = stream.next().await {
             match e {
-                Ok(e) => println!(
+                Ok(e) if output.structured() => print_streamed(&event_view(&e), output)?,
+                Ok(e) => outln!(
                     "{}  {:<20}  {:<13}  {}",
                     clock(e.unix_ms),
                     e.job,
                     e.kind().name(),
                     e.message
-                ),
+                )?,
                 Err(s) if crate::client::transient(&s) => break,
                 Err(s) => return Err(status_error(s)),
             }
@@ -1174,26 +1379,32 @@ fn clock(unix_ms: i64) -> String {
     )
 }
 
-/// `schedctl logs JOB[/INDEX] [-f]`: a task's output (every task's, one
-/// after the other, without an index).
-pub async fn logs(server: &Target, target: String, follow: bool) -> anyhow::Result<()> {
-    use std::io::Write as _;
+/// `schedctl logs JOB[/INDEX] [-f] [--tail N]`: a task's output (every
+/// task's, one after the other, without an index).
+pub async fn logs(server: &Target, args: LogsArgs) -> anyhow::Result<()> {
+    let LogsArgs {
+        target,
+        follow,
+        tail,
+    } = args;
     let (job, index) = match target.split_once('/') {
         Some((j, i)) => (
             j.to_string(),
             Some(i.parse::<u32>().map_err(|_| {
-                anyhow::anyhow!("{target:?}: the task index after '/' must be a number")
+                crate::usage(format!(
+                    "{target:?}: the task index after '/' must be a number"
+                ))
             })?),
         ),
         None => (target.clone(), None),
     };
+    if follow && index.is_none() {
+        return Err(crate::usage("-f follows one task: give JOB/INDEX"));
+    }
     let c = client(server).await?;
     let indices: Vec<u32> = match index {
         Some(i) => vec![i],
         None => {
-            if follow {
-                bail!("-f follows one task: give JOB/INDEX");
-            }
             let s = get_job(&c, &job).await?;
             s.tasks.iter().map(|t| t.index).collect()
         }
@@ -1201,39 +1412,156 @@ pub async fn logs(server: &Target, target: String, follow: bool) -> anyhow::Resu
     let many = indices.len() > 1;
     for i in indices {
         if many {
-            println!("==> {job}/{i} <==");
+            outln!("==> {job}/{i} <==")?;
         }
-        let stream = retry(RETRY_FOR, || {
-            let mut c = c.clone();
-            let job = job.clone();
-            async move {
-                c.task_logs(pb::TaskLogsRequest {
-                    job,
-                    index: i,
-                    follow,
-                    machine: String::new(),
-                })
-                .await
+        // With --tail, what is there now first, cut to its last lines;
+        // then, with -f, the rest as it comes, past what was printed.
+        let mut skip = Streams::default();
+        if let Some(n) = tail {
+            let mut so_far = match log_stream(&c, &job, i, false).await {
+                Ok(s) => s,
+                Err(s) if many => {
+                    outln!("({})", s.message())?;
+                    continue;
+                }
+                Err(s) => return Err(status_error(s)),
+            };
+            let mut text = Streams::default();
+            while let Some(chunk) = so_far.next().await {
+                let chunk = chunk.map_err(status_error)?;
+                text.of(&chunk.stream).extend_from_slice(&chunk.data);
             }
-        })
-        .await;
-        let mut stream = match stream {
-            Ok(s) => s.into_inner(),
+            out::write_bytes(last_lines(&text.stdout, n))?;
+            std::io::Write::write_all(&mut std::io::stderr(), last_lines(&text.stderr, n))?;
+            if !follow {
+                continue;
+            }
+            skip = Streams {
+                stdout: text.stdout,
+                stderr: text.stderr,
+            };
+        }
+        let mut stream = match log_stream(&c, &job, i, follow).await {
+            Ok(s) => s,
             Err(s) if many => {
-                println!("({})", s.message());
+                outln!("({})", s.message())?;
                 continue;
             }
             Err(s) => return Err(status_error(s)),
         };
+        let mut seen = (0usize, 0usize);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(status_error)?;
-            if chunk.stream == "stderr" {
-                std::io::stderr().write_all(&chunk.data)?;
+            let (already, n) = if chunk.stream == "stderr" {
+                (skip.stderr.len(), &mut seen.1)
             } else {
-                std::io::stdout().write_all(&chunk.data)?;
+                (skip.stdout.len(), &mut seen.0)
+            };
+            // The part of this chunk past what --tail already covered.
+            let from = already.saturating_sub(*n).min(chunk.data.len());
+            *n += chunk.data.len();
+            let data = &chunk.data[from..];
+            if chunk.stream == "stderr" {
+                std::io::Write::write_all(&mut std::io::stderr(), data)?;
+            } else {
+                out::write_bytes(data)?;
             }
         }
-        std::io::stdout().flush()?;
     }
     Ok(())
+}
+
+/// A task's stdout and stderr.
+#[derive(Default)]
+struct Streams {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Streams {
+    fn of(&mut self, stream: &str) -> &mut Vec<u8> {
+        if stream == "stderr" {
+            &mut self.stderr
+        } else {
+            &mut self.stdout
+        }
+    }
+}
+
+async fn log_stream(
+    c: &Client,
+    job: &str,
+    index: u32,
+    follow: bool,
+) -> Result<tonic::Streaming<pb::LogChunk>, tonic::Status> {
+    Ok(retry_read(|| {
+        let mut c = c.clone();
+        let job = job.to_string();
+        async move {
+            c.task_logs(pb::TaskLogsRequest {
+                job,
+                index,
+                follow,
+                machine: String::new(),
+            })
+            .await
+        }
+    })
+    .await?
+    .into_inner())
+}
+
+/// The last `n` lines of `text` (a last line without its newline counts).
+fn last_lines(text: &[u8], n: usize) -> &[u8] {
+    if n == 0 {
+        return &[];
+    }
+    let body = text.strip_suffix(b"\n").unwrap_or(text);
+    let mut newlines = 0;
+    for (i, &b) in body.iter().enumerate().rev() {
+        if b == b'\n' {
+            newlines += 1;
+            if newlines == n {
+                return &text[i + 1..];
+            }
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(last_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(last_lines(b"a\nb\nc", 2), b"b\nc");
+        assert_eq!(last_lines(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(last_lines(b"a\nb\n", 0), b"");
+        assert_eq!(last_lines(b"", 3), b"");
+    }
+
+    #[test]
+    fn jobs_table_shows_running_and_lost_apart_from_placed() {
+        let job = pb::JobSummary {
+            name: "web".into(),
+            tasks: 6,
+            counts: Some(pb::TaskCounts {
+                placed: 1,
+                running: 2,
+                lost: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = jobs_table(&[job], false);
+        let mut lines = t.lines();
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let col = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
+        assert_eq!(col("PLACED"), "1");
+        assert_eq!(col("RUNNING"), "2");
+        assert_eq!(col("LOST"), "3");
+    }
 }

@@ -2,15 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = schedctl::Cli::parse();
-    match schedctl::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    let cli = schedctl::Cli::parse_args();
+    schedctl::exit(schedctl::run(cli))
 }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use sched_proto::pb;
 
+use crate::access::AccessArgs;
 use crate::client::{connect, retry, status_error, Target};
 
 /// Reads do not wait as long as the job commands for a scheduler that does
@@ -25,16 +26,24 @@ pub enum Command {
     Apply {
         /// The policy file (YAML).
         file: PathBuf,
+        #[command(flatten)]
+        access: AccessArgs,
     },
     /// Print the scheduler's policy in force, where it came from and when
     /// it was loaded.
-    Show,
+    Show {
+        #[command(flatten)]
+        access: AccessArgs,
+    },
 }
 
 impl Command {
-    /// Whether the command needs no scheduler.
-    pub fn offline(&self) -> bool {
-        matches!(self, Command::Check { .. })
+    /// How to reach the scheduler; `None` for `check`, which needs none.
+    pub fn access(&self) -> Option<&AccessArgs> {
+        match self {
+            Command::Check { .. } => None,
+            Command::Apply { access, .. } | Command::Show { access } => Some(access),
+        }
     }
 }
 
@@ -46,7 +55,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             print!("{}", policy.to_yaml());
             Ok(())
         }
-        Command::Apply { .. } | Command::Show => {
+        Command::Apply { .. } | Command::Show { .. } => {
             unreachable!("remote policy commands go through `remote`")
         }
     }
@@ -57,7 +66,7 @@ pub async fn remote(server: &Target, cmd: Command) -> anyhow::Result<()> {
     let c = connect(server)?;
     match cmd {
         Command::Check { .. } => unreachable!("`check` is offline"),
-        Command::Apply { file } => {
+        Command::Apply { file, .. } => {
             let yaml = super::read(&file)?;
             let r = retry(RETRY_FOR, || {
                 let mut c = c.clone();
@@ -74,7 +83,7 @@ pub async fn remote(server: &Target, cmd: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Show => {
+        Command::Show { .. } => {
             let s = retry(RETRY_FOR, || {
                 let mut c = c.clone();
                 async move { c.get_policy(pb::GetPolicyRequest {}).await }

@@ -25,9 +25,8 @@ pub struct Args {
     /// The policy file (default: the built-in defaults, as in config/policy.yaml).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
-    /// Print one JSON object on stdout instead of tables.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: crate::output::OutputArgs,
     /// Write every placement as CSV (`job,task,cluster,machine`) to FILE.
     #[arg(long, value_name = "FILE")]
     placements: Option<PathBuf>,
@@ -47,7 +46,7 @@ struct Refused {
     reason: String,
 }
 
-/// `--json` output: the core's report plus timing and the explanation.
+/// `-o json|yaml` output: the core's report plus timing and the explanation.
 #[derive(Serialize)]
 struct JsonReport<'a> {
     #[serde(flatten)]
@@ -132,8 +131,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         0.0
     };
+    let format = args.output.format();
     let mut out = std::io::stdout().lock();
-    if args.json {
+    if format.structured() {
         let explain = outcome
             .explanation
             .as_ref()
@@ -145,8 +145,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             explain,
             refused,
         };
-        serde_json::to_writer_pretty(&mut out, &json)?;
-        writeln!(out)?;
+        drop(out);
+        crate::output::print_structured(&json, format)?;
     } else {
         for r in &refused {
             writeln!(out, "refused {}: {}", r.job, r.reason)?;

@@ -227,3 +227,255 @@ fn simulate_refuses_jobs_over_quota_as_admission_would() {
     );
     assert_eq!(v["tasks_placed"], 7, "{v}");
 }
+
+/// A loopback port nobody listens on: a stopped scheduler.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `schedctl args`, killed if it has not finished within `limit` (a bound
+/// far above what it should take, so that a regression fails instead of
+/// hanging; the assertions are on what it printed).
+fn schedctl_within(args: &[&str], limit: std::time::Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_schedctl"))
+        .args(args)
+        .current_dir(repo())
+        .env_remove("SCHEDCTL_SERVER")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("schedctl {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[&[&str]] = &[
+        &["get", "jobs", "-o", "xml"],
+        &["get"],
+        &["--server", "ftp://x", "get", "jobs"],
+        &["get", "jobs", "--server", "ftp://x"],
+        &["logs", "job/x"],
+        &["logs", "job", "-f"],
+        &[
+            "run",
+            "x",
+            "--cpu",
+            "1",
+            "--memory",
+            "1Gi",
+            "--constraints",
+            "=a",
+            "--",
+            "true",
+        ],
+        // Connection flags belong to the commands that connect.
+        &[
+            "--server",
+            "http://127.0.0.1:1",
+            "simulate",
+            "--topology",
+            TOPOLOGY,
+        ],
+        &["policy", "check", "config/policy.yaml", "--server", "x"],
+        &["completion", "tcsh"],
+        &[
+            "simulate",
+            "--json",
+            "-o",
+            "yaml",
+            "--topology",
+            TOPOLOGY,
+            "--workload",
+            JOBS,
+        ],
+    ];
+    for args in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_schedctl"))
+            .args(*args)
+            .current_dir(repo())
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_server_fails_a_read_at_once_with_one_line() {
+    let port = closed_port();
+    for args in [
+        vec!["get", "jobs"],
+        vec!["describe", "job", "x"],
+        vec!["logs", "x/0"],
+        vec!["watch"],
+    ] {
+        // No scheme: http:// is meant.
+        let server = format!("127.0.0.1:{port}");
+        let mut all = vec!["--server", server.as_str()];
+        all.extend(&args);
+        // It used to retry for two minutes.
+        let out = schedctl_within(&all, std::time::Duration::from_secs(60));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert_eq!(
+            lines[0],
+            format!("UNAVAILABLE: cannot reach http://127.0.0.1:{port}: connection refused"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn a_server_without_a_scheme_is_https_with_tls_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().to_str().unwrap();
+    let out = schedctl(&["certs", "init", ca]);
+    assert!(out.status.success());
+    let out = schedctl(&[
+        "certs", "issue", "--ca", ca, "--kind", "user", "--name", "alice",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = |f: &str| dir.path().join(f).display().to_string();
+    let port = closed_port();
+    let server = format!("127.0.0.1:{port}");
+    let out = schedctl_within(
+        &[
+            "get",
+            "clusters",
+            "--server",
+            &server,
+            "--tls-ca",
+            &file("ca.crt"),
+            "--tls-cert",
+            &file("alice.crt"),
+            "--tls-key",
+            &file("alice.key"),
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "UNAVAILABLE: cannot reach https://127.0.0.1:{port}: "
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn simulate_prints_yaml_and_keeps_json_as_an_alias() {
+    let json = schedctl(&[
+        "simulate",
+        "--topology",
+        TOPOLOGY,
+        "--workload",
+        JOBS,
+        "--json",
+    ]);
+    let o_json = schedctl(&[
+        "simulate",
+        "--topology",
+        TOPOLOGY,
+        "--workload",
+        JOBS,
+        "-o",
+        "json",
+    ]);
+    let yaml = schedctl(&[
+        "simulate",
+        "--topology",
+        TOPOLOGY,
+        "--workload",
+        JOBS,
+        "-o",
+        "yaml",
+    ]);
+    for out in [&json, &o_json, &yaml] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let a: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&o_json.stdout).unwrap();
+    let c: serde_json::Value = serde_yaml::from_slice(&yaml.stdout).unwrap();
+    // The same report, but for the time it took (and the last digit of
+    // a float, which YAML writes shorter).
+    let fields = ["tasks_total", "tasks_placed", "machines_used", "unplaced"];
+    for f in fields {
+        assert_eq!(a[f], b[f], "{f}");
+        assert_eq!(a[f], c[f], "{f}");
+    }
+    let clusters = |v: &serde_json::Value| -> Vec<(String, u64)> {
+        v["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].to_string(), c["tasks_placed"].as_u64().unwrap()))
+            .collect()
+    };
+    assert_eq!(clusters(&a), clusters(&c));
+    assert_eq!(clusters(&a), clusters(&b));
+}
+
+#[test]
+fn completion_scripts_for_the_usual_shells() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = schedctl(&["completion", shell]);
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains("schedctl"), "{shell}: {script}");
+        // The commands are in it.
+        assert!(script.contains("describe"), "{shell}");
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    // `schedctl completion bash | head -1`: the script is far longer than
+    // a pipe holds, so schedctl writes into a closed pipe.
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_schedctl"))
+        .args(["completion", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is gone (dropped above).
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(err.is_empty(), "{err}");
+    assert!(!first.is_empty());
+}

@@ -215,6 +215,7 @@ fn endpoint(url: &str, tls: Option<&EtcdTls>) -> Result<Endpoint, StoreError> {
             .map_err(|e| StoreError::Backend(format!("etcd TLS for {url}: {e}")))?;
     }
     Ok(endpoint
+        .tcp_nodelay(true)
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)

@@ -37,14 +37,29 @@ impl State {
             .queue
             .plan(&ranker, &lookup, &mut summaries, now_ms, limit, None);
         drop(ranker);
+        // One line per pass, not per job: a pass over 10k waiting jobs
+        // would otherwise log 10k lines, and again on the next pass. Each
+        // job's reason is in its events (`schedctl describe job`) and at
+        // DEBUG.
+        let mut waiting = 0usize;
         for (id, why) in pass.reasons {
             let Some(name) = self.names.get(&id).cloned() else {
                 continue;
             };
             if let Some(w) = why {
-                tracing::info!(job = %name, reason = %w, "tasks cannot be assigned");
+                tracing::debug!(job = %name, reason = %w, "tasks cannot be assigned");
                 self.push_job_event(&name, EventKind::Unschedulable, w);
+                waiting += 1;
             }
+        }
+        if waiting > 0 || !pass.assignments.is_empty() {
+            let tasks: usize = pass.assignments.iter().map(|a| a.indices.len()).sum();
+            tracing::info!(
+                assignments = pass.assignments.len(),
+                tasks,
+                jobs_waiting = waiting,
+                "scheduling pass"
+            );
         }
         pass.assignments
     }

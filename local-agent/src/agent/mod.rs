@@ -134,7 +134,7 @@ pub async fn run(
         .set_serving::<MachinesServer<service::MachinesService>>()
         .await;
     tracing::info!(%address, "serving node agents");
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
     if let Some(tls) = &agent.config.tls {
         builder = builder
             .tls_config(tls.server())
@@ -148,7 +148,7 @@ pub async fn run(
             agent.clone(),
         )))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            sched_proto::process::incoming(listener),
             shutdown.clone().cancelled_owned(),
         );
     tokio::pin!(serve);

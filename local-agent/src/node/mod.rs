@@ -237,7 +237,7 @@ pub async fn run_fenced(
         let guard = sched_security::Guard::new(config.tls.is_some(), None);
         let service = NodeServer::new(logs::LogsService::new(tasks.clone(), guard));
         let shutdown = shutdown.clone();
-        let mut builder = tonic::transport::Server::builder();
+        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
         if let Some(tls) = &config.tls {
             builder = builder
                 .tls_config(tls.server())
@@ -252,7 +252,7 @@ pub async fn run_fenced(
                 .add_service(sched_proto::reflection::service())
                 .add_service(service)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    sched_proto::process::incoming(listener),
                     shutdown.cancelled_owned(),
                 )
                 .await;
