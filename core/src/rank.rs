@@ -115,13 +115,26 @@ impl<'a> Ranker<'a> {
         ranking: &Ranking,
         clusters: &[ClusterSummary],
     ) -> Option<(ClusterId, u64)> {
+        // Most jobs' bands may evict nothing: no cluster to look at.
+        let evicts = self
+            .bands
+            .band_of(job.spec.priority)
+            .is_some_and(|b| !b.preempts.is_empty());
+        if !evicts {
+            return None;
+        }
         let request = &job.spec.request;
         let mut best: Option<(u64, ClusterId, u64)> = None;
         for f in &ranking.filtered {
             if !f.rejection.preemption_could_help() {
                 continue;
             }
-            let Some(c) = clusters.iter().find(|c| c.id == f.cluster) else {
+            // Callers index summaries by id; search only if they do not.
+            let Some(c) = clusters
+                .get(f.cluster.0 as usize)
+                .filter(|c| c.id == f.cluster)
+                .or_else(|| clusters.iter().find(|c| c.id == f.cluster))
+            else {
                 continue;
             };
             let unclaimed = c.unclaimed();
