@@ -13,6 +13,8 @@
 //!     ttl_after_finished: 24h  # optional: deleted this long after it finished
 //!     tenant: team-a           # optional: whose job it is (`default`); with
 //!                              # tokens in force, the token's tenant decides
+//!     arrival: 90s             # optional, `schedctl simulate` only: when the
+//!                              # job arrives (the scheduler ignores it)
 //! ```
 //!
 //! `restart` and `ttl_after_finished` default to the policy file's
