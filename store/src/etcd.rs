@@ -37,8 +37,8 @@ use pb::etcdserverpb::{
     watch_client::WatchClient,
     watch_request::RequestUnion,
     CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
-    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
-    WatchRequest,
+    LeaseRevokeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest,
+    WatchCreateRequest, WatchRequest,
 };
 use tokio_stream::StreamExt as _;
 
@@ -338,21 +338,28 @@ fn put(key: &str, value: &[u8], lease: LeaseId) -> RequestOp {
     }))
 }
 
-#[async_trait]
-impl Store for EtcdStore {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+impl EtcdStore {
+    /// One key's range read: its value and the store's revision.
+    async fn range_key(&self, key: &str) -> Result<RangeResponse, StoreError> {
         let request = RangeRequest {
             key: key.as_bytes().to_vec(),
             ..Default::default()
         };
-        let resp = self
+        Ok(self
             .call(|mut m| {
                 let request = request.clone();
                 async move { m.kv.range(request).await }
             })
             .await
             .map_err(map_error)?
-            .into_inner();
+            .into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let resp = self.range_key(key).await?;
         resp.kvs.into_iter().next().map(key_value).transpose()
     }
 
@@ -551,18 +558,7 @@ impl Store for EtcdStore {
         loop {
             // Watch from the revision of a fresh read of the key, not from
             // `seen`: that one may be older than the last compaction.
-            let request = RangeRequest {
-                key: key.as_bytes().to_vec(),
-                ..Default::default()
-            };
-            let read = self
-                .call(|mut m| {
-                    let request = request.clone();
-                    async move { m.kv.range(request).await }
-                })
-                .await
-                .map_err(map_error)?
-                .into_inner();
+            let read = self.range_key(key).await?;
             if read.kvs.first().map(|kv| kv.mod_revision) != Some(seen) {
                 return Ok(());
             }
