@@ -1,4 +1,5 @@
-//! Generates the API's messages and services from `proto/sched/v1/*.proto`.
+//! Generates the API's messages and services from `proto/clustersched/v1/scheduler.proto`
+//! (the public API) and `proto/clustersched/internal/v1/internal.proto`.
 //!
 //! The `.proto` files are compiled by `protox`, a protobuf compiler written in
 //! Rust, into a `FileDescriptorSet` that `tonic-prost-build` turns into code;
@@ -10,7 +11,13 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let files = protox::compile(["sched/v1/sched.proto"], ["proto"])?;
+    let files = protox::compile(
+        [
+            "clustersched/v1/scheduler.proto",
+            "clustersched/internal/v1/internal.proto",
+        ],
+        ["proto"],
+    )?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("descriptor.bin"), files.encode_to_vec())?;
     tonic_prost_build::configure()

@@ -206,7 +206,7 @@ async fn through_scheduler(
     let deadline = Instant::now() + Duration::from_secs(30);
     while !sched_proto::process::serving_tls(
         &url,
-        "sched.v1.Scheduler",
+        "clustersched.v1.Scheduler",
         Duration::from_secs(1),
         client_tls,
     )

@@ -69,7 +69,7 @@ impl From<ServiceError> for tonic::Status {
                 tonic::Status::with_error_details(
                     tonic::Code::ResourceExhausted,
                     message,
-                    ErrorDetails::with_error_info(QUOTA_REASON, "sched.v1", metadata),
+                    ErrorDetails::with_error_info(QUOTA_REASON, "clustersched.v1", metadata),
                 )
             }
             ServiceError::Store(StoreError::Unavailable(_) | StoreError::Fenced(_))

@@ -1,7 +1,7 @@
 //! A job's events: what happened to it, typed. The state keeps a bounded
 //! history of them per job and broadcasts them to watchers
 //! ([`state::history`](crate::state::history)); the API carries them as
-//! `sched.v1.Event`.
+//! `clustersched.v1.Event`.
 
 use std::fmt;
 

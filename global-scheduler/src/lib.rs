@@ -17,7 +17,7 @@
 //!   leader.
 //! - [`convert`]: records to API messages.
 //! - [`web`]: the read-only status page (`--http-listen`).
-//! - [`service`]: the gRPC handlers (`sched.v1.Scheduler`, `sched.v1.Clusters`,
+//! - [`service`]: the gRPC handlers (`clustersched.v1.Scheduler`, `clustersched.internal.v1.Clusters`,
 //!   and `grpc.health.v1.Health`; `grpc.reflection.v1` from `sched_proto`).
 //! - [`metrics`]: the Prometheus families (`--metrics-listen`).
 //!

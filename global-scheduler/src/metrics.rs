@@ -268,13 +268,13 @@ mod tests {
         assert_eq!(
             metrics()
                 .grpc
-                .handled("/sched.v1.Scheduler/GetJob", tonic::Code::Ok),
+                .handled("/clusterclustersched.v1.Scheduler/GetJob", tonic::Code::Ok),
             0
         );
         let text = metrics().encode();
         for name in [
             "sched_build_info",
-            "sched_grpc_server_handled_total{grpc_method=\"/sched.v1.Scheduler/GetJob\",grpc_code=\"OK\"} 0",
+            "sched_grpc_server_handled_total{grpc_method=\"/clusterclustersched.v1.Scheduler/GetJob\",grpc_code=\"OK\"} 0",
             "sched_store_commit_duration_seconds",
             "sched_scheduling_latency_seconds",
             "sched_global_pass_duration_seconds",

@@ -182,7 +182,7 @@ fn is_zero_i64(n: &i64) -> bool {
 pub struct ClusterRecord {
     pub name: String,
     pub location: String,
-    /// Where its local agent serves `sched.v1.Machines`.
+    /// Where its local agent serves `clustersched.internal.v1.Machines`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
     pub classes: Vec<MachineClassRecord>,

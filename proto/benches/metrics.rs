@@ -67,7 +67,7 @@ impl Service<http::Request<()>> for Echo {
 
 fn request() -> http::Request<()> {
     http::Request::builder()
-        .uri("/sched.v1.Scheduler/GetJob")
+        .uri("/clusterclustersched.v1.Scheduler/GetJob")
         .body(())
         .expect("a valid request")
 }
@@ -117,7 +117,10 @@ fn bench(c: &mut Criterion) {
         })
     });
     for i in 0..40 {
-        let _ = metrics.handled(&format!("/sched.v1.Scheduler/M{i}"), tonic::Code::Ok);
+        let _ = metrics.handled(
+            &format!("/clusterclustersched.v1.Scheduler/M{i}"),
+            tonic::Code::Ok,
+        );
     }
     c.bench_function("encode", |b| {
         b.iter(|| sched_proto::metrics::encode(&registry).len())

@@ -1,12 +1,30 @@
 //! The gRPC API shared by `schedctl`, the global scheduler and the agents.
 //!
-//! The messages and services are generated from `proto/sched/v1/*.proto` by
-//! `build.rs`. Conversions to and from the core's domain types live at each
+//! The messages and services are generated from `proto/clustersched/v1/`
+//! (the public API) and `proto/clustersched/internal/v1/` (the components'
+//! own services) by `build.rs`. Conversions to and from the core's domain types live at each
 //! service's boundary, so `sched-core` never sees these types.
 
-/// Version 1 of the API (`package sched.v1`).
+/// The generated code, one module per proto package (the internal package's
+/// code names the public one's types by relative paths, so the modules
+/// mirror the packages).
+pub mod clustersched {
+    /// Version 1 of the public API (`package clustersched.v1`).
+    pub mod v1 {
+        tonic::include_proto!("clustersched.v1");
+    }
+    /// The components' internal services (`package clustersched.internal.v1`).
+    pub mod internal {
+        pub mod v1 {
+            tonic::include_proto!("clustersched.internal.v1");
+        }
+    }
+}
+
+/// Both packages under one name, for the crates that speak both.
 pub mod pb {
-    tonic::include_proto!("sched.v1");
+    pub use crate::clustersched::internal::v1::*;
+    pub use crate::clustersched::v1::*;
 }
 
 impl pb::EventKind {

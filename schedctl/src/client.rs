@@ -298,7 +298,7 @@ mod tests {
             "over quota",
             ErrorDetails::with_error_info(
                 "QUOTA_EXCEEDED",
-                "sched.v1",
+                "clustersched.v1",
                 std::collections::HashMap::new(),
             ),
         );

@@ -2,7 +2,7 @@
 //!
 //! - [`Scheduler`]: the real `global-scheduler` binary on a free loopback
 //!   port, killed with SIGKILL and restarted at will;
-//! - [`TestCluster`]: a cluster that speaks the real `sched.v1.Clusters`
+//! - [`TestCluster`]: a cluster that speaks the real `clustersched.internal.v1.Clusters`
 //!   protocol (register, heartbeat, assignment stream, reports) and places
 //!   what it is handed on numbered machines, up to a slot limit, handing
 //!   back the rest. It stands where a local agent stands, so the global
@@ -283,7 +283,7 @@ impl Scheduler {
         self.spawn();
         wait_service(
             &self.url(),
-            "sched.v1.Scheduler",
+            "clustersched.v1.Scheduler",
             Duration::from_secs(30),
             self.tls.as_ref(),
         )
@@ -299,12 +299,12 @@ impl Scheduler {
         s
     }
 
-    /// Whether it leads now (its `sched.v1.Scheduler` service is SERVING).
+    /// Whether it leads now (its `clustersched.v1.Scheduler` service is SERVING).
     pub async fn leads(&self) -> bool {
         let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel());
         let r = health
             .check(tonic_health::pb::HealthCheckRequest {
-                service: "sched.v1.Scheduler".to_string(),
+                service: "clustersched.v1.Scheduler".to_string(),
             })
             .await;
         r.is_ok_and(|r| {
@@ -774,9 +774,9 @@ pub async fn wait_serving(url: &str, timeout: Duration) {
 }
 
 /// Waits until the global scheduler at `url` leads (a standby reports its
-/// `sched.v1.Scheduler` service NOT_SERVING).
+/// `clustersched.v1.Scheduler` service NOT_SERVING).
 pub async fn wait_leading(url: &str, timeout: Duration) {
-    wait_service(url, "sched.v1.Scheduler", timeout, None).await
+    wait_service(url, "clustersched.v1.Scheduler", timeout, None).await
 }
 
 /// Waits until `service` at `url` is SERVING, asking with `tls`'s

@@ -1,4 +1,4 @@
-//! `sched.v1.Clusters`: local agents register, heartbeat, take their
+//! `clustersched.internal.v1.Clusters`: local agents register, heartbeat, take their
 //! assignments and report what became of them.
 
 use std::pin::Pin;

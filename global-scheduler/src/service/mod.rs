@@ -3,8 +3,8 @@
 //!
 //! - this module: whether this replica leads ([`Role`]), the views reads
 //!   are answered from, and request decoding shared by the handlers;
-//! - `scheduler`: `sched.v1.Scheduler`, for users and `schedctl`;
-//! - `clusters`: `sched.v1.Clusters`, for local agents.
+//! - `scheduler`: `clustersched.v1.Scheduler`, for users and `schedctl`;
+//! - `clusters`: `clustersched.internal.v1.Clusters`, for local agents.
 
 mod clusters;
 mod scheduler;

@@ -1,4 +1,4 @@
-//! `sched.v1.Scheduler`: submit, read, cancel and watch jobs; machines and
+//! `clustersched.v1.Scheduler`: submit, read, cancel and watch jobs; machines and
 //! task logs through the clusters' agents.
 
 use std::pin::Pin;
