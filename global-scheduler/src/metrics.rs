@@ -19,6 +19,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use sched_proto::metrics::grpc::GrpcMetrics;
 use sched_proto::metrics::http::Exposition;
+use sched_proto::metrics::policy::PolicyMetrics;
 use sched_proto::metrics::store::StoreMetrics;
 
 use crate::records::TaskState;
@@ -57,6 +58,8 @@ pub struct Metrics {
     pub tasks_assigned: Counter,
     /// 1 while this replica leads.
     pub leader: Gauge,
+    /// Policy reloads and applies by outcome.
+    pub policy: PolicyMetrics,
     pending_jobs: Gauge,
     pending_tasks: Gauge,
     tasks: Family<StateLabel, Gauge>,
@@ -106,6 +109,7 @@ impl Metrics {
             "1 while this replica is the leader, 0 while it stands by",
             leader.clone(),
         );
+        let policy = PolicyMetrics::new(&mut registry);
         let pending_jobs = Gauge::default();
         registry.register(
             "sched_pending_jobs",
@@ -145,6 +149,7 @@ impl Metrics {
             pass_duration,
             tasks_assigned,
             leader,
+            policy,
             pending_jobs,
             pending_tasks,
             tasks,

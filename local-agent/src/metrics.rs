@@ -16,6 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use sched_proto::metrics::grpc::GrpcMetrics;
 use sched_proto::metrics::http::Exposition;
+use sched_proto::metrics::policy::PolicyMetrics;
 use sched_proto::metrics::store::StoreMetrics;
 
 /// `local-agent serve`'s families.
@@ -30,6 +31,8 @@ pub struct AgentMetrics {
     pub queued_tasks: Gauge,
     /// Placements planned by passes.
     pub tasks_placed: Counter,
+    /// Policy reloads (SIGHUP) by outcome.
+    pub policy: PolicyMetrics,
 }
 
 /// `local-agent node`'s families.
@@ -86,6 +89,7 @@ impl AgentMetrics {
             "Tasks placed on machines by packing passes",
             tasks_placed.clone(),
         );
+        let policy = PolicyMetrics::new(&mut registry);
         AgentMetrics {
             registry,
             grpc,
@@ -93,6 +97,7 @@ impl AgentMetrics {
             pass_duration,
             queued_tasks,
             tasks_placed,
+            policy,
         }
     }
 

@@ -197,7 +197,35 @@ async fn every_service_exposes_metrics_that_promtool_accepts() {
         .unwrap_or_else(|| panic!("no failed GetJob counted:\n{sched_body}"));
     assert!(get_job.ends_with(" 1"), "{get_job}");
 
+    // A policy applied and a bad one refused: counted by outcome.
+    client
+        .apply_policy(pb::ApplyPolicyRequest {
+            yaml: "global: {scorers: [{name: locality, weight: 7}]}\n".to_string(),
+        })
+        .await
+        .expect("apply a policy");
+    let refused = client
+        .apply_policy(pb::ApplyPolicyRequest {
+            yaml: "global: {scorers: [{name: locality, weight: 0}]}\n".to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let (_, _, policy_body) = scrape(&sched_m, None).await.expect("scheduler metrics");
+    for (outcome, n) in [("applied", 1.0), ("unchanged", 0.0), ("refused", 1.0)] {
+        let series = format!("sched_policy_changes_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(value(&policy_body, &series), Some(n), "{policy_body}");
+    }
+
     let (_, _, agent_body) = scrape(&agent_m, None).await.expect("agent metrics");
+    assert_eq!(
+        value(
+            &agent_body,
+            "sched_policy_changes_total{outcome=\"refused\"}"
+        ),
+        Some(0.0),
+        "{agent_body}"
+    );
     assert_eq!(
         value(&agent_body, "sched_local_tasks_placed_total"),
         Some(6.0),

@@ -145,6 +145,11 @@ impl Role {
                 .await?;
         }
         *self.live() = next.clone();
+        crate::metrics::metrics().policy.observe(if old == policy {
+            sched_proto::metrics::policy::Outcome::Unchanged
+        } else {
+            sched_proto::metrics::policy::Outcome::Applied
+        });
         let summary = LivePolicy::summary(&old, &policy);
         tracing::info!(source = %next.source(), reloads = next.reloads(), "policy {summary}");
         if let Some(shared) = leader {
@@ -158,6 +163,9 @@ impl Role {
     /// Records a refused policy change (the running policy stays).
     pub fn refuse_policy(&self, why: String) {
         tracing::error!(cause = %why, "policy refused; the running policy stays");
+        crate::metrics::metrics()
+            .policy
+            .observe(sched_proto::metrics::policy::Outcome::Refused);
         self.live().refuse(why);
     }
 

@@ -51,6 +51,7 @@ use crate::error::AgentError;
 /// Reads the `--policy` file again (SIGHUP): validated first; a bad file is
 /// refused with the reason logged and the policy in force kept.
 fn reload_policy(agent: &Agent, path: &std::path::Path) {
+    use sched_proto::metrics::policy::Outcome;
     let read = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))
         .and_then(|text| {
@@ -60,13 +61,16 @@ fn reload_policy(agent: &Agent, path: &std::path::Path) {
     match read {
         Ok(p) if p == agent.policy() => {
             tracing::info!(file = %path.display(), "SIGHUP: policy unchanged");
+            crate::metrics::agent().policy.observe(Outcome::Unchanged);
         }
         Ok(p) => {
             agent.set_policy(p);
             tracing::info!(file = %path.display(), "SIGHUP: policy reloaded");
+            crate::metrics::agent().policy.observe(Outcome::Applied);
         }
         Err(why) => {
             tracing::error!(cause = %why, "SIGHUP: policy refused; the policy in force stays");
+            crate::metrics::agent().policy.observe(Outcome::Refused);
         }
     }
 }

@@ -8,7 +8,8 @@
 //! - [`grpc`]: a tower layer counting every gRPC call by method and code;
 //! - [`store`]: etcd commit latency and sizes, fed by
 //!   `sched_store::observe::Observed`;
-//! - [`process`]: build information and the process's start time.
+//! - [`process`]: build information and the process's start time;
+//! - [`policy`]: policy reloads and applies by outcome.
 //!
 //! Names follow Prometheus' conventions: a `sched_` prefix (the standard
 //! `process_` names excepted), base units in the name (`_seconds`,
@@ -16,6 +17,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod policy;
 pub mod process;
 pub mod store;
 pub mod text;
