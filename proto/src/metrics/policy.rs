@@ -49,7 +49,7 @@ impl PolicyMetrics {
         // Every outcome shown from the start, at zero, so a rate over a
         // refusal is defined before the first one.
         for o in [Outcome::Applied, Outcome::Unchanged, Outcome::Refused] {
-            changes.get_or_create(&OutcomeLabel { outcome: o.label() });
+            let _ = changes.get_or_create(&OutcomeLabel { outcome: o.label() });
         }
         PolicyMetrics { changes }
     }
