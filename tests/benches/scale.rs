@@ -30,7 +30,8 @@ use sched_proto::pb;
 use sched_security::{Kind, Role, Tls};
 use sched_tests::pki::Pki;
 use sched_tests::{
-    bin, free_port, memory, user_client, EtcdServer, Guarded, LocalAgent, Scheduler, UserClient,
+    bin, etcd_writes, free_port, memory, user_client, EtcdServer, Guarded, LocalAgent, Scheduler,
+    UserClient,
 };
 
 const TASKS_PER_JOB: i64 = 100;
@@ -190,6 +191,7 @@ async fn run(clusters: usize, machines: usize, jobs: usize, mode: Mode) -> Figur
     );
 
     let total = jobs as u64 * TASKS_PER_JOB as u64;
+    let writes_before = etcd_writes(&etcd.url()).await;
     let start = Instant::now();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let locations = clusters.min(3);
@@ -274,6 +276,21 @@ async fn run(clusters: usize, machines: usize, jobs: usize, mode: Mode) -> Figur
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64()
     );
+    // What etcd wrote for them (the hollow tasks run on, so this is the
+    // happy path up to `running`: assigned, placed, running).
+    match (writes_before, etcd_writes(&etcd.url()).await) {
+        (Some(before), Some(after)) => {
+            let w = after - before;
+            let t = total as f64;
+            println!(
+                "{label}: etcd writes per task placed: {:.2} keys put, {:.2} deleted, in {:.3} transactions",
+                w.puts / t,
+                w.deletes / t,
+                w.txns / t
+            );
+        }
+        _ => println!("{label}: etcd's write counts could not be read from its /metrics"),
+    }
     let mut rows: Vec<(String, Option<u32>)> = vec![
         ("etcd".into(), etcd.pid()),
         ("global-scheduler".into(), sched.pid()),

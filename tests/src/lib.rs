@@ -1130,3 +1130,49 @@ fn terminate(child: &mut Option<Guarded>, deadline: Duration) -> bool {
     c.kill();
     false
 }
+
+/// etcd's own count of what it has written since it started (its
+/// `/metrics` at the client URL, plaintext only): keys put, keys deleted,
+/// and write transactions (a commit of ours is one txn of many puts).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EtcdWrites {
+    pub puts: f64,
+    pub deletes: f64,
+    pub txns: f64,
+}
+
+impl std::ops::Sub for EtcdWrites {
+    type Output = EtcdWrites;
+    fn sub(self, o: EtcdWrites) -> EtcdWrites {
+        EtcdWrites {
+            puts: self.puts - o.puts,
+            deletes: self.deletes - o.deletes,
+            txns: self.txns - o.txns,
+        }
+    }
+}
+
+/// [`EtcdWrites`] of the etcd at `url` (`http://127.0.0.1:PORT`), read from
+/// `etcd_mvcc_put_total`, `etcd_mvcc_delete_total` and
+/// `etcd_mvcc_txn_total`; None if it cannot be read.
+pub async fn etcd_writes(url: &str) -> Option<EtcdWrites> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.strip_prefix("http://")?;
+    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let value = |name: &str| -> Option<f64> {
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            rest.strip_prefix(' ')?.trim().parse().ok()
+        })
+    };
+    Some(EtcdWrites {
+        puts: value("etcd_mvcc_put_total")?,
+        deletes: value("etcd_mvcc_delete_total")?,
+        txns: value("etcd_mvcc_txn_total")?,
+    })
+}
