@@ -27,6 +27,8 @@ pub fn to_pb_event(e: &Event) -> pb::Event {
         job: e.job.clone(),
         kind: to_pb_event_kind(e.kind) as i32,
         message: e.message.clone(),
+        cursor: e.cursor,
+        tasks: e.tasks.clone(),
     }
 }
 

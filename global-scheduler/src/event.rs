@@ -63,6 +63,37 @@ impl fmt::Display for EventKind {
     }
 }
 
+impl std::str::FromStr for EventKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        ALL.iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown event kind {s:?}"))
+    }
+}
+
+/// Every kind, for parsing stored events.
+const ALL: [EventKind; 16] = [
+    EventKind::Submitted,
+    EventKind::Recovered,
+    EventKind::Assigned,
+    EventKind::HandedBack,
+    EventKind::Placed,
+    EventKind::Succeeded,
+    EventKind::Failed,
+    EventKind::Lost,
+    EventKind::Cancelled,
+    EventKind::Unschedulable,
+    EventKind::Restarting,
+    EventKind::Deleted,
+    EventKind::TakenBack,
+    EventKind::Running,
+    EventKind::Preempted,
+    EventKind::PolicyChanged,
+];
+
 /// One event of one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -70,6 +101,11 @@ pub struct Event {
     pub job: String,
     pub kind: EventKind,
     pub message: String,
+    /// Its place in the scheduler's history (over all jobs), given when it
+    /// is recorded ([`state::history`](crate::state::history)); 0 until then.
+    pub cursor: u64,
+    /// The tasks a task event is about, in increasing order.
+    pub tasks: Vec<u32>,
 }
 
 impl Event {
@@ -79,6 +115,29 @@ impl Event {
             job: job.to_string(),
             kind,
             message,
+            cursor: 0,
+            tasks: Vec::new(),
         }
+    }
+
+    /// The same event about tasks `tasks`.
+    pub fn with_tasks(mut self, mut tasks: Vec<u32>) -> Self {
+        tasks.sort_unstable();
+        tasks.dedup();
+        self.tasks = tasks;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_parses_back() {
+        for k in ALL {
+            assert_eq!(k.as_str().parse::<EventKind>(), Ok(k));
+        }
+        assert!("nope".parse::<EventKind>().is_err());
     }
 }

@@ -9,6 +9,8 @@
 //! | `P/tasks/<job>/<index>` | [`TaskRecord`](crate::records::TaskRecord): state, cluster, machine, exit code, clusters that handed it back | when a task leaves `pending`, and on every change after; a task with no key is pending |
 //! | `P/clusters/<cluster>` | [`ClusterRecord`](crate::records::ClusterRecord): location, machine classes now and every shape seen | when a local agent registers, and when its machine classes change |
 //! | `P/policy` | [`PolicyRecord`](crate::policy::PolicyRecord): the policy in force, where it came from, when | by `ApplyPolicy`, a SIGHUP on the leader, a new leader whose own is newer |
+//! | `P/events/<job>/<cursor>` | one event of the job (JSON), the last `EVENTS_PER_JOB` kept | in batches by the leader's event writer ([`crate::events`]); the job's go in its delete |
+//! | `P/event-marks` | the greatest event cursor given and dropped | with every batch of events |
 //! | `P/leader` | `LeaderRecord` (in `leader`): the leading replica's address; on a lease | by the replica that wins the election |
 //! | `P/placements/<cluster>/<job>/<index>` | the local agent's placement: machine, attempt, state, exit code | by the cluster's local agent |
 //! | `P/placements/<cluster>/<job>/spec` | the job's spec as the cluster got it (request, constraints, priority, command), once per job | by the cluster's local agent, with the job's first placement |
@@ -86,6 +88,36 @@ impl Keys {
 
     pub fn quota(&self, tenant: &str, band: &str) -> String {
         format!("{}/quotas/{tenant}/{band}", self.prefix)
+    }
+
+    /// Every job's kept events ([`crate::events`]).
+    pub fn events(&self) -> String {
+        format!("{}/events/", self.prefix)
+    }
+
+    /// Job `job`'s kept events (deleted with the job).
+    pub fn job_events(&self, job: &str) -> String {
+        format!("{}/events/{job}/", self.prefix)
+    }
+
+    /// One event; cursors zero-padded to 20 digits so etcd's order is
+    /// history order.
+    pub fn event(&self, job: &str, cursor: u64) -> String {
+        format!("{}/events/{job}/{cursor:020}", self.prefix)
+    }
+
+    /// `(job, cursor)` of an event key.
+    pub fn parse_event<'k>(&self, key: &'k str) -> Option<(&'k str, u64)> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/events/")?;
+        let (job, cursor) = rest.rsplit_once('/')?;
+        Some((job, cursor.parse().ok()?))
+    }
+
+    /// The event history's marks ([`crate::events::Marks`]): the greatest
+    /// cursor given and the greatest dropped, so a new leader never gives a
+    /// cursor twice.
+    pub fn event_marks(&self) -> String {
+        format!("{}/event-marks", self.prefix)
     }
 }
 

@@ -29,6 +29,7 @@ pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod events;
 pub mod hub;
 pub mod keys;
 pub mod leader;
@@ -318,6 +319,11 @@ async fn lead(
     for s in submitter::Submitter::pool(shared.clone(), store.clone(), submissions) {
         tracker.spawn(s.run(leader_token.clone()));
     }
+    tracker.spawn(events::run(
+        shared.clone(),
+        store.clone(),
+        leader_token.clone(),
+    ));
     tracker.spawn(Engine::new(shared.clone(), store, rx).run(leader_token));
     role.lead(shared);
     tracing::info!(

@@ -77,6 +77,10 @@ pub(crate) async fn load_state(
             None => (Vec::new(), Vec::new()),
         },
     };
+    // The events first: the jobs take their history as they are inserted,
+    // and the `recovered` events get cursors after the stored ones.
+    let (events, marks) = crate::events::load(keys, store, only).await?;
+    state.load_events(events, marks.next, marks.dropped);
     state.load(&jobs, &tasks)?;
     Ok(state)
 }

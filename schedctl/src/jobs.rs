@@ -1105,6 +1105,11 @@ struct EventView {
     job: String,
     kind: &'static str,
     message: String,
+    /// Where `watch` resumes after it (the API's `since`).
+    cursor: u64,
+    /// The tasks a task event is about.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tasks: Vec<u32>,
 }
 
 fn event_view(e: &pb::Event) -> EventView {
@@ -1113,6 +1118,8 @@ fn event_view(e: &pb::Event) -> EventView {
         job: e.job.clone(),
         kind: e.kind().name(),
         message: e.message.clone(),
+        cursor: e.cursor,
+        tasks: e.tasks.clone(),
     }
 }
 
@@ -1328,18 +1335,22 @@ pub async fn cancel(server: &Target, name: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints events as they happen; reconnects when the scheduler restarts.
+/// Prints events as they happen; reconnects when the scheduler restarts
+/// (or a new leader takes over) and resumes after the last event printed
+/// (`since`), so none is lost or printed twice.
 /// The first connection gives up as other reads do (a wrong address is
 /// said in seconds); once following, a restart is waited out.
 pub async fn watch(server: &Target, job: Option<String>, output: Format) -> anyhow::Result<()> {
     let c = client(server).await?;
     let job = job.unwrap_or_default();
     let mut first = true;
+    // The last event's cursor: where a reconnected stream resumes.
+    let mut since: Option<u64> = None;
     loop {
         let call = || {
             let mut c = c.clone();
             let job = job.clone();
-            async move { c.watch(pb::WatchRequest { job }).await }
+            async move { c.watch(pb::WatchRequest { job, since }).await }
         };
         let stream = if first {
             retry_read(call).await
@@ -1349,6 +1360,11 @@ pub async fn watch(server: &Target, job: Option<String>, output: Format) -> anyh
         first = false;
         let mut stream = stream.map_err(status_error)?.into_inner();
         while let Some(e) = stream.next().await {
+            if let Ok(e) = &e {
+                if e.cursor > 0 {
+                    since = Some(e.cursor);
+                }
+            }
             match e {
                 Ok(e) if output.structured() => print_streamed(&event_view(&e), output)?,
                 Ok(e) => outln!(

@@ -7,11 +7,9 @@ use std::sync::Arc;
 
 use sched_proto::pb;
 use sched_proto::pb::scheduler_server::Scheduler;
-use sched_proto::shutdown::Until;
 use sched_security::{Role as UserRole, User};
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{ask, specs_of, Role, View};
@@ -386,13 +384,17 @@ impl Scheduler for SchedulerService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let user = self.role.guard().user(&request)?;
         let shared = self.role.leader()?;
-        let job = request.into_inner().job;
+        let pb::WatchRequest { job, since } = request.into_inner();
         if !job.is_empty() {
             if let Some(tenant) = shared.read(|s| s.job(&job).map(|j| j.record.tenant.clone())) {
                 may_see(&user, &tenant, &job)?;
             }
         }
-        let rx = shared.read(|s| s.subscribe());
+        // The kept events after `since` and every later one, taken under one
+        // lock: NOT_FOUND for an unknown job, EXPIRED for a cursor too old.
+        let (replay, rx) = shared
+            .read(|s| s.resume(&job, since))
+            .map_err(crate::events::resume_status)?;
         // A user who sees only some tenants gets only their jobs' events
         // (a job gone by the time its event is read is not shown).
         let visible = {
@@ -403,26 +405,12 @@ impl Scheduler for SchedulerService {
                     || shared.read(|s| s.job(name).is_some_and(|j| user.sees(&j.record.tenant)))
             }
         };
-        let stream = BroadcastStream::new(rx).filter_map(move |e| match e {
-            Ok(e) if (job.is_empty() || e.job == job) && visible(&e.job) => {
-                Some(Ok(to_pb_event(&e)))
-            }
-            Ok(_) => None,
-            // A slow watcher misses events rather than slowing the
-            // scheduler; tell it how many.
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                Some(Ok(pb::Event {
-                    unix_ms: crate::records::now_unix_ms(),
-                    job: String::new(),
-                    kind: pb::EventKind::Lagged as i32,
-                    message: format!("{n} event(s) dropped: the watcher fell behind"),
-                }))
-            }
-        });
-        Ok(Response::new(Box::pin(Until::new(
-            stream,
-            shared.shutdown.clone(),
-        ))))
+        let (tx, out) = mpsc::channel(256);
+        let stop = shared.shutdown.clone();
+        tokio::spawn(crate::events::follow(job, replay, rx, visible, tx, stop));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
     }
 
     async fn list_clusters(

@@ -1,7 +1,7 @@
 //! Jobs coming in: submissions checked against the world, accepted jobs
 //! added, and the whole state read back from the store after a restart.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use sched_core::error::SpecError;
 use sched_core::job::{Job, JobId, JobSpec};
@@ -102,6 +102,8 @@ impl State {
         }
         let open = if record.cancelled { 0 } else { tasks };
         self.names.insert(job.id, name.clone());
+        // Its history as stored, when the state is read back.
+        let (events, events_dropped) = self.log.take_loaded(&name);
         self.jobs.insert(
             name,
             JobEntry {
@@ -109,7 +111,8 @@ impl State {
                 record,
                 rev,
                 tasks: vec![task; tasks as usize],
-                events: VecDeque::new(),
+                events,
+                events_dropped,
                 open,
                 finished_at: None,
             },
@@ -137,6 +140,7 @@ impl State {
                 "state read back from the store after a scheduler start".to_string(),
             );
         }
+        self.log.loaded_done();
         self.queue.mark_rescan();
         self.load_tasks(tasks)?;
         let names: Vec<String> = self.jobs.keys().cloned().collect();

@@ -235,7 +235,7 @@ impl State {
             )
         };
         history::push(
-            &self.events,
+            &mut self.log,
             j,
             Event::new(&name, EventKind::Cancelled, text),
         );
@@ -261,6 +261,7 @@ impl State {
         Ok(vec![
             Write::delete(self.keys.job(name), Expect::ModRevision(j.rev)),
             Write::delete_prefix(self.keys.job_tasks(name)),
+            Write::delete_prefix(self.keys.job_events(name)),
         ])
     }
 
@@ -273,12 +274,13 @@ impl State {
         self.names.remove(&id);
         self.queue.remove_job(id);
         self.waiting.retain(|w| w.1 != id);
-        // The job's history goes with it; watchers hear of the end.
-        let _ = self.events.send(Event::new(
-            name,
-            EventKind::Deleted,
-            format!("job deleted ({why})"),
-        ));
+        // The job's history goes with it (its keys went in the delete's
+        // commit); watchers hear of the end.
+        self.log.forget(&j);
+        self.log.note(
+            None,
+            Event::new(name, EventKind::Deleted, format!("job deleted ({why})")),
+        );
     }
 
     /// Finished jobs whose `ttl_after_finished` has passed at `now` (Unix

@@ -28,7 +28,6 @@ use sched_core::cluster::ClusterId;
 use sched_core::job::{Job, JobId};
 use sched_core::policy::Policy;
 use sched_store::{Expect, Revision, Write};
-use tokio::sync::broadcast;
 
 pub use crate::event::{Event, EventKind};
 pub use sched_core::assign::HAND_BACK_RETRY_MS;
@@ -104,6 +103,9 @@ pub struct JobEntry {
     pub rev: Revision,
     pub tasks: Vec<TaskEntry>,
     pub events: VecDeque<Event>,
+    /// The greatest cursor of this job's events no longer kept (0: none
+    /// dropped): a watch resuming from before it gets EXPIRED.
+    pub events_dropped: u64,
     /// Tasks not in a final state.
     pub open: u32,
     /// When the last task reached a final state (Unix ms).
@@ -146,7 +148,8 @@ pub struct State {
     /// The queue's clock: hand-back retries count from here (not persisted:
     /// a restarted scheduler retries them at once).
     epoch: Instant,
-    events: broadcast::Sender<Event>,
+    /// Every event's cursor, the writes that persist them, the watchers.
+    log: history::EventLog,
 }
 
 impl State {
@@ -162,7 +165,7 @@ impl State {
             queue: PendingQueue::new(),
             waiting: BTreeSet::new(),
             epoch: Instant::now(),
-            events: broadcast::channel(4096).0,
+            log: history::EventLog::new(),
         }
     }
 
@@ -190,11 +193,9 @@ impl State {
     pub fn set_policy(&mut self, policy: Policy, message: String) {
         self.policy = policy;
         self.queue.mark_rescan();
-        // Not a job's event: no job's history keeps it; no watcher is not
-        // an error.
-        let _ = self
-            .events
-            .send(Event::new("", EventKind::PolicyChanged, message));
+        // Not a job's event: no job's history keeps it.
+        self.log
+            .note(None, Event::new("", EventKind::PolicyChanged, message));
     }
 
     pub fn quotas(&self) -> &sched_core::quota::Quotas {
@@ -278,11 +279,6 @@ impl State {
     /// Why the last pass could not assign `j`'s pending tasks.
     pub fn unschedulable(&self, j: &JobEntry) -> Option<&str> {
         self.queue.reason(j.job.id)
-    }
-
-    /// A receiver of every job event from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
     }
 
     /// Makes the next pass look at every job with pending tasks (a cluster

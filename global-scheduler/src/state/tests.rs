@@ -579,10 +579,12 @@ fn a_cancelled_jobs_tasks_read_back_cancelled_and_delete_frees_the_name() {
     assert!(j.is_finished());
     assert_eq!(fresh.pending_tasks(), 0);
 
-    // Delete: the job's key and every task key go; the name is free.
+    // Delete: the job's key, every task key and every event key go; the
+    // name is free.
     let writes = s.delete_writes("web", false).unwrap();
-    assert_eq!(writes.len(), 2);
+    assert_eq!(writes.len(), 3);
     assert_eq!(writes[1].op, sched_store::Op::DeletePrefix);
+    assert_eq!(writes[2], Write::delete_prefix("/t/events/web/"));
     s.apply_delete("web", "test");
     assert!(s.job("web").is_none());
     submit(&mut s, "web", 1, 100, None, 0);
@@ -707,4 +709,69 @@ fn a_machine_shape_not_reported_for_its_ttl_is_forgotten() {
         .seen_classes
         .len();
     assert_eq!(small, 1);
+}
+
+/// Events reach watchers only once stored; a resume gives every stored event
+/// after the cursor, and refuses a cursor from before what a job dropped.
+#[test]
+fn events_are_replayed_after_a_cursor_and_expire_when_dropped() {
+    use super::history::{ResumeError, EVENTS_PER_JOB};
+    let mut s = state(&[("east-a", "east", 10)]);
+    submit(&mut s, "web", 1, 100, None, 0);
+    s.push_job_event("web", EventKind::Submitted, "accepted".into());
+    let (replay, mut rx) = s.resume("web", Some(0)).unwrap();
+    assert!(replay.is_empty(), "nothing stored yet: {replay:?}");
+    let b = s.take_batch();
+    assert_eq!(b.put.len(), 1);
+    assert!(rx.try_recv().is_err(), "not sent before it is stored");
+    s.batch_stored();
+    let live = rx.try_recv().unwrap();
+    assert_eq!((live.kind, live.cursor), (EventKind::Submitted, 1));
+    for i in 0..EVENTS_PER_JOB {
+        s.push_task_event("web", EventKind::Placed, format!("{i}"), vec![0]);
+    }
+    let b = s.take_batch();
+    // The first event was dropped; its key is deleted.
+    assert_eq!(b.delete, vec![("web".to_string(), 1)]);
+    assert_eq!(b.put.len(), EVENTS_PER_JOB);
+    s.batch_stored();
+    let (replay, _) = s.resume("web", Some(1)).unwrap();
+    assert_eq!(replay.len(), EVENTS_PER_JOB);
+    assert_eq!(replay[0].cursor, 2);
+    assert_eq!(replay[0].tasks, vec![0]);
+    let (replay, _) = s.resume("web", Some(60)).unwrap();
+    assert_eq!(replay.first().map(|e| e.cursor), Some(61));
+    assert!(matches!(
+        s.resume("web", Some(0)),
+        Err(ResumeError::Expired { dropped: 1, .. })
+    ));
+    assert!(matches!(
+        s.resume("nope", None),
+        Err(ResumeError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.resume("web", Some(10_000)),
+        Err(ResumeError::Ahead { .. })
+    ));
+}
+
+/// A new leader reads the history back: cursors go on after the stored
+/// ones, and events of a job that no longer exists are deleted.
+#[test]
+fn stored_events_come_back_with_their_job() {
+    let mut s = state(&[("east-a", "east", 10)]);
+    let mut kept = Event::new("web", EventKind::Submitted, "accepted".into());
+    kept.cursor = 7;
+    let mut orphan = Event::new("gone", EventKind::Submitted, "accepted".into());
+    orphan.cursor = 8;
+    s.load_events(vec![kept.clone(), orphan], 20, 3);
+    submit(&mut s, "web", 1, 100, None, 0);
+    let j = s.job("web").unwrap();
+    assert_eq!(j.events.iter().cloned().collect::<Vec<_>>(), vec![kept]);
+    s.events_loaded_for_tests();
+    s.push_job_event("web", EventKind::Recovered, "back".into());
+    let b = s.take_batch();
+    assert_eq!(b.gone, vec!["gone".to_string()]);
+    assert_eq!(b.put[0].cursor, 20);
+    assert_eq!(b.next, 21);
 }

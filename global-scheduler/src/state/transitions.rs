@@ -116,7 +116,7 @@ impl State {
         // order), which is the order the cluster will pack them in.
         let mut handed: Vec<((ClusterId, String), Vec<u32>)> = Vec::new();
         let mut slot: BTreeMap<(ClusterId, String), usize> = BTreeMap::new();
-        let mut noted: BTreeMap<(String, EventKind, String), u32> = BTreeMap::new();
+        let mut noted: BTreeMap<(String, EventKind, String), Vec<u32>> = BTreeMap::new();
         for c in changes {
             let Some(j) = self.jobs.get_mut(&c.job) else {
                 continue;
@@ -154,11 +154,12 @@ impl State {
                 self.enqueue(id, priority, c.index, &t, true);
             }
             if let Some((kind, text)) = c.event {
-                *noted.entry((c.job, kind, text)).or_insert(0) += 1;
+                noted.entry((c.job, kind, text)).or_default().push(c.index);
             }
         }
-        for ((job, kind, text), n) in noted {
-            self.push_job_event(&job, kind, format!("{n} task(s) {text}"));
+        for ((job, kind, text), tasks) in noted {
+            let n = tasks.len();
+            self.push_task_event(&job, kind, format!("{n} task(s) {text}"), tasks);
         }
         let mut out: BTreeMap<ClusterId, pb::AssignmentBatch> = BTreeMap::new();
         for ((cluster, job), indices) in handed {
@@ -177,8 +178,9 @@ impl State {
                     indices.len(),
                     self.registry.name(cluster)
                 ),
-            );
-            history::push(&self.events, j, e);
+            )
+            .with_tasks(indices.clone());
+            history::push(&mut self.log, j, e);
             let batch = out.entry(cluster).or_default();
             batch
                 .assignments
