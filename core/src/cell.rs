@@ -35,6 +35,7 @@ use serde::Serialize;
 
 use crate::cluster::Cluster;
 use crate::filter::{machine_filters, MachineView, TaskShape};
+use crate::gpu::{self, GpuDemand, GpuSlot};
 use crate::labels::{self, Labels};
 use crate::machine::{MachineClass, MachineId};
 use crate::placement::Unschedulable;
@@ -48,6 +49,9 @@ pub const KEY_SCALE: u64 = 1_000_000;
 pub struct MachineState {
     pub class: u32,
     pub free: Resources,
+    /// Free milli-GPUs of each GPU device (see [`crate::gpu`]); their sum
+    /// is `free.gpu`.
+    pub gpus: Vec<u32>,
     pub tasks: u32,
     pub up: bool,
     key: u64,
@@ -127,6 +131,7 @@ impl Cell {
         self.machines.push(MachineState {
             class: k,
             free: capacity,
+            gpus: gpu::empty_devices(capacity.gpu.0),
             tasks: 0,
             up: true,
             key: fragmentation_key(&capacity, &capacity),
@@ -210,22 +215,70 @@ impl Cell {
         }
     }
 
-    /// Puts a task of `request` on `m`. The caller has checked that it fits.
-    pub fn place(&mut self, m: MachineId, request: &Resources) {
+    /// True when a task of `request` fits on `m`: in every resource, and
+    /// its GPU demand on the machine's devices (a share on one device,
+    /// whole devices free).
+    #[inline]
+    pub fn fits(&self, m: MachineId, request: &Resources) -> bool {
+        let st = &self.machines[m.0 as usize];
+        request.fits_in(&st.free) && gpu::fits(&st.gpus, GpuDemand::of(request.gpu.0))
+    }
+
+    /// Puts a task of `request` on `m`, on the devices [`gpu::choose`]
+    /// picks; returns them. The caller has checked that it fits.
+    pub fn place(&mut self, m: MachineId, request: &Resources) -> Vec<GpuSlot> {
+        let demand = GpuDemand::of(request.gpu.0);
+        // The caller checked `fits`, which is what `choose` needs.
+        let slots = gpu::choose(&self.machine(m).gpus, demand).unwrap_or_default();
+        self.place_on(m, request, &slots);
+        slots
+    }
+
+    /// Puts a task of `request` on `m`, on the devices `slots`. The caller
+    /// has checked that it fits there ([`gpu::check_slots`]).
+    pub fn place_on(&mut self, m: MachineId, request: &Resources, slots: &[GpuSlot]) {
         debug_assert!(
             request.fits_in(&self.machine(m).free),
             "placement over capacity"
         );
+        debug_assert_eq!(
+            gpu::check_slots(&self.machine(m).gpus, GpuDemand::of(request.gpu.0), slots),
+            Ok(()),
+            "invalid GPU devices"
+        );
         self.unindex(m.0);
         let st = &mut self.machines[m.0 as usize];
         st.free = st.free.saturating_sub(request);
+        gpu::take(&mut st.gpus, slots);
         st.tasks += 1;
         self.allocated = self.allocated.saturating_add(request);
         self.index(m.0);
     }
 
+    /// Takes one task of `request` off `m`, with the devices it was given.
+    pub fn release_on(&mut self, m: MachineId, request: &Resources, slots: &[GpuSlot]) {
+        let total = self.capacity_of(m).gpu.0;
+        gpu::give(&mut self.machines[m.0 as usize].gpus, total, slots);
+        self.release_counts(m, request, 1);
+    }
+
     /// Takes `n` tasks of `request` off `m` (they finished, failed or moved).
+    /// Without their devices, GPUs are given back where
+    /// [`gpu::guess_release`] finds them; [`Cell::release_on`] is exact.
     pub fn release(&mut self, m: MachineId, request: &Resources, n: u32) {
+        let demand = GpuDemand::of(request.gpu.0);
+        if demand != GpuDemand::None {
+            let total = self.capacity_of(m).gpu.0;
+            let st = &mut self.machines[m.0 as usize];
+            for _ in 0..n {
+                let slots = gpu::guess_release(&st.gpus, total, demand);
+                gpu::give(&mut st.gpus, total, &slots);
+            }
+        }
+        self.release_counts(m, request, n);
+    }
+
+    fn release_counts(&mut self, m: MachineId, request: &Resources, n: u32) {
         self.unindex(m.0);
         let capacity = *self.capacity_of(m);
         let st = &mut self.machines[m.0 as usize];
@@ -238,6 +291,11 @@ impl Cell {
         );
         st.free = Resources::from_array(std::array::from_fn(|i| free[i].min(cap[i])));
         st.tasks -= n.min(st.tasks);
+        if st.tasks == 0 {
+            // Nothing left on the machine: every device is whole again,
+            // whatever a release without devices guessed.
+            st.gpus = gpu::empty_devices(capacity.gpu.0);
+        }
         self.allocated = self.allocated.saturating_sub(&total);
         self.index(m.0);
     }
@@ -300,7 +358,7 @@ impl Cell {
                         break;
                     }
                 }
-                if request.fits_in(&self.machines[m as usize].free) {
+                if self.fits(MachineId(m), request) {
                     let slack = key - floor;
                     if best.is_none_or(|(b, bm)| (slack, m) < (b, bm)) {
                         best = Some((slack, m));
@@ -357,7 +415,7 @@ impl Cell {
                 if best.is_some_and(|(b, _)| key < b) {
                     break;
                 }
-                if request.fits_in(&self.machines[m as usize].free) {
+                if self.fits(MachineId(m), request) {
                     best = best.max(Some((key, std::cmp::Reverse(m))));
                     break;
                 }
@@ -409,6 +467,13 @@ impl Cell {
                 ));
             }
             allocated = allocated.saturating_add(&cap.saturating_sub(&st.free));
+            let device_free: u64 = st.gpus.iter().map(|&g| u64::from(g)).sum();
+            if device_free != st.free.gpu.0 {
+                return Err(format!(
+                    "machine {i}: devices have {device_free} milli-GPUs free, the machine {}",
+                    st.free.gpu.0
+                ));
+            }
             let class = &self.classes[st.class as usize];
             let indexed = if st.tasks == 0 {
                 class.empty.contains(&(i as u32))

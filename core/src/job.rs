@@ -15,7 +15,13 @@
 //!                              # tokens in force, the token's tenant decides
 //!     arrival: 90s             # optional, `schedctl simulate` only: when the
 //!                              # job arrives (the scheduler ignores it)
+//!     departure: 1h            # optional, `schedctl simulate` only: when its
+//!                              # tasks finish and free their machines
+//!     gpu_model: "V100M16|V100M32"  # optional: GPU models it may run on
 //! ```
+//!
+//! `resources.gpu` is a share of one GPU device (below 1: `0.46`) or a whole
+//! number of devices (`2`); see [`crate::gpu`].
 //!
 //! `restart` and `ttl_after_finished` default to the policy file's
 //! `lifecycle` section (see [`crate::lifecycle`]).
@@ -26,6 +32,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SpecError;
+use crate::gpu::{GpuDemand, GPU_MODEL_LABEL};
 use crate::labels::{self, Labels};
 use crate::lifecycle::{RestartMode, RestartSpec, Span, MAX_ATTEMPTS};
 use crate::locality::LocationId;
@@ -88,6 +95,15 @@ pub struct JobSpecText {
     /// scheduler takes a job when it is submitted and ignores this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arrival: Option<String>,
+    /// For `schedctl simulate`: when the job's tasks finish, as a duration
+    /// from the start; without one they run to the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub departure: Option<String>,
+    /// The GPU models the job's tasks may run on, joined by `|`
+    /// (`V100M16|V100M32`): a constraint on the machine label
+    /// [`GPU_MODEL_LABEL`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_model: Option<String>,
 }
 
 /// The tenant of a job that names none.
@@ -205,6 +221,26 @@ impl JobSpecText {
             ));
         }
         let request = self.resources.to_resources(&format!("{field}.resources"))?;
+        GpuDemand::parse(request.gpu.0)
+            .map_err(|e| SpecError::new(format!("{field}.resources.gpu"), e.to_string()))?;
+        let mut constraints = self.constraints.clone();
+        if let Some(model) = &self.gpu_model {
+            let mf = format!("{field}.gpu_model");
+            if request.gpu.0 == 0 {
+                return Err(SpecError::new(
+                    mf,
+                    "a GPU model constraint needs a GPU request (resources.gpu)",
+                ));
+            }
+            crate::topology::check_gpu_model(&mf, model, true)?;
+            if constraints.contains_key(GPU_MODEL_LABEL) {
+                return Err(SpecError::new(
+                    mf,
+                    format!("give gpu_model or the constraint {GPU_MODEL_LABEL}, not both"),
+                ));
+            }
+            constraints.insert(GPU_MODEL_LABEL.to_string(), model.clone());
+        }
         if let Some(b) = &self.band {
             if self.priority.is_some() {
                 return Err(SpecError::new(
@@ -259,7 +295,7 @@ impl JobSpecText {
             request,
             priority: priority as u32,
             locality: self.locality.clone(),
-            constraints: self.constraints.clone(),
+            constraints,
             command: self.command.clone(),
             restart,
             ttl_after_finished,
@@ -401,6 +437,34 @@ pub fn workload_arrivals(text: &str) -> Result<Vec<u64>, SpecError> {
         .collect()
 }
 
+/// Each job's `departure` in the job file, in ms (`None` when it says
+/// none); a departure not after the job's arrival is refused.
+pub fn workload_departures(text: &str) -> Result<Vec<Option<u64>>, SpecError> {
+    let file: JobFile = yaml::from_str(text)?;
+    file.jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| {
+            let Some(d) = &j.departure else {
+                return Ok(None);
+            };
+            let field = format!("jobs[{i}].departure");
+            let d = Span::parse(&field, d)?.ms();
+            let a = match &j.arrival {
+                Some(a) => Span::parse(&format!("jobs[{i}].arrival"), a)?.ms(),
+                None => 0,
+            };
+            if d <= a {
+                return Err(SpecError::new(
+                    field,
+                    format!("{d} ms is not after the arrival ({a} ms)"),
+                ));
+            }
+            Ok(Some(d))
+        })
+        .collect()
+}
+
 /// [`load_workload`], with `band:` names resolved against `bands` (the
 /// policy's).
 pub fn load_workload_with_bands(
@@ -445,6 +509,42 @@ clusters:
     machines:
       - {class: std, count: 2, cpu: "32", memory: "128Gi", labels: {ssd: "true"}}
 "#;
+
+    /// Issue 16: GPU requests are a share of one device or whole devices,
+    /// and a GPU model constraint is a label with alternatives.
+    #[test]
+    fn gpu_requests_and_models_are_checked() {
+        let job = |extra: &str| {
+            format!(
+                "jobs:\n  - name: g\n    tasks: 1\n    resources: {{cpu: 1, memory: 1Gi{extra}}}\n"
+            )
+        };
+        let e = parse_job_file(&job(", gpu: 1.5")).unwrap_err();
+        assert_eq!(e.field, "jobs[0].resources.gpu");
+        assert!(e.reason.contains("whole number of devices"), "{e}");
+        assert!(parse_job_file(&job(", gpu: 0.46")).is_ok());
+        assert!(parse_job_file(&job(", gpu: 2")).is_ok());
+        let with_model =
+            |gpu: &str, model: &str| format!("{}    gpu_model: \"{model}\"\n", job(gpu));
+        let e = parse_job_file(&with_model("", "V100M16")).unwrap_err();
+        assert_eq!(e.field, "jobs[0].gpu_model");
+        let e = parse_job_file(&with_model(", gpu: 1", "V100M16||T4")).unwrap_err();
+        assert_eq!(e.field, "jobs[0].gpu_model");
+        let j = parse_job_file(&with_model(", gpu: 1", "V100M16|V100M32")).unwrap();
+        assert_eq!(j[0].constraints[GPU_MODEL_LABEL], "V100M16|V100M32");
+        // A departure before the arrival is refused.
+        let e = workload_departures(&format!("{}    arrival: 10s\n    departure: 5s\n", job("")))
+            .unwrap_err();
+        assert_eq!(e.field, "jobs[0].departure");
+        // Against a topology with V100M32 machines only a matching job resolves.
+        let topo = Topology::from_yaml(
+            "locations: [{name: l}]\nclusters:\n  - name: c\n    location: l\n    machines:\n      - {class: v, count: 1, cpu: 8, memory: 64Gi, gpu: 8, gpu_model: V100M32}\n",
+        )
+        .unwrap();
+        assert!(load_workload(&with_model(", gpu: 1", "V100M16|V100M32"), &topo).is_ok());
+        let e = load_workload(&with_model(", gpu: 1", "T4"), &topo).unwrap_err();
+        assert_eq!(e.field, "jobs[0].constraints");
+    }
 
     #[test]
     fn parses_the_design_example() {

@@ -18,6 +18,10 @@
 //! - Local decision (which machine): [`cell`] (machines and the
 //!   fragmentation index) and [`pack`] (batch packing). See
 //!   `core/README.md` for the goals, the abstraction and the phases.
+//! - [`gpu`]: GPUs as devices (shares of one device, whole devices, models)
+//!   and the fragmentation strategy; [`replay`]: tasks arriving and
+//!   departing in time order, the Alibaba openb trace files, the paper's
+//!   inflate protocol.
 //! - [`simulate`]: both levels over a topology and a workload, as
 //!   `schedctl simulate` runs them.
 //! - [`baseline`]: Kubernetes' MostAllocated and Nomad's binpack scoring,
@@ -30,6 +34,7 @@ pub mod cell;
 pub mod cluster;
 pub mod error;
 pub mod filter;
+pub mod gpu;
 pub mod job;
 pub mod labels;
 pub mod lifecycle;
@@ -43,6 +48,7 @@ pub mod preempt;
 pub mod quantity;
 pub mod quota;
 pub mod rank;
+pub mod replay;
 pub mod resources;
 pub mod score;
 pub mod scorer;

@@ -26,8 +26,17 @@
 //!
 //! With the `spread` strategy every task goes to the emptiest machine that
 //! holds it instead (worst fit), for operators who want headroom everywhere.
+//! With `fragmentation`, tasks go one at a time, in the same order, where
+//! GPU fragmentation grows least ([`crate::gpu::strategy`]).
+//!
+//! GPU requests are placed on devices ([`crate::gpu`]): a machine fits a
+//! task only when its devices do ([`Cell::fits`]), and each outcome lists
+//! the devices of each placed task.
 
 use crate::cell::{fragmentation_key, Cell};
+use crate::gpu::frag::TaskMix;
+use crate::gpu::strategy::{FragmentationPlacer, TaskPlacer};
+use crate::gpu::GpuSlot;
 use crate::job::JobId;
 use crate::labels::Labels;
 use crate::machine::MachineId;
@@ -50,6 +59,9 @@ pub struct TaskGroup<'a> {
 pub struct GroupOutcome {
     /// The machine of each placed task, in placement order.
     pub placed: Vec<MachineId>,
+    /// The GPU devices of each placed task, beside `placed` (empty lists
+    /// for tasks without GPUs).
+    pub gpus: Vec<Vec<GpuSlot>>,
     /// Tasks that found no machine.
     pub unplaced: u32,
     /// Why, when `unplaced > 0`.
@@ -86,8 +98,30 @@ pub fn pack(cell: &mut Cell, groups: &[TaskGroup<'_>], policy: &LocalPolicy) -> 
                     else {
                         break;
                     };
-                    cell.place(m, &groups[g].request);
+                    let slots = cell.place(m, &groups[g].request);
                     out[g].placed.push(m);
+                    out[g].gpus.push(slots);
+                    left[g] -= 1;
+                }
+            }
+        }
+        Strategy::Fragmentation => {
+            // The batch's own mix: the live agent knows no other.
+            let mix = TaskMix::from_tasks(
+                groups
+                    .iter()
+                    .map(|g| (&g.request, g.constraints, u64::from(g.count))),
+            );
+            let mut placer = FragmentationPlacer::new(mix);
+            for &g in &order {
+                while left[g] > 0 {
+                    let Some((m, slots)) =
+                        placer.place(cell, &groups[g].request, groups[g].constraints)
+                    else {
+                        break;
+                    };
+                    out[g].placed.push(m);
+                    out[g].gpus.push(slots);
                     left[g] -= 1;
                 }
             }
@@ -155,14 +189,15 @@ fn top_up(
     let mut last: Option<MachineId> = None;
     while *left > 0 {
         let m = match last {
-            Some(m) if request.fits_in(&cell.machine(m).free) => m,
+            Some(m) if cell.fits(m, request) => m,
             _ => match tiers.iter().find_map(|t| cell.best_fit_used(request, t)) {
                 Some(m) => m,
                 None => return,
             },
         };
-        cell.place(m, request);
+        let slots = cell.place(m, request);
         out.placed.push(m);
+        out.gpus.push(slots);
         *left -= 1;
         last = Some(m);
     }
@@ -214,11 +249,18 @@ fn open_machines(
                     unreachable!("class {k} lost its empty machine");
                 };
                 for (g, n) in fill {
+                    // The fill counts GPUs in total; devices may hold fewer
+                    // shares (two 0.6 shares need two devices). What does
+                    // not fit waits for the next machine.
                     for _ in 0..n {
-                        cell.place(m, &groups[g].request);
+                        if !cell.fits(m, &groups[g].request) {
+                            break;
+                        }
+                        let slots = cell.place(m, &groups[g].request);
                         out[g].placed.push(m);
+                        out[g].gpus.push(slots);
+                        left[g] -= 1;
                     }
-                    left[g] -= n;
                 }
             }
             None => {

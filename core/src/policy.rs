@@ -147,6 +147,13 @@ pub enum Strategy {
     /// Worst fit: the emptiest machine, for operators who want headroom on
     /// every machine more than free machines.
     Spread,
+    /// GPU fragmentation gradient descent: the machine and device whose GPU
+    /// fragmentation, measured against the task mix, grows least (Weng et
+    /// al., USENIX ATC 2023; see `sched_core::gpu::strategy`), cpu-only
+    /// tasks kept off GPU machines while others hold them. Tasks are placed
+    /// one at a time, largest first; the mix is the batch's own unless the
+    /// caller (the trace replay) knows the workload's.
+    Fragmentation,
 }
 
 fn default_scorers() -> Vec<WeightedScorer> {

@@ -469,8 +469,8 @@ fn reprieve(cell: &mut Cell, occupancy: &mut Occupancy, out: &mut [Preemption]) 
     let mut spared = vec![Vec::new(); out.len()];
     for (p, v) in all {
         let (m, r) = (out[p].machine, out[p].victims[v]);
-        if r.request.fits_in(&cell.machine(m).free) {
-            cell.place(m, &r.request);
+        if cell.fits(m, &r.request) {
+            let _ = cell.place(m, &r.request);
             occupancy.add(m, r);
             spared[p].push(v);
         }

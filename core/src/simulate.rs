@@ -93,6 +93,9 @@ pub struct Outcome {
     pub summaries: Vec<ClusterSummary>,
     /// Per job, where each placed task went, in task order.
     pub placements: Vec<Vec<TaskLocation>>,
+    /// Per job, the GPU devices of each placed task that has any, by task
+    /// index (issue 16).
+    pub gpus: Vec<std::collections::BTreeMap<u32, Vec<crate::gpu::GpuSlot>>>,
     pub unplaced: Vec<Unplaced>,
     pub explanation: Option<JobExplanation>,
     /// Tasks evicted by higher-priority ones (each eviction counted).
@@ -179,6 +182,7 @@ fn run(
         .iter()
         .map(ClusterSummary::from_cluster)
         .collect();
+    let mut gpus = vec![std::collections::BTreeMap::new(); jobs.len()];
     let mut placements: Vec<Vec<TaskLocation>> = jobs
         .iter()
         .map(|j| Vec::with_capacity(j.spec.tasks as usize))
@@ -329,6 +333,11 @@ fn run(
                             round.handed_back = o.why.clone();
                         }
                     }
+                    for (&task, slots) in a.indices.iter().zip(&o.gpus) {
+                        if !slots.is_empty() {
+                            gpus[a.job.0 as usize].insert(task, slots.clone());
+                        }
+                    }
                     placements[a.job.0 as usize].extend(a.indices.iter().zip(&o.placed).map(
                         |(&task, &machine)| TaskLocation {
                             task,
@@ -353,6 +362,7 @@ fn run(
                     for v in victims {
                         let (job, task) = unhandle(v.id);
                         let vspec = &jobs[job.0 as usize].spec;
+                        gpus[job.0 as usize].remove(&task);
                         let on = &mut placements[job.0 as usize];
                         let Some(at) = on.iter().rposition(|l| l.task == task) else {
                             // Every task in the occupancy was placed here.
@@ -417,6 +427,7 @@ fn run(
         cells,
         summaries,
         placements,
+        gpus,
         unplaced,
         explanation,
         preemptions,

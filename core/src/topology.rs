@@ -12,7 +12,11 @@
 //!     location: us-east
 //!     machines:
 //!       - {class: std, count: 200, cpu: "32", memory: "128Gi", labels: {ssd: "true"}}
+//!       - {class: v100, count: 8, cpu: "96", memory: "768Gi", gpu: 8, gpu_model: V100M32}
 //! ```
+//!
+//! `gpu` counts whole GPU devices; `gpu_model` becomes the machine label
+//! `gpu-model` that jobs' `gpu_model` constraints match (see [`crate::gpu`]).
 
 use std::collections::BTreeSet;
 
@@ -20,6 +24,7 @@ use serde::Deserialize;
 
 use crate::cluster::{Cluster, ClusterId};
 use crate::error::SpecError;
+use crate::gpu::{self, GPU_MODEL_LABEL};
 use crate::labels::Labels;
 use crate::locality::{Locality, LocationId};
 use crate::machine::MachineClass;
@@ -82,6 +87,10 @@ struct MachineClassSpec {
     disk: Option<QuantityText>,
     #[serde(default)]
     gpu: Option<QuantityText>,
+    /// The model of its GPU devices (`V100M32`), kept as the label
+    /// [`GPU_MODEL_LABEL`] that jobs' `gpu_model` constraints match.
+    #[serde(default)]
+    gpu_model: Option<String>,
     #[serde(default)]
     labels: Labels,
 }
@@ -238,12 +247,70 @@ fn machine_class(field: &str, m: MachineClassSpec) -> Result<MachineClass, SpecE
             ));
         }
     }
+    if !capacity.gpu.0.is_multiple_of(u64::from(gpu::DEVICE_MILLI)) {
+        return Err(SpecError::new(
+            format!("{field}.gpu"),
+            format!(
+                "{} is not a whole number of GPU devices",
+                crate::resources::format_gpu(capacity.gpu)
+            ),
+        ));
+    }
+    let mut labels = m.labels;
+    if let Some(model) = m.gpu_model {
+        let mf = format!("{field}.gpu_model");
+        if capacity.gpu.0 == 0 {
+            return Err(SpecError::new(
+                mf,
+                "a machine without GPUs has no GPU model",
+            ));
+        }
+        check_gpu_model(&mf, &model, false)?;
+        if labels.get(GPU_MODEL_LABEL).is_some_and(|l| *l != model) {
+            return Err(SpecError::new(
+                mf,
+                format!("disagrees with the label {GPU_MODEL_LABEL}"),
+            ));
+        }
+        labels.insert(GPU_MODEL_LABEL.to_string(), model);
+    }
     Ok(MachineClass {
         name: m.class,
         count: m.count as u32,
         capacity,
-        labels: m.labels,
+        labels,
     })
+}
+
+/// Checks a GPU model name (`V100M32`), or alternatives joined by `|` when
+/// `alternatives` (a job's constraint): letters, digits, `-`, `_`, `.`.
+pub fn check_gpu_model(field: &str, model: &str, alternatives: bool) -> Result<(), SpecError> {
+    let parts: Vec<&str> = if alternatives {
+        model.split('|').collect()
+    } else {
+        vec![model]
+    };
+    for p in parts {
+        if p.is_empty()
+            || p.len() > 63
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(SpecError::new(
+                field,
+                format!(
+                    "{model:?} is not a GPU model{}: letters, digits, '-', '_' and '.', at most 63",
+                    if alternatives {
+                        " list (models joined by '|')"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -267,6 +334,23 @@ clusters:
     machines:
       - {class: big, count: 10, cpu: 64, memory: "512Gi", gpu: 8}
 "#;
+
+    #[test]
+    fn gpus_are_whole_devices_with_a_model() {
+        let topo = |m: &str| {
+            Topology::from_yaml(&format!(
+                "locations: [{{name: l}}]\nclusters:\n  - name: c\n    location: l\n    machines:\n      - {{class: g, count: 1, cpu: 8, memory: 64Gi, {m}}}\n"
+            ))
+        };
+        let t = topo("gpu: 8, gpu_model: V100M32").unwrap();
+        assert_eq!(t.clusters[0].classes[0].labels[GPU_MODEL_LABEL], "V100M32");
+        let e = topo("gpu: 1.5").unwrap_err();
+        assert_eq!(e.field, "clusters[0].machines[0].gpu");
+        let e = topo("gpu_model: T4").unwrap_err();
+        assert_eq!(e.field, "clusters[0].machines[0].gpu_model");
+        let e = topo("gpu: 2, gpu_model: \"T4|A10\"").unwrap_err();
+        assert_eq!(e.field, "clusters[0].machines[0].gpu_model");
+    }
 
     #[test]
     fn parses_the_design_example() {

@@ -4,7 +4,9 @@
 //!
 //! - [`Cli`]: the clap command tree.
 //! - `simulate`: `schedctl simulate`, the core's simulator over files, with
-//!   a table, JSON, a placements CSV and per-job explanations.
+//!   a table, JSON, a placements CSV and per-job explanations; `replay`:
+//!   its replay mode (arrivals and departures, GPU traces, several
+//!   policies), drawn by `plot`.
 //! - `policy`: `schedctl policy check`, `apply` and `show`.
 //! - `access`: the connection flags and contexts, `certs`, `token`.
 //! - `jobs`: the commands served by the global scheduler (submit, run, get,
@@ -30,7 +32,9 @@ mod human;
 mod jobs;
 mod out;
 mod output;
+mod plot;
 mod policy;
+mod replay;
 mod simulate;
 
 use std::ffi::OsString;

@@ -16,18 +16,39 @@ use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The topology file: locations, links and clusters of machines.
+    /// The topology file: locations, links and clusters of machines; or a
+    /// machine list CSV of the Alibaba openb trace (`sn,cpu_milli,
+    /// memory_mib,gpu,model`), one cluster of machines named by `sn`.
     #[arg(long, value_name = "FILE")]
     topology: PathBuf,
-    /// The job file; every job arrives at once, in file order.
+    /// The job file (jobs arrive at their `arrival`, at once without one);
+    /// or a pod list CSV of the openb trace, one single-task job per pod.
     #[arg(long, value_name = "FILE")]
     workload: PathBuf,
-    /// The policy file (default: the built-in defaults, as in config/policy.yaml).
+    /// The policy file (default: the built-in defaults, as in
+    /// config/policy.yaml); give it several times to compare policies in a
+    /// replay (`--policy a.yaml --policy b.yaml`).
     #[arg(long, value_name = "FILE")]
-    policy: Option<PathBuf>,
+    policy: Vec<PathBuf>,
+    /// The paper's protocol (Weng et al., ATC 2023): tasks drawn at random
+    /// from the workload, with no departures, until the GPUs they request
+    /// reach this fraction of the GPU capacity (1.0: all of it).
+    #[arg(long, value_name = "FRACTION")]
+    inflate: Option<f64>,
+    /// The seed of `--inflate`'s draws (default 1).
+    #[arg(long, value_name = "N", requires = "inflate")]
+    seed: Option<u64>,
+    /// Draw the replay's curves (GPU and cpu allocation, fragmented GPUs,
+    /// waiting tasks) to FILE (SVG), one line per policy.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Write the replay's state after every instant as CSV to FILE.
+    #[arg(long, value_name = "FILE")]
+    timeline: Option<PathBuf>,
     #[command(flatten)]
     output: crate::output::OutputArgs,
-    /// Write every placement as CSV (`job,task,cluster,machine`) to FILE.
+    /// Write every placement as CSV (`job,task,cluster,machine,gpus`) to
+    /// FILE; `gpus` is `0+1` for whole devices, `3:460` for a share.
     #[arg(long, value_name = "FILE")]
     placements: Option<PathBuf>,
     /// Explain the decisions for one job: cluster scores, filters, machines.
@@ -57,12 +78,24 @@ struct JsonReport<'a> {
     explain: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     refused: Vec<Refused>,
+    gpu_milli_total: u64,
+    gpu_milli_arrived: u64,
+    gpu_milli_allocated: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let replay_mode = crate::replay::is_csv(&args.topology)
+        || args.inflate.is_some()
+        || args.plot.is_some()
+        || args.timeline.is_some()
+        || args.policy.len() > 1
+        || crate::replay::job_file_needs_replay(&args.workload)?;
+    if replay_mode {
+        return replay(args);
+    }
     let topology = Topology::from_yaml(&super::read(&args.topology)?)
         .with_context(|| format!("invalid topology {}", args.topology.display()))?;
-    let policy = super::load_policy(args.policy.as_ref())?;
+    let policy = super::load_policy(args.policy.first())?;
     let workload = super::read(&args.workload)?;
     let jobs = load_workload_with_bands(&workload, &topology, &policy.priority)
         .with_context(|| format!("invalid workload {}", args.workload.display()))?;
@@ -138,12 +171,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .explanation
             .as_ref()
             .map(|x| explain_json(x, &topology, &jobs));
+        let gpu = |f: fn(&sched_core::cell::Cell) -> u64| outcome.cells.iter().map(f).sum();
         let json = JsonReport {
             report: &report,
             scheduling_seconds: seconds,
             placements_per_second: rate,
             explain,
             refused,
+            gpu_milli_total: gpu(|c| c.capacity().gpu.0),
+            gpu_milli_arrived: jobs
+                .iter()
+                .map(|j| j.spec.request.gpu.0 * u64::from(j.spec.tasks))
+                .sum(),
+            gpu_milli_allocated: gpu(|c| c.allocated().gpu.0),
         };
         drop(out);
         crate::output::print_structured(&json, format)?;
@@ -159,6 +199,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Replay mode: see [`crate::replay`].
+fn replay(args: Args) -> anyhow::Result<()> {
+    if args.explain.is_some() || args.quotas.is_some() {
+        return Err(crate::Usage(
+            "--explain and --quotas are not available in a replay (CSV files, GPU requests, departures, --inflate, --plot, --timeline or several --policy)".into(),
+        )
+        .into());
+    }
+    if let Some(f) = args.inflate {
+        if !(f > 0.0 && f <= 10.0) {
+            return Err(crate::Usage(format!("--inflate {f}: a fraction in (0, 10]")).into());
+        }
+    }
+    let mut policies = Vec::new();
+    if args.policy.is_empty() {
+        policies.push(("default".to_string(), super::load_policy(None)?));
+    }
+    for p in &args.policy {
+        let mut name = crate::replay::policy_name(Some(p));
+        if policies.iter().any(|(n, _)| *n == name) {
+            name = p.display().to_string();
+        }
+        policies.push((name, super::load_policy(Some(p))?));
+    }
+    crate::replay::run(crate::replay::Request {
+        topology: &args.topology,
+        workload: &args.workload,
+        policies,
+        inflate: args.inflate,
+        seed: args.seed.unwrap_or(1),
+        plot: args.plot.as_deref(),
+        timeline: args.timeline.as_deref(),
+        placements: args.placements.as_deref(),
+        format: args.output.format(),
+    })
+}
+
 fn write_placements(
     path: &PathBuf,
     topology: &Topology,
@@ -168,12 +245,19 @@ fn write_placements(
     let file =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut w = std::io::BufWriter::new(file);
-    writeln!(w, "job,task,cluster,machine")?;
-    for (job, places) in jobs.iter().zip(&outcome.placements) {
+    writeln!(w, "job,task,cluster,machine,gpus")?;
+    for ((job, places), gpus) in jobs.iter().zip(&outcome.placements).zip(&outcome.gpus) {
         for p in places {
+            let slots = gpus.get(&p.task).map(Vec::as_slice).unwrap_or_default();
             let cluster = &topology.clusters[p.cluster.0 as usize].name;
             let machine = outcome.cells[p.cluster.0 as usize].machine_name(p.machine);
-            writeln!(w, "{},{},{cluster},{machine}", job.spec.name, p.task)?;
+            writeln!(
+                w,
+                "{},{},{cluster},{machine},{}",
+                job.spec.name,
+                p.task,
+                sched_core::gpu::SlotsDisplay(slots)
+            )?;
         }
     }
     w.flush()

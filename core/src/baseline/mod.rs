@@ -37,7 +37,7 @@ pub fn place_one(
 ) -> Option<MachineId> {
     let mut best: Option<(f64, MachineId)> = None;
     for (id, st) in cell.machines() {
-        if !st.up || !classes.contains(&st.class) || !request.fits_in(&st.free) {
+        if !st.up || !classes.contains(&st.class) || !cell.fits(id, request) {
             continue;
         }
         let cap = cell.capacity_of(id);
@@ -48,7 +48,7 @@ pub fn place_one(
         }
     }
     let (_, m) = best?;
-    cell.place(m, request);
+    let _ = cell.place(m, request);
     Some(m)
 }
 

@@ -311,6 +311,8 @@ fn spec_from_pb(j: pb::JobSpec, field: &str) -> Result<JobSpec, SpecError> {
         tenant: j.tenant,
         band: j.band,
         arrival: None,
+        departure: None,
+        gpu_model: None,
     };
     text.validate(field)
 }
