@@ -25,9 +25,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::{Bound, Range};
 
 use crate::cluster::{ClusterId, ClusterSummary};
+use crate::filter::Rejection;
 use crate::job::{Job, JobId};
-use crate::rank::{Ranker, Ranking};
+use crate::rank::{ClusterRejection, Ranker, Ranking};
 use crate::resources::{ResourceKind, Resources};
+use crate::room::{Room, Summed};
 
 /// Tasks every feasible cluster handed back are offered again, to the best
 /// cluster as if none had, once this long has passed since the job's last
@@ -380,6 +382,25 @@ impl PendingQueue {
         budget: u64,
         trace: Option<JobId>,
     ) -> Pass {
+        self.plan_with(ranker, job, summaries, now_ms, budget, trace, &mut Summed)
+    }
+
+    /// [`PendingQueue::plan`], asking `room` how many tasks each cluster
+    /// can actually place: the best-ranked cluster that can place at least
+    /// one gets as many as it can, the next the rest; clusters that can
+    /// place none are ruled out ("no machine with room for it"), and a job
+    /// `room` knows fits nowhere is not looked at.
+    #[allow(clippy::too_many_arguments)]
+    pub fn plan_with<'j>(
+        &mut self,
+        ranker: &Ranker<'_>,
+        job: &dyn Fn(JobId) -> Option<&'j Job>,
+        summaries: &mut [ClusterSummary],
+        now_ms: u64,
+        budget: u64,
+        trace: Option<JobId>,
+        room: &mut dyn Room,
+    ) -> Pass {
         if std::mem::take(&mut self.rescan) {
             self.sweep = Some(Bound::Unbounded);
         }
@@ -412,6 +433,7 @@ impl PendingQueue {
                 &mut budget,
                 trace,
                 &mut pass,
+                room,
             );
         }
         pass
@@ -429,12 +451,17 @@ impl PendingQueue {
         budget: &mut u64,
         trace: Option<JobId>,
         pass: &mut Pass,
+        room: &mut dyn Room,
     ) {
         let id = key.1;
         let Some(spec) = job(id) else {
             self.remove_job(id);
             return;
         };
+        // Found to fit nowhere, and nothing freed since: its reason stands.
+        if trace != Some(id) && room.hopeless(spec) {
+            return;
+        }
         let Some(j) = self.jobs.get_mut(&id) else {
             return;
         };
@@ -456,6 +483,7 @@ impl PendingQueue {
                     ranking = ranker.rank(spec, summaries, &[]);
                 }
                 let left = group.len();
+                let fit = ask_room(room, spec, &mut ranking, summaries, left);
                 let preempting = match ranking.best() {
                     Some(_) => None,
                     None => ranker.preemption_target(spec, &ranking, summaries),
@@ -491,6 +519,7 @@ impl PendingQueue {
                     continue;
                 }
                 let Some(best) = ranking.best() else {
+                    room.fits_nowhere(spec);
                     why = Some(unassignable_reason(&ranking, summaries));
                     if trace == Some(id) {
                         pass.trace.push(Decision {
@@ -503,9 +532,8 @@ impl PendingQueue {
                     break;
                 };
                 let s = &mut summaries[best.0 as usize];
-                let take = fit_count(&s.unclaimed(), &request)
-                    .clamp(1, u64::from(left))
-                    .min(*budget);
+                let take = fit.min(*budget);
+                room.promise(spec, best, take);
                 if trace == Some(id) {
                     pass.trace.push(Decision {
                         tasks: take as u32,
@@ -542,6 +570,57 @@ impl PendingQueue {
             pass.reasons.push((id, why));
         }
     }
+}
+
+/// Asks `room` about the ranked clusters, best first, until one can place
+/// at least one of `want` tasks; those that can place none move to the
+/// filtered clusters (in cluster order). Returns how many the first one
+/// can place (0 when none can).
+fn ask_room(
+    room: &mut dyn Room,
+    job: &Job,
+    ranking: &mut Ranking,
+    summaries: &[ClusterSummary],
+    want: u32,
+) -> u64 {
+    let mut refused = 0;
+    let mut fit = 0;
+    for s in &ranking.ranked {
+        fit = room.fits(job, &summaries[s.cluster.0 as usize], u64::from(want));
+        if fit > 0 {
+            break;
+        }
+        refused += 1;
+    }
+    if refused > 0 {
+        // Merged into the filtered clusters, which stay in cluster order.
+        let mut moved: Vec<ClusterRejection> = ranking
+            .ranked
+            .drain(..refused)
+            .map(|s| ClusterRejection {
+                cluster: s.cluster,
+                filter: "machine_room",
+                rejection: Rejection::NoMachineWithRoom,
+            })
+            .collect();
+        moved.sort_unstable_by_key(|f| f.cluster);
+        let before = std::mem::take(&mut ranking.filtered);
+        ranking.filtered.reserve(before.len() + moved.len());
+        let (mut a, mut b) = (before.into_iter().peekable(), moved.into_iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.cluster <= y.cluster => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, _) => b.next(),
+            };
+            match next {
+                Some(f) => ranking.filtered.push(f),
+                None => break,
+            }
+        }
+    }
+    fit
 }
 
 /// How many tasks of `request` fit in `free`, resource by resource.
@@ -678,6 +757,47 @@ mod tests {
         assert_eq!(q.tasks(), 0);
         assert_eq!(s[0].queue_len, 8);
         assert!(!q.has_work());
+    }
+
+    /// A room that holds `holds[c]` tasks in cluster `c`, whatever the job.
+    struct Holds(Vec<u64>);
+
+    impl Room for Holds {
+        fn fits(&mut self, _: &Job, c: &ClusterSummary, want: u64) -> u64 {
+            self.0[c.id.0 as usize].min(want)
+        }
+
+        fn promise(&mut self, _: &Job, c: ClusterId, n: u64) {
+            self.0[c.0 as usize] -= n;
+        }
+    }
+
+    #[test]
+    fn the_split_follows_what_each_cluster_can_place() {
+        // East ranks first (locality) and sums room for 8 one-cpu tasks,
+        // but its machines hold 3: 3 go east, the other 9 west. With no
+        // room anywhere, the job waits, both clusters ruled out.
+        let l = east_west();
+        let policy = Policy::default();
+        let r = Ranker::new(&policy, &l);
+        let js = jobs(&[(12, 0, 1000, Some(0)), (2, 0, 1000, None)]);
+        let get = |id: JobId| js.get(id.0 as usize);
+        let mut q = PendingQueue::new();
+        q.add_job(JobId(0), 0, 12);
+        let mut s = clusters([8000, 100_000]);
+        let mut room = Holds(vec![3, 9]);
+        let p = q.plan_with(&r, &get, &mut s, 0, 1000, None, &mut room);
+        assert_eq!(counts(&p), [(0, 0, 3), (0, 1, 9)]);
+        q.add_job(JobId(1), 0, 2);
+        let p = q.plan_with(&r, &get, &mut s, 0, 1000, None, &mut room);
+        assert!(p.assignments.is_empty());
+        assert_eq!(
+            p.reasons,
+            [(
+                JobId(1),
+                Some("0/2 clusters can take it: 2 no machine with room for it".into())
+            )]
+        );
     }
 
     #[test]

@@ -83,9 +83,16 @@ pub fn fragmentation_key(free: &Resources, capacity: &Resources) -> u64 {
     let (f, c) = (free.as_array(), capacity.as_array());
     let mut key = 0;
     for i in 0..4 {
-        if c[i] > 0 {
-            key += ((u128::from(f[i]) * u128::from(KEY_SCALE)) / u128::from(c[i])) as u64;
-        }
+        // In u64 when the product fits (it does for any machine of less
+        // than 18 TB of memory): the same quotient, without a 128-bit
+        // division. A resource the machine lacks counts nothing.
+        key += match f[i].checked_mul(KEY_SCALE) {
+            Some(p) => p.checked_div(c[i]).unwrap_or(0),
+            None if c[i] > 0 => {
+                ((u128::from(f[i]) * u128::from(KEY_SCALE)) / u128::from(c[i])) as u64
+            }
+            None => 0,
+        };
     }
     key
 }
@@ -252,6 +259,27 @@ impl Cell {
         gpu::take(&mut st.gpus, slots);
         st.tasks += 1;
         self.allocated = self.allocated.saturating_add(request);
+        self.index(m.0);
+    }
+
+    /// Puts `n` tasks of `request`, which asks for no GPU, on `m`,
+    /// re-indexing it once. The caller has checked that they fit (GPU
+    /// tasks go one by one through [`Cell::place`]: each needs devices).
+    pub fn place_n(&mut self, m: MachineId, request: &Resources, n: u32) {
+        debug_assert_eq!(request.gpu.0, 0, "place_n with a GPU request");
+        if n == 0 {
+            return;
+        }
+        let total = request.times(u64::from(n));
+        debug_assert!(
+            total.fits_in(&self.machine(m).free),
+            "placement over capacity"
+        );
+        self.unindex(m.0);
+        let st = &mut self.machines[m.0 as usize];
+        st.free = st.free.saturating_sub(&total);
+        st.tasks += n;
+        self.allocated = self.allocated.saturating_add(&total);
         self.index(m.0);
     }
 

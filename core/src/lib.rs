@@ -50,6 +50,7 @@ pub mod quota;
 pub mod rank;
 pub mod replay;
 pub mod resources;
+pub mod room;
 pub mod score;
 pub mod scorer;
 pub mod simulate;

@@ -9,7 +9,8 @@
 //!    fits most tightly ([`Cell::best_fit_used`]). The next task of the same
 //!    group goes to the same machine while it still fits: that machine's key
 //!    only fell, every machine below it already failed the same request, so
-//!    it is provably still the best fit, and most placements skip the index.
+//!    it is provably still the best fit, so as many as fit go there at once
+//!    and most placements skip the index.
 //! 3. **Open machines.** What is left goes onto empty machines, one machine
 //!    at a time: the largest waiting task opens it, and a bounded
 //!    depth-first search picks the set of other waiting tasks that leaves it
@@ -188,6 +189,19 @@ fn top_up(
 ) {
     let mut last: Option<MachineId> = None;
     while *left > 0 {
+        if request.gpu.0 == 0 {
+            let Some(m) = tiers.iter().find_map(|t| cell.best_fit_used(request, t)) else {
+                return;
+            };
+            // As many as still fit there, at once: one re-index.
+            let n = max_copies(request, &cell.machine(m).free).min(*left);
+            cell.place_n(m, request, n);
+            out.placed.extend(std::iter::repeat_n(m, n as usize));
+            out.gpus.extend(std::iter::repeat_n(Vec::new(), n as usize));
+            *left -= n;
+            continue;
+        }
+        // GPU tasks one by one: each gets devices of its own.
         let m = match last {
             Some(m) if cell.fits(m, request) => m,
             _ => match tiers.iter().find_map(|t| cell.best_fit_used(request, t)) {
@@ -249,14 +263,24 @@ fn open_machines(
                     unreachable!("class {k} lost its empty machine");
                 };
                 for (g, n) in fill {
+                    let request = &groups[g].request;
+                    if request.gpu.0 == 0 {
+                        cell.place_n(m, request, n);
+                        out[g].placed.extend(std::iter::repeat_n(m, n as usize));
+                        out[g]
+                            .gpus
+                            .extend(std::iter::repeat_n(Vec::new(), n as usize));
+                        left[g] -= n;
+                        continue;
+                    }
                     // The fill counts GPUs in total; devices may hold fewer
                     // shares (two 0.6 shares need two devices). What does
                     // not fit waits for the next machine.
                     for _ in 0..n {
-                        if !cell.fits(m, &groups[g].request) {
+                        if !cell.fits(m, request) {
                             break;
                         }
-                        let slots = cell.place(m, &groups[g].request);
+                        let slots = cell.place(m, request);
                         out[g].placed.push(m);
                         out[g].gpus.push(slots);
                         left[g] -= 1;

@@ -98,6 +98,9 @@ pub enum ScorerName {
     Headroom,
     /// Shortness of the cluster's queue of tasks waiting to be placed.
     Queue,
+    /// How closely the cluster's free capacity is shaped like the request
+    /// (cosine of the two vectors, as shares of the cluster's capacity).
+    Alignment,
 }
 
 impl ScorerName {
@@ -106,6 +109,7 @@ impl ScorerName {
             ScorerName::Locality => "locality",
             ScorerName::Headroom => "headroom",
             ScorerName::Queue => "queue",
+            ScorerName::Alignment => "alignment",
         }
     }
 }
@@ -310,6 +314,16 @@ mod tests {
     }
 
     #[test]
+    fn the_alignment_scorer_takes_a_weight() {
+        let p = Policy::from_yaml(
+            "global: {scorers: [{name: locality, weight: 4}, {name: alignment, weight: 2}]}",
+        )
+        .unwrap();
+        assert_eq!(p.weight(ScorerName::Alignment), 2);
+        assert_eq!(Policy::default().weight(ScorerName::Alignment), 0);
+    }
+
+    #[test]
     fn weights_out_of_range_are_refused() {
         for w in [0, -1, 101] {
             let text = format!("global: {{scorers: [{{name: queue, weight: {w}}}]}}");
@@ -332,6 +346,9 @@ mod tests {
         assert_eq!(e.field, "global.queue.zero_at");
         let e = Policy::from_yaml("global: {queue: {shape: linear, half_at: 3}}").unwrap_err();
         assert!(e.to_string().contains("half_at"), "{e}");
+        let e = Policy::from_yaml("global: {scorers: [{name: alignment, weight: 0}]}").unwrap_err();
+        assert_eq!(e.field, "global.scorers[0].weight");
+        assert!(e.to_string().contains("out of range 1..=100"), "{e}");
         let e = Policy::from_yaml(
             "global: {scorers: [{name: queue, weight: 1}, {name: queue, weight: 2}]}",
         )

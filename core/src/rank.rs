@@ -15,10 +15,10 @@ use crate::locality::Locality;
 use crate::policy::{Policy, ScorerName};
 use crate::resources::ResourceKind;
 use crate::score::Score;
-use crate::scorer::{ClusterScorer, Headroom, LocalityScorer, QueueLength};
+use crate::scorer::{Alignment, ClusterScorer, Headroom, LocalityScorer, QueueLength};
 
 /// The number of scoring terms.
-pub const TERMS: usize = 3;
+pub const TERMS: usize = 4;
 
 /// One feasible cluster's score.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -86,6 +86,7 @@ impl<'a> Ranker<'a> {
                     ScorerName::Queue => Box::new(QueueLength {
                         shape: policy.global.queue,
                     }),
+                    ScorerName::Alignment => Box::new(Alignment),
                 };
                 (s.weight as u32, scorer)
             })
@@ -138,7 +139,13 @@ impl<'a> Ranker<'a> {
                 continue;
             };
             let unclaimed = c.unclaimed();
-            let room = unclaimed.saturating_add(&c.preemptible_for(job.spec.priority, &self.bands));
+            let preemptible = c.preemptible_for(job.spec.priority, &self.bands);
+            // Nothing to evict: no eviction makes room (a cluster whose
+            // machines have no room for the task may still sum enough).
+            if preemptible.is_zero() {
+                continue;
+            }
+            let room = unclaimed.saturating_add(&preemptible);
             let fit = crate::assign::fit_count(&room, request);
             if fit == 0 {
                 continue;
@@ -203,12 +210,22 @@ impl<'a> Ranker<'a> {
             feasible.rotate_left(start);
             feasible.truncate(self.max_scored);
         }
-        for c in feasible {
-            ranking.ranked.push(self.score(job, c));
-        }
-        ranking
-            .ranked
-            .sort_by(|a, b| b.total.cmp(&a.total).then(a.cluster.cmp(&b.cluster)));
+        let scored: Vec<ClusterScore> = feasible.iter().map(|c| self.score(job, c)).collect();
+        // Best first, ties to the lower id. Cluster ids are unique, so the
+        // order is total: an unstable sort of small keys gives the same
+        // result as a stable sort of the scores.
+        let mut order: Vec<(std::cmp::Reverse<u64>, ClusterId, u32)> = scored
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (std::cmp::Reverse(s.total), s.cluster, i as u32))
+            .collect();
+        order.sort_unstable();
+        let mut scored: Vec<Option<ClusterScore>> = scored.into_iter().map(Some).collect();
+        ranking.ranked.extend(
+            order
+                .iter()
+                .filter_map(|&(_, _, i)| scored[i as usize].take()),
+        );
         ranking
     }
 

@@ -23,7 +23,12 @@ impl Score {
     /// `num / den` of the maximum, rounded down; `den` must not be zero.
     pub fn ratio(num: u64, den: u64) -> Score {
         debug_assert!(den > 0);
-        let v = u128::from(num.min(den)) * u128::from(Score::MAX.0) / u128::from(den);
+        let num = num.min(den);
+        // In u64 when the product fits: the same quotient, cheaper.
+        let v = match num.checked_mul(u64::from(Score::MAX.0)) {
+            Some(p) => p / den,
+            None => (u128::from(num) * u128::from(Score::MAX.0) / u128::from(den)) as u64,
+        };
         Score(v as u32)
     }
 

@@ -6,7 +6,11 @@
 //! 1. A pass of the global level ([`PendingQueue::plan`], the same code the
 //!    global scheduler runs): jobs by priority, then file order, each split
 //!    over the ranked clusters as far as their unclaimed capacity goes, at
-//!    most `local.batch_size` tasks a pass.
+//!    most `local.batch_size` tasks a pass. ([`simulate_exact_split`]
+//!    instead splits by what each cluster's machines hold, a
+//!    [`MachineRoom`], and refuses a job that fits on no machine anywhere
+//!    there and then rather than handing it to cluster after cluster; the
+//!    daemon cannot, so the default keeps predicting it.)
 //! 2. Each cluster packs what the pass handed it, in the order it was
 //!    handed ([`pack`], as the local agent packs each batch it receives).
 //! 3. Tasks a cluster could not place go back to the queue (handed back),
@@ -41,6 +45,7 @@ use crate::policy::Policy;
 use crate::preempt::{preempt_batch, Occupancy, Running};
 use crate::rank::{Ranker, Ranking};
 use crate::resources::{ResourceKind, Resources};
+use crate::room::{MachineRoom, Room, Summed};
 use crate::topology::Topology;
 
 /// One round of the decision for the explained job.
@@ -127,7 +132,16 @@ pub fn simulate_with(
     progress: &mut dyn FnMut(u64),
     packer: &mut Packer<'_>,
 ) -> Outcome {
-    run(topology, jobs, &[], policy, explain, progress, packer)
+    run(
+        topology,
+        jobs,
+        &[],
+        policy,
+        explain,
+        progress,
+        packer,
+        false,
+    )
 }
 
 /// [`simulate`] with each job arriving at `arrivals[i]` ms (0 for jobs
@@ -141,7 +155,7 @@ pub fn simulate_arrivals(
     progress: &mut dyn FnMut(u64),
 ) -> Outcome {
     run(
-        topology, jobs, arrivals, policy, explain, progress, &mut pack,
+        topology, jobs, arrivals, policy, explain, progress, &mut pack, false,
     )
 }
 
@@ -166,6 +180,19 @@ fn preemption_possible(jobs: &[Job], policy: &Policy) -> bool {
     })
 }
 
+/// [`simulate`], with each job split over clusters by how many tasks their
+/// machines can hold rather than by their summed unclaimed capacity (what
+/// a global level that saw every machine would do; the daemon does not).
+pub fn simulate_exact_split(
+    topology: &Topology,
+    jobs: &[Job],
+    policy: &Policy,
+    progress: &mut dyn FnMut(u64),
+) -> Outcome {
+    run(topology, jobs, &[], policy, None, progress, &mut pack, true)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run(
     topology: &Topology,
     jobs: &[Job],
@@ -174,6 +201,7 @@ fn run(
     explain: Option<JobId>,
     progress: &mut dyn FnMut(u64),
     packer: &mut Packer<'_>,
+    exact_split: bool,
 ) -> Outcome {
     let ranker = Ranker::new(policy, &topology.locality);
     let mut cells: Vec<Cell> = topology.clusters.iter().map(Cell::new).collect();
@@ -201,6 +229,11 @@ fn run(
         Vec::new()
     };
     let mut preemptions = 0u64;
+    // With `exact_split`, the global level asks each cluster's machines how
+    // many tasks they hold (the packer's room) instead of summing free
+    // capacity. Not when tasks may evict others: then a cluster with no
+    // room may still make some, and only its local agent knows which go.
+    let mut machine_room = (exact_split && !preemption).then(|| MachineRoom::new(&cells));
     let budget = u64::from(policy.local.batch_size.max(1));
     let lookup = |id: JobId| jobs.get(id.0 as usize);
     let mut decided = 0u64;
@@ -224,7 +257,19 @@ fn run(
         }
         while queue.has_work() {
             // 1. One pass of the global level.
-            let pass = queue.plan(&ranker, &lookup, &mut summaries, now_ms, budget, explain);
+            let room: &mut dyn Room = match machine_room.as_mut() {
+                Some(r) => r,
+                None => &mut Summed,
+            };
+            let pass = queue.plan_with(
+                &ranker,
+                &lookup,
+                &mut summaries,
+                now_ms,
+                budget,
+                explain,
+                room,
+            );
             if let Some(x) = explanation.as_mut() {
                 x.rounds
                     .extend(pass.trace.into_iter().map(|d| ExplainRound {
@@ -306,6 +351,9 @@ fn run(
                             evicted.push((a.job, v));
                         }
                     }
+                }
+                if let Some(r) = machine_room.as_mut() {
+                    r.refresh(cluster, &cells[c]);
                 }
                 let summary = &mut summaries[c];
                 for (a, o) in assignments.drain(..).zip(outcomes) {

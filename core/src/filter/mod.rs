@@ -76,6 +76,9 @@ pub enum Rejection {
     },
     /// The cluster already tried the task and handed it back.
     HandedBack,
+    /// The cluster's capacity would hold the task, summed, but no machine
+    /// has room for it (what the global level learns by asking the packer).
+    NoMachineWithRoom,
 }
 
 impl Rejection {
@@ -85,7 +88,9 @@ impl Rejection {
     pub fn preemption_could_help(&self) -> bool {
         matches!(
             self,
-            Rejection::ClusterFull { .. } | Rejection::InsufficientResource { .. }
+            Rejection::ClusterFull { .. }
+                | Rejection::InsufficientResource { .. }
+                | Rejection::NoMachineWithRoom
         )
     }
 
@@ -103,6 +108,7 @@ impl Rejection {
             Rejection::ClusterFull { resource, .. } => format!("cluster out of {resource}"),
             Rejection::InsufficientResource { resource, .. } => format!("insufficient {resource}"),
             Rejection::HandedBack => "cluster could not place it".into(),
+            Rejection::NoMachineWithRoom => "no machine with room for it".into(),
         }
     }
 }

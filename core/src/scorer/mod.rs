@@ -3,10 +3,12 @@
 //! Each term is in `0..=Score::MAX`; the ranking's total is the sum of
 //! weight × term over the terms the policy configures.
 
+mod alignment;
 mod headroom;
 mod locality;
 mod queue;
 
+pub use alignment::Alignment;
 pub use headroom::Headroom;
 pub use locality::LocalityScorer;
 pub use queue::QueueLength;

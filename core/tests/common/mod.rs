@@ -134,4 +134,6 @@ fn cut(total: u64, k: usize, rng: &mut Rng) -> Vec<u64> {
     out
 }
 
+pub mod flat;
+pub mod tight;
 pub mod workload;
