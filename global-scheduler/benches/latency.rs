@@ -132,6 +132,7 @@ fn main() {
 
         let get = || pb::GetJobRequest {
             name: "lat-0".to_string(),
+            ..Default::default()
         };
         let bytes = c
             .get_job(get())

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ServiceError;
 use crate::hub::{Reply, Shared, Submission};
 use crate::records::JobRecord;
-use crate::state::admission::job_write;
+use crate::state::admission::{check_same_spec, job_write};
 use crate::state::EventKind;
 
 /// Transactions in flight at once. etcd here sustains about 1.4x the
@@ -90,34 +90,20 @@ impl Submitter {
         // (the client gave up waiting and called again) is answered once
         // the first is in; another submission loses, as it would have a
         // moment later.
-        let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+        let mut seen: std::collections::BTreeMap<String, JobRecord> = Default::default();
         let mut accepted = Vec::with_capacity(submits.len());
         let mut retries = Vec::new();
         for Submission { records, reply } in submits {
-            if let Some(dup) = records.iter().find(|r| seen.contains_key(&r.name)) {
-                let same = records.iter().all(|r| {
-                    seen.get(&r.name)
-                        .is_none_or(|id| !id.is_empty() && *id == r.submission_id)
-                });
-                if same {
-                    retries.push((records, reply));
-                    continue;
+            if records.iter().any(|r| seen.contains_key(&r.name)) {
+                match retry_of(&seen, &records) {
+                    Ok(()) => retries.push((records, reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
-                let err = sched_core::error::SpecError::new(
-                    "jobs.name",
-                    format!(
-                        "a job named {:?} is being submitted by another call",
-                        dup.name
-                    ),
-                );
-                let _ = reply.send(Err(err.into()));
                 continue;
             }
-            seen.extend(
-                records
-                    .iter()
-                    .map(|r| (r.name.clone(), r.submission_id.clone())),
-            );
+            seen.extend(records.iter().map(|r| (r.name.clone(), r.clone())));
             accepted.push((records, reply));
         }
         self.submit_round(accepted).await;
@@ -184,10 +170,31 @@ impl Submitter {
     }
 
     /// One call's jobs, in as many commits as it needs; they enter the
-    /// state together once all are in (or, on an error, those that are).
+    /// state together once all are in. All or none: on an error, the
+    /// jobs this call wrote are deleted again (and, if even that fails,
+    /// taken into the state as they are in the store, so that the two
+    /// agree).
     async fn submit_one(&self, records: Vec<JobRecord>) -> Result<(), ServiceError> {
         let mut committed: Vec<(Vec<JobRecord>, i64)> = Vec::new();
-        let result = self.write_all(records, &mut committed).await;
+        let mut written: Vec<(String, i64)> = Vec::new();
+        let result = self.write_all(records, &mut committed, &mut written).await;
+        if result.is_err() && !written.is_empty() {
+            let undo: Vec<Write> = written
+                .iter()
+                .map(|(key, rev)| Write::delete(key.clone(), Expect::ModRevision(*rev)))
+                .collect();
+            let mut undone = true;
+            for chunk in undo.chunks(MAX_OPS_PER_COMMIT) {
+                if let Err(e) = self.store.commit(chunk).await {
+                    tracing::warn!(cause = %e, "cannot take back a refused submission's jobs");
+                    undone = false;
+                    break;
+                }
+            }
+            if undone {
+                return result;
+            }
+        }
         self.accept(committed);
         result
     }
@@ -196,6 +203,7 @@ impl Submitter {
         &self,
         records: Vec<JobRecord>,
         committed: &mut Vec<(Vec<JobRecord>, i64)>,
+        written: &mut Vec<(String, i64)>,
     ) -> Result<(), ServiceError> {
         let keys = self.shared.read(|s| s.keys().clone());
         let mut todo: VecDeque<JobRecord> = records.into();
@@ -213,7 +221,10 @@ impl Submitter {
             while let Some(chunk) = chunks.next() {
                 let (mut chunk, writes): (Vec<JobRecord>, Vec<Write>) = chunk.into_iter().unzip();
                 match self.store.commit(&writes).await {
-                    Ok(rev) => committed.push((chunk, rev)),
+                    Ok(rev) => {
+                        written.extend(writes.into_iter().map(|w| (w.key, rev)));
+                        committed.push((chunk, rev));
+                    }
                     Err(StoreError::Conflict { key, .. }) => {
                         // Either an earlier attempt of this very submission
                         // got in (its answer was lost), or the name is taken.
@@ -235,18 +246,13 @@ impl Submitter {
                                 if !mine.submission_id.is_empty()
                                     && t.submission_id == mine.submission_id =>
                             {
+                                check_same_spec(&t, &mine, "jobs")?;
                                 committed.push((vec![t], rev));
                                 todo.extend(chunk);
                                 todo.extend(chunks.flatten().map(|(r, _)| r));
                                 continue 'split;
                             }
-                            _ => {
-                                return Err(sched_core::error::SpecError::new(
-                                    "jobs.name",
-                                    format!("a job named {:?} already exists", mine.name),
-                                )
-                                .into())
-                            }
+                            _ => return Err(name_taken(&mine.name)),
                         }
                     }
                     Err(e) => return Err(e.into()),
@@ -275,4 +281,39 @@ impl Submitter {
             }
         });
     }
+}
+
+/// ALREADY_EXISTS for job `name`.
+fn name_taken(name: &str) -> ServiceError {
+    ServiceError::AlreadyExists(sched_core::error::SpecError::new(
+        "jobs.name",
+        format!("a job named {name:?} already exists"),
+    ))
+}
+
+/// Whether a call whose names overlap calls already in this round
+/// (`seen`) is a retry of one of them (same submission id, same specs),
+/// to be answered once that is in; an error otherwise.
+fn retry_of(
+    seen: &std::collections::BTreeMap<String, JobRecord>,
+    records: &[JobRecord],
+) -> Result<(), ServiceError> {
+    for r in records {
+        let Some(first) = seen.get(&r.name) else {
+            continue;
+        };
+        if r.submission_id.is_empty() || first.submission_id != r.submission_id {
+            return Err(ServiceError::AlreadyExists(
+                sched_core::error::SpecError::new(
+                    "jobs.name",
+                    format!(
+                        "a job named {:?} is being submitted by another call",
+                        r.name
+                    ),
+                ),
+            ));
+        }
+        check_same_spec(first, r, "jobs")?;
+    }
+    Ok(())
 }

@@ -91,7 +91,7 @@ async fn jobs_survive_a_restart_on_the_same_store() {
     let s = start(store.clone(), Config::new(Default::default())).await;
     let mut c = s.client().await;
     let jobs = c
-        .list_jobs(pb::ListJobsRequest { state: 0 })
+        .list_jobs(pb::ListJobsRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -7,10 +7,6 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-/// The metadata key in which a server that refuses a call with
-/// RESOURCE_EXHAUSTED says how many milliseconds to wait before retrying.
-pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
-
 const BASE: Duration = Duration::from_millis(100);
 const CAP: Duration = Duration::from_secs(5);
 

@@ -6,7 +6,7 @@
 //! with "full jitter" exponential backoff: sleep a random time in
 //! `[0, min(cap, base * 2^attempt)]` (AWS Architecture Blog, "Exponential
 //! Backoff And Jitter", 2015), so that many clients do not retry in step;
-//! but never sooner than the server's retry hint ([`RETRY_AFTER_HEADER`]).
+//! but never sooner than the server's retry hint (a `google.rpc.RetryInfo`).
 //! During a failover of the scheduler's leader the retry goes at once, or
 //! after a short fixed wait, instead ([`sched_proto::retry::Pace`]).
 
@@ -54,8 +54,6 @@ pub fn connect(target: &Target) -> anyhow::Result<Client> {
     Ok(SchedulerClient::with_interceptor(channel, bearer).max_decoding_message_size(256 << 20))
 }
 
-pub use sched_proto::backoff::RETRY_AFTER_HEADER;
-
 /// The longest retry hint honoured. The server hints 200 ms; a hint of
 /// minutes would be a confused server, and waiting it out would stall the
 /// command far past its own deadline.
@@ -86,18 +84,13 @@ pub fn quota_refusal(s: &Status) -> bool {
             .is_some_and(|i| i.reason == "QUOTA_EXCEEDED")
 }
 
-/// The server's hint of how long to wait before retrying, if it sent a
-/// readable one (capped at [`MAX_RETRY_HINT`]).
+/// The server's hint of how long to wait before retrying: the delay of
+/// the `google.rpc.RetryInfo` in its details, if it sent one (capped at
+/// [`MAX_RETRY_HINT`]).
 pub fn retry_hint(s: &Status) -> Option<Duration> {
-    let ms: u64 = s
-        .metadata()
-        .get(RETRY_AFTER_HEADER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_millis(ms).min(MAX_RETRY_HINT))
+    use tonic_types::StatusExt;
+    let delay = s.get_details_retry_info()?.retry_delay?;
+    Some(delay.min(MAX_RETRY_HINT))
 }
 
 /// The wait before retrying after `s`: the drawn backoff `backoff`, but at
@@ -286,8 +279,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    use tonic::metadata::MetadataValue;
-
     use super::*;
 
     #[test]
@@ -391,18 +382,20 @@ mod tests {
         assert!(transient(&s), "{s:?}");
     }
 
-    fn exhausted_with_hint(hint: &str) -> Status {
-        let mut s = Status::resource_exhausted("queue full; retry later");
-        s.metadata_mut()
-            .insert(RETRY_AFTER_HEADER, MetadataValue::try_from(hint).unwrap());
-        s
+    fn exhausted_with_hint(hint: Option<Duration>) -> Status {
+        use tonic_types::{ErrorDetails, StatusExt};
+        Status::with_error_details(
+            Code::ResourceExhausted,
+            "queue full; retry later",
+            ErrorDetails::with_retry_info(hint),
+        )
     }
 
     #[test]
     fn the_retry_hint_is_a_floor() {
         // The server hints 200 ms: a shorter backoff draw waits 200 ms, a
         // longer one keeps its own length.
-        let s = exhausted_with_hint("200");
+        let s = exhausted_with_hint(Some(Duration::from_millis(200)));
         assert_eq!(retry_hint(&s), Some(Duration::from_millis(200)));
         assert_eq!(
             wait_before_retry(&s, Duration::ZERO),
@@ -422,8 +415,7 @@ mod tests {
         let backoff = Duration::from_millis(37);
         for s in [
             Status::resource_exhausted("queue full"),
-            exhausted_with_hint("soon"),
-            exhausted_with_hint("-5"),
+            exhausted_with_hint(None),
         ] {
             assert_eq!(retry_hint(&s), None);
             assert_eq!(wait_before_retry(&s, backoff), backoff);
@@ -432,7 +424,7 @@ mod tests {
 
     #[test]
     fn an_absurd_hint_is_capped() {
-        let s = exhausted_with_hint("86400000");
+        let s = exhausted_with_hint(Some(Duration::from_secs(86_400)));
         assert_eq!(retry_hint(&s), Some(MAX_RETRY_HINT));
     }
 }

@@ -285,14 +285,7 @@ pub async fn wait_done_and_print(server: &Target, timeout: Duration) -> anyhow::
     let c = client(server).await?;
     let start = Instant::now();
     loop {
-        let jobs = retry(RETRY_FOR, || {
-            let mut c = c.clone();
-            async move { c.list_jobs(pb::ListJobsRequest { state: 0 }).await }
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .jobs;
+        let jobs = list_jobs(&c, pb::JobState::Unspecified as i32, true).await?;
         let done = |s: i32| {
             [
                 pb::JobState::Succeeded,
@@ -440,7 +433,13 @@ async fn wait_placed(
             let s = retry(RETRY_FOR, || {
                 let mut c = c.clone();
                 let name = name.clone();
-                async move { c.get_job(pb::GetJobRequest { name }).await }
+                async move {
+                    c.get_job(pb::GetJobRequest {
+                        name,
+                        view: pb::JobView::Summary as i32,
+                    })
+                    .await
+                }
             })
             .await
             .map_err(status_error)?
@@ -718,14 +717,7 @@ pub async fn get(server: &Target, cmd: GetCommand) -> anyhow::Result<()> {
                 Some("failed") => pb::JobState::Failed,
                 Some(_) => pb::JobState::Cancelled,
             } as i32;
-            let jobs = retry_read(|| {
-                let mut c = c.clone();
-                async move { c.list_jobs(pb::ListJobsRequest { state }).await }
-            })
-            .await
-            .map_err(status_error)?
-            .into_inner()
-            .jobs;
+            let jobs = list_jobs(&c, state, false).await?;
             if output.structured() {
                 let views: Vec<JobSummaryView> = jobs.iter().map(summary_view).collect();
                 return print_structured(&views, output);
@@ -1077,15 +1069,88 @@ fn cluster_text(c: &pb::ClusterStatus) -> String {
     s
 }
 
+/// A job with every task: its summary (GetJob), then its tasks a page at
+/// a time (ListTasks), so that a job of any size stays within the
+/// message limits.
 async fn get_job(c: &Client, name: &str) -> anyhow::Result<pb::JobStatus> {
-    Ok(retry_read(|| {
+    let mut status = retry_read(|| {
         let mut c = c.clone();
         let name = name.to_string();
-        async move { c.get_job(pb::GetJobRequest { name }).await }
+        async move {
+            c.get_job(pb::GetJobRequest {
+                name,
+                view: pb::JobView::Summary as i32,
+            })
+            .await
+        }
     })
     .await
     .map_err(status_error)?
-    .into_inner())
+    .into_inner();
+    status.tasks = list_tasks(c, name).await?;
+    Ok(status)
+}
+
+/// Every task of job `name`, a page at a time.
+async fn list_tasks(c: &Client, name: &str) -> anyhow::Result<Vec<pb::TaskStatus>> {
+    let mut tasks = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = retry_read(|| {
+            let mut c = c.clone();
+            let asked = pb::ListTasksRequest {
+                job: name.to_string(),
+                page_size: TASKS_PER_PAGE,
+                page_token: page_token.clone(),
+                state: pb::TaskState::Unspecified as i32,
+            };
+            async move { c.list_tasks(asked).await }
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+        tasks.extend(page.tasks);
+        if page.next_page_token.is_empty() {
+            return Ok(tasks);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Tasks asked for per ListTasks call (the server's maximum).
+const TASKS_PER_PAGE: i32 = 10_000;
+/// Jobs asked for per ListJobs call (the server's maximum).
+const JOBS_PER_PAGE: i32 = 1000;
+
+/// Every job (in `state`; unspecified: any), a page at a time. `patient`:
+/// retried as long as a command that waits is (else as a read is).
+async fn list_jobs(c: &Client, state: i32, patient: bool) -> anyhow::Result<Vec<pb::JobSummary>> {
+    let mut jobs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let call = || {
+            let mut c = c.clone();
+            let asked = pb::ListJobsRequest {
+                state,
+                page_size: JOBS_PER_PAGE,
+                page_token: page_token.clone(),
+                ..Default::default()
+            };
+            async move { c.list_jobs(asked).await }
+        };
+        let page = if patient {
+            retry(RETRY_FOR, call).await
+        } else {
+            retry_read(call).await
+        }
+        .map_err(status_error)?
+        .into_inner();
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return Ok(jobs);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// What `describe job -o json|yaml` prints: the job as `get job` shows
@@ -1135,7 +1200,12 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
     .await
     .map_err(status_error)?
     .into_inner();
-    let status = d.status.unwrap_or_default();
+    let mut status = d.status.unwrap_or_default();
+    let tasks = status.summary.as_ref().map_or(0, |s| s.tasks as usize);
+    if status.tasks.len() < tasks {
+        // A large job's tasks are not inline: page them.
+        status.tasks = list_tasks(&c, &name).await?;
+    }
     let v = job_view(&status);
     if output.structured() {
         let view = DescribeView {

@@ -65,6 +65,9 @@ fn simulate_json_has_the_documented_fields() {
         "lower_bound_machines",
         "scheduling_seconds",
         "placements_per_second",
+        "gpu_milli_total",
+        "gpu_milli_arrived",
+        "gpu_milli_allocated",
         "clusters",
         "unplaced",
     ] {
@@ -89,14 +92,20 @@ fn simulate_json_has_the_documented_fields() {
 
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("job,task,cluster,machine"));
+    // `gpus`: device indexes (`0+1`, `3:460`), empty for cpu-only tasks.
+    assert_eq!(lines.next(), Some("job,task,cluster,machine,gpus"));
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), 600);
     // Every task of every job appears once.
     let mut seen = std::collections::BTreeSet::new();
     for r in &rows {
         let f: Vec<&str> = r.split(',').collect();
-        assert_eq!(f.len(), 4);
+        assert_eq!(f.len(), 5);
+        assert!(
+            f[4].chars()
+                .all(|c| c.is_ascii_digit() || c == '+' || c == ':'),
+            "{r}"
+        );
         assert!(
             seen.insert((f[0].to_string(), f[1].to_string())),
             "duplicate {r}"

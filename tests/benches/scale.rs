@@ -246,9 +246,7 @@ async fn run(clusters: usize, machines: usize, jobs: usize, mode: Mode) -> Figur
     let submitted = start.elapsed();
     let mut last = 0;
     loop {
-        let list = client
-            .list_jobs(pb::ListJobsRequest { state: 0 })
-            .await
+        let list = sched_tests::list_all_jobs!(client)
             .unwrap()
             .into_inner()
             .jobs;

@@ -312,7 +312,7 @@ async fn submit_wave(client: &SchedulerClient<Channel>, w: u64, jobs: usize, loc
 async fn wait_deleted(client: &SchedulerClient<Channel>, started: Instant) {
     let mut c = client.clone();
     loop {
-        let jobs = match c.list_jobs(pb::ListJobsRequest { state: 0 }).await {
+        let jobs = match sched_tests::list_all_jobs!(c) {
             Ok(r) => r.into_inner().jobs,
             Err(s) => panic!("list jobs: {s:?}"),
         };
@@ -359,10 +359,7 @@ async fn measure(
     tasks: u64,
     wave_secs: f64,
 ) -> Sample {
-    let jobs_live = client
-        .clone()
-        .list_jobs(pb::ListJobsRequest { state: 0 })
-        .await
+    let jobs_live = sched_tests::list_all_jobs!(client.clone())
         .map(|r| r.into_inner().jobs.len())
         .unwrap_or_else(|s| panic!("list jobs: {s:?}"));
     let (db_size, db_in_use, raft_index) = etcd_status(url);

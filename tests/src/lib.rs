@@ -357,10 +357,7 @@ impl Scheduler {
     /// scheduler is down).
     /// Every job's summary, or `None` if the call fails.
     pub async fn jobs(&self) -> Option<Vec<pb::JobSummary>> {
-        self.client()
-            .await
-            .list_jobs(pb::ListJobsRequest { state: 0 })
-            .await
+        crate::list_all_jobs!(self.client().await)
             .ok()
             .map(|r| r.into_inner().jobs)
     }
@@ -370,6 +367,7 @@ impl Scheduler {
             .await
             .get_job(pb::GetJobRequest {
                 name: name.to_string(),
+                view: pb::JobView::Full as i32,
             })
             .await
             .ok()
@@ -1175,4 +1173,40 @@ pub async fn etcd_writes(url: &str) -> Option<EtcdWrites> {
         deletes: value("etcd_mvcc_delete_total")?,
         txns: value("etcd_mvcc_txn_total")?,
     })
+}
+
+/// Every job, paged through ListJobs (1000 a page): `list_all_jobs!(client)`
+/// for any `SchedulerClient`, as `Result<Response<ListJobsResponse>, Status>`
+/// with all the jobs in one response (a macro, so that it takes clients over
+/// any channel without naming tonic's bounds).
+#[macro_export]
+macro_rules! list_all_jobs {
+    ($client:expr) => {{
+        let c = &mut $client;
+        let mut jobs = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let asked = ::sched_proto::pb::ListJobsRequest {
+                page_size: 1000,
+                page_token: page_token.clone(),
+                ..Default::default()
+            };
+            match c.list_jobs(asked).await {
+                Err(e) => break Err(e),
+                Ok(r) => {
+                    let r = r.into_inner();
+                    jobs.extend(r.jobs);
+                    if r.next_page_token.is_empty() {
+                        break Ok(::tonic::Response::new(
+                            ::sched_proto::pb::ListJobsResponse {
+                                jobs,
+                                next_page_token: String::new(),
+                            },
+                        ));
+                    }
+                    page_token = r.next_page_token;
+                }
+            }
+        }
+    }};
 }

@@ -246,12 +246,7 @@ async fn run(load: u64) -> (u64, u64) {
         || {
             let mut client = client.clone();
             async move {
-                let list = client
-                    .list_jobs(pb::ListJobsRequest { state: 0 })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .jobs;
+                let list = sched_tests::list_all_jobs!(client).ok()?.into_inner().jobs;
                 let mut counts = Counts::new();
                 let mut seen = 0;
                 for j in list {
@@ -276,6 +271,7 @@ async fn run(load: u64) -> (u64, u64) {
                     let status = client
                         .get_job(pb::GetJobRequest {
                             name: j.name.clone(),
+                            view: pb::JobView::Full as i32,
                         })
                         .await
                         .ok()?

@@ -331,7 +331,7 @@ async fn chaos_keeps_every_invariant() {
     let mut c = SchedulerClient::new(leader_channel(&all));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let jobs = match c.list_jobs(pb::ListJobsRequest { state: 0 }).await {
+        let jobs = match sched_tests::list_all_jobs!(c) {
             Ok(r) => r.into_inner().jobs,
             Err(_) => Vec::new(),
         };
@@ -356,7 +356,7 @@ async fn chaos_keeps_every_invariant() {
                 if r.leads().await {
                     println!("replica {i} leads");
                     c = SchedulerClient::new(leader_channel(&r.url()));
-                    if let Ok(r) = c.list_jobs(pb::ListJobsRequest { state: 0 }).await {
+                    if let Ok(r) = sched_tests::list_all_jobs!(c) {
                         jobs = r.into_inner().jobs;
                     }
                 }

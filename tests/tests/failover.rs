@@ -182,12 +182,7 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
         Duration::from_secs(10),
     );
     let mut c = SchedulerClient::new(lc.clone());
-    let jobs = c
-        .list_jobs(pb::ListJobsRequest { state: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
+    let jobs = sched_tests::list_all_jobs!(c).unwrap().into_inner().jobs;
     assert_eq!(jobs.len(), JOBS);
     assert_eq!(lc.current(), replicas[new].url());
     let mut direct = replicas[standby].client().await;
@@ -202,6 +197,7 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
     let missing = direct
         .get_job(pb::GetJobRequest {
             name: "job-999".into(),
+            view: pb::JobView::Full as i32,
         })
         .await
         .unwrap_err();

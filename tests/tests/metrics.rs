@@ -126,6 +126,7 @@ async fn every_service_exposes_metrics_that_promtool_accepts() {
     let missing = client
         .get_job(pb::GetJobRequest {
             name: "no-such-job".to_string(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -72,8 +72,8 @@ async fn overload_is_refused_at_the_edge_and_everything_accepted_runs() {
                             Ok(_) => break,
                             Err(s) if s.code() == tonic::Code::ResourceExhausted => {
                                 refused.fetch_add(1, Ordering::Relaxed);
-                                if s.metadata()
-                                    .get(sched_proto::backoff::RETRY_AFTER_HEADER)
+                                if tonic_types::StatusExt::get_details_retry_info(&s)
+                                    .and_then(|r| r.retry_delay)
                                     .is_some()
                                 {
                                     hinted.fetch_add(1, Ordering::Relaxed);

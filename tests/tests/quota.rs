@@ -78,9 +78,7 @@ async fn a_tenant_at_its_quota_is_refused_clearly_and_nothing_else_is() {
         Some("cpu")
     );
     assert!(
-        e.metadata()
-            .get(sched_proto::backoff::RETRY_AFTER_HEADER)
-            .is_none(),
+        e.get_details_retry_info().is_none(),
         "a quota refusal must not ask for a retry"
     );
     // Its batch jobs still run, and another tenant is unaffected.

@@ -73,7 +73,10 @@ fn denied<T: std::fmt::Debug>(what: &str, r: Result<T, tonic::Status>) {
 async fn task0(user: &User, url: &str, job: &str) -> Option<(i32, String)> {
     let st = user
         .client(url)
-        .get_job(user.req(pb::GetJobRequest { name: job.into() }))
+        .get_job(user.req(pb::GetJobRequest {
+            name: job.into(),
+            view: pb::JobView::Full as i32,
+        }))
         .await
         .ok()?
         .into_inner();
@@ -224,6 +227,7 @@ async fn every_caller_is_bound_to_its_certificate_and_every_user_to_a_tenant() {
         .client(&url)
         .get_job(alice.req(pb::GetJobRequest {
             name: "a-sleep".into(),
+            view: pb::JobView::Full as i32,
         }))
         .await
         .unwrap()
@@ -236,6 +240,7 @@ async fn every_caller_is_bound_to_its_certificate_and_every_user_to_a_tenant() {
         "bob reads alice's job",
         b().get_job(bob.req(pb::GetJobRequest {
             name: "a-sleep".into(),
+            view: pb::JobView::Full as i32,
         }))
         .await,
     );

@@ -7,6 +7,7 @@
 //! - `clusters`: `clustersched.internal.v1.Clusters`, for local agents.
 
 mod clusters;
+mod paging;
 mod scheduler;
 
 use std::collections::BTreeSet;

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{ask, specs_of, Role, View};
+use super::{ask, paging, specs_of, Role, View};
 use crate::convert::{to_pb_event, to_pb_resources};
 use crate::error::ServiceError;
 use crate::hub::{Command, Submission};
@@ -129,8 +129,7 @@ impl Scheduler for SchedulerService {
         let tasks: u64 = specs.iter().map(|s| u64::from(s.tasks)).sum();
         let (records, new) = shared.read(|state| {
             let records = state
-                .check_submission(specs, &submission_id, crate::records::now_unix_ms())
-                .map_err(ServiceError::from)?;
+                .check_submission(specs, &submission_id, crate::records::now_unix_ms())?;
             state.check_quotas(&records).map_err(|e| {
                 tracing::info!(tenant = %e.tenant, band = %e.band, resource = e.resource, "refused: over quota");
                 ServiceError::from(e)
@@ -266,12 +265,30 @@ impl Scheduler for SchedulerService {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::JobStatus>, Status> {
         let user = self.role.guard().user(&request)?;
-        let name = request.into_inner().name;
+        let pb::GetJobRequest { name, view: shape } = request.into_inner();
+        paging::known::<pb::JobView>("view", shape).map_err(ServiceError::from)?;
+        let full = shape == pb::JobView::Full as i32;
         let view = self.role.view(Some(&name)).await?;
         let status = view.with(|state| {
-            state
-                .job(&name)
-                .map(|j| may_see(&user, &j.record.tenant, &name).map(|()| state.status(j)))
+            let j = state.job(&name)?;
+            Some(may_see(&user, &j.record.tenant, &name).and_then(|()| {
+                if full && j.tasks.len() > paging::FULL_VIEW_MAX_TASKS {
+                    return Err(ServiceError::Precondition {
+                        reason: "TOO_MANY_TASKS",
+                        message: format!(
+                            "job {name} has {} tasks; JOB_VIEW_FULL shows at most {}: page them with ListTasks",
+                            j.tasks.len(),
+                            paging::FULL_VIEW_MAX_TASKS
+                        ),
+                    }
+                    .into());
+                }
+                let mut status = state.status(j);
+                if !full {
+                    status.tasks.clear();
+                }
+                Ok(status)
+            }))
         });
         let status = status.ok_or(ServiceError::NotFound { what: "job", name })??;
         Ok(view.respond(status))
@@ -282,20 +299,109 @@ impl Scheduler for SchedulerService {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let user = self.role.guard().user(&request)?;
-        let want = request.into_inner().state;
+        let r = request.into_inner();
+        paging::known::<pb::JobState>("state", r.state).map_err(ServiceError::from)?;
+        let size = paging::size(r.page_size, paging::JOBS_DEFAULT, paging::JOBS_MAX)
+            .map_err(ServiceError::from)?;
+        let state_filter = r.state.to_string();
+        let scope = ["jobs", &state_filter, &r.name_prefix, &r.tenant];
+        let after = paging::resume(&scope, &r.page_token).map_err(ServiceError::from)?;
         let view = self.role.view(None).await?;
-        let jobs = view.with(|state| {
-            let mut jobs: Vec<&crate::state::JobEntry> = state
-                .jobs()
-                .filter(|j| user.sees(&j.record.tenant))
-                .collect();
-            jobs.sort_by_key(|j| j.job.id);
-            jobs.into_iter()
-                .map(|j| state.summary(j))
-                .filter(|s| want == 0 || s.state == want)
-                .collect()
+        let (jobs, more) = view.with(|state| {
+            use std::ops::Bound;
+            // Names in order, from just after the last one of the
+            // previous page: each job once, whatever comes and goes
+            // between pages.
+            let start = match &after {
+                Some(last) => Bound::Excluded(last.as_str()),
+                None => Bound::Included(r.name_prefix.as_str()),
+            };
+            let mut page = Vec::with_capacity(size);
+            let mut more = false;
+            for j in state.jobs_from(start) {
+                if !j.record.name.starts_with(&r.name_prefix) {
+                    if j.record.name.as_str() > r.name_prefix.as_str() {
+                        break;
+                    }
+                    continue;
+                }
+                if !user.sees(&j.record.tenant)
+                    || (!r.tenant.is_empty() && j.record.tenant != r.tenant)
+                {
+                    continue;
+                }
+                let summary = state.summary(j);
+                if r.state != 0 && summary.state != r.state {
+                    continue;
+                }
+                if page.len() == size {
+                    more = true;
+                    break;
+                }
+                page.push(summary);
+            }
+            (page, more)
         });
-        Ok(view.respond(pb::ListJobsResponse { jobs }))
+        let next_page_token = match jobs.last() {
+            Some(last) if more => paging::token(&scope, &last.name),
+            _ => String::new(),
+        };
+        Ok(view.respond(pb::ListJobsResponse {
+            jobs,
+            next_page_token,
+        }))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let user = self.role.guard().user(&request)?;
+        let r = request.into_inner();
+        paging::known::<pb::TaskState>("state", r.state).map_err(ServiceError::from)?;
+        let size = paging::size(r.page_size, paging::TASKS_DEFAULT, paging::TASKS_MAX)
+            .map_err(ServiceError::from)?;
+        let state_filter = r.state.to_string();
+        let scope = ["tasks", &r.job, &state_filter];
+        let from = match paging::resume(&scope, &r.page_token).map_err(ServiceError::from)? {
+            None => 0,
+            Some(i) => i.parse::<usize>().map_err(|_| {
+                ServiceError::from(sched_core::error::SpecError::new(
+                    "page_token",
+                    "not a token this server made",
+                ))
+            })?,
+        };
+        let view = self.role.view(Some(&r.job)).await?;
+        let page = view.with(|state| {
+            let j = state.job(&r.job)?;
+            Some(may_see(&user, &j.record.tenant, &r.job).map(|()| {
+                let mut tasks = Vec::with_capacity(size.min(j.tasks.len()));
+                let mut next = None;
+                for (i, t) in j.tasks.iter().enumerate().skip(from) {
+                    let status = state.task_status(i, t);
+                    if r.state != 0 && status.state != r.state {
+                        continue;
+                    }
+                    if tasks.len() == size {
+                        next = Some(i);
+                        break;
+                    }
+                    tasks.push(status);
+                }
+                (tasks, next)
+            }))
+        });
+        let (tasks, next) = page.ok_or(ServiceError::NotFound {
+            what: "job",
+            name: r.job.clone(),
+        })??;
+        Ok(view.respond(pb::ListTasksResponse {
+            tasks,
+            next_page_token: next
+                .map(|i| paging::token(&scope, &i.to_string()))
+                .unwrap_or_default(),
+        }))
     }
 
     async fn describe_job(
@@ -324,8 +430,14 @@ impl Scheduler for SchedulerService {
                 Some(_) => Vec::new(),
                 None => state.pending_reasons(j),
             };
+            let mut status = state.status(j);
+            // Inline tasks only as GetJob's full view has them: larger
+            // jobs page theirs with ListTasks.
+            if j.tasks.len() > paging::FULL_VIEW_MAX_TASKS {
+                status.tasks.clear();
+            }
             Some(pb::DescribeJobResponse {
-                status: Some(state.status(j)),
+                status: Some(status),
                 events: j.events.iter().map(to_pb_event).collect(),
                 pending_reasons,
             })

@@ -8,6 +8,7 @@ use sched_core::job::{Job, JobId, JobSpec};
 use sched_store::{KeyValue, Revision, Write, MAX_COMMIT_BYTES};
 
 use super::{EventKind, JobEntry, State, TaskEntry};
+use crate::error::ServiceError;
 use crate::keys::Keys;
 use crate::records::{JobRecord, TaskRecord, TaskState};
 
@@ -30,26 +31,30 @@ impl State {
         specs: Vec<JobSpec>,
         submission_id: &str,
         now_ms: i64,
-    ) -> Result<Vec<JobRecord>, SpecError> {
+    ) -> Result<Vec<JobRecord>, ServiceError> {
         let world = self.registry.world();
         let mut out = Vec::with_capacity(specs.len());
         for (i, mut spec) in specs.into_iter().enumerate() {
             let field = format!("jobs[{i}]");
             spec.resolve_band(&self.policy.priority, &field)?;
             if spec.command.is_empty() {
-                return Err(SpecError::new(
+                return Err(ServiceError::Invalid(SpecError::new(
                     format!("{field}.command"),
                     "is required: the program to run and its arguments, such as [\"sh\", \"-c\", \"echo hi\"]",
-                ));
+                )));
             }
             if let Some(existing) = self.jobs.get(&spec.name) {
-                if !submission_id.is_empty() && existing.record.submission_id == submission_id {
-                    continue;
+                if submission_id.is_empty() || existing.record.submission_id != submission_id {
+                    return Err(ServiceError::AlreadyExists(SpecError::new(
+                        format!("{field}.name"),
+                        format!("a job named {:?} already exists", spec.name),
+                    )));
                 }
-                return Err(SpecError::new(
-                    format!("{field}.name"),
-                    format!("a job named {:?} already exists", spec.name),
-                ));
+                // A retry of this very submission: fine if it asks for
+                // the same job, refused if the id was reused for another.
+                let asked = job_record(spec, submission_id, existing.record.submitted_unix_ms);
+                check_same_spec(&existing.record, &asked, &field)?;
+                continue;
             }
             let spec = if world.clusters.iter().all(|c| c.classes.is_empty()) {
                 // No cluster has reported a machine yet: nothing to size
@@ -57,13 +62,13 @@ impl State {
                 // names.
                 if let Some(l) = &spec.locality {
                     if world.locality.id(l).is_none() {
-                        return Err(SpecError::new(
+                        return Err(ServiceError::Invalid(SpecError::new(
                             format!("{field}.locality"),
                             format!(
                                 "unknown location {l:?} (known: {})",
                                 world.locality.names().join(", ")
                             ),
-                        ));
+                        )));
                     }
                 }
                 spec
@@ -232,6 +237,44 @@ impl State {
 pub fn job_write(keys: &Keys, r: &JobRecord) -> Write {
     let value = serde_json::to_vec(r).expect("job records serialize: strings and integers");
     Write::put(keys.job(&r.name), value, sched_store::Expect::Absent)
+}
+
+/// A retry of submission `asked.submission_id` must ask for the job it
+/// created (`existing`): the same id with another spec is refused
+/// (FAILED_PRECONDITION, naming the first field that differs) rather than
+/// answered with a job the caller did not ask for.
+pub(crate) fn check_same_spec(
+    existing: &JobRecord,
+    asked: &JobRecord,
+    field: &str,
+) -> Result<(), ServiceError> {
+    let differs = [
+        ("tasks", existing.tasks != asked.tasks),
+        (
+            "resources",
+            existing.request != asked.request || existing.request_text != asked.request_text,
+        ),
+        ("priority", existing.priority != asked.priority),
+        ("locality", existing.locality != asked.locality),
+        ("constraints", existing.constraints != asked.constraints),
+        ("command", existing.command != asked.command),
+        ("restart", existing.restart != asked.restart),
+        (
+            "ttl_after_finished",
+            existing.ttl_after_finished != asked.ttl_after_finished,
+        ),
+        ("tenant", existing.tenant != asked.tenant),
+    ];
+    match differs.iter().find(|(_, d)| *d) {
+        None => Ok(()),
+        Some((part, _)) => Err(ServiceError::SubmissionReused(SpecError::new(
+            format!("{field}.{part}"),
+            format!(
+                "submission {:?} already created job {:?} with another {part}; a retry must send the same spec (or use a new submission_id)",
+                asked.submission_id, asked.name
+            ),
+        ))),
+    }
 }
 
 /// A job record must fit in one store commit (with room for the fence):

@@ -99,20 +99,25 @@ impl State {
                 .tasks
                 .iter()
                 .enumerate()
-                .map(|(i, t)| pb::TaskStatus {
-                    index: i as u32,
-                    state: t.shown_state() as i32,
-                    cluster: t
-                        .cluster
-                        .map(|c| self.registry.name(c).to_string())
-                        .unwrap_or_default(),
-                    machine: t.machine.clone().unwrap_or_default(),
-                    exit_code: t.exit_code,
-                    attempts: t.attempts,
-                    next_retry_unix_ms: t.retry_at.filter(|_| t.state == TaskState::Pending),
-                    reason: t.reason.clone(),
-                })
+                .map(|(i, t)| self.task_status(i, t))
                 .collect(),
+        }
+    }
+
+    /// Task `index` of a job, as the API shows it.
+    pub fn task_status(&self, index: usize, t: &super::TaskEntry) -> pb::TaskStatus {
+        pb::TaskStatus {
+            index: index as u32,
+            state: t.shown_state() as i32,
+            cluster: t
+                .cluster
+                .map(|c| self.registry.name(c).to_string())
+                .unwrap_or_default(),
+            machine: t.machine.clone().unwrap_or_default(),
+            exit_code: t.exit_code,
+            attempts: t.attempts,
+            next_retry_unix_ms: t.retry_at.filter(|_| t.state == TaskState::Pending),
+            reason: t.reason.clone(),
         }
     }
 

@@ -261,6 +261,13 @@ impl State {
         self.jobs.values()
     }
 
+    /// Jobs in the order of their names, from `start` on.
+    pub fn jobs_from(&self, start: std::ops::Bound<&str>) -> impl Iterator<Item = &JobEntry> {
+        self.jobs
+            .range::<str, _>((start, std::ops::Bound::Unbounded))
+            .map(|(_, j)| j)
+    }
+
     pub fn job_count(&self) -> usize {
         self.jobs.len()
     }

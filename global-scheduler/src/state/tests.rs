@@ -220,6 +220,9 @@ fn jobs_are_sized_against_every_machine_a_cluster_has_had() {
     assert!(s.check_submission(vec![spec(4000)], "a", 0).is_ok());
     // What no machine ever had is still refused, naming the field.
     let e = s.check_submission(vec![spec(5000)], "b", 0).unwrap_err();
+    let crate::error::ServiceError::Invalid(e) = e else {
+        panic!("{e:?}")
+    };
     assert_eq!(e.field, "jobs[0].resources.cpu");
 }
 
@@ -298,8 +301,19 @@ fn a_resubmission_with_the_same_id_is_skipped_and_another_is_refused() {
         .check_submission(vec![spec.clone()], "sub", 0)
         .unwrap()
         .is_empty());
+    let mut other = spec.clone();
+    other.tasks += 1;
     let err = s.check_submission(vec![spec], "other", 0).unwrap_err();
+    let crate::error::ServiceError::AlreadyExists(err) = err else {
+        panic!("{err:?}")
+    };
     assert_eq!(err.field, "jobs[0].name");
+    // The same id with another spec: refused, naming what differs.
+    let err = s.check_submission(vec![other], "sub", 0).unwrap_err();
+    let crate::error::ServiceError::SubmissionReused(err) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(err.field, "jobs[0].tasks");
 }
 
 #[test]
@@ -702,6 +716,9 @@ fn a_machine_shape_not_reported_for_its_ttl_is_forgotten() {
     let changed = s.registry_mut().expire_classes(now + 3_600_001, 3_600_000);
     assert_eq!(changed, ["east-a"]);
     let e = big(&s).unwrap_err();
+    let crate::error::ServiceError::Invalid(e) = e else {
+        panic!("{e:?}")
+    };
     assert_eq!(e.field, "jobs[0].resources.cpu", "{e}");
     // The shapes reported now stay.
     let small = s.registry().entries()[id.0 as usize]
