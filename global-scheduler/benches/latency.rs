@@ -29,7 +29,7 @@ use sched_store::testing::EtcdServer;
 use sched_store::{EtcdStore, Store};
 use tokio_util::sync::CancellationToken;
 
-const TASKS_PER_JOB: i64 = 100;
+const TASKS_PER_JOB: u32 = 100;
 
 /// The `q`-quantile of sorted samples (nearest rank).
 fn quantile(sorted: &[Duration], q: f64) -> Duration {

@@ -248,7 +248,7 @@ async fn through_scheduler(
                         jobs: (first..(first + per_call).min(jobs))
                             .map(|i| pb::JobSpec {
                                 name: format!("job-{i}"),
-                                tasks: i64::from(TASKS_PER_JOB),
+                                tasks: TASKS_PER_JOB,
                                 resources: Some(pb::ResourceRequest {
                                     cpu: "500m".to_string(),
                                     memory: "512Mi".to_string(),

@@ -13,10 +13,10 @@ fn named(e: &sched_core::error::SpecError) -> bool {
 fn job_spec() -> impl Strategy<Value = pb::JobSpec> {
     (
         "[a-z0-9-]{0,12}|.{0,8}",
-        any::<i64>(),
+        any::<u32>(),
         "[-0-9.mkKMGTi]{0,10}",
         "[-0-9.mkKMGTi]{0,10}",
-        prop::option::of(any::<i64>()),
+        prop::option::of(any::<u32>()),
         prop::option::of("[a-z-]{0,8}"),
         prop::collection::vec(".{0,6}", 0..3),
     )

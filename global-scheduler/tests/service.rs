@@ -52,7 +52,7 @@ impl Running {
     }
 }
 
-fn job(name: &str, tasks: i64) -> pb::JobSpec {
+fn job(name: &str, tasks: u32) -> pb::JobSpec {
     pb::JobSpec {
         name: name.to_string(),
         tasks,

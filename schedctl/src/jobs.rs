@@ -48,7 +48,7 @@ pub struct RunArgs {
         allow_hyphen_values = true,
         value_name = "N"
     )]
-    tasks: i64,
+    tasks: u32,
     /// Cpu per task: cores (`2`, `0.5`) or millicores (`500m`).
     #[arg(long, value_name = "Q", allow_hyphen_values = true)]
     cpu: String,
@@ -64,7 +64,7 @@ pub struct RunArgs {
     /// Priority, 0-1000 (higher goes first and may preempt lower bands;
     /// default: the band's, or 0).
     #[arg(long, allow_hyphen_values = true, value_name = "N")]
-    priority: Option<i64>,
+    priority: Option<u32>,
     /// Preferred location.
     #[arg(long, value_name = "L")]
     locality: Option<String>,
@@ -77,7 +77,7 @@ pub struct RunArgs {
     restart: Option<String>,
     /// Attempts a task may make in all (default: the policy's, 3).
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    max_attempts: Option<i64>,
+    max_attempts: Option<u32>,
     /// Wait before the second attempt, doubled for each further one (`1s`).
     #[arg(long, value_name = "DURATION")]
     backoff: Option<String>,
@@ -170,7 +170,7 @@ pub enum QuotaCommand {
         gpu: Option<String>,
         /// Limit on unfinished tasks.
         #[arg(long, value_name = "N", allow_hyphen_values = true)]
-        tasks: Option<i64>,
+        tasks: Option<u64>,
     },
     /// Remove a tenant's quota in a band (admins).
     Remove {
@@ -503,7 +503,7 @@ struct QuotaView {
     cpu: Option<String>,
     memory: Option<String>,
     gpu: Option<String>,
-    tasks: Option<i64>,
+    tasks: Option<u64>,
     used: RequestView,
     used_tasks: u64,
 }

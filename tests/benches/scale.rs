@@ -34,7 +34,7 @@ use sched_tests::{
     UserClient,
 };
 
-const TASKS_PER_JOB: i64 = 100;
+const TASKS_PER_JOB: u32 = 100;
 
 fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64

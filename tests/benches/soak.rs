@@ -271,7 +271,7 @@ async fn submit_wave(client: &SchedulerClient<Channel>, w: u64, jobs: usize, loc
                     let specs = (first..(first + JOBS_PER_CALL).min(jobs))
                         .map(|i| pb::JobSpec {
                             name: format!("w{w}-j{i}"),
-                            tasks: TASKS_PER_JOB as i64,
+                            tasks: TASKS_PER_JOB as u32,
                             resources: Some(pb::ResourceRequest {
                                 cpu: "1".into(),
                                 memory: "2Gi".into(),

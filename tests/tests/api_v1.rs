@@ -13,7 +13,7 @@ use tonic_types::StatusExt;
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
 
-fn spec(name: &str, tasks: i64) -> pb::JobSpec {
+fn spec(name: &str, tasks: u32) -> pb::JobSpec {
     pb::JobSpec {
         name: name.to_string(),
         tasks,

@@ -12,7 +12,7 @@ use sched_tests::{eventually, job_keys, start_etcd, ClusterSpec, Lines, Schedule
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
 
-fn job(name: &str, tasks: i64, cpu: &str, memory: &str, locality: Option<&str>) -> pb::JobSpec {
+fn job(name: &str, tasks: u32, cpu: &str, memory: &str, locality: Option<&str>) -> pb::JobSpec {
     pb::JobSpec {
         name: name.to_string(),
         tasks,
@@ -72,7 +72,7 @@ async fn kill_9_during_submissions_loses_nothing_and_places_nothing_twice() {
     .await;
 
     const JOBS: usize = 120;
-    const TASKS: i64 = 10;
+    const TASKS: u32 = 10;
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let refused = Arc::new(AtomicU64::new(0));
     let submitter = {
@@ -171,7 +171,7 @@ async fn kill_9_during_submissions_loses_nothing_and_places_nothing_twice() {
         || async {
             for i in 0..JOBS {
                 let s = status(&sched, &format!("job-{i:03}")).await?;
-                if counts(&s).placed != TASKS as u32 {
+                if counts(&s).placed != TASKS {
                     return None;
                 }
             }
@@ -323,7 +323,7 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
         .submit(submit_one(job("web", 1, "1", "1Gi", None), "b"))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
     assert!(err.message().contains("jobs[0].name"), "{}", err.message());
     // ... while a retry of the same submission succeeds without a second job.
     c.submit(submit_one(job("web", 1, "1", "1Gi", None), "a"))

@@ -12,7 +12,7 @@ use sched_tests::{eventually, start_etcd, LocalAgent, NodeAgent, Scheduler};
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
 
-fn spec(name: &str, tasks: i64, cpu: &str, command: &[&str]) -> pb::JobSpec {
+fn spec(name: &str, tasks: u32, cpu: &str, command: &[&str]) -> pb::JobSpec {
     pb::JobSpec {
         name: name.to_string(),
         tasks,

@@ -73,7 +73,7 @@ fn promtool_check(what: &str, body: &str) {
     );
 }
 
-fn job(name: &str, tasks: i64) -> pb::SubmitRequest {
+fn job(name: &str, tasks: u32) -> pb::SubmitRequest {
     pb::SubmitRequest {
         yaml: String::new(),
         jobs: vec![pb::JobSpec {

@@ -14,7 +14,7 @@ use sched_tests::{
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
 
-fn job(name: String, tasks: i64) -> pb::SubmitRequest {
+fn job(name: String, tasks: u32) -> pb::SubmitRequest {
     pb::SubmitRequest {
         yaml: String::new(),
         jobs: vec![pb::JobSpec {
@@ -57,7 +57,7 @@ async fn overload_is_refused_at_the_edge_and_everything_accepted_runs() {
     .await;
     const CALLERS: usize = 16;
     const JOBS_EACH: usize = 5;
-    const TASKS: i64 = 100;
+    const TASKS: u32 = 100;
     let refused = Arc::new(AtomicU64::new(0));
     let hinted = Arc::new(AtomicU64::new(0));
     let callers: Vec<_> = (0..CALLERS)

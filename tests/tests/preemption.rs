@@ -12,7 +12,7 @@ use sched_tests::{eventually, schedctl_command, start_etcd, LocalAgent, NodeAgen
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
 
-fn job(name: &str, band: &str, tasks: i64) -> pb::SubmitRequest {
+fn job(name: &str, band: &str, tasks: u32) -> pb::SubmitRequest {
     pb::SubmitRequest {
         submission_id: name.to_string(),
         jobs: vec![pb::JobSpec {

@@ -14,7 +14,7 @@ use tonic_types::StatusExt;
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
 
-fn job(name: &str, tenant: &str, band: &str, tasks: i64) -> pb::SubmitRequest {
+fn job(name: &str, tenant: &str, band: &str, tasks: u32) -> pb::SubmitRequest {
     pb::SubmitRequest {
         submission_id: name.to_string(),
         jobs: vec![pb::JobSpec {

@@ -12,7 +12,7 @@ const TOPOLOGY: &str = "config/examples/topology.yaml";
 
 fn job(
     name: &str,
-    tasks: i64,
+    tasks: u32,
     cpu: &str,
     locality: Option<&str>,
     script: &str,
@@ -192,8 +192,15 @@ async fn a_job_runs_to_success_across_machines_and_clusters() {
             *m.entry(t.cluster.clone()).or_default() += 1;
             m
         });
-    assert_eq!(by_cluster.get("east-a"), Some(&4), "{by_cluster:?}");
-    assert_eq!(by_cluster.get("west-a"), Some(&3), "{by_cluster:?}");
+    // East fills first (4 at once) and the rest goes west; a task handed
+    // back may land on east again once a task there has finished (a loaded
+    // machine can be that slow), so east may end with more than 4.
+    let (east_n, west_n) = (
+        by_cluster.get("east-a").copied().unwrap_or(0),
+        by_cluster.get("west-a").copied().unwrap_or(0),
+    );
+    assert!(east_n >= 4 && west_n >= 1, "{by_cluster:?}");
+    assert_eq!(east_n + west_n, 7, "{by_cluster:?}");
 
     // Each log is its own task's, and per machine at most 2 tasks (2 cpu)
     // ran at any instant.

@@ -20,7 +20,7 @@ const TOPOLOGY: &str = "config/examples/topology.yaml";
 const HOSTILE: &str =
     "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">";
 
-fn job(name: &str, tasks: i64, command: &[&str]) -> pb::JobSpec {
+fn job(name: &str, tasks: u32, command: &[&str]) -> pb::JobSpec {
     pb::JobSpec {
         name: name.to_string(),
         tasks,

@@ -14,7 +14,7 @@ use tonic_types::StatusExt;
 
 const TOPOLOGY: &str = "config/examples/topology.yaml";
 
-fn job(name: &str, tasks: i64) -> pb::SubmitRequest {
+fn job(name: &str, tasks: u32) -> pb::SubmitRequest {
     pb::SubmitRequest {
         jobs: vec![pb::JobSpec {
             name: name.into(),

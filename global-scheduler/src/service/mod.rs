@@ -292,20 +292,20 @@ fn spec_from_pb(j: pb::JobSpec, field: &str) -> Result<JobSpec, SpecError> {
     let r = j.resources.unwrap_or_default();
     let text = JobSpecText {
         name: j.name,
-        tasks: j.tasks,
+        tasks: i64::from(j.tasks),
         resources: ResourcesText {
             cpu: QuantityText::Text(r.cpu),
             memory: QuantityText::Text(r.memory),
             disk: r.disk.map(QuantityText::Text),
             gpu: r.gpu.map(QuantityText::Text),
         },
-        priority: j.priority,
+        priority: j.priority.map(i64::from),
         locality: j.locality,
         constraints: j.constraints.into_iter().collect(),
         command: j.command,
         restart: j.restart.map(|r| sched_core::job::RestartText {
             policy: (!r.policy.is_empty()).then_some(r.policy),
-            max_attempts: r.max_attempts,
+            max_attempts: r.max_attempts.map(i64::from),
             backoff: r.backoff,
         }),
         ttl_after_finished: j.ttl_after_finished,

@@ -571,7 +571,7 @@ impl Scheduler for SchedulerService {
             cpu: q.cpu.map(sched_core::quantity::QuantityText::Text),
             memory: q.memory.map(sched_core::quantity::QuantityText::Text),
             gpu: q.gpu.map(sched_core::quantity::QuantityText::Text),
-            tasks: q.tasks,
+            tasks: q.tasks.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
         };
         let policy = shared.read(|s| s.policy().priority.clone());
         let ((tenant, band), limit) = text
@@ -614,7 +614,7 @@ impl Scheduler for SchedulerService {
                         cpu: l.cpu.map(format_cpu),
                         memory: l.memory.map(format_bytes),
                         gpu: l.gpu.map(format_gpu),
-                        tasks: l.tasks.map(|t| t as i64),
+                        tasks: l.tasks,
                         used: Some(to_pb_resources(&used.resources)),
                         used_tasks: used.tasks,
                     }

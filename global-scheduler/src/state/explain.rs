@@ -71,14 +71,14 @@ impl State {
             summary: Some(self.summary(j)),
             spec: Some(pb::JobSpec {
                 name: r.name.clone(),
-                tasks: i64::from(r.tasks),
+                tasks: r.tasks,
                 resources: Some(pb::ResourceRequest {
                     cpu: r.request_text.get("cpu").cloned().unwrap_or_default(),
                     memory: r.request_text.get("memory").cloned().unwrap_or_default(),
                     disk: r.request_text.get("disk").cloned(),
                     gpu: r.request_text.get("gpu").cloned(),
                 }),
-                priority: Some(i64::from(r.priority)),
+                priority: Some(r.priority),
                 locality: r.locality.clone(),
                 constraints: r.constraints.clone().into_iter().collect(),
                 command: r.command.clone(),
@@ -88,7 +88,7 @@ impl State {
                         .policy
                         .map(|p| p.as_str().to_string())
                         .unwrap_or_default(),
-                    max_attempts: r.restart.max_attempts.map(i64::from),
+                    max_attempts: r.restart.max_attempts,
                     backoff: r.restart.backoff.map(|b| b.to_string()),
                 }),
                 ttl_after_finished: r.ttl_after_finished.map(|t| t.to_string()),
