@@ -9,10 +9,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::Rng;
-use sched_core::job::{Job, JobId, JobSpec};
+use sched_core::job::Job;
 use sched_core::policy::Policy;
 use sched_core::resources::Resources;
 use sched_core::simulate::{simulate, simulate_arrivals};
@@ -31,23 +29,10 @@ fn topology(machines: u32, cpu: u32, memory_gi: u32) -> Topology {
 }
 
 fn job(id: u32, tasks: u32, cpu_millis: u64, memory_mi: u64, priority: u32) -> Job {
-    Job {
-        id: JobId(id),
-        spec: JobSpec {
-            name: format!("j{id}"),
-            tasks,
-            request: Resources::new(cpu_millis, memory_mi << 20),
-            priority,
-            locality: None,
-            constraints: BTreeMap::new(),
-            command: vec![],
-            restart: Default::default(),
-            ttl_after_finished: None,
-            tenant: sched_core::job::DEFAULT_TENANT.to_string(),
-            band: None,
-        },
-        locality: None,
-    }
+    let request = Resources::new(cpu_millis, memory_mi << 20);
+    let mut j = common::job(id, format!("j{id}"), tasks, request);
+    j.spec.priority = priority;
+    j
 }
 
 #[test]

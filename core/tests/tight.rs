@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use sched_core::job::{Job, JobId, JobSpec};
+use sched_core::job::{Job, JobId};
 use sched_core::policy::{Policy, ScorerName, WeightedScorer};
 use sched_core::resources::Resources;
 use sched_core::simulate::{lower_bound_machines, simulate, simulate_exact_split};
@@ -93,23 +91,12 @@ fn two_levels_place_what_flat_places_on_no_more_machines() {
 }
 
 fn job(id: u32, tasks: u32, cpu_millis: u64) -> Job {
-    Job {
-        id: JobId(id),
-        spec: JobSpec {
-            name: format!("j{id}"),
-            tasks,
-            request: Resources::new(cpu_millis, 1 << 30),
-            priority: 0,
-            locality: None,
-            constraints: BTreeMap::new(),
-            command: vec![],
-            restart: Default::default(),
-            ttl_after_finished: None,
-            tenant: sched_core::job::DEFAULT_TENANT.to_string(),
-            band: None,
-        },
-        locality: None,
-    }
+    common::job(
+        id,
+        format!("j{id}"),
+        tasks,
+        Resources::new(cpu_millis, 1 << 30),
+    )
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use sched_core::cell::Cell;
 use sched_core::cluster::{Cluster, ClusterId};
-use sched_core::job::JobId;
+use sched_core::job::{Job, JobId, JobSpec};
 use sched_core::labels::Labels;
 use sched_core::locality::LocationId;
 use sched_core::machine::MachineClass;
@@ -137,3 +137,26 @@ fn cut(total: u64, k: usize, rng: &mut Rng) -> Vec<u64> {
 pub mod flat;
 pub mod tight;
 pub mod workload;
+
+/// Job `id` of `tasks` tasks of `request`, named `name`, with every other
+/// field at its default (priority 0, no locality, no constraints): callers
+/// set what their case needs on the result.
+pub fn job(id: u32, name: String, tasks: u32, request: Resources) -> Job {
+    Job {
+        id: JobId(id),
+        spec: JobSpec {
+            name,
+            tasks,
+            request,
+            priority: 0,
+            locality: None,
+            constraints: BTreeMap::new(),
+            command: vec![],
+            restart: Default::default(),
+            ttl_after_finished: None,
+            tenant: sched_core::job::DEFAULT_TENANT.to_string(),
+            band: None,
+        },
+        locality: None,
+    }
+}

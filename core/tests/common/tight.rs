@@ -8,9 +8,7 @@
 //! preferred location among five. Everything is drawn from one seed, so a
 //! workload is reproducible from its parameters.
 
-use std::collections::BTreeMap;
-
-use sched_core::job::{Job, JobId, JobSpec};
+use sched_core::job::Job;
 use sched_core::locality::LocationId;
 use sched_core::resources::Resources;
 use sched_core::topology::Topology;
@@ -131,23 +129,15 @@ impl TightMixed {
             .map(|(i, (&tasks, (cpu, memory)))| {
                 let locality = (rng.range(0, 1) == 1)
                     .then(|| LocationId(rng.range(0, u64::from(LOCATIONS) - 1) as u32));
-                Job {
-                    id: JobId(i as u32),
-                    spec: JobSpec {
-                        name: format!("job-{i}"),
-                        tasks,
-                        request: Resources::new(cpu, memory),
-                        priority: 0,
-                        locality: locality.map(|l| format!("loc-{}", l.0)),
-                        constraints: BTreeMap::new(),
-                        command: vec![],
-                        restart: Default::default(),
-                        ttl_after_finished: None,
-                        tenant: sched_core::job::DEFAULT_TENANT.to_string(),
-                        band: None,
-                    },
-                    locality,
-                }
+                let mut j = super::job(
+                    i as u32,
+                    format!("job-{i}"),
+                    tasks,
+                    Resources::new(cpu, memory),
+                );
+                j.spec.locality = locality.map(|l| format!("loc-{}", l.0));
+                j.locality = locality;
+                j
             })
             .collect();
         (topology, jobs)
