@@ -4,12 +4,13 @@ The Rust test tests/tests/outside_client.rs generates the modules with
 Python's stock grpcio-tools (`python3 -m grpc_tools.protoc`) into a
 temporary directory and runs this script against a real scheduler:
 
-    python3 outside_client.py GENERATED_DIR HOST:PORT
+    python3 outside_client.py GENERATED_DIR HOST:PORT [JOBS]
 
 It checks that the generated package imports beside Python's standard
 `sched` module, submits jobs, gets ALREADY_EXISTS for a duplicate name,
 resumes a Watch after disconnecting without losing or repeating an event,
-and pages ListJobs (with page_size/page_token when the API has them).
+and pages ListJobs (with page_size/page_token when the API has them)
+through JOBS jobs (130 unless given; the Rust test asks for 100,000).
 Any failure raises; the last line printed on success is "outside client: ok".
 
 With SCHEDCTL_TLS_CA, SCHEDCTL_TLS_CERT and SCHEDCTL_TLS_KEY set (the
@@ -18,8 +19,10 @@ test harness's mutual TLS mode) it connects with that certificate.
 
 import os
 import sys
+import time
 
 GENERATED, TARGET = sys.argv[1], sys.argv[2]
+JOBS = int(sys.argv[3]) if len(sys.argv) > 3 else 130
 sys.path.insert(0, GENERATED)
 
 import sched  # noqa: E402  (the standard library's, which must still work)
@@ -31,8 +34,11 @@ from clustersched.v1 import scheduler_pb2_grpc as rpc  # noqa: E402
 
 assert hasattr(sched, "scheduler"), "the stdlib sched module is shadowed"
 
-JOBS = 130
-PAGE = 50
+# Pages of 50 for a small run (several pages); the API's largest page
+# (1,000) for a large one.
+PAGE = 50 if JOBS < 10000 else 1000
+# Jobs per Submit: a few small calls first, then large ones.
+BATCH = 40 if JOBS < 10000 else 2000
 TIMEOUT = 30
 
 
@@ -74,14 +80,15 @@ def has_method(name):
 stub = rpc.SchedulerStub(channel())
 
 # Submit: several calls of several jobs.
-names = ["py-%03d" % i for i in range(JOBS)]
-for start in range(0, JOBS, 40):
-    batch = names[start:start + 40]
+started = time.monotonic()
+names = ["py-%06d" % i for i in range(JOBS)]
+for start in range(0, JOBS, BATCH):
+    batch = names[start:start + BATCH]
     stub.Submit(
         pb.SubmitRequest(jobs=[spec(n) for n in batch], submission_id="py-%d" % start),
         timeout=TIMEOUT,
     )
-print("submitted %d jobs" % JOBS)
+print("submitted %d jobs in %.1f s" % (JOBS, time.monotonic() - started))
 
 # A duplicate name, in a new submission: ALREADY_EXISTS. (Before the API v1
 # error cleanup, which also brought ListTasks, it was INVALID_ARGUMENT.)
@@ -133,6 +140,7 @@ request = pb.ListJobsRequest()
 if has_field(request, "page_size"):
     token = ""
     pages = 0
+    started = time.monotonic()
     while True:
         page = stub.ListJobs(pb.ListJobsRequest(page_size=PAGE, page_token=token), timeout=TIMEOUT)
         assert len(page.jobs) <= PAGE, "page of %d > %d" % (len(page.jobs), PAGE)
@@ -142,7 +150,7 @@ if has_field(request, "page_size"):
         if not token:
             break
     assert pages >= JOBS // PAGE, "only %d page(s)" % pages
-    print("listed %d jobs in %d pages" % (len(listed), pages))
+    print("listed %d jobs in %d pages in %.1f s" % (len(listed), pages, time.monotonic() - started))
 else:
     response = stub.ListJobs(request, timeout=TIMEOUT)
     listed = [j.name for j in response.jobs]

@@ -99,6 +99,10 @@ fn which(name: &str) -> Option<PathBuf> {
     })
 }
 
+/// Jobs the client submits and pages through: the 100,000 (a
+/// 4 MiB ListJobs answer held about that many before paging).
+const JOBS: u32 = 100_000;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs etcd"]
 async fn a_generated_python_client_submits_watches_and_pages() {
@@ -121,7 +125,8 @@ async fn a_generated_python_client_submits_watches_and_pages() {
     let mut cmd = Command::new(&python);
     cmd.arg(repo().join("tests/python/outside_client.py"))
         .arg(generated.path())
-        .arg(target);
+        .arg(target)
+        .arg(JOBS.to_string());
     // In the TLS mode, the harness's user certificate.
     for (k, v) in schedctl_command().get_envs() {
         if let Some(v) = v {
