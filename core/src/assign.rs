@@ -478,9 +478,9 @@ impl PendingQueue {
                     self.dirty.insert(key);
                     break;
                 }
-                let mut ranking = ranker.rank(spec, summaries, handed_back);
+                let mut ranking = ranker.rank_best_first(spec, summaries, handed_back);
                 if ranking.best().is_none() && !handed_back.is_empty() && retry {
-                    ranking = ranker.rank(spec, summaries, &[]);
+                    ranking = ranker.rank_best_first(spec, summaries, &[]);
                 }
                 let left = group.len();
                 let fit = ask_room(room, spec, &mut ranking, summaries, left);
@@ -500,7 +500,7 @@ impl PendingQueue {
                     if trace == Some(id) {
                         pass.trace.push(Decision {
                             tasks: take as u32,
-                            ranking,
+                            ranking: ranking.sorted(),
                             chosen: Some(target),
                             preempting: true,
                         });
@@ -524,7 +524,7 @@ impl PendingQueue {
                     if trace == Some(id) {
                         pass.trace.push(Decision {
                             tasks: left,
-                            ranking,
+                            ranking: ranking.sorted(),
                             chosen: None,
                             preempting: false,
                         });
@@ -537,7 +537,7 @@ impl PendingQueue {
                 if trace == Some(id) {
                     pass.trace.push(Decision {
                         tasks: take as u32,
-                        ranking,
+                        ranking: ranking.sorted(),
                         chosen: Some(best),
                         preempting: false,
                     });
@@ -575,7 +575,9 @@ impl PendingQueue {
 /// Asks `room` about the ranked clusters, best first, until one can place
 /// at least one of `want` tasks; those that can place none move to the
 /// filtered clusters (in cluster order). Returns how many the first one
-/// can place (0 when none can).
+/// can place (0 when none can). `ranking` needs only its best cluster in
+/// front ([`Ranker::rank_best_first`]); the next best is found when the
+/// best refuses.
 fn ask_room(
     room: &mut dyn Room,
     job: &Job,
@@ -583,26 +585,23 @@ fn ask_room(
     summaries: &[ClusterSummary],
     want: u32,
 ) -> u64 {
-    let mut refused = 0;
+    let mut moved: Vec<ClusterRejection> = Vec::new();
     let mut fit = 0;
-    for s in &ranking.ranked {
+    while let Some(s) = ranking.ranked.first() {
         fit = room.fits(job, &summaries[s.cluster.0 as usize], u64::from(want));
         if fit > 0 {
             break;
         }
-        refused += 1;
+        let s = ranking.ranked.swap_remove(0);
+        moved.push(ClusterRejection {
+            cluster: s.cluster,
+            filter: "machine_room",
+            rejection: Rejection::NoMachineWithRoom,
+        });
+        ranking.best_to_front();
     }
-    if refused > 0 {
+    if !moved.is_empty() {
         // Merged into the filtered clusters, which stay in cluster order.
-        let mut moved: Vec<ClusterRejection> = ranking
-            .ranked
-            .drain(..refused)
-            .map(|s| ClusterRejection {
-                cluster: s.cluster,
-                filter: "machine_room",
-                rejection: Rejection::NoMachineWithRoom,
-            })
-            .collect();
         moved.sort_unstable_by_key(|f| f.cluster);
         let before = std::mem::take(&mut ranking.filtered);
         ranking.filtered.reserve(before.len() + moved.len());
