@@ -71,6 +71,10 @@ pub struct Shared {
     pub reserved: std::sync::atomic::AtomicU64,
     /// Fires when the server shuts down: open streams end.
     pub shutdown: CancellationToken,
+    /// This term's store, fenced by the leader key: writes made outside
+    /// the engine (quotas, the policy) fail instead of landing once
+    /// another replica leads.
+    pub store: Arc<dyn sched_store::Store>,
 }
 
 /// Bounds that keep memory in check under overload.
@@ -94,6 +98,7 @@ impl Shared {
         state: State,
         limits: Limits,
         shutdown: CancellationToken,
+        store: Arc<dyn sched_store::Store>,
     ) -> (
         Arc<Shared>,
         mpsc::Receiver<Command>,
@@ -110,6 +115,7 @@ impl Shared {
             limits,
             reserved: std::sync::atomic::AtomicU64::new(0),
             shutdown,
+            store,
         });
         (shared, rx, srx)
     }

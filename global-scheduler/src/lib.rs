@@ -315,7 +315,7 @@ async fn lead(
         policy.lifecycle.compaction_interval.as_duration(),
         leader_token.clone(),
     ));
-    let (shared, rx, submissions) = Shared::new(state, limits, leader_token.clone());
+    let (shared, rx, submissions) = Shared::new(state, limits, leader_token.clone(), store.clone());
     for s in submitter::Submitter::pool(shared.clone(), store.clone(), submissions) {
         tracker.spawn(s.run(leader_token.clone()));
     }

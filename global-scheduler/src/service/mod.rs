@@ -140,8 +140,11 @@ impl Role {
         let old = next.policy().clone();
         next.set(policy.clone(), source);
         let leader = self.leader().ok();
-        if leader.is_some() {
-            self.store
+        if let Some(shared) = &leader {
+            // Fenced by the leader key: a replica deposed in the meantime
+            // stores nothing (and keeps the policy for its next term only).
+            shared
+                .store
                 .commit(&[policy_write(self.policy_key(), &next)])
                 .await?;
         }
@@ -181,10 +184,6 @@ impl Role {
             }
             Err(e) => self.refuse_policy(e.to_string()),
         }
-    }
-
-    pub fn store(&self) -> &Arc<dyn sched_store::Store> {
-        &self.store
     }
 
     pub fn guard(&self) -> &Guard {

@@ -585,8 +585,9 @@ impl Scheduler for SchedulerService {
             let value = serde_json::to_vec(&limit).map_err(|e| Status::internal(e.to_string()))?;
             sched_store::Write::put(key, value, sched_store::Expect::Any)
         };
-        self.role
-            .store()
+        // Fenced: a replica deposed since `leader()` above writes nothing.
+        shared
+            .store
             .commit(&[write])
             .await
             .map_err(ServiceError::from)?;
