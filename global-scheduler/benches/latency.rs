@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use global_scheduler::Config;
 use prost::Message;
 use sched_proto::pb;
-use sched_proto::pb::scheduler_client::SchedulerClient;
+use sched_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use sched_store::testing::EtcdServer;
 use sched_store::{EtcdStore, Store};
 use tokio_util::sync::CancellationToken;
@@ -90,7 +90,7 @@ fn main() {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !sched_proto::process::serving_tls(
             &url,
-            "clustersched.v1.Scheduler",
+            "clustersched.v1.SchedulerService",
             Duration::from_secs(1),
             None,
         )
@@ -109,7 +109,7 @@ fn main() {
             .connect()
             .await
             .expect("connect");
-        let mut c = SchedulerClient::new(channel);
+        let mut c = SchedulerServiceClient::new(channel);
         println!(
             "sequential calls on one reused connection, scheduler at {url}, etcd at {}",
             etcd.url()

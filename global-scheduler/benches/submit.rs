@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use global_scheduler::records::{JobRecord, ResourcesRecord};
 use global_scheduler::Config;
 use sched_proto::pb;
-use sched_proto::pb::scheduler_client::SchedulerClient;
+use sched_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use sched_security::{certs, tokens, Kind, Tls, Tokens};
 use sched_store::testing::EtcdServer;
 use sched_store::{EtcdStore, Expect, Store, Write, MAX_OPS_PER_COMMIT};
@@ -206,7 +206,7 @@ async fn through_scheduler(
     let deadline = Instant::now() + Duration::from_secs(30);
     while !sched_proto::process::serving_tls(
         &url,
-        "clustersched.v1.Scheduler",
+        "clustersched.v1.SchedulerService",
         Duration::from_secs(1),
         client_tls,
     )
@@ -229,7 +229,10 @@ async fn through_scheduler(
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        clients.push(SchedulerClient::with_interceptor(channel, bearer.clone()));
+        clients.push(SchedulerServiceClient::with_interceptor(
+            channel,
+            bearer.clone(),
+        ));
     }
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();

@@ -23,7 +23,7 @@ pub fn to_pb_state(s: TaskState) -> pb::TaskState {
 
 pub fn to_pb_event(e: &Event) -> pb::Event {
     pb::Event {
-        unix_ms: e.unix_ms,
+        event_time: Some(sched_proto::wkt::timestamp(e.unix_ms)),
         job: e.job.clone(),
         kind: to_pb_event_kind(e.kind) as i32,
         message: e.message.clone(),

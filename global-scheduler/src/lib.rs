@@ -17,7 +17,7 @@
 //!   leader.
 //! - [`convert`]: records to API messages.
 //! - [`web`]: the read-only status page (`--http-listen`).
-//! - [`service`]: the gRPC handlers (`clustersched.v1.Scheduler`, `clustersched.internal.v1.Clusters`,
+//! - [`service`]: the gRPC handlers (`clustersched.v1.SchedulerService`, `clustersched.internal.v1.Clusters`,
 //!   and `grpc.health.v1.Health`; `grpc.reflection.v1` from `sched_proto`).
 //! - [`metrics`]: the Prometheus families (`--metrics-listen`).
 //!
@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sched_proto::pb::clusters_server::ClustersServer;
-use sched_proto::pb::scheduler_server::SchedulerServer;
+use sched_proto::pb::scheduler_service_server::SchedulerServiceServer;
 use sched_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -108,7 +108,7 @@ pub async fn run(
     metrics::metrics().attach(&role);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
-        .set_not_serving::<SchedulerServer<service::SchedulerService>>()
+        .set_not_serving::<SchedulerServiceServer<service::SchedulerService>>()
         .await;
     health_reporter
         .set_not_serving::<ClustersServer<service::ClustersService>>()
@@ -124,7 +124,7 @@ pub async fn run(
         .layer(metrics::metrics().grpc.clone())
         .add_service(health_service)
         .add_service(sched_proto::reflection::service())
-        .add_service(SchedulerServer::new(service::SchedulerService::new(
+        .add_service(SchedulerServiceServer::new(service::SchedulerService::new(
             role.clone(),
         )))
         .add_service(ClustersServer::new(service::ClustersService::new(
@@ -201,7 +201,7 @@ async fn leadership(
                 backoff = Duration::from_millis(200);
                 metrics::metrics().leader.set(1);
                 health
-                    .set_serving::<SchedulerServer<service::SchedulerService>>()
+                    .set_serving::<SchedulerServiceServer<service::SchedulerService>>()
                     .await;
                 health
                     .set_serving::<ClustersServer<service::ClustersService>>()
@@ -218,7 +218,7 @@ async fn leadership(
                 role.set_hint(String::new());
                 metrics::metrics().leader.set(0);
                 health
-                    .set_not_serving::<SchedulerServer<service::SchedulerService>>()
+                    .set_not_serving::<SchedulerServiceServer<service::SchedulerService>>()
                     .await;
                 health
                     .set_not_serving::<ClustersServer<service::ClustersService>>()

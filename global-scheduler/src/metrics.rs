@@ -273,13 +273,13 @@ mod tests {
         assert_eq!(
             metrics()
                 .grpc
-                .handled("/clusterclustersched.v1.Scheduler/GetJob", tonic::Code::Ok),
+                .handled("/clustersched.v1.SchedulerService/GetJob", tonic::Code::Ok),
             0
         );
         let text = metrics().encode();
         for name in [
             "sched_build_info",
-            "sched_grpc_server_handled_total{grpc_method=\"/clusterclustersched.v1.Scheduler/GetJob\",grpc_code=\"OK\"} 0",
+            "sched_grpc_server_handled_total{grpc_method=\"/clustersched.v1.SchedulerService/GetJob\",grpc_code=\"OK\"} 0",
             "sched_store_commit_duration_seconds",
             "sched_scheduling_latency_seconds",
             "sched_global_pass_duration_seconds",

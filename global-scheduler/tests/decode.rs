@@ -19,9 +19,10 @@ fn job_spec() -> impl Strategy<Value = pb::JobSpec> {
         prop::option::of(any::<u32>()),
         prop::option::of("[a-z-]{0,8}"),
         prop::collection::vec(".{0,6}", 0..3),
+        prop::option::of((any::<i64>(), any::<i32>())),
     )
         .prop_map(
-            |(name, tasks, cpu, memory, priority, locality, command)| pb::JobSpec {
+            |(name, tasks, cpu, memory, priority, locality, command, ttl)| pb::JobSpec {
                 name,
                 tasks,
                 resources: Some(pb::ResourceRequest {
@@ -34,9 +35,68 @@ fn job_spec() -> impl Strategy<Value = pb::JobSpec> {
                 locality,
                 constraints: Default::default(),
                 command,
+                ttl_after_finished: ttl.map(|(seconds, nanos)| pb::Duration { seconds, nanos }),
                 ..Default::default()
             },
         )
+}
+
+fn with_durations(backoff: pb::Duration, ttl: pb::Duration) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        jobs: vec![pb::JobSpec {
+            name: "j".into(),
+            tasks: 1,
+            resources: Some(pb::ResourceRequest {
+                cpu: "1".into(),
+                memory: "1Gi".into(),
+                ..Default::default()
+            }),
+            command: vec!["true".into()],
+            restart: Some(pb::RestartPolicy {
+                backoff: Some(backoff),
+                ..Default::default()
+            }),
+            ttl_after_finished: Some(ttl),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn durations_from_the_api_are_whole_milliseconds_up_to_365_days() {
+    let d = |seconds, nanos| pb::Duration { seconds, nanos };
+    let specs = specs_of(with_durations(d(1, 500_000_000), d(86_400, 0)), 10).unwrap();
+    assert_eq!(specs[0].restart.backoff.map(|s| s.ms()), Some(1500));
+    assert_eq!(
+        specs[0].ttl_after_finished.map(|s| s.ms()),
+        Some(86_400_000)
+    );
+    for (backoff, ttl, field, why) in [
+        (d(-1, 0), d(1, 0), "jobs[0].restart.backoff", "negative"),
+        (
+            d(0, 1),
+            d(1, 0),
+            "jobs[0].restart.backoff",
+            "not a whole number of milliseconds",
+        ),
+        (
+            d(1, 0),
+            d(366 * 86_400, 0),
+            "jobs[0].ttl_after_finished",
+            "longer than 365 days",
+        ),
+        (
+            d(1, 0),
+            d(0, 2_000_000_000),
+            "jobs[0].ttl_after_finished",
+            "out of range",
+        ),
+    ] {
+        let e = specs_of(with_durations(backoff, ttl), 10).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.reason.contains(why), "{e}");
+    }
 }
 
 proptest! {

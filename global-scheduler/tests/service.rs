@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use global_scheduler::Config;
 use sched_proto::pb;
-use sched_proto::pb::scheduler_client::SchedulerClient;
+use sched_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use sched_store::{MemStore, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -34,9 +34,9 @@ async fn start(store: Arc<dyn Store>, config: Config) -> Running {
 
 impl Running {
     /// A client, once this replica leads.
-    async fn client(&self) -> SchedulerClient<tonic::transport::Channel> {
+    async fn client(&self) -> SchedulerServiceClient<tonic::transport::Channel> {
         for _ in 0..250 {
-            if let Ok(mut c) = SchedulerClient::connect(self.url.clone()).await {
+            if let Ok(mut c) = SchedulerServiceClient::connect(self.url.clone()).await {
                 if c.list_clusters(pb::ListClustersRequest {}).await.is_ok() {
                     return c;
                 }

@@ -67,7 +67,7 @@ impl Service<http::Request<()>> for Echo {
 
 fn request() -> http::Request<()> {
     http::Request::builder()
-        .uri("/clusterclustersched.v1.Scheduler/GetJob")
+        .uri("/clustersched.v1.SchedulerService/GetJob")
         .body(())
         .expect("a valid request")
 }
@@ -118,7 +118,7 @@ fn bench(c: &mut Criterion) {
     });
     for i in 0..40 {
         let _ = metrics.handled(
-            &format!("/clusterclustersched.v1.Scheduler/M{i}"),
+            &format!("/clustersched.v1.SchedulerService/M{i}"),
             tonic::Code::Ok,
         );
     }

@@ -25,6 +25,8 @@ pub mod clustersched {
 pub mod pb {
     pub use crate::clustersched::internal::v1::*;
     pub use crate::clustersched::v1::*;
+    /// The well-known types the messages hold (see [`crate::wkt`]).
+    pub use prost_types::{Duration, Timestamp};
 }
 
 impl pb::EventKind {
@@ -61,6 +63,10 @@ pub mod metrics;
 pub mod process;
 pub mod reflection;
 pub mod retry;
+pub mod wkt;
+
+/// The well-known types' crate, for the users of [`wkt`]'s types.
+pub use prost_types;
 
 /// Resource amounts between the core's units and the wire's (the same
 /// integers, named).

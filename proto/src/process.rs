@@ -169,7 +169,7 @@ pub async fn listen(addr: &str) -> io::Result<tokio::net::TcpListener> {
 }
 
 /// Whether the server at `url` reports `service` (e.g.
-/// `pb::scheduler_server::SERVICE_NAME`; `""` for the server as a whole)
+/// `pb::scheduler_service_server::SERVICE_NAME`; `""` for the server as a whole)
 /// as SERVING on the standard `grpc.health.v1.Health` service. An error
 /// is a server that could not be asked (not reachable, no answer within
 /// `timeout`, no such service).

@@ -21,10 +21,31 @@ pub fn service() -> ServerReflectionServer<impl ServerReflection> {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     #[test]
     fn the_descriptor_set_decodes_and_holds_the_api() {
         let _ = super::service();
         let text = String::from_utf8_lossy(super::FILE_DESCRIPTOR_SET);
-        assert!(text.contains("Scheduler"), "no Scheduler service");
+        assert!(
+            text.contains("SchedulerService"),
+            "no SchedulerService service"
+        );
+    }
+
+    #[test]
+    fn the_descriptor_set_holds_the_well_known_types_the_api_imports() {
+        // A reflection client resolves every import of the API's files, so
+        // the set must carry them (protox includes imports).
+        let set = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET)
+            .expect("the descriptor set decodes");
+        let names: Vec<&str> = set.file.iter().map(|f| f.name()).collect();
+        for wanted in [
+            "google/protobuf/timestamp.proto",
+            "google/protobuf/duration.proto",
+            "clustersched/v1/scheduler.proto",
+        ] {
+            assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
+        }
     }
 }

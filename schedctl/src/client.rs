@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 use sched_proto::backoff::delay;
 pub use sched_proto::backoff::random_u64;
 use sched_proto::leader::LeaderChannel;
-use sched_proto::pb::scheduler_client::SchedulerClient;
+use sched_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use sched_proto::retry::{from_transport, Pace};
 use sched_security::{Bearer, Tls};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Status};
 
 /// The client type every command uses.
-pub type Client = SchedulerClient<InterceptedService<LeaderChannel, Bearer>>;
+pub type Client = SchedulerServiceClient<InterceptedService<LeaderChannel, Bearer>>;
 
 /// Where the scheduler is and how to prove who we are.
 #[derive(Debug, Clone)]
@@ -51,7 +51,8 @@ pub fn connect(target: &Target) -> anyhow::Result<Client> {
     .map_err(|e| anyhow::anyhow!("--server: {e}"))?;
     let bearer =
         Bearer::new(target.token.as_deref()).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
-    Ok(SchedulerClient::with_interceptor(channel, bearer).max_decoding_message_size(256 << 20))
+    Ok(SchedulerServiceClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(256 << 20))
 }
 
 /// The longest retry hint honoured. The server hints 200 ms; a hint of

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use sched_core::resources::{format_bytes, format_cpu, format_gpu};
 use sched_core::topology::Topology;
-use sched_proto::pb::{machines_server, scheduler_server};
+use sched_proto::pb::{machines_server, scheduler_service_server};
 use sched_proto::process::{self, Signals};
 use sched_security::{certs, Kind, Tls};
 
@@ -476,7 +476,7 @@ async fn start_and_serve(
         .wait_serving(
             "the global scheduler",
             &server,
-            scheduler_server::SERVICE_NAME,
+            scheduler_service_server::SERVICE_NAME,
             admin,
         )
         .await?;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use sched_core::resources::Resources;
 use sched_proto::pb;
+use sched_proto::wkt::{self, Timestamp};
 use serde::Serialize;
 use tokio_stream::StreamExt;
 
@@ -79,12 +80,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     max_attempts: Option<u32>,
     /// Wait before the second attempt, doubled for each further one (`1s`).
-    #[arg(long, value_name = "DURATION")]
-    backoff: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    backoff: Option<wkt::Duration>,
     /// Delete the job this long after it finished (`30s`, `24h`; default:
     /// the policy's, 24h).
-    #[arg(long, value_name = "DURATION")]
-    ttl_after_finished: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    ttl_after_finished: Option<wkt::Duration>,
     /// Whose job it is (default: the token's tenant; `default` without
     /// tokens). Only an admin may name another tenant.
     #[arg(long, value_name = "NAME")]
@@ -520,7 +521,8 @@ struct JobSummaryView {
     locality: Option<String>,
     tenant: String,
     band: String,
-    submitted_unix_ms: i64,
+    #[serde(serialize_with = "rfc3339", skip_serializing_if = "Option::is_none")]
+    submit_time: Option<Timestamp>,
 }
 
 #[derive(Serialize)]
@@ -531,8 +533,8 @@ struct TaskView {
     machine: Option<String>,
     exit_code: Option<i32>,
     attempts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next_retry_unix_ms: Option<i64>,
+    #[serde(serialize_with = "rfc3339", skip_serializing_if = "Option::is_none")]
+    next_retry_time: Option<Timestamp>,
     #[serde(skip_serializing_if = "String::is_empty")]
     reason: String,
 }
@@ -569,7 +571,8 @@ struct ClusterView {
     allocated: RequestView,
     queued: RequestView,
     queue_len: u64,
-    last_heartbeat_unix_ms: i64,
+    #[serde(serialize_with = "rfc3339", skip_serializing_if = "Option::is_none")]
+    last_heartbeat_time: Option<Timestamp>,
 }
 
 fn resources(r: Option<&pb::Resources>) -> Resources {
@@ -636,7 +639,7 @@ fn summary_view(s: &pb::JobSummary) -> JobSummaryView {
         locality: (!s.locality.is_empty()).then(|| s.locality.clone()),
         tenant: s.tenant.clone(),
         band: s.band.clone(),
-        submitted_unix_ms: s.submitted_unix_ms,
+        submit_time: s.submit_time,
     }
 }
 
@@ -656,11 +659,27 @@ fn job_view(s: &pb::JobStatus) -> JobView {
                 machine: (!t.machine.is_empty()).then(|| t.machine.clone()),
                 exit_code: t.exit_code,
                 attempts: t.attempts,
-                next_retry_unix_ms: t.next_retry_unix_ms,
+                next_retry_time: t.next_retry_time,
                 reason: t.reason.clone(),
             })
             .collect(),
     }
+}
+
+/// A `--backoff` or `--ttl-after-finished` value as a job file writes it
+/// (`500ms`, `90s`, `1h30m`; at most 365 days), as the API's duration.
+fn duration_arg(text: &str) -> Result<wkt::Duration, String> {
+    sched_core::lifecycle::Span::parse("duration", text)
+        .map(|s| wkt::duration(s.ms()))
+        .map_err(|e| e.reason)
+}
+
+/// A duration from the API as a job file writes it (`1h30m`).
+fn span(d: &wkt::Duration) -> String {
+    wkt::duration_ms(d).map_or_else(
+        |_| d.to_string(),
+        |ms| sched_core::lifecycle::Span(ms).to_string(),
+    )
 }
 
 /// Columns padded to their widest cell.
@@ -689,10 +708,20 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
-fn age(unix_ms: i64) -> String {
-    if unix_ms <= 0 {
-        return "-".to_string();
+/// An API time as `-o json` and `-o yaml` print it: RFC 3339 in UTC
+/// (`2024-02-29T12:34:56.789Z`), as protobuf's JSON mapping writes it.
+fn rfc3339<S: serde::Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.collect_str(t),
+        None => s.serialize_none(),
     }
+}
+
+/// How long ago `t` was (`42s`, `7m`, `3h`); `-` when unset.
+fn age(t: Option<&Timestamp>) -> String {
+    let Some(unix_ms) = t.map(wkt::unix_ms) else {
+        return "-".to_string();
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -880,7 +909,7 @@ fn jobs_table(jobs: &[pb::JobSummary], wide: bool) -> String {
                     r.memory,
                 ]);
             }
-            row.push(age(j.submitted_unix_ms));
+            row.push(age(j.submit_time.as_ref()));
             row
         })
         .collect();
@@ -905,7 +934,7 @@ fn tasks_table(tasks: &[TaskView], wide: bool) -> String {
                 t.machine.clone().unwrap_or_else(|| "-".into()),
                 t.exit_code.map_or("-".into(), |c| c.to_string()),
                 t.attempts.to_string(),
-                t.next_retry_unix_ms.map_or("-".into(), retry_in),
+                t.next_retry_time.as_ref().map_or("-".into(), retry_in),
             ];
             if wide {
                 row.push(if t.reason.is_empty() {
@@ -994,7 +1023,7 @@ fn cluster_view(c: &pb::ClusterStatus) -> ClusterView {
         allocated: request_view(c.allocated.as_ref()),
         queued: request_view(c.queued.as_ref()),
         queue_len: c.queue_len,
-        last_heartbeat_unix_ms: c.last_heartbeat_unix_ms,
+        last_heartbeat_time: c.last_heartbeat_time,
     }
 }
 
@@ -1027,7 +1056,7 @@ fn clusters_table(clusters: &[pb::ClusterStatus], wide: bool) -> String {
                     v.queued.memory,
                 ]);
             }
-            row.push(age(c.last_heartbeat_unix_ms));
+            row.push(age(c.last_heartbeat_time.as_ref()));
             row
         })
         .collect();
@@ -1064,7 +1093,7 @@ fn cluster_text(c: &pb::ClusterStatus) -> String {
     ));
     s.push_str(&format!(
         "Heartbeat:  {} ago\n",
-        age(v.last_heartbeat_unix_ms)
+        age(v.last_heartbeat_time.as_ref())
     ));
     s
 }
@@ -1166,7 +1195,8 @@ struct DescribeView<'a> {
 /// One event, as `describe -o json` and `watch -o json` print it.
 #[derive(Serialize)]
 struct EventView {
-    unix_ms: i64,
+    #[serde(serialize_with = "rfc3339", skip_serializing_if = "Option::is_none")]
+    event_time: Option<Timestamp>,
     job: String,
     kind: &'static str,
     message: String,
@@ -1179,7 +1209,7 @@ struct EventView {
 
 fn event_view(e: &pb::Event) -> EventView {
     EventView {
-        unix_ms: e.unix_ms,
+        event_time: e.event_time,
         job: e.job.clone(),
         kind: e.kind().name(),
         message: e.message.clone(),
@@ -1257,7 +1287,7 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
             parts.push(format!("max_attempts {n}"));
         }
         if let Some(b) = &r.backoff {
-            parts.push(format!("backoff {b}"));
+            parts.push(format!("backoff {}", span(b)));
         }
         outln!(
             "Restart:      {} (the rest: the policy's defaults)",
@@ -1265,7 +1295,7 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
         )?;
     }
     if let Some(t) = &spec.ttl_after_finished {
-        outln!("TTL:          deleted {t} after it finished")?;
+        outln!("TTL:          deleted {} after it finished", span(t))?;
     }
     // Tasks that needed more than one attempt, or failed: the latest ones.
     let retried: Vec<&TaskView> = v
@@ -1276,7 +1306,7 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
     if !retried.is_empty() {
         outln!("Attempts:")?;
         for t in retried.iter().take(10) {
-            let next = t.next_retry_unix_ms.map_or(String::new(), |at| {
+            let next = t.next_retry_time.as_ref().map_or(String::new(), |at| {
                 format!(", next attempt {}", retry_in(at))
             });
             let reason = if t.reason.is_empty() {
@@ -1321,7 +1351,7 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
     for e in &d.events {
         outln!(
             "  {:>5}  {:<13}  {}",
-            age(e.unix_ms),
+            age(e.event_time.as_ref()),
             e.kind().name(),
             e.message
         )?;
@@ -1330,7 +1360,8 @@ pub async fn describe(server: &Target, cmd: DescribeCommand) -> anyhow::Result<(
 }
 
 /// `in 3s` (or `now`) for a retry time in Unix ms.
-fn retry_in(at: i64) -> String {
+fn retry_in(at: &Timestamp) -> String {
+    let at = wkt::unix_ms(at);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -1439,7 +1470,7 @@ pub async fn watch(server: &Target, job: Option<String>, output: Format) -> anyh
                 Ok(e) if output.structured() => print_streamed(&event_view(&e), output)?,
                 Ok(e) => outln!(
                     "{}  {:<20}  {:<13}  {}",
-                    clock(e.unix_ms),
+                    clock(e.event_time.as_ref()),
                     e.job,
                     e.kind().name(),
                     e.message
@@ -1454,8 +1485,8 @@ pub async fn watch(server: &Target, job: Option<String>, output: Format) -> anyh
 }
 
 /// `HH:MM:SS.mmm` UTC.
-fn clock(unix_ms: i64) -> String {
-    let ms = unix_ms.rem_euclid(86_400_000);
+fn clock(t: Option<&Timestamp>) -> String {
+    let ms = t.map_or(0, wkt::unix_ms).rem_euclid(86_400_000);
     format!(
         "{:02}:{:02}:{:02}.{:03}",
         ms / 3_600_000,

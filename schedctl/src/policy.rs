@@ -92,12 +92,12 @@ pub async fn remote(server: &Target, cmd: Command) -> anyhow::Result<()> {
             .map_err(status_error)?
             .into_inner();
             println!("# source: {}", s.source);
-            println!("# loaded: {}", time(s.loaded_unix_ms));
+            println!("# loaded: {}", time(s.load_time.as_ref()));
             println!("# reloads: {}", s.reloads);
             if !s.last_refused.is_empty() {
                 println!(
                     "# last refused: {}: {}",
-                    time(s.last_refused_unix_ms),
+                    time(s.last_refusal_time.as_ref()),
                     s.last_refused
                 );
             }
@@ -110,33 +110,18 @@ pub async fn remote(server: &Target, cmd: Command) -> anyhow::Result<()> {
     }
 }
 
-/// A Unix time in ms as UTC `YYYY-MM-DD HH:MM:SS` (civil date from the
-/// day count, Howard Hinnant's `civil_from_days`).
-fn time(unix_ms: i64) -> String {
-    let secs = unix_ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+/// An API time as RFC 3339 in UTC (`2024-02-29T12:34:56.789Z`, protobuf's
+/// JSON form); `-` when unset.
+fn time(t: Option<&sched_proto::wkt::Timestamp>) -> String {
+    t.map_or_else(|| "-".to_string(), ToString::to_string)
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn times_are_utc_dates() {
-        assert_eq!(super::time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(super::time(1_709_210_096_000), "2024-02-29 12:34:56 UTC");
+    fn times_are_rfc3339_in_utc() {
+        let t = sched_proto::wkt::timestamp(1_709_210_096_000);
+        assert_eq!(super::time(Some(&t)), "2024-02-29T12:34:56Z");
+        assert_eq!(super::time(None), "-");
     }
 }

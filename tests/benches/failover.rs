@@ -10,7 +10,7 @@
 //! loop, one new one-task job per call. RUNS times (default 10): kill -9
 //! whichever replica leads, then time
 //! - until another replica reports itself leading (its
-//!   `clustersched.v1.Scheduler` health SERVING), and
+//!   `clustersched.v1.SchedulerService` health SERVING), and
 //! - until the first submit acknowledged after the kill (the moment
 //!   schedctl prints `job/... submitted`),
 //!

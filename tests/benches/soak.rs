@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sched_proto::pb;
-use sched_proto::pb::scheduler_client::SchedulerClient;
+use sched_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use sched_tests::{bin, channel, free_port, memory, EtcdServer, Guarded, LocalAgent, Scheduler};
 use tonic::transport::Channel;
 
@@ -45,7 +45,7 @@ const TASKS_PER_JOB: u64 = 100;
 const JOBS_PER_CALL: usize = 10;
 const CALLERS: usize = 16;
 /// Short, so that a wave's jobs are gone soon after they finish.
-const TTL_AFTER_FINISHED: &str = "1s";
+const TTL_AFTER_FINISHED_MS: u64 = 1000;
 /// How often the leader compacts etcd's history; it keeps one interval.
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(5);
 /// The ratio end / first 100,000 tasks a bounded figure stays within.
@@ -172,7 +172,7 @@ async fn run(clusters: usize, machines: usize, tasks: u64, wave: u64) {
             &dir.path().join(format!("c{i}")),
         ));
     }
-    let client = SchedulerClient::new(channel(&sched.url()));
+    let client = SchedulerServiceClient::new(channel(&sched.url()));
     let want = (clusters * machines) as u32;
     let start = Instant::now();
     loop {
@@ -189,7 +189,7 @@ async fn run(clusters: usize, machines: usize, tasks: u64, wave: u64) {
     println!(
         "soak: {clusters} clusters x {machines} hollow machines up in {:.1} s; \
          {tasks} tasks in waves of {wave}, jobs of {TASKS_PER_JOB} tasks, \
-         ttl_after_finished {TTL_AFTER_FINISHED}, compaction every {} s",
+         ttl_after_finished {TTL_AFTER_FINISHED_MS} ms, compaction every {} s",
         start.elapsed().as_secs_f64(),
         COMPACTION_INTERVAL.as_secs()
     );
@@ -256,7 +256,12 @@ fn start_node(agent: &str, i: usize, machines: usize, work_dir: &Path) -> Guarde
 
 /// Submits wave `w`: `jobs` jobs of [`TASKS_PER_JOB`] tasks, named
 /// `w<w>-j<i>` so that no two waves share a name.
-async fn submit_wave(client: &SchedulerClient<Channel>, w: u64, jobs: usize, locations: usize) {
+async fn submit_wave(
+    client: &SchedulerServiceClient<Channel>,
+    w: u64,
+    jobs: usize,
+    locations: usize,
+) {
     let next = Arc::new(AtomicUsize::new(0));
     let callers: Vec<_> = (0..CALLERS)
         .map(|_| {
@@ -280,7 +285,9 @@ async fn submit_wave(client: &SchedulerClient<Channel>, w: u64, jobs: usize, loc
                             }),
                             locality: Some(format!("loc{}", i % locations)),
                             command: vec!["sleep".into(), "1".into()],
-                            ttl_after_finished: Some(TTL_AFTER_FINISHED.into()),
+                            ttl_after_finished: Some(sched_proto::wkt::duration(
+                                TTL_AFTER_FINISHED_MS,
+                            )),
                             ..Default::default()
                         })
                         .collect();
@@ -309,7 +316,7 @@ async fn submit_wave(client: &SchedulerClient<Channel>, w: u64, jobs: usize, loc
 
 /// Waits until ListJobs is empty: every job of the wave finished and was
 /// deleted after its ttl.
-async fn wait_deleted(client: &SchedulerClient<Channel>, started: Instant) {
+async fn wait_deleted(client: &SchedulerServiceClient<Channel>, started: Instant) {
     let mut c = client.clone();
     loop {
         let jobs = match sched_tests::list_all_jobs!(c) {
@@ -354,7 +361,7 @@ async fn settle(url: &str) {
 
 async fn measure(
     url: &str,
-    client: &SchedulerClient<Channel>,
+    client: &SchedulerServiceClient<Channel>,
     pids: &Pids,
     tasks: u64,
     wave_secs: f64,

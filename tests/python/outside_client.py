@@ -9,14 +9,16 @@ temporary directory and runs this script against a real scheduler:
 It checks that the generated package imports beside Python's standard
 `sched` module, submits jobs, gets ALREADY_EXISTS for a duplicate name,
 resumes a Watch after disconnecting without losing or repeating an event,
-and pages ListJobs (with page_size/page_token when the API has them)
-through JOBS jobs (130 unless given; the Rust test asks for 100,000).
+reads event times (google.protobuf.Timestamp), and pages ListJobs (with
+page_size/page_token when the API has them) through JOBS jobs (130 unless
+given; the Rust test asks for 100,000).
 Any failure raises; the last line printed on success is "outside client: ok".
 
 With SCHEDCTL_TLS_CA, SCHEDCTL_TLS_CERT and SCHEDCTL_TLS_KEY set (the
 test harness's mutual TLS mode) it connects with that certificate.
 """
 
+import datetime
 import os
 import sys
 import time
@@ -73,11 +75,11 @@ def has_field(message, name):
 
 
 def has_method(name):
-    service = pb.DESCRIPTOR.services_by_name["Scheduler"]
+    service = pb.DESCRIPTOR.services_by_name["SchedulerService"]
     return any(m.name == name for m in service.methods)
 
 
-stub = rpc.SchedulerStub(channel())
+stub = rpc.SchedulerServiceStub(channel())
 
 # Submit: several calls of several jobs.
 started = time.monotonic()
@@ -114,6 +116,12 @@ job = names[1]
 call = stub.Watch(pb.WatchRequest(job=job, since=0), timeout=TIMEOUT)
 first = [next(call)]
 assert first[0].kind == pb.EVENT_KIND_SUBMITTED, first[0]
+# Times are google.protobuf.Timestamp: the stock runtime reads them.
+if has_field(first[0], "event_time"):
+    at = first[0].event_time.ToDatetime()
+    age = datetime.datetime.utcnow() - at
+    assert datetime.timedelta(seconds=-5) < age < datetime.timedelta(minutes=5), at
+    print("event time: %s" % first[0].event_time.ToJsonString())
 call.cancel()
 stub.CancelJob(pb.CancelJobRequest(name=job), timeout=TIMEOUT)
 

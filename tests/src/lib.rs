@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use sched_proto::pb;
 use sched_proto::pb::clusters_client::ClustersClient;
-use sched_proto::pb::scheduler_client::SchedulerClient;
+use sched_proto::pb::scheduler_service_client::SchedulerServiceClient;
 pub use sched_store::testing::{
     etcd_available, free_port, start_etcd, EtcdServer, Guarded, INSTALL_ETCD,
 };
@@ -283,7 +283,7 @@ impl Scheduler {
         self.spawn();
         wait_service(
             &self.url(),
-            "clustersched.v1.Scheduler",
+            "clustersched.v1.SchedulerService",
             Duration::from_secs(30),
             self.tls.as_ref(),
         )
@@ -299,12 +299,12 @@ impl Scheduler {
         s
     }
 
-    /// Whether it leads now (its `clustersched.v1.Scheduler` service is SERVING).
+    /// Whether it leads now (its `clustersched.v1.SchedulerService` service is SERVING).
     pub async fn leads(&self) -> bool {
         let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel());
         let r = health
             .check(tonic_health::pb::HealthCheckRequest {
-                service: "clustersched.v1.Scheduler".to_string(),
+                service: "clustersched.v1.SchedulerService".to_string(),
             })
             .await;
         r.is_ok_and(|r| {
@@ -323,8 +323,8 @@ impl Scheduler {
     }
 
     /// A client of its user API (in the TLS mode, as the harness's user).
-    pub async fn client(&self) -> SchedulerClient<Channel> {
-        SchedulerClient::new(self.channel())
+    pub async fn client(&self) -> SchedulerServiceClient<Channel> {
+        SchedulerServiceClient::new(self.channel())
     }
 
     /// Machines in the clusters that are up, as this scheduler sees them
@@ -717,7 +717,7 @@ pub use sched_security::Bearer;
 
 /// A client of the scheduler's job API as a user calls it.
 pub type UserClient =
-    SchedulerClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+    SchedulerServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
 /// A user's client of the scheduler at `url`: plaintext, or with `tls`
 /// over mutual TLS (a user certificate), sending `token` with every call
@@ -727,7 +727,7 @@ pub fn user_client(url: &str, tls: Option<&Tls>, token: Option<&str>) -> UserCli
         Some(t) => tls_channel(url, t),
         None => channel(url),
     };
-    SchedulerClient::with_interceptor(channel, Bearer::new(token).expect("an ASCII token"))
+    SchedulerServiceClient::with_interceptor(channel, Bearer::new(token).expect("an ASCII token"))
 }
 
 /// The keys of the jobs stored under the default prefix, in order.
@@ -772,9 +772,9 @@ pub async fn wait_serving(url: &str, timeout: Duration) {
 }
 
 /// Waits until the global scheduler at `url` leads (a standby reports its
-/// `clustersched.v1.Scheduler` service NOT_SERVING).
+/// `clustersched.v1.SchedulerService` service NOT_SERVING).
 pub async fn wait_leading(url: &str, timeout: Duration) {
-    wait_service(url, "clustersched.v1.Scheduler", timeout, None).await
+    wait_service(url, "clustersched.v1.SchedulerService", timeout, None).await
 }
 
 /// Waits until `service` at `url` is SERVING, asking with `tls`'s
@@ -1176,7 +1176,7 @@ pub async fn etcd_writes(url: &str) -> Option<EtcdWrites> {
 }
 
 /// Every job, paged through ListJobs (1000 a page): `list_all_jobs!(client)`
-/// for any `SchedulerClient`, as `Result<Response<ListJobsResponse>, Status>`
+/// for any `SchedulerServiceClient`, as `Result<Response<ListJobsResponse>, Status>`
 /// with all the jobs in one response (a macro, so that it takes clients over
 /// any channel without naming tonic's bounds).
 #[macro_export]

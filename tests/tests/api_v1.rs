@@ -1,8 +1,8 @@
 //! The public API's v1 semantics (issue 14), against a real scheduler and
 //! etcd: error codes with `google.rpc` details (ALREADY_EXISTS for a
 //! name, a reused submission id refused, a Submit batch all or nothing,
-//! unknown enum values refused) and paging (ListJobs, ListTasks, GetJob's
-//! summary view).
+//! unknown enum values refused), paging (ListJobs, ListTasks, GetJob's
+//! summary view) and times and durations as the well-known types.
 
 use std::collections::BTreeSet;
 
@@ -173,6 +173,62 @@ async fn errors_have_the_right_codes_and_details_and_submit_is_all_or_nothing() 
     assert_eq!(e.code(), Code::NotFound);
     assert_eq!(reason(&e), "NOT_FOUND");
     assert_eq!(e.get_details_resource_info().unwrap().resource_name, "nope");
+
+    // Times and durations are the well-known types: durations come back as
+    // submitted, times are the scheduler's clock (the same as ours here),
+    // and a duration finer than a millisecond is refused, naming it.
+    let ms = |d: std::time::Duration| d.as_secs() as i64 * 1000 + i64::from(d.subsec_millis());
+    let now_ms = || ms(std::time::UNIX_EPOCH.elapsed().unwrap());
+    let backoff = pb::Duration {
+        seconds: 1,
+        nanos: 500_000_000,
+    };
+    let ttl = pb::Duration {
+        seconds: 90,
+        nanos: 0,
+    };
+    let mut timed = spec("timed", 1);
+    timed.restart = Some(pb::RestartPolicy {
+        backoff: Some(backoff),
+        ..Default::default()
+    });
+    timed.ttl_after_finished = Some(ttl);
+    let before = now_ms();
+    c.submit(submit("s-timed", vec![timed.clone()]))
+        .await
+        .unwrap();
+    let after = now_ms();
+    let d = c
+        .describe_job(pb::DescribeJobRequest {
+            name: "timed".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = d.status.unwrap();
+    let spec_back = status.spec.unwrap();
+    assert_eq!(spec_back.restart.unwrap().backoff, Some(backoff));
+    assert_eq!(spec_back.ttl_after_finished, Some(ttl));
+    let submitted = status.summary.unwrap().submit_time.expect("a submit_time");
+    let submitted = sched_proto::wkt::unix_ms(&submitted);
+    assert!(
+        (before..=after).contains(&submitted),
+        "{before} <= {submitted} <= {after}"
+    );
+    let first = d.events.first().expect("a submitted event");
+    let at = sched_proto::wkt::unix_ms(first.event_time.as_ref().expect("an event_time"));
+    assert!(at >= before, "{at} before {before}");
+    timed.name = "timed-2".into();
+    timed.restart.as_mut().unwrap().backoff = Some(pb::Duration {
+        seconds: 0,
+        nanos: 1,
+    });
+    let e = c
+        .submit(submit("s-timed-2", vec![timed]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(bad_fields(&e), ["jobs[0].restart.backoff"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

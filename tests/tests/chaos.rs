@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use sched_proto::pb;
-use sched_proto::pb::scheduler_client::SchedulerClient;
+use sched_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use sched_store::EtcdStore;
 use sched_tests::{leader_channel, start_etcd, LocalAgent, NodeAgent, Scheduler};
 
@@ -73,7 +73,7 @@ fn job(i: usize) -> pb::SubmitRequest {
             restart: Some(pb::RestartPolicy {
                 policy: "on-failure".into(),
                 max_attempts: Some(1000),
-                backoff: Some("200ms".into()),
+                backoff: Some(sched_proto::wkt::duration(200)),
             }),
             ttl_after_finished: None,
             tenant: None,
@@ -227,7 +227,7 @@ async fn chaos_keeps_every_invariant() {
     let submitter = {
         let acked = acked.clone();
         let cancelled = cancelled.clone();
-        let mut c = SchedulerClient::new(leader_channel(&all));
+        let mut c = SchedulerServiceClient::new(leader_channel(&all));
         tokio::spawn(async move {
             for i in 0..JOBS {
                 let req = job(i);
@@ -328,7 +328,7 @@ async fn chaos_keeps_every_invariant() {
     assert_eq!(acked.len(), JOBS);
 
     // Every task of every job reaches a final state, and succeeds.
-    let mut c = SchedulerClient::new(leader_channel(&all));
+    let mut c = SchedulerServiceClient::new(leader_channel(&all));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let jobs = match sched_tests::list_all_jobs!(c) {
@@ -355,7 +355,7 @@ async fn chaos_keeps_every_invariant() {
             for (i, r) in replicas.iter().enumerate() {
                 if r.leads().await {
                     println!("replica {i} leads");
-                    c = SchedulerClient::new(leader_channel(&r.url()));
+                    c = SchedulerServiceClient::new(leader_channel(&r.url()));
                     if let Ok(r) = sched_tests::list_all_jobs!(c) {
                         jobs = r.into_inner().jobs;
                     }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sched_proto::pb;
-use sched_proto::pb::scheduler_client::SchedulerClient;
+use sched_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use sched_store::EtcdStore;
 use sched_tests::{
     channel, eventually, leader_channel_timeouts, start_etcd, ClusterSpec, Scheduler, TestCluster,
@@ -86,7 +86,7 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
         Duration::from_secs(2),
         Duration::from_secs(10),
     );
-    let mut c = SchedulerClient::new(lc.clone());
+    let mut c = SchedulerServiceClient::new(lc.clone());
     let cancel = || pb::CancelJobRequest {
         name: "no-such-job".into(),
     };
@@ -111,7 +111,7 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let submitter = {
         let acked = acked.clone();
-        let mut c = SchedulerClient::new(channel(&all));
+        let mut c = SchedulerServiceClient::new(channel(&all));
         tokio::spawn(async move {
             for i in 0..JOBS {
                 loop {
@@ -181,7 +181,7 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
         Duration::from_secs(2),
         Duration::from_secs(10),
     );
-    let mut c = SchedulerClient::new(lc.clone());
+    let mut c = SchedulerServiceClient::new(lc.clone());
     let jobs = sched_tests::list_all_jobs!(c).unwrap().into_inner().jobs;
     assert_eq!(jobs.len(), JOBS);
     assert_eq!(lc.current(), replicas[new].url());

@@ -165,7 +165,7 @@ async fn a_command_that_cannot_start_fails_with_127_within_its_attempts() {
     flaky.restart = Some(pb::RestartPolicy {
         policy: "on-failure".into(),
         max_attempts: Some(5),
-        backoff: Some("200ms".into()),
+        backoff: Some(sched_proto::wkt::duration(200)),
     });
     c.submit(submit(flaky)).await.unwrap();
     let st = wait_state(
@@ -425,7 +425,7 @@ async fn delete_removes_every_trace_and_frees_the_name() {
 
     // ttl_after_finished deletes by itself.
     let mut brief = spec("brief", 1, "100m", &["true"]);
-    brief.ttl_after_finished = Some("1s".into());
+    brief.ttl_after_finished = Some(sched_proto::wkt::duration(1000));
     c.submit(submit(brief)).await.unwrap();
     eventually(
         "brief deleted after its ttl",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sched_proto::pb;
-use sched_proto::pb::scheduler_client::SchedulerClient;
+use sched_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use sched_tests::{
     channel, eventually, memory, start_etcd, ClusterSpec, LocalAgent, NodeAgent, Scheduler,
     TestCluster,
@@ -62,7 +62,7 @@ async fn overload_is_refused_at_the_edge_and_everything_accepted_runs() {
     let hinted = Arc::new(AtomicU64::new(0));
     let callers: Vec<_> = (0..CALLERS)
         .map(|k| {
-            let mut c = SchedulerClient::new(channel(&sched.url()));
+            let mut c = SchedulerServiceClient::new(channel(&sched.url()));
             let (refused, hinted) = (refused.clone(), hinted.clone());
             tokio::spawn(async move {
                 for j in 0..JOBS_EACH {

@@ -160,7 +160,13 @@ async fn a_changed_policy_decides_the_next_job_and_a_bad_one_changes_nothing() {
     .await;
     assert_eq!(p.source, format!("file {f}"));
     assert!(p.yaml.contains("weight: 100"), "{}", p.yaml);
-    assert!(p.loaded_unix_ms >= start.loaded_unix_ms);
+    let loaded = |p: &pb::PolicyStatus| p.load_time.as_ref().map(sched_proto::wkt::unix_ms);
+    assert!(
+        loaded(&p) >= loaded(&start),
+        "{:?} before {:?}",
+        p.load_time,
+        start.load_time
+    );
     assert_eq!(cluster_of(&sched, "j2").await, "west-1");
 
     // `schedctl policy apply`: locality decides again.

@@ -51,7 +51,7 @@ async fn health(url: &str, service: &str) -> Result<ServingStatus, tonic::Status
     Ok(ServingStatus::try_from(r.into_inner().status).unwrap_or(ServingStatus::Unknown))
 }
 
-/// The full name of `suffix` (e.g. `.Scheduler`) among `services`.
+/// The full name of `suffix` (e.g. `.SchedulerService`) among `services`.
 fn named<'a>(services: &'a [String], suffix: &str) -> &'a str {
     services
         .iter()
@@ -91,7 +91,7 @@ async fn every_server_lists_its_services_and_answers_health() {
         (
             "global scheduler",
             sched.url(),
-            vec![".Scheduler", ".Clusters"],
+            vec![".SchedulerService", ".Clusters"],
         ),
         ("local agent", agent.url(), vec![".Machines"]),
         ("node agent", node_url.clone(), vec![".Node"]),

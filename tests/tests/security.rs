@@ -8,7 +8,7 @@ use std::time::Duration;
 use sched_proto::pb;
 use sched_proto::pb::clusters_client::ClustersClient;
 use sched_proto::pb::machines_client::MachinesClient;
-use sched_proto::pb::scheduler_client::SchedulerClient;
+use sched_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use sched_security::tokens::sha256_hex;
 use sched_security::{Kind, Tls};
 use sched_tests::pki::Pki;
@@ -25,8 +25,8 @@ struct User {
 }
 
 impl User {
-    fn client(&self, url: &str) -> SchedulerClient<Channel> {
-        SchedulerClient::new(tls_channel(url, &self.tls))
+    fn client(&self, url: &str) -> SchedulerServiceClient<Channel> {
+        SchedulerServiceClient::new(tls_channel(url, &self.tls))
     }
 
     /// `msg` with this user's token.
@@ -173,12 +173,12 @@ async fn every_caller_is_bound_to_its_certificate_and_every_user_to_a_tenant() {
 
     // Plaintext, a certificate from another CA, no token, a bad token.
     let plain = format!("http://127.0.0.1:{}", sched.port);
-    let r = SchedulerClient::new(channel(&plain))
+    let r = SchedulerServiceClient::new(channel(&plain))
         .list_jobs(pb::ListJobsRequest::default())
         .await;
     assert!(r.is_err(), "plaintext was answered: {r:?}");
     let stranger = Pki::new().tls(Kind::User, "alice");
-    let r = SchedulerClient::new(tls_channel(&url, &stranger))
+    let r = SchedulerServiceClient::new(tls_channel(&url, &stranger))
         .list_jobs(alice.req(pb::ListJobsRequest::default()))
         .await;
     assert!(
@@ -206,7 +206,7 @@ async fn every_caller_is_bound_to_its_certificate_and_every_user_to_a_tenant() {
     let cluster_cert = pki.tls_in("cluster-user", Kind::Cluster, "east-a");
     denied(
         "a cluster certificate on the user API",
-        SchedulerClient::new(tls_channel(&url, &cluster_cert))
+        SchedulerServiceClient::new(tls_channel(&url, &cluster_cert))
             .list_jobs(root.req(pb::ListJobsRequest::default()))
             .await,
     );

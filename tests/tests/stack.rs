@@ -145,8 +145,9 @@ async fn a_job_runs_to_success_across_machines_and_clusters() {
         let url = sched.url();
         let done = done.clone();
         tokio::spawn(async move {
-            let mut c =
-                sched_proto::pb::scheduler_client::SchedulerClient::new(sched_tests::channel(&url));
+            let mut c = sched_proto::pb::scheduler_service_client::SchedulerServiceClient::new(
+                sched_tests::channel(&url),
+            );
             let mut worst = 0u64;
             while !done.is_cancelled() {
                 if let Ok(r) = c

@@ -3,7 +3,7 @@
 //!
 //! - this module: whether this replica leads ([`Role`]), the views reads
 //!   are answered from, and request decoding shared by the handlers;
-//! - `scheduler`: `clustersched.v1.Scheduler`, for users and `schedctl`;
+//! - `scheduler`: `clustersched.v1.SchedulerService`, for users and `schedctl`;
 //! - `clusters`: `clustersched.internal.v1.Clusters`, for local agents.
 
 mod clusters;
@@ -302,12 +302,18 @@ fn spec_from_pb(j: pb::JobSpec, field: &str) -> Result<JobSpec, SpecError> {
         locality: j.locality,
         constraints: j.constraints.into_iter().collect(),
         command: j.command,
-        restart: j.restart.map(|r| sched_core::job::RestartText {
-            policy: (!r.policy.is_empty()).then_some(r.policy),
-            max_attempts: r.max_attempts.map(i64::from),
-            backoff: r.backoff,
-        }),
-        ttl_after_finished: j.ttl_after_finished,
+        restart: match j.restart {
+            Some(r) => Some(sched_core::job::RestartText {
+                policy: (!r.policy.is_empty()).then_some(r.policy),
+                max_attempts: r.max_attempts.map(i64::from),
+                backoff: span_text(r.backoff, &format!("{field}.restart.backoff"))?,
+            }),
+            None => None,
+        },
+        ttl_after_finished: span_text(
+            j.ttl_after_finished,
+            &format!("{field}.ttl_after_finished"),
+        )?,
         tenant: j.tenant,
         band: j.band,
         arrival: None,
@@ -315,6 +321,20 @@ fn spec_from_pb(j: pb::JobSpec, field: &str) -> Result<JobSpec, SpecError> {
         gpu_model: None,
     };
     text.validate(field)
+}
+
+/// A duration from the API as a job file writes it (`1500ms`), for the
+/// job file's checks (at most 365 days) to apply alike.
+fn span_text(
+    d: Option<sched_proto::wkt::Duration>,
+    field: &str,
+) -> Result<Option<String>, SpecError> {
+    d.map(|d| {
+        sched_proto::wkt::duration_ms(&d)
+            .map(|ms| format!("{ms}ms"))
+            .map_err(|e| SpecError::new(field, e.to_string()))
+    })
+    .transpose()
 }
 
 /// The jobs of a submit call, validated like a job file's (public for the

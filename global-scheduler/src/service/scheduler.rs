@@ -1,12 +1,12 @@
-//! `clustersched.v1.Scheduler`: submit, read, cancel and watch jobs; machines and
+//! `clustersched.v1.SchedulerService`: submit, read, cancel and watch jobs; machines and
 //! task logs through the clusters' agents.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use sched_proto::pb;
-use sched_proto::pb::scheduler_server::Scheduler;
+use sched_proto::pb::scheduler_service_server::SchedulerService as SchedulerApi;
+use sched_proto::{pb, wkt};
 use sched_security::{Role as UserRole, User};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
@@ -96,7 +96,7 @@ async fn agent_client(
 }
 
 #[tonic::async_trait]
-impl Scheduler for SchedulerService {
+impl SchedulerApi for SchedulerService {
     async fn submit(
         &self,
         request: Request<pb::SubmitRequest>,
@@ -547,7 +547,8 @@ impl Scheduler for SchedulerService {
                     queued: Some(to_pb_resources(&e.summary.queued)),
                     queue_len: e.summary.queue_len,
                     in_flight: e.in_flight,
-                    last_heartbeat_unix_ms: e.last_heartbeat_unix_ms,
+                    last_heartbeat_time: (e.last_heartbeat_unix_ms > 0)
+                        .then(|| wkt::timestamp(e.last_heartbeat_unix_ms)),
                 })
                 .collect()
         });
@@ -668,14 +669,17 @@ impl Scheduler for SchedulerService {
 }
 
 fn policy_status(live: &crate::policy::LivePolicy) -> pb::PolicyStatus {
-    let (refused_at, refused) = live.last_refused().cloned().unwrap_or_default();
+    let (refused_at, refused) = match live.last_refused() {
+        Some((at, why)) => (Some(wkt::timestamp(*at)), why.clone()),
+        None => (None, String::new()),
+    };
     pb::PolicyStatus {
         yaml: live.policy().to_yaml(),
         source: live.source().to_string(),
-        loaded_unix_ms: live.loaded_unix_ms(),
+        load_time: Some(wkt::timestamp(live.loaded_unix_ms())),
         reloads: live.reloads(),
         last_refused: refused,
-        last_refused_unix_ms: refused_at,
+        last_refusal_time: refused_at,
         deferred: live.deferred(),
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use sched_core::assign::{unassignable_reason, HAND_BACK_RETRY_MS};
 use sched_core::cluster::ClusterId;
 use sched_core::rank::Ranker;
-use sched_proto::pb;
+use sched_proto::{pb, wkt};
 
 use super::{JobEntry, State};
 use crate::convert::to_pb_resources;
@@ -52,7 +52,7 @@ impl State {
             state: Self::job_state(j) as i32,
             tasks: j.record.tasks,
             counts: Some(c),
-            submitted_unix_ms: j.record.submitted_unix_ms,
+            submit_time: Some(wkt::timestamp(j.record.submitted_unix_ms)),
             request: Some(to_pb_resources(&j.job.spec.request)),
             priority: j.record.priority,
             locality: j.record.locality.clone().unwrap_or_default(),
@@ -89,9 +89,9 @@ impl State {
                         .map(|p| p.as_str().to_string())
                         .unwrap_or_default(),
                     max_attempts: r.restart.max_attempts,
-                    backoff: r.restart.backoff.map(|b| b.to_string()),
+                    backoff: r.restart.backoff.map(|b| wkt::duration(b.ms())),
                 }),
-                ttl_after_finished: r.ttl_after_finished.map(|t| t.to_string()),
+                ttl_after_finished: r.ttl_after_finished.map(|t| wkt::duration(t.ms())),
                 tenant: Some(r.tenant.clone()),
                 band: None,
             }),
@@ -116,7 +116,10 @@ impl State {
             machine: t.machine.clone().unwrap_or_default(),
             exit_code: t.exit_code,
             attempts: t.attempts,
-            next_retry_unix_ms: t.retry_at.filter(|_| t.state == TaskState::Pending),
+            next_retry_time: t
+                .retry_at
+                .filter(|_| t.state == TaskState::Pending)
+                .map(wkt::timestamp),
             reason: t.reason.clone(),
         }
     }
