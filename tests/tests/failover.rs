@@ -193,7 +193,12 @@ async fn the_leader_dies_and_a_standby_takes_over_within_5_s() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(d.status.unwrap().summary.unwrap().counts.unwrap().placed, 5);
+    // From etcd: a task's key says `assigned` until it ends (its progress
+    // on a machine is the leader's, in memory).
+    assert_eq!(
+        d.status.unwrap().summary.unwrap().counts.unwrap().assigned,
+        5
+    );
     let missing = direct
         .get_job(pb::GetJobRequest {
             name: "job-999".into(),

@@ -164,7 +164,7 @@ async fn kill_9_during_submissions_loses_nothing_and_places_nothing_twice() {
         .keys()
         .all(|(j, _)| j[4..].parse::<u32>().unwrap() % 2 == 0));
 
-    // The scheduler's view agrees, and etcd holds one placed record per task.
+    // The scheduler's view agrees, and etcd holds one record per task.
     eventually(
         "the scheduler sees every task placed",
         Duration::from_secs(30),
@@ -179,11 +179,12 @@ async fn kill_9_during_submissions_loses_nothing_and_places_nothing_twice() {
         },
     )
     .await;
+    // Their keys say `assigned` (progress on a machine is not written).
     let tasks = store.list("/sched/tasks/").await.unwrap().items;
     assert_eq!(tasks.len() as u64, total);
     for kv in &tasks {
         let v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
-        assert_eq!(v["state"], "placed", "{}", kv.key);
+        assert_eq!(v["state"], "assigned", "{}", kv.key);
     }
     east.stop().await;
     west.stop().await;

@@ -218,9 +218,8 @@ impl State {
         if j.record.cancelled {
             fresh.state = TaskState::Cancelled;
         }
-        for t in j.tasks.iter_mut() {
-            *t = fresh.clone();
-        }
+        let n = j.tasks.len();
+        let before = std::mem::replace(&mut j.tasks, vec![fresh; n]);
         let (id, priority, tasks) = (j.job.id, j.record.priority, j.record.tasks);
         self.queue.remove_job(id);
         self.waiting.retain(|w| w.1 != id);
@@ -228,6 +227,21 @@ impl State {
             self.queue.add_job(id, priority, tasks);
         }
         self.load_tasks(items)?;
+        // Progress on machines is in memory only: where the key is the one
+        // it came from (the same revision, still `assigned` there), it
+        // stands.
+        if let Some(j) = self.jobs.get_mut(job) {
+            for (t, old) in j.tasks.iter_mut().zip(before) {
+                if old.rev != 0
+                    && old.rev == t.rev
+                    && old.state.is_on_machine()
+                    && t.state == TaskState::Assigned
+                    && old.cluster == t.cluster
+                {
+                    *t = old;
+                }
+            }
+        }
         self.recount(job);
         Ok(())
     }

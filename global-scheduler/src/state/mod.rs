@@ -3,7 +3,13 @@
 //! Plain data and decisions, no I/O: the [`engine`](crate::engine) asks for
 //! writes (`*_changes`, `*_write`), commits them to the store, and only then
 //! applies them here (`apply*`). So memory never runs ahead of etcd, and a
-//! crash between the two loses nothing that was acknowledged.
+//! crash between the two loses nothing that was acknowledged. One
+//! exception, by design: a task's progress on its machine (`placed`,
+//! `running`) is kept in memory only; its key says `assigned` until the
+//! task ends. The cluster holds that progress (its placement key and its
+//! node), and its resync on every (re)connection reports it again to
+//! whichever scheduler leads, so a new leader learns it without a write
+//! per step (etcd's write rate bounds throughput).
 //!
 //! - [`admission`]: submissions checked against the world, jobs added, the
 //!   state read back from the store.
@@ -125,7 +131,11 @@ pub struct TaskChange {
     pub job: String,
     pub index: u32,
     pub entry: TaskEntry,
-    pub write: Write,
+    /// The write of the task's key; `None` for a change kept in memory only
+    /// (a task on a machine is `placed` or `running`: its key keeps
+    /// `assigned` until it ends, and the cluster's resync tells a new
+    /// leader where it stands, see [`State::report_change`]).
+    pub write: Option<Write>,
     /// For events: what happened to the task.
     pub event: Option<(EventKind, String)>,
 }
@@ -359,7 +369,25 @@ impl State {
         TaskChange {
             job: job.to_string(),
             index,
-            write: Write::put(self.keys.task(job, index), value, old.expect()),
+            write: Some(Write::put(self.keys.task(job, index), value, old.expect())),
+            entry,
+            event,
+        }
+    }
+
+    /// The change that turns `old` into `entry` in memory only: its key is
+    /// not written (its revision stays the one `old` was stored at).
+    fn memory_change(
+        &self,
+        job: &str,
+        index: u32,
+        entry: TaskEntry,
+        event: Option<(EventKind, String)>,
+    ) -> TaskChange {
+        TaskChange {
+            job: job.to_string(),
+            index,
+            write: None,
             entry,
             event,
         }

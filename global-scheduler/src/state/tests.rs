@@ -792,3 +792,241 @@ fn stored_events_come_back_with_their_job() {
     assert_eq!(b.put[0].cursor, 20);
     assert_eq!(b.next, 21);
 }
+
+/// A store for the write-path tests: the task keys the changes wrote, at
+/// increasing revisions.
+#[derive(Default)]
+struct Written {
+    keys: BTreeMap<String, (Vec<u8>, Revision)>,
+    rev: Revision,
+    /// Task keys put, over all commits.
+    puts: usize,
+}
+
+impl Written {
+    /// Commits the changes' writes (in one commit) and applies them.
+    fn commit(&mut self, s: &mut State, changes: Vec<TaskChange>) {
+        self.rev += 1;
+        for w in changes.iter().filter_map(|c| c.write.as_ref()) {
+            let sched_store::Op::Put(value) = &w.op else {
+                panic!("task changes only put: {w:?}");
+            };
+            let stored = self.keys.get(&w.key).map_or(0, |(_, rev)| *rev);
+            let expected = match w.expect {
+                sched_store::Expect::Absent => 0,
+                sched_store::Expect::ModRevision(r) => r,
+                other => panic!("task writes are guarded: {other:?}"),
+            };
+            assert_eq!(stored, expected, "the guard of {} holds", w.key);
+            self.keys.insert(w.key.clone(), (value.clone(), self.rev));
+            self.puts += 1;
+        }
+        s.apply(changes, self.rev);
+    }
+
+    fn kvs(&self) -> Vec<KeyValue> {
+        self.keys
+            .iter()
+            .map(|(k, (v, rev))| KeyValue {
+                key: k.clone(),
+                value: v.clone(),
+                mod_revision: *rev,
+                create_revision: *rev,
+            })
+            .collect()
+    }
+
+    fn record(&self, key: &str) -> TaskRecord {
+        serde_json::from_slice(&self.keys[key].0).unwrap()
+    }
+}
+
+fn task_report(index: u32, state: pb::TaskState, code: Option<i32>) -> pb::TaskReport {
+    pb::TaskReport {
+        job: "web".into(),
+        index,
+        state: state as i32,
+        machine: "m0".into(),
+        exit_code: code,
+        reason: String::new(),
+    }
+}
+
+/// Issue 15: one task's happy path writes its key twice, assigned and
+/// succeeded; placed and running are kept in memory (and told in events).
+#[test]
+fn the_happy_path_writes_a_task_key_twice() {
+    let mut s = state(&[("east-a", "east", 1)]);
+    submit(&mut s, "web", 1, 1000, None, 0);
+    let mut store = Written::default();
+    let plan = s.plan(10);
+    let changes: Vec<TaskChange> = plan.iter().flat_map(|a| s.assignment_changes(a)).collect();
+    store.commit(&mut s, changes);
+    let east = s.registry().id("east-a").unwrap();
+    let key = s.keys().task("web", 0);
+    assert_eq!(store.record(&key).state, TaskState::Assigned);
+    for state in [pb::TaskState::Placed, pb::TaskState::Running] {
+        let c = s.report_change(east, &task_report(0, state, None)).unwrap();
+        assert!(c.write.is_none(), "{state:?} is not written");
+        store.commit(&mut s, vec![c]);
+    }
+    let t = task(&s, "web", 0);
+    assert_eq!((t.state, t.attempts), (TaskState::Running, 1));
+    assert_eq!(t.machine.as_deref(), Some("m0"));
+    // The key still holds `assigned`, before the attempt.
+    let stored = store.record(&key);
+    assert_eq!((stored.state, stored.attempts), (TaskState::Assigned, 0));
+    let done = task_report(0, pb::TaskState::Succeeded, Some(0));
+    let c = s.report_change(east, &done).unwrap();
+    assert!(c.write.is_some());
+    store.commit(&mut s, vec![c]);
+    let stored = store.record(&key);
+    assert_eq!((stored.state, stored.attempts), (TaskState::Succeeded, 1));
+    assert_eq!(stored.machine.as_deref(), Some("m0"));
+    assert_eq!(store.puts, 2);
+    // The events tell every step all the same.
+    let kinds: Vec<EventKind> = s
+        .job("web")
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    for kind in [
+        EventKind::Assigned,
+        EventKind::Placed,
+        EventKind::Running,
+        EventKind::Succeeded,
+    ] {
+        assert!(kinds.contains(&kind), "{kind:?} in {kinds:?}");
+    }
+}
+
+/// A new leader reads `assigned` back; the cluster's resync tells it the
+/// task runs, and the attempt is counted once, as the old leader did; the
+/// task's end and a failure's restart rules see the same attempts.
+#[test]
+fn a_new_leader_learns_progress_from_the_resync_with_the_same_attempts() {
+    let mut s = state(&[("east-a", "east", 1)]);
+    submit(&mut s, "web", 2, 1000, None, 0);
+    let mut store = Written::default();
+    let plan = s.plan(10);
+    let changes: Vec<TaskChange> = plan.iter().flat_map(|a| s.assignment_changes(a)).collect();
+    store.commit(&mut s, changes);
+    let east = s.registry().id("east-a").unwrap();
+    // Task 0 fails once (its key is written: pending, 1 attempt), is
+    // assigned again and runs; task 1 runs.
+    for r in [
+        task_report(0, pb::TaskState::Running, None),
+        task_report(0, pb::TaskState::Failed, Some(1)),
+        task_report(1, pb::TaskState::Running, None),
+    ] {
+        let c = s.report_change(east, &r).unwrap();
+        store.commit(&mut s, vec![c]);
+    }
+    // Its backoff passes (the retry time is moved, as the clock would).
+    let (at, id, i) = *s.waiting.first().unwrap();
+    s.waiting.remove(&(at, id, i));
+    s.waiting.insert((0, id, i));
+    assert!(s.release_due());
+    let plan = s.plan(10);
+    let changes: Vec<TaskChange> = plan.iter().flat_map(|a| s.assignment_changes(a)).collect();
+    assert_eq!(changes.len(), 1);
+    store.commit(&mut s, changes);
+    let c = s
+        .report_change(east, &task_report(0, pb::TaskState::Running, None))
+        .unwrap();
+    store.commit(&mut s, vec![c]);
+    let old: Vec<(TaskState, u32)> = (0..2)
+        .map(|i| (task(&s, "web", i).state, task(&s, "web", i).attempts))
+        .collect();
+    assert_eq!(old, [(TaskState::Running, 2), (TaskState::Running, 1)]);
+
+    // The new leader reads the store back: both are `assigned` there.
+    let mut fresh = state(&[("east-a", "east", 1)]);
+    let job = KeyValue {
+        key: "/t/jobs/web".into(),
+        value: serde_json::to_vec(&s.job("web").unwrap().record).unwrap(),
+        mod_revision: 1,
+        create_revision: 1,
+    };
+    fresh.load(&[job], &store.kvs()).unwrap();
+    for i in 0..2 {
+        assert_eq!(task(&fresh, "web", i).state, TaskState::Assigned);
+    }
+    // Its resync lists both as the cluster's, to report.
+    let batch = fresh.assigned_to(east);
+    assert_eq!(batch.assignments[0].indices, [0, 1]);
+    // The cluster's resync: where each placement stands (twice: a second
+    // session's resync changes nothing).
+    for _ in 0..2 {
+        for i in 0..2 {
+            if let Some(c) =
+                fresh.report_change(east, &task_report(i, pb::TaskState::Running, None))
+            {
+                assert!(c.write.is_none());
+                store.commit(&mut fresh, vec![c]);
+            }
+        }
+    }
+    let new: Vec<(TaskState, u32)> = (0..2)
+        .map(|i| {
+            (
+                task(&fresh, "web", i).state,
+                task(&fresh, "web", i).attempts,
+            )
+        })
+        .collect();
+    assert_eq!(new, old);
+    // The ends are written with the attempts each leader would write.
+    let c = fresh
+        .report_change(east, &task_report(1, pb::TaskState::Succeeded, Some(0)))
+        .unwrap();
+    store.commit(&mut fresh, vec![c]);
+    let stored = store.record(&fresh.keys().task("web", 1));
+    assert_eq!((stored.state, stored.attempts), (TaskState::Succeeded, 1));
+    let c = fresh
+        .report_change(east, &task_report(0, pb::TaskState::Failed, Some(1)))
+        .unwrap();
+    store.commit(&mut fresh, vec![c]);
+    let stored = store.record(&fresh.keys().task("web", 0));
+    assert_eq!((stored.state, stored.attempts), (TaskState::Pending, 2));
+    assert!(
+        stored.reason.contains("attempt 2 of 3"),
+        "{}",
+        stored.reason
+    );
+}
+
+/// A conflict reloads a job's tasks from the store: progress on machines,
+/// in memory only, stands where the key did not change.
+#[test]
+fn a_reload_keeps_progress_on_machines_where_the_key_did_not_change() {
+    let mut s = state(&[("east-a", "east", 1)]);
+    submit(&mut s, "web", 2, 1000, None, 0);
+    let mut store = Written::default();
+    let plan = s.plan(10);
+    let changes: Vec<TaskChange> = plan.iter().flat_map(|a| s.assignment_changes(a)).collect();
+    store.commit(&mut s, changes);
+    let east = s.registry().id("east-a").unwrap();
+    for i in 0..2 {
+        let c = s
+            .report_change(east, &task_report(i, pb::TaskState::Running, None))
+            .unwrap();
+        store.commit(&mut s, vec![c]);
+    }
+    // Another writer changed task 1's key.
+    let key = s.keys().task("web", 1);
+    let mut other = store.record(&key);
+    other.state = TaskState::Pending;
+    other.cluster = None;
+    store.rev += 1;
+    store
+        .keys
+        .insert(key, (serde_json::to_vec(&other).unwrap(), store.rev));
+    let items = store.kvs();
+    s.reload_tasks("web", &items).unwrap();
+    let t = task(&s, "web", 0);
+    assert_eq!((t.state, t.attempts), (TaskState::Running, 1));
+    assert_eq!(task(&s, "web", 1).state, TaskState::Pending);
+}

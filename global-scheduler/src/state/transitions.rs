@@ -128,7 +128,9 @@ impl State {
             let is_pending = c.entry.state == TaskState::Pending;
             let (was_final, is_final) = (t.state.is_final(), c.entry.state.is_final());
             *t = c.entry;
-            t.rev = rev;
+            if c.write.is_some() {
+                t.rev = rev;
+            }
             if is_final && !was_final {
                 j.open -= 1;
                 if j.open == 0 {
@@ -270,7 +272,10 @@ impl State {
         {
             return None;
         }
-        // The first word of a placement: an attempt has started.
+        // The first word of a placement: an attempt has started. (The key
+        // keeps `assigned` and the attempts before this one until the task
+        // ends, so a new leader that hears of it again from the cluster's
+        // resync counts the same attempt once too.)
         if t.state == TaskState::Assigned && state != TaskState::Lost {
             entry.attempts += 1;
             entry.reason.clear();
@@ -308,6 +313,12 @@ impl State {
             TaskState::Running => Some((EventKind::Running, "running".to_string())),
             _ => None,
         };
+        if entry.state.is_on_machine() {
+            // Progress on a machine is not written: the key keeps what it
+            // had (`assigned`) until the task ends (see the module notes of
+            // `state`).
+            return Some(self.memory_change(&r.job, r.index, entry, event));
+        }
         Some(self.change(&r.job, r.index, t, entry, event))
     }
 

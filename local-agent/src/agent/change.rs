@@ -16,7 +16,9 @@ pub enum Change {
         placement: Placement,
         write: Write,
     },
-    /// A placement's new state (final, or lost).
+    /// A placement's new state (failed, lost, or succeeded when the global
+    /// scheduler could not be told), or the delete of a succeeded one the
+    /// global scheduler has acknowledged.
     State { key: TaskKey, write: Write },
     /// Removes what is stored of a job (deleted) or of one placement (taken
     /// back); retried until it is in.

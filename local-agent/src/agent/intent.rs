@@ -8,9 +8,20 @@
 //! - only the placement's own attempt on its own machine changes it: a
 //!   report of another (an older attempt, another machine) is stale;
 //! - final states are final; a lost placement takes no more reports;
-//! - final and lost states are written back to the store (they are
-//!   "dirty" until then); placed and running are not: a restart finds them
-//!   from the nodes' reports.
+//! - placed is written (the placement itself: the durable intent and the
+//!   fence, before any node hears of it); running is not: a restart finds
+//!   it from the nodes' reports;
+//! - succeeded is not written either: it is reported to the global
+//!   scheduler, kept here until a report call that carried it returns (the
+//!   scheduler has committed it then), and then the placement's key is
+//!   deleted (garbage, in batched deletes). Until then a restarted agent
+//!   finds the placement `placed`, and its node (which keeps the exit)
+//!   says again how it ended. If a report call fails, the succeeded states
+//!   not acknowledged are written after all, so that an agent restarting
+//!   while the scheduler is away does not depend on its node alone;
+//! - failed and lost states are written back to the store (they are
+//!   "dirty" until then): a failed task may be placed here again, and its
+//!   next attempt's number follows the stored one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -102,6 +113,13 @@ pub struct Intent {
     placements: BTreeMap<TaskKey, Placement>,
     /// Placements whose state is not in the store yet.
     dirty: BTreeSet<TaskKey>,
+    /// Succeeded placements the global scheduler has not acknowledged.
+    unacked: BTreeSet<TaskKey>,
+    /// Succeeded placements it has: their keys are to be deleted.
+    collect: BTreeSet<TaskKey>,
+    /// Succeeded placements whose key says so (read back, or written when
+    /// a report call failed).
+    stored_ends: BTreeSet<TaskKey>,
 }
 
 impl Intent {
@@ -110,6 +128,9 @@ impl Intent {
             keys,
             placements: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            unacked: BTreeSet::new(),
+            collect: BTreeSet::new(),
+            stored_ends: BTreeSet::new(),
         }
     }
 
@@ -123,6 +144,12 @@ impl Intent {
 
     /// A placement read back from the store.
     pub fn load(&mut self, k: TaskKey, record: PlacementRecord, rev: Revision) {
+        // Stored succeeded (a report call had failed): reported again with
+        // the resync, deleted once acknowledged.
+        if record.state == PlacementState::Succeeded {
+            self.unacked.insert(k.clone());
+            self.stored_ends.insert(k.clone());
+        }
         let p = Placement {
             record,
             rev,
@@ -153,6 +180,9 @@ impl Intent {
     /// state need not be written any more.
     pub fn placed(&mut self, k: TaskKey, p: Placement) {
         self.dirty.remove(&k);
+        self.unacked.remove(&k);
+        self.collect.remove(&k);
+        self.stored_ends.remove(&k);
         self.placements.insert(k, p);
     }
 
@@ -178,6 +208,9 @@ impl Intent {
     /// Removes a placement (its task was taken back, or its job deleted).
     pub fn forget(&mut self, k: &TaskKey) -> Option<Placement> {
         self.dirty.remove(k);
+        self.unacked.remove(k);
+        self.collect.remove(k);
+        self.stored_ends.remove(k);
         self.placements.remove(k)
     }
 
@@ -256,7 +289,11 @@ impl Intent {
         let mut freed = None;
         if new.is_final() {
             freed = p.counted.take();
-            self.dirty.insert(k.clone());
+            if new == PlacementState::Succeeded {
+                self.unacked.insert(k.clone());
+            } else {
+                self.dirty.insert(k.clone());
+            }
         }
         Observed::Changed { state: new, freed }
     }
@@ -300,33 +337,108 @@ impl Intent {
         ))
     }
 
-    /// Writes of the states not in the store yet; they are taken off the
-    /// dirty set (see [`Intent::unwritten`]).
+    /// The global scheduler has committed `report` (a report call that
+    /// carried it returned): a succeeded placement it names is garbage now.
+    pub fn acknowledged(&mut self, report: &pb::TaskReport) {
+        if report.state != pb::TaskState::Succeeded as i32 {
+            return;
+        }
+        let k = (report.job.clone(), report.index);
+        let current = self.placements.get(&k).is_some_and(|p| {
+            p.record.state == PlacementState::Succeeded && p.record.machine == report.machine
+        });
+        if current && self.unacked.remove(&k) {
+            // A write of its state still due is not needed any more.
+            self.dirty.remove(&k);
+            self.collect.insert(k);
+        }
+    }
+
+    /// A report call failed: the succeeded states it may not have carried
+    /// are written after all (see the module notes).
+    pub fn store_unacknowledged(&mut self) {
+        for k in &self.unacked {
+            let stored = self.stored_ends.contains(k);
+            if !stored
+                && !self.dirty.contains(k)
+                && self.placements.get(k).is_some_and(|p| p.rev != 0)
+            {
+                self.dirty.insert(k.clone());
+            }
+        }
+    }
+
+    /// Whether the placement's succeeded state waits for the global
+    /// scheduler's acknowledgement.
+    pub fn unacknowledged(&self, k: &TaskKey) -> bool {
+        self.unacked.contains(k)
+    }
+
+    /// Writes of the states not in the store yet, and deletes of the
+    /// placements that are garbage; they are taken off their sets (see
+    /// [`Intent::unwritten`], [`Intent::uncollected`]).
     pub fn state_writes(&mut self) -> Vec<(TaskKey, Write)> {
-        let dirty = std::mem::take(&mut self.dirty);
-        dirty
+        let collect = std::mem::take(&mut self.collect);
+        let mut out: Vec<(TaskKey, Write)> = collect
             .into_iter()
             .filter_map(|k| {
-                // Never written: nothing to update (its placement write
-                // failed, and the task was queued again).
+                // Never written, or deleted already: nothing to delete.
                 let p = self.placements.get(&k).filter(|p| p.rev != 0)?;
-                let value = serde_json::to_vec(&p.record).expect("placement records serialize");
-                let write = Write::put(self.keys.placement(&k), value, Expect::ModRevision(p.rev));
+                let write = Write::delete(self.keys.placement(&k), Expect::ModRevision(p.rev));
                 Some((k, write))
             })
-            .collect()
+            .collect();
+        let dirty = std::mem::take(&mut self.dirty);
+        let deleting: BTreeSet<TaskKey> = out.iter().map(|(k, _)| k.clone()).collect();
+        out.extend(
+            dirty
+                .into_iter()
+                .filter(|k| !deleting.contains(k))
+                .filter_map(|k| {
+                    // Never written: nothing to update (its placement write
+                    // failed, and the task was queued again).
+                    let p = self.placements.get(&k).filter(|p| p.rev != 0)?;
+                    let value = serde_json::to_vec(&p.record).expect("placement records serialize");
+                    let write =
+                        Write::put(self.keys.placement(&k), value, Expect::ModRevision(p.rev));
+                    Some((k, write))
+                }),
+        );
+        out
     }
 
     /// A state write is in, at `rev`.
     pub fn written(&mut self, k: &TaskKey, rev: Revision) {
         if let Some(p) = self.placements.get_mut(k) {
             p.rev = rev;
+            if p.record.state == PlacementState::Succeeded {
+                self.stored_ends.insert(k.clone());
+            }
         }
     }
 
-    /// A state write failed: it is due again.
+    /// A placement's key is deleted: the placement stays known here (its
+    /// next attempt's number follows it) until its job is deleted.
+    pub fn collected(&mut self, k: &TaskKey) {
+        self.stored_ends.remove(k);
+        if let Some(p) = self.placements.get_mut(k) {
+            p.rev = 0;
+        }
+    }
+
+    /// A state write failed: it is due again (unless its key is to be
+    /// deleted by now).
     pub fn unwritten(&mut self, k: TaskKey) {
-        self.dirty.insert(k);
+        if !self.collect.contains(&k) {
+            self.dirty.insert(k);
+        }
+    }
+
+    /// A delete failed: it is due again.
+    pub fn uncollected(&mut self, k: TaskKey) {
+        if self.placements.contains_key(&k) {
+            self.collect.insert(k);
+        }
     }
 
     /// What the store holds for a placement whose last write had an unknown
@@ -453,12 +565,13 @@ mod tests {
             }
         ));
         assert_eq!(observe(&mut i, 1, "m0", Running), Observed::Unchanged);
-        // Final: the capacity is given back once, and the state written.
+        // Final: the capacity is given back once, and the state written
+        // (a failure; a success waits for the global scheduler's word).
         assert!(matches!(
-            observe(&mut i, 1, "m0", Succeeded),
+            observe(&mut i, 1, "m0", Failed),
             Observed::Changed { freed: Some(_), .. }
         ));
-        assert_eq!(observe(&mut i, 1, "m0", Failed), Observed::Unchanged);
+        assert_eq!(observe(&mut i, 1, "m0", Succeeded), Observed::Unchanged);
         assert_eq!(i.state_writes().len(), 1);
         assert!(i.state_writes().is_empty());
         // A final placement is not lost with its machine.
@@ -517,5 +630,97 @@ mod tests {
         // Gone from the store: the next write creates it.
         i.refresh(&key(3), None);
         assert_eq!(i.next(&key(3), "m0").1.expect, Expect::Absent);
+    }
+
+    fn succeeded(index: u32, machine: &str) -> pb::TaskReport {
+        pb::TaskReport {
+            job: "web".into(),
+            index,
+            state: pb::TaskState::Succeeded as i32,
+            machine: machine.into(),
+            exit_code: Some(0),
+            reason: String::new(),
+        }
+    }
+
+    /// Issue 15: a success is not written; once the global scheduler has
+    /// it, the placement's key is deleted, and the placement stays known.
+    #[test]
+    fn a_success_is_not_written_and_its_key_goes_once_acknowledged() {
+        let mut i = intent();
+        place(&mut i, &key(0), "m0", 7);
+        let changed = i.observe(&key(0), 1, "m0", pb::TaskState::Succeeded, Some(0), "");
+        assert!(matches!(changed, Observed::Changed { freed: Some(_), .. }));
+        assert!(i.state_writes().is_empty());
+        assert!(i.unacknowledged(&key(0)));
+        // A resync reports it until then.
+        let r: Vec<pb::TaskReport> = i.stored_reports().collect();
+        assert_eq!(r[0].state, pb::TaskState::Succeeded as i32);
+        // A report of another machine's copy acknowledges nothing.
+        i.acknowledged(&succeeded(0, "m9"));
+        assert!(i.state_writes().is_empty());
+        i.acknowledged(&succeeded(0, "m0"));
+        assert!(!i.unacknowledged(&key(0)));
+        let writes = i.state_writes();
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0].1.op, sched_store::Op::Delete);
+        assert_eq!(writes[0].1.expect, Expect::ModRevision(7));
+        // The delete failed: due again; then it lands.
+        i.uncollected(key(0));
+        assert_eq!(i.state_writes().len(), 1);
+        i.collected(&key(0));
+        assert!(i.state_writes().is_empty());
+        assert_eq!(i.stored_reports().count(), 0);
+        // Known still: nothing more to report, and a later placement of
+        // the task (a job submitted again) creates its key anew.
+        assert_eq!(
+            i.get(&key(0)).unwrap().record.state,
+            PlacementState::Succeeded
+        );
+        let (record, write) = i.next(&key(0), "m1");
+        assert_eq!((record.attempt, write.expect), (2, Expect::Absent));
+    }
+
+    /// When a report call fails, the successes it may not have carried are
+    /// written after all (once), then deleted once acknowledged.
+    #[test]
+    fn a_success_not_acknowledged_is_written_when_a_report_call_fails() {
+        let mut i = intent();
+        place(&mut i, &key(0), "m0", 7);
+        i.observe(&key(0), 1, "m0", pb::TaskState::Succeeded, Some(0), "");
+        i.store_unacknowledged();
+        let writes = i.state_writes();
+        assert_eq!(writes.len(), 1);
+        assert!(matches!(writes[0].1.op, sched_store::Op::Put(_)));
+        i.written(&key(0), 9);
+        // Written already: another failed call writes nothing.
+        i.store_unacknowledged();
+        assert!(i.state_writes().is_empty());
+        i.acknowledged(&succeeded(0, "m0"));
+        let writes = i.state_writes();
+        assert_eq!(writes[0].1.op, sched_store::Op::Delete);
+        assert_eq!(writes[0].1.expect, Expect::ModRevision(9));
+    }
+
+    /// A stored success (read back after a restart) is reported, and
+    /// deleted once acknowledged, without being written again.
+    #[test]
+    fn a_success_read_back_is_deleted_once_acknowledged() {
+        let mut i = intent();
+        let record = PlacementRecord {
+            machine: "m0".into(),
+            attempt: 1,
+            state: PlacementState::Succeeded,
+            exit_code: Some(0),
+            reason: String::new(),
+        };
+        i.load(key(0), record, 5);
+        i.store_unacknowledged();
+        assert!(i.state_writes().is_empty());
+        assert_eq!(i.stored_reports().count(), 1);
+        i.acknowledged(&succeeded(0, "m0"));
+        let writes = i.state_writes();
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0].1.expect, Expect::ModRevision(5));
     }
 }

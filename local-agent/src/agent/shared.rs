@@ -166,6 +166,17 @@ impl Agent {
         self.state().put_back_reports(out);
     }
 
+    /// See [`AgentState::reports_delivered`].
+    pub fn reports_delivered(&self, tasks: &[pb::TaskReport]) {
+        self.state().reports_delivered(tasks);
+    }
+
+    /// See [`AgentState::session_failed`].
+    pub fn session_failed(&self) {
+        self.state().session_failed();
+        self.wake.notify_one();
+    }
+
     pub fn pending_reports(&self) -> usize {
         self.state().pending_reports()
     }

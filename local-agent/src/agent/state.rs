@@ -615,9 +615,13 @@ impl AgentState {
         for change in commit {
             match change {
                 Change::Spec { job, .. } => self.specs.stored(&job, rev),
-                Change::State { key, .. } => {
-                    self.intent.written(&key, rev);
-                    self.preempted_written(&key);
+                Change::State { key, write } => {
+                    if write.op == sched_store::Op::Delete {
+                        self.intent.collected(&key);
+                    } else {
+                        self.intent.written(&key, rev);
+                        self.preempted_written(&key);
+                    }
                 }
                 Change::Delete { .. } => {}
                 Change::Place {
@@ -652,6 +656,9 @@ impl AgentState {
             match change {
                 Change::Spec { .. } => {}
                 Change::Delete { write } => self.deletions.push(write),
+                Change::State { key, write } if write.op == sched_store::Op::Delete => {
+                    self.intent.uncollected(key)
+                }
                 Change::State { key, .. } => self.intent.unwritten(key),
                 Change::Place { key, placement, .. } => {
                     self.unplace(&key, &placement);
@@ -706,6 +713,23 @@ impl AgentState {
 
     pub fn put_back_reports(&mut self, out: Outgoing) {
         self.reports.put_back(out);
+    }
+
+    /// A report call that carried `tasks` returned: the global scheduler
+    /// has committed them, and the placements that succeeded are garbage
+    /// (their keys are deleted by the next passes).
+    pub fn reports_delivered(&mut self, tasks: &[pb::TaskReport]) {
+        for r in tasks {
+            self.intent.acknowledged(r);
+        }
+    }
+
+    /// The session with the global scheduler failed: the succeeded states
+    /// it has not acknowledged are written to the store after all, so that
+    /// a restart of this agent while the scheduler is away does not
+    /// depend on the nodes alone to know them.
+    pub fn session_failed(&mut self) {
+        self.intent.store_unacknowledged();
     }
 
     pub fn pending_reports(&self) -> usize {

@@ -53,6 +53,7 @@ pub async fn run(agent: Arc<Agent>, address: String, shutdown: CancellationToken
                     continue;
                 }
                 redirected = false;
+                agent.session_failed();
                 tracing::warn!(cause = %e, "lost the global scheduler; reconnecting");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -106,6 +107,8 @@ async fn session(
                 agent.put_back_reports(out);
                 return Err(e.into());
             }
+            // Committed by the global scheduler: what ended is garbage.
+            agent.reports_delivered(&out.tasks);
         }
         // Heartbeat when due, or at once when machines came or went, so
         // the global scheduler sizes jobs against the machines there are.

@@ -511,3 +511,105 @@ fn a_resync_stops_what_was_taken_back_and_forgets_what_was_deleted() {
     assert_eq!(states(&out.tasks).len(), 1);
     assert!(a.check().is_ok());
 }
+
+/// Runs a pass's commits as a store would: every write of it, in order.
+fn writes_of_pass(a: &mut AgentState, rev: &mut Revision) -> Vec<sched_store::Write> {
+    let mut writes = Vec::new();
+    for commit in a.commits(100_000, Instant::now()) {
+        *rev += 1;
+        writes.extend(commit.iter().map(|c| c.write().clone()));
+        a.applied(commit, *rev);
+    }
+    writes
+}
+
+/// Issue 15: one task's happy path here puts its placement once (and its
+/// job's spec, once per job); its success is reported, not written, and
+/// the key is deleted once the global scheduler has acknowledged it.
+#[test]
+fn the_happy_path_puts_a_placement_once_and_deletes_it_once_acknowledged() {
+    let mut a = agent();
+    a.register_node("n0", "", &[machine("m0", 2000)], &[], Instant::now());
+    a.receive(web(vec![0]));
+    let mut rev = 6;
+    let w = writes_of_pass(&mut a, &mut rev);
+    let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "/sched/placements/east-a/web/spec",
+            "/sched/placements/east-a/web/0000000"
+        ]
+    );
+    assert!(w.iter().all(|w| matches!(w.op, Op::Put(_))));
+    for state in [pb::TaskState::Running, pb::TaskState::Succeeded] {
+        a.node_reports("n0", &[node_task(0, "m0", state)]).unwrap();
+        assert!(writes_of_pass(&mut a, &mut rev).is_empty());
+    }
+    let out = a.take_reports(100);
+    assert_eq!(
+        states(&out.tasks),
+        [
+            (0, pb::TaskState::Placed, "m0".to_string()),
+            (0, pb::TaskState::Running, "m0".to_string()),
+            (0, pb::TaskState::Succeeded, "m0".to_string()),
+        ]
+    );
+    // Until the call returns, nothing is deleted.
+    assert!(writes_of_pass(&mut a, &mut rev).is_empty());
+    a.reports_delivered(&out.tasks);
+    let w = writes_of_pass(&mut a, &mut rev);
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].key, "/sched/placements/east-a/web/0000000");
+    assert_eq!(
+        (w[0].op.clone(), w[0].expect),
+        (Op::Delete, Expect::ModRevision(7))
+    );
+    assert!(writes_of_pass(&mut a, &mut rev).is_empty());
+    // A resync has nothing more to say of it.
+    a.resync_reports();
+    assert!(a.take_reports(100).tasks.is_empty());
+}
+
+/// The agent restarts before the global scheduler acknowledged a success:
+/// it reads the placement back as placed, its node says how it ended, and
+/// the resync reports it again; then its key goes.
+#[test]
+fn a_success_not_acknowledged_before_a_restart_is_reported_again() {
+    let mut a = agent();
+    a.register_node("n0", "", &[machine("m0", 2000)], &[], Instant::now());
+    a.receive(web(vec![0]));
+    let mut rev = 6;
+    let stored = apply_all(&mut a, &mut rev);
+    a.node_reports("n0", &[node_task(0, "m0", pb::TaskState::Succeeded)])
+        .unwrap();
+    assert!(apply_all(&mut a, &mut rev).is_empty());
+    // The report call is under way when the agent dies.
+    a.take_reports(100);
+    drop(a);
+
+    let mut b = agent();
+    b.load(&stored).unwrap();
+    b.register_node(
+        "n0",
+        "",
+        &[machine("m0", 2000)],
+        &[node_task(0, "m0", pb::TaskState::Succeeded)],
+        Instant::now(),
+    );
+    b.resync_reports();
+    let out = b.take_reports(100);
+    assert_eq!(
+        states(&out.tasks),
+        [(0, pb::TaskState::Succeeded, "m0".to_string())]
+    );
+    // The scheduler is away: the success is written after all, once.
+    b.session_failed();
+    b.session_failed();
+    let w = writes_of_pass(&mut b, &mut rev);
+    assert_eq!(w.len(), 1);
+    assert!(matches!(&w[0].op, Op::Put(v) if v.windows(11).any(|w| w == b"\"succeeded\"")));
+    b.reports_delivered(&out.tasks);
+    let w = writes_of_pass(&mut b, &mut rev);
+    assert_eq!((w[0].op.clone(), w.len()), (Op::Delete, 1));
+}
