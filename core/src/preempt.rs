@@ -22,12 +22,13 @@
 
 use crate::band::PriorityPolicy;
 use crate::cell::Cell;
+use crate::gpu::GpuSlot;
 use crate::machine::MachineId;
 use crate::pack::TaskGroup;
 use crate::resources::Resources;
 
 /// A task running on a machine, as preemption sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Running {
     /// The caller's handle for the task.
     pub id: usize,
@@ -35,6 +36,9 @@ pub struct Running {
     pub request: Resources,
     /// When it started, ms since the epoch (for the time a kill loses).
     pub started_unix_ms: i64,
+    /// The GPU devices it holds (empty without GPUs): an eviction gives
+    /// back exactly these, a reprieve takes exactly these again.
+    pub gpus: Vec<GpuSlot>,
 }
 
 /// A machine where eviction could make room.
@@ -77,7 +81,7 @@ pub fn victims_on(
     let mut pool: Vec<Running> = running
         .iter()
         .filter(|r| evictable(r.priority))
-        .copied()
+        .cloned()
         .collect();
     let mut room = pool
         .iter()
@@ -200,6 +204,8 @@ pub struct Preemption {
     pub victims: Vec<Running>,
     /// The handle the caller gave the preemptor.
     pub preemptor: usize,
+    /// The GPU devices the preemptor took (empty without GPUs).
+    pub gpus: Vec<GpuSlot>,
 }
 
 /// Places up to `count` tasks of `group` on `cell` by evicting tasks the
@@ -302,7 +308,12 @@ pub fn preempt_batch(
                     // best_step picked it from this machine's list.
                     unreachable!("victim {id} is not on machine {m}");
                 };
-                cell.release(m, &v.request, 1);
+                if v.gpus.is_empty() {
+                    // Devices unknown to the caller: the cell finds them.
+                    cell.release(m, &v.request, 1);
+                } else {
+                    cell.release_on(m, &v.request, &v.gpus);
+                }
                 victims.push(v);
             }
             // The victims go with the first task placed; the others fit in
@@ -312,7 +323,7 @@ pub fn preempt_batch(
                 let preemptor = ids(g, taken[g]);
                 taken[g] += 1;
                 left[g] -= 1;
-                cell.place(m, &request);
+                let gpus = cell.place(m, &request);
                 occupancy.add(
                     m,
                     Running {
@@ -320,6 +331,7 @@ pub fn preempt_batch(
                         priority,
                         request,
                         started_unix_ms: now_unix_ms,
+                        gpus: gpus.clone(),
                     },
                 );
                 let victims = if i == 0 {
@@ -333,6 +345,7 @@ pub fn preempt_batch(
                         machine: m,
                         victims,
                         preemptor,
+                        gpus,
                     },
                 ));
             }
@@ -468,9 +481,20 @@ fn reprieve(cell: &mut Cell, occupancy: &mut Occupancy, out: &mut [Preemption]) 
     });
     let mut spared = vec![Vec::new(); out.len()];
     for (p, v) in all {
-        let (m, r) = (out[p].machine, out[p].victims[v]);
-        if cell.fits(m, &r.request) {
-            let _ = cell.place(m, &r.request);
+        let (m, r) = (out[p].machine, out[p].victims[v].clone());
+        // A reprieved task has not stopped: it keeps its own devices.
+        let own_devices = crate::gpu::check_slots(
+            &cell.machine(m).gpus,
+            crate::gpu::GpuDemand::of(r.request.gpu.0),
+            &r.gpus,
+        )
+        .is_ok();
+        if cell.fits(m, &r.request) && (r.gpus.is_empty() || own_devices) {
+            if r.gpus.is_empty() {
+                let _ = cell.place(m, &r.request);
+            } else {
+                cell.place_on(m, &r.request, &r.gpus);
+            }
             occupancy.add(m, r);
             spared[p].push(v);
         }
@@ -497,6 +521,7 @@ mod tests {
             priority,
             request: cpu(millis),
             started_unix_ms: started,
+            gpus: Vec::new(),
         }
     }
 
@@ -672,6 +697,52 @@ mod tests {
         assert_eq!(more[0].machine, MachineId(1));
         assert!(occ.on(MachineId(0)).iter().all(|r| r.priority == 7000));
         assert!(occ.on(MachineId(1)).iter().all(|r| r.priority == 7000));
+    }
+
+    #[test]
+    fn a_victim_gives_back_exactly_its_own_gpu_devices() {
+        use crate::cluster::{Cluster, ClusterId};
+        use crate::gpu::GpuSlot;
+        use crate::locality::LocationId;
+        use crate::machine::MachineClass;
+        let cluster = Cluster {
+            id: ClusterId(0),
+            name: "c0".into(),
+            location: LocationId(0),
+            classes: vec![MachineClass {
+                name: "gpu".into(),
+                count: 1,
+                capacity: Resources::from_array([4000, 0, 0, 2000]),
+                labels: Default::default(),
+            }],
+        };
+        let mut cell = Cell::new(&cluster);
+        let mut occ = Occupancy::new();
+        let share = Resources::from_array([1000, 0, 0, 500]);
+        // Task 0 on device 1 (started last: the one to go), task 1 on
+        // device 0; guessing would free device 0, the lowest in use.
+        for (id, device, started) in [(0, 1, 50), (1, 0, 0)] {
+            let gpus = vec![GpuSlot { device, milli: 500 }];
+            cell.place_on(MachineId(0), &share, &gpus);
+            occ.add(
+                MachineId(0),
+                Running {
+                    gpus,
+                    request: share,
+                    ..task(id, 2000, 0, started)
+                },
+            );
+        }
+        let bands = PriorityPolicy::default();
+        let none = Default::default();
+        let prod = group(7000, 3000, &none);
+        let done = preempt(&mut cell, &mut occ, &prod, 1, &bands, 100, |_| 9);
+        assert_eq!(done.len(), 1);
+        let victims: Vec<usize> = done[0].victims.iter().map(|v| v.id).collect();
+        assert_eq!(victims, [0]);
+        assert!(done[0].gpus.is_empty());
+        assert_eq!(cell.machine(MachineId(0)).gpus, [500, 1000]);
+        assert!(cell.check_invariants().is_ok());
     }
 
     #[test]

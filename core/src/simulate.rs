@@ -489,6 +489,8 @@ fn running(job: JobId, task: u32, group: &TaskGroup<'_>, now_ms: u64) -> Running
         priority: group.priority,
         request: group.request,
         started_unix_ms: now_ms as i64,
+        // The cell finds the devices of a victim without them.
+        gpus: Vec::new(),
     }
 }
 

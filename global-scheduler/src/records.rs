@@ -128,6 +128,9 @@ pub struct TaskRecord {
     pub cluster: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<String>,
+    /// The GPU devices of its placement on `machine` (`0+1`, `3:460`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gpus: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     /// Clusters that could not place the task; it is not offered to them

@@ -108,9 +108,23 @@ struct NodeArgs {
     /// Disk to offer (default: none).
     #[arg(long, value_name = "Q")]
     disk: Option<String>,
-    /// GPUs to offer (default: none).
-    #[arg(long, value_name = "Q")]
+    /// GPUs to offer, as an amount without devices (default: none); see
+    /// --gpus for devices.
+    #[arg(long, value_name = "Q", conflicts_with = "gpus")]
     gpu: Option<String>,
+    /// GPU devices to offer, numbered 0..N (at most 64): tasks see theirs
+    /// in CUDA_VISIBLE_DEVICES and SCHED_GPUS (needs --gpu-model).
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "gpu_model",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(sched_core::gpu::MAX_DEVICES))
+    )]
+    gpus: Option<u32>,
+    /// The model of the --gpus devices (`V100M16`), which jobs' GPU model
+    /// constraints match (the machine's label `gpu-model`).
+    #[arg(long, value_name = "MODEL", requires = "gpus", value_parser = gpu_model)]
+    gpu_model: Option<String>,
     /// Machine labels, `k=v,...`.
     #[arg(
         long,
@@ -272,6 +286,12 @@ async fn serve_metrics(
     Ok(())
 }
 
+/// `--gpu-model`: one model name (`V100M16`).
+fn gpu_model(s: &str) -> Result<String, String> {
+    sched_core::topology::check_gpu_model("--gpu-model", s, false).map_err(|e| e.reason)?;
+    Ok(s.to_string())
+}
+
 async fn node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     sched_core::names::check_name("--name", &args.name)?;
     let tls = load_tls(&args.tls, sched_security::Kind::Node, &args.name)?;
@@ -295,17 +315,32 @@ async fn node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result<()>
             .ok_or_else(|| anyhow::anyhow!("--labels: {l:?} is not key=value"))?;
         labels.insert(k.to_string(), v.to_string());
     }
+    // Clap saw to it that --gpus and --gpu-model come together.
+    let gpus = args.gpus.unwrap_or(0);
+    let gpu_model = args.gpu_model.clone().unwrap_or_default();
+    let label = sched_core::gpu::GPU_MODEL_LABEL;
+    if gpus > 0 && labels.get(label).is_some_and(|l| *l != gpu_model) {
+        anyhow::bail!("--labels: {label} disagrees with --gpu-model {gpu_model}");
+    }
+    let mut capacity = capacity;
+    if gpus > 0 {
+        capacity.gpu.0 = u64::from(gpus) * u64::from(sched_core::gpu::DEVICE_MILLI);
+    }
     let machines = match args.hollow {
         None => vec![MachineConfig {
             name: args.name.clone(),
             capacity,
             labels,
+            gpu_devices: gpus,
+            gpu_model,
         }],
         Some(n) => (0..n)
             .map(|i| MachineConfig {
                 name: format!("{}-{i}", args.name),
                 capacity,
                 labels: labels.clone(),
+                gpu_devices: gpus,
+                gpu_model: gpu_model.clone(),
             })
             .collect(),
     };

@@ -25,6 +25,34 @@ fn bad_flag_values_are_refused_naming_the_flag() {
         (&node[..], &["--agent", "127.0.0.1:7080"][..], "--agent"),
         (&node[..], &["--lease-ms", "0"][..], "--lease-ms"),
         (&node[..], &["--hollow", "0"][..], "--hollow"),
+        // GPU devices: 1..=64, with a model, not beside --gpu.
+        (
+            &node[..],
+            &["--gpus", "0", "--gpu-model", "T4"][..],
+            "--gpus",
+        ),
+        (
+            &node[..],
+            &["--gpus", "65", "--gpu-model", "T4"][..],
+            "--gpus",
+        ),
+        (&node[..], &["--gpus", "2"][..], "--gpu-model"),
+        (&node[..], &["--gpu-model", "T4"][..], "--gpus"),
+        (
+            &node[..],
+            &["--gpus", "2", "--gpu-model", ""][..],
+            "--gpu-model",
+        ),
+        (
+            &node[..],
+            &["--gpus", "2", "--gpu-model", "a b"][..],
+            "--gpu-model",
+        ),
+        (
+            &node[..],
+            &["--gpus", "2", "--gpu-model", "T4", "--gpu", "2"][..],
+            "--gpu",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_local-agent"))
             .args(base)

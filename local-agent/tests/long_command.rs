@@ -154,6 +154,8 @@ async fn reproduce_issue_10_a_job_with_an_11_kb_command_is_placed_and_runs() {
                 name: "m0".into(),
                 capacity: Resources::new(64_000, 64 << 30),
                 labels: Default::default(),
+                gpu_devices: 0,
+                gpu_model: String::new(),
             }],
             work_dir: work_dir.path().to_path_buf(),
             hollow: None,

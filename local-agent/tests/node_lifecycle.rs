@@ -316,6 +316,7 @@ fn start(job: &str, index: u32, attempt: u64, command: &[&str]) -> pb::TaskStart
         request: None,
         attempt,
         cluster: "c1".into(),
+        gpus: Vec::new(),
     }
 }
 

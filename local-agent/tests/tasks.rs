@@ -51,6 +51,7 @@ async fn a_task_that_exits_at_once_is_reported_finished() {
             request: None,
             attempt: 1,
             cluster: "c1".into(),
+            gpus: Vec::new(),
         });
     }
     let mut last: BTreeMap<u32, i32> = BTreeMap::new();

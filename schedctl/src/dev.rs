@@ -534,8 +534,26 @@ async fn start_and_serve(
                 if r.disk.0 > 0 {
                     n.extend(["--disk".to_string(), format_bytes(r.disk)]);
                 }
-                if r.gpu.0 > 0 {
-                    n.extend(["--gpu".to_string(), format_gpu(r.gpu)]);
+                let model = class.labels.get(sched_core::gpu::GPU_MODEL_LABEL);
+                match model {
+                    // Whole devices of a known model: the node exposes
+                    // them to its tasks (CUDA_VISIBLE_DEVICES).
+                    Some(m)
+                        if r.gpu.0 > 0
+                            && r.gpu.0.is_multiple_of(1000)
+                            && r.gpu.0 / 1000 <= u64::from(sched_core::gpu::MAX_DEVICES) =>
+                    {
+                        n.extend([
+                            "--gpus".to_string(),
+                            (r.gpu.0 / 1000).to_string(),
+                            "--gpu-model".to_string(),
+                            m.clone(),
+                        ]);
+                    }
+                    _ if r.gpu.0 > 0 => {
+                        n.extend(["--gpu".to_string(), format_gpu(r.gpu)]);
+                    }
+                    _ => {}
                 }
                 if !class.labels.is_empty() {
                     let l: Vec<String> = class

@@ -537,6 +537,9 @@ struct TaskView {
     next_retry_time: Option<Timestamp>,
     #[serde(skip_serializing_if = "String::is_empty")]
     reason: String,
+    /// Its GPU devices (`0+1`, `3:460`), as the task's `SCHED_GPUS`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    gpus: String,
 }
 
 #[derive(Serialize)]
@@ -661,6 +664,7 @@ fn job_view(s: &pb::JobStatus) -> JobView {
                 attempts: t.attempts,
                 next_retry_time: t.next_retry_time,
                 reason: t.reason.clone(),
+                gpus: t.gpus.clone(),
             })
             .collect(),
     }
@@ -922,7 +926,7 @@ fn tasks_table(tasks: &[TaskView], wide: bool) -> String {
         "INDEX", "STATE", "CLUSTER", "MACHINE", "EXIT", "ATTEMPTS", "RETRY",
     ];
     if wide {
-        header.push("REASON");
+        header.extend(["GPUS", "REASON"]);
     }
     let rows = tasks
         .iter()
@@ -937,6 +941,11 @@ fn tasks_table(tasks: &[TaskView], wide: bool) -> String {
                 t.next_retry_time.as_ref().map_or("-".into(), retry_in),
             ];
             if wide {
+                row.push(if t.gpus.is_empty() {
+                    "-".into()
+                } else {
+                    t.gpus.clone()
+                });
                 row.push(if t.reason.is_empty() {
                     "-".into()
                 } else {
@@ -957,7 +966,7 @@ fn used_of(used: String, capacity: String) -> String {
 fn machines_table(machines: &[pb::MachineStatus], wide: bool) -> String {
     let mut header = vec!["CLUSTER", "MACHINE", "STATUS", "CPU", "MEMORY", "TASKS"];
     if wide {
-        header.extend(["GPU", "DISK", "LABELS"]);
+        header.extend(["GPU", "GPU_FREE", "DISK", "LABELS"]);
     }
     let rows = machines
         .iter()
@@ -976,8 +985,15 @@ fn machines_table(machines: &[pb::MachineStatus], wide: bool) -> String {
                 let or_0 = |v: Option<String>| v.unwrap_or_else(|| "0".into());
                 let labels: std::collections::BTreeMap<_, _> = m.labels.iter().collect();
                 let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                // Free milli-GPUs of each device, by index.
+                let free: Vec<String> = m.gpu_free_millis.iter().map(u32::to_string).collect();
                 row.extend([
                     used_of(or_0(alloc.gpu), or_0(cap.gpu)),
+                    if free.is_empty() {
+                        "-".to_string()
+                    } else {
+                        free.join(",")
+                    },
                     used_of(or_0(alloc.disk), or_0(cap.disk)),
                     if labels.is_empty() {
                         "-".to_string()

@@ -1041,6 +1041,7 @@ async fn cluster_loop(
                                     machine,
                                     exit_code: None,
                                     reason: String::new(),
+                                    gpus: String::new(),
                                 });
                                 continue;
                             }
@@ -1059,6 +1060,7 @@ async fn cluster_loop(
                                 machine,
                                 exit_code: None,
                                 reason: String::new(),
+                                gpus: String::new(),
                             });
                         }
                         if !back.is_empty() {

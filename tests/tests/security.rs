@@ -354,6 +354,7 @@ async fn every_caller_is_bound_to_its_certificate_and_every_user_to_a_tenant() {
             machine: "m1".into(),
             exit_code: Some(0),
             reason: String::new(),
+            gpus: String::new(),
         }],
         handed_back: Vec::new(),
     };
@@ -397,6 +398,8 @@ async fn every_caller_is_bound_to_its_certificate_and_every_user_to_a_tenant() {
             gpu_millis: 0,
         }),
         labels: Default::default(),
+        gpu_devices: 0,
+        gpu_model: String::new(),
     };
     let m2 = MachinesClient::new(tls_channel(&agent.url(), &pki.tls(Kind::Node, "m2")));
     denied(

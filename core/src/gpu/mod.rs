@@ -27,10 +27,14 @@ pub mod strategy;
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Thousandths of a GPU in one whole device.
 pub const DEVICE_MILLI: u32 = 1000;
+
+/// The most GPU devices one machine may have (a bound against typos such
+/// as `--gpus 800`; the largest servers hold 16).
+pub const MAX_DEVICES: u32 = 64;
 
 /// The machine label that holds the GPU model (`V100M32`, `T4`).
 pub const GPU_MODEL_LABEL: &str = "gpu-model";
@@ -94,7 +98,7 @@ impl GpuDemand {
 }
 
 /// One device a task uses, and how much of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct GpuSlot {
     pub device: u32,
     pub milli: u32,

@@ -114,6 +114,7 @@ impl State {
                 .map(|c| self.registry.name(c).to_string())
                 .unwrap_or_default(),
             machine: t.machine.clone().unwrap_or_default(),
+            gpus: t.gpus.clone(),
             exit_code: t.exit_code,
             attempts: t.attempts,
             next_retry_time: t

@@ -97,6 +97,7 @@ impl State {
                 entry.state = TaskState::Pending;
                 entry.cluster = None;
                 entry.machine = None;
+                entry.gpus.clear();
                 entry.handed_back.clear();
                 entry.retry_at = Some(now + wait.ms() as i64);
                 entry.reason = format!(
@@ -150,6 +151,7 @@ impl State {
         entry.state = TaskState::Pending;
         entry.cluster = None;
         entry.machine = None;
+        entry.gpus.clear();
         entry.handed_back.clear();
         entry.retry_at = Some(now + wait.ms() as i64);
         entry.preempted = true;
@@ -359,6 +361,7 @@ impl State {
                     entry.state = TaskState::Pending;
                     entry.cluster = None;
                     entry.machine = None;
+                    entry.gpus.clear();
                     (EventKind::TakenBack, text.clone())
                 };
                 out.push(self.change(&j.record.name, i as u32, t, entry, Some(event)));

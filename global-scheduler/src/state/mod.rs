@@ -48,6 +48,8 @@ pub struct TaskEntry {
     pub state: TaskState,
     pub cluster: Option<ClusterId>,
     pub machine: Option<String>,
+    /// The GPU devices of its placement on `machine` (`0+1`, `3:460`).
+    pub gpus: String,
     pub exit_code: Option<i32>,
     pub handed_back: Vec<ClusterId>,
     /// Attempts started (placements on a machine).
@@ -71,6 +73,7 @@ impl TaskEntry {
             state: TaskState::Pending,
             cluster: None,
             machine: None,
+            gpus: String::new(),
             exit_code: None,
             handed_back: Vec::new(),
             attempts: 0,
@@ -325,6 +328,7 @@ impl State {
             state: r.state,
             cluster: r.cluster.as_ref().and_then(id),
             machine: r.machine.clone(),
+            gpus: r.gpus.clone(),
             exit_code: r.exit_code,
             handed_back: r.handed_back.iter().filter_map(id).collect(),
             attempts: r.attempts,
@@ -341,6 +345,7 @@ impl State {
             state: t.state,
             cluster: t.cluster.map(|c| self.registry.name(c).to_string()),
             machine: t.machine.clone(),
+            gpus: t.gpus.clone(),
             exit_code: t.exit_code,
             handed_back: t
                 .handed_back

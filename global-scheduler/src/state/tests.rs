@@ -150,6 +150,7 @@ fn handed_back_tasks_skip_the_cluster_that_refused_them() {
         machine: "m1".into(),
         exit_code: None,
         reason: String::new(),
+        gpus: String::new(),
     };
     assert!(s.report_change(east, &stale).is_none());
 }
@@ -170,6 +171,7 @@ fn a_hand_back_returns_a_task_the_scheduler_still_thinks_runs() {
         machine: "m1".into(),
         exit_code: None,
         reason: String::new(),
+        gpus: String::new(),
     };
     let c = s.report_change(east, &running).unwrap();
     s.apply(vec![c], 3);
@@ -276,6 +278,7 @@ fn freed_capacity_gets_the_rest_of_a_job() {
             machine: "m".into(),
             exit_code: Some(0),
             reason: String::new(),
+            gpus: String::new(),
         };
         let c = s.report_change(east, &r).unwrap();
         s.apply(vec![c], 5);
@@ -369,6 +372,7 @@ fn report(
         machine: "m0".into(),
         exit_code: code,
         reason: String::new(),
+        gpus: String::new(),
     };
     if let Some(c) = s.report_change(id, &r) {
         s.apply(vec![c], 3);
@@ -395,6 +399,7 @@ fn a_failure_the_node_explains_carries_its_reason() {
         machine: "m0".into(),
         exit_code: Some(137),
         reason: "killed for exceeding its memory request of 64Mi (cgroup v2)".into(),
+        gpus: String::new(),
     };
     let c = s.report_change(id, &r).unwrap();
     s.apply(vec![c], 3);
@@ -574,6 +579,7 @@ fn a_cancelled_jobs_tasks_read_back_cancelled_and_delete_frees_the_name() {
                 state: TaskState::Assigned,
                 cluster: Some("east-a".into()),
                 machine: None,
+                gpus: String::new(),
                 exit_code: None,
                 handed_back: Vec::new(),
                 attempts: 0,
@@ -849,6 +855,7 @@ fn task_report(index: u32, state: pb::TaskState, code: Option<i32>) -> pb::TaskR
         machine: "m0".into(),
         exit_code: code,
         reason: String::new(),
+        gpus: String::new(),
     }
 }
 

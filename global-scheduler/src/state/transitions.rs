@@ -261,6 +261,7 @@ impl State {
         entry.state = state;
         if !r.machine.is_empty() {
             entry.machine = Some(r.machine.clone());
+            entry.gpus = r.gpus.clone();
         }
         if r.exit_code.is_some() {
             entry.exit_code = r.exit_code;
@@ -347,6 +348,7 @@ impl State {
                 entry.state = TaskState::Pending;
                 entry.cluster = None;
                 entry.machine = None;
+                entry.gpus.clear();
                 if !entry.handed_back.contains(&cluster) {
                     entry.handed_back.push(cluster);
                 }

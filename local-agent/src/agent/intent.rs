@@ -22,9 +22,13 @@
 //! - failed and lost states are written back to the store (they are
 //!   "dirty" until then): a failed task may be placed here again, and its
 //!   next attempt's number follows the stored one.
+//! - a placement's GPU devices are chosen once, when it is made, and
+//!   stored with it: counting it again (after a restart) takes those same
+//!   devices, and freeing it gives exactly them back.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use sched_core::gpu::{GpuSlot, SlotsDisplay};
 use sched_core::machine::MachineId;
 use sched_core::resources::Resources;
 use sched_proto::pb;
@@ -45,6 +49,9 @@ pub struct PlacementRecord {
     /// (killed for exceeding its memory request).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// The GPU devices the task was placed on (none without GPUs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuSlot>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,12 +94,24 @@ pub struct Placement {
     /// `mod_revision` of its key; 0 before it is written.
     pub rev: Revision,
     /// The machine and request it is counted with in the inventory's
-    /// cell, if it is.
+    /// cell, if it is (on the devices `record.gpus`).
     pub counted: Option<(MachineId, Resources)>,
 }
 
+/// Capacity a placement held and gives back: its machine, its request and
+/// its GPU devices.
+pub type Freed = (MachineId, Resources, Vec<GpuSlot>);
+
+impl Placement {
+    /// Stops counting it; what it held, if it was counted.
+    pub fn uncount(&mut self) -> Option<Freed> {
+        let (m, request) = self.counted.take()?;
+        Some((m, request, self.record.gpus.clone()))
+    }
+}
+
 /// What a node's report of a task did to its placement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
     /// Not this task's placement (or no longer): the node runs a stale copy.
     Stale,
@@ -104,7 +123,7 @@ pub enum Observed {
     /// give back.
     Changed {
         state: PlacementState,
-        freed: Option<(MachineId, Resources)>,
+        freed: Option<Freed>,
     },
 }
 
@@ -158,8 +177,9 @@ impl Intent {
         self.placements.insert(k, p);
     }
 
-    /// The record and the write of the task's next placement, on `machine`.
-    pub fn next(&self, k: &TaskKey, machine: &str) -> (PlacementRecord, Write) {
+    /// The record and the write of the task's next placement, on `machine`
+    /// and its GPU devices `gpus`.
+    pub fn next(&self, k: &TaskKey, machine: &str, gpus: Vec<GpuSlot>) -> (PlacementRecord, Write) {
         let previous = self.placements.get(k);
         let record = PlacementRecord {
             machine: machine.to_string(),
@@ -167,6 +187,7 @@ impl Intent {
             state: PlacementState::Placed,
             exit_code: None,
             reason: String::new(),
+            gpus,
         };
         let expect = match previous.map_or(0, |p| p.rev) {
             0 => Expect::Absent,
@@ -186,11 +207,21 @@ impl Intent {
         self.placements.insert(k, p);
     }
 
-    /// Counts the placement on a machine (it was read back from the
-    /// store, and its node registered).
-    pub fn count(&mut self, k: &TaskKey, machine: MachineId, request: Resources) {
+    /// Counts the placement on a machine, on the devices `gpus` (it was
+    /// read back from the store, and its node registered). A record stored
+    /// without devices takes those the inventory chose.
+    pub fn count(
+        &mut self,
+        k: &TaskKey,
+        machine: MachineId,
+        request: Resources,
+        gpus: Vec<GpuSlot>,
+    ) {
         if let Some(p) = self.placements.get_mut(k) {
             p.counted = Some((machine, request));
+            if p.record.gpus.is_empty() {
+                p.record.gpus = gpus;
+            }
         }
     }
 
@@ -288,7 +319,7 @@ impl Intent {
         p.record.reason = reason.to_string();
         let mut freed = None;
         if new.is_final() {
-            freed = p.counted.take();
+            freed = p.uncount();
             if new == PlacementState::Succeeded {
                 self.unacked.insert(k.clone());
             } else {
@@ -301,14 +332,14 @@ impl Intent {
     /// The placement's machine is gone: it is lost (a new attempt may be
     /// placed). Returns the capacity to give back, or `None` if it was
     /// not active.
-    pub fn lose(&mut self, k: &TaskKey) -> Option<Option<(MachineId, Resources)>> {
+    pub fn lose(&mut self, k: &TaskKey) -> Option<Option<Freed>> {
         let p = self
             .placements
             .get_mut(k)
             .filter(|p| p.record.state.is_active())?;
         p.record.state = PlacementState::Lost;
         self.dirty.insert(k.clone());
-        Some(p.counted.take())
+        Some(p.uncount())
     }
 
     /// The active placement `k` is evicted (`reason` names the task it
@@ -504,6 +535,11 @@ pub fn report(k: &TaskKey, record: &PlacementRecord) -> pb::TaskReport {
         },
         exit_code: record.exit_code,
         reason: record.reason.clone(),
+        gpus: if lost {
+            String::new()
+        } else {
+            SlotsDisplay(&record.gpus).to_string()
+        },
     }
 }
 
@@ -520,7 +556,7 @@ mod tests {
     }
 
     fn place(intent: &mut Intent, k: &TaskKey, machine: &str, rev: Revision) -> Write {
-        let (record, write) = intent.next(k, machine);
+        let (record, write) = intent.next(k, machine, Vec::new());
         let counted = Some((MachineId(0), Resources::new(1000, 1 << 30)));
         intent.placed(
             k.clone(),
@@ -540,7 +576,7 @@ mod tests {
         assert_eq!(w.key, "/sched/placements/east-a/web/0000000");
         assert_eq!(w.expect, Expect::Absent);
         assert!(i.lose(&key(0)).unwrap().is_some());
-        let (record, write) = i.next(&key(0), "m1");
+        let (record, write) = i.next(&key(0), "m1", Vec::new());
         assert_eq!(record.attempt, 2);
         assert_eq!(write.expect, Expect::ModRevision(7));
         // The record carries no spec: it stays small whatever the command.
@@ -597,7 +633,10 @@ mod tests {
         i.unwritten(key(0));
         assert_eq!(i.state_writes().len(), 1);
         i.written(&key(0), 9);
-        assert_eq!(i.next(&key(0), "m1").1.expect, Expect::ModRevision(9));
+        assert_eq!(
+            i.next(&key(0), "m1", Vec::new()).1.expect,
+            Expect::ModRevision(9)
+        );
     }
 
     #[test]
@@ -609,10 +648,76 @@ mod tests {
         assert!(i.state_writes().is_empty());
     }
 
+    fn stored(w: &Write) -> &[u8] {
+        match &w.op {
+            sched_store::Op::Put(v) => v,
+            op => panic!("not a put: {op:?}"),
+        }
+    }
+
+    #[test]
+    fn a_placement_record_keeps_its_gpu_devices_through_the_store() {
+        let i = intent();
+        let slots = vec![
+            GpuSlot {
+                device: 0,
+                milli: 1000,
+            },
+            GpuSlot {
+                device: 1,
+                milli: 1000,
+            },
+        ];
+        let (record, write) = i.next(&key(0), "g0", slots.clone());
+        let back: PlacementRecord = serde_json::from_slice(stored(&write)).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(back.gpus, slots);
+        assert_eq!(report(&key(0), &back).gpus, "0+1");
+        // A share, and a record without GPUs stores no `gpus` at all (and
+        // records written before GPUs read back with none).
+        let share = vec![GpuSlot {
+            device: 3,
+            milli: 460,
+        }];
+        let (record, write) = i.next(&key(1), "g0", share);
+        let back: PlacementRecord = serde_json::from_slice(stored(&write)).unwrap();
+        assert_eq!(report(&key(1), &back).gpus, "3:460");
+        assert_eq!(back, record);
+        let (_, write) = i.next(&key(2), "m0", Vec::new());
+        assert!(!String::from_utf8_lossy(stored(&write)).contains("gpus"));
+        let old: PlacementRecord =
+            serde_json::from_str(r#"{"machine":"m0","attempt":1,"state":"running"}"#).unwrap();
+        assert!(old.gpus.is_empty());
+        // A lost placement names no devices.
+        let mut lost = back;
+        lost.state = PlacementState::Lost;
+        assert_eq!(report(&key(1), &lost).gpus, "");
+    }
+
+    #[test]
+    fn freeing_a_placement_gives_back_its_devices() {
+        let mut i = intent();
+        let slots = vec![GpuSlot {
+            device: 1,
+            milli: 500,
+        }];
+        let (record, _) = i.next(&key(0), "g0", slots.clone());
+        let request = Resources::new(1000, 1 << 30);
+        i.placed(
+            key(0),
+            Placement {
+                record,
+                rev: 3,
+                counted: Some((MachineId(0), request)),
+            },
+        );
+        assert_eq!(i.lose(&key(0)), Some(Some((MachineId(0), request, slots))));
+    }
+
     #[test]
     fn a_write_that_landed_unseen_is_read_back_as_lost() {
         let mut i = intent();
-        let (record, write) = i.next(&key(3), "m0");
+        let (record, write) = i.next(&key(3), "m0", Vec::new());
         let kv = KeyValue {
             key: write.key.clone(),
             value: serde_json::to_vec(&record).unwrap(),
@@ -629,7 +734,7 @@ mod tests {
         assert_eq!(r[0].machine, "");
         // Gone from the store: the next write creates it.
         i.refresh(&key(3), None);
-        assert_eq!(i.next(&key(3), "m0").1.expect, Expect::Absent);
+        assert_eq!(i.next(&key(3), "m0", Vec::new()).1.expect, Expect::Absent);
     }
 
     fn succeeded(index: u32, machine: &str) -> pb::TaskReport {
@@ -640,6 +745,7 @@ mod tests {
             machine: machine.into(),
             exit_code: Some(0),
             reason: String::new(),
+            gpus: String::new(),
         }
     }
 
@@ -677,7 +783,7 @@ mod tests {
             i.get(&key(0)).unwrap().record.state,
             PlacementState::Succeeded
         );
-        let (record, write) = i.next(&key(0), "m1");
+        let (record, write) = i.next(&key(0), "m1", Vec::new());
         assert_eq!((record.attempt, write.expect), (2, Expect::Absent));
     }
 
@@ -713,6 +819,7 @@ mod tests {
             state: PlacementState::Succeeded,
             exit_code: Some(0),
             reason: String::new(),
+            gpus: Vec::new(),
         };
         i.load(key(0), record, 5);
         i.store_unacknowledged();

@@ -7,12 +7,16 @@
 //!   counted on it); one whose capacity or labels changed is a new machine,
 //!   and the old id stays down;
 //! - a node silent longer than the timeout is lost, and its machines go
-//!   down: they take no new tasks until the node registers again.
+//!   down: they take no new tasks until the node registers again;
+//! - a machine registered with `gpu_devices` has that many devices of
+//!   1000 milli-GPUs (its GPU capacity) and the label `gpu-model`, which
+//!   jobs' GPU model constraints match.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sched_core::cell::Cell;
+use sched_core::gpu::{GpuDemand, GpuSlot, DEVICE_MILLI, GPU_MODEL_LABEL};
 use sched_core::labels::Labels;
 use sched_core::machine::{MachineClass, MachineId};
 use sched_core::pack::{pack, GroupOutcome, TaskGroup};
@@ -103,8 +107,7 @@ impl Inventory {
     ) -> Vec<String> {
         let mut names = Vec::with_capacity(machines.len());
         for m in machines {
-            let capacity = from_pb(m.capacity.as_ref());
-            let labels: Labels = m.labels.clone().into_iter().collect();
+            let (capacity, labels) = shape(m);
             let id = match self.machines.get(&m.name) {
                 Some(e) if e.capacity == capacity && e.labels == labels => e.id,
                 old => {
@@ -194,20 +197,39 @@ impl Inventory {
         self.machines.is_empty()
     }
 
-    /// Counts a task of `request` on `machine` if it is there and the task
-    /// fits (a placement read back after a restart); returns where.
-    pub fn take(&mut self, machine: &str, request: &Resources) -> Option<MachineId> {
+    /// Counts a task of `request` on `machine`, on the GPU devices `gpus`
+    /// it was placed on, if the machine is there and the task fits there,
+    /// on those devices (a placement read back after a restart); returns
+    /// where, and the devices. A running task's devices are never chosen
+    /// anew; only a placement stored before devices were recorded (a GPU
+    /// request without devices) gets them chosen now.
+    pub fn take(
+        &mut self,
+        machine: &str,
+        request: &Resources,
+        gpus: &[GpuSlot],
+    ) -> Option<(MachineId, Vec<GpuSlot>)> {
         let id = self.machines.get(machine)?.id;
-        if !request.fits_in(&self.cell.machine(id).free) {
+        let st = self.cell.machine(id);
+        let demand = GpuDemand::of(request.gpu.0);
+        if gpus.is_empty() && demand != GpuDemand::None {
+            if !self.cell.fits(id, request) {
+                return None;
+            }
+            return Some((id, self.cell.place(id, request)));
+        }
+        if !request.fits_in(&st.free)
+            || sched_core::gpu::check_slots(&st.gpus, demand, gpus).is_err()
+        {
             return None;
         }
-        self.cell.place(id, request);
-        Some(id)
+        self.cell.place_on(id, request, gpus);
+        Some((id, gpus.to_vec()))
     }
 
-    /// Gives back a task counted on `id`.
-    pub fn release(&mut self, id: MachineId, request: &Resources) {
-        self.cell.release(id, request, 1);
+    /// Gives back a task counted on `id`, with its GPU devices.
+    pub fn release(&mut self, id: MachineId, request: &Resources, gpus: &[GpuSlot]) {
+        self.cell.release_on(id, request, gpus);
     }
 
     /// Packs groups of tasks onto the up machines; their capacity is taken
@@ -272,6 +294,7 @@ impl Inventory {
                     allocated: Some(to_pb(&m.capacity.saturating_sub(&st.free))),
                     labels: m.labels.clone().into_iter().collect(),
                     tasks: tasks.remove(name.as_str()).unwrap_or_default(),
+                    gpu_free_millis: st.gpus.clone(),
                 }
             })
             .collect()
@@ -281,6 +304,19 @@ impl Inventory {
     pub fn check(&self) -> Result<(), AgentError> {
         self.cell.check_invariants().map_err(AgentError::Invariant)
     }
+}
+
+/// A registered machine's capacity and labels: `gpu_devices` whole
+/// devices and the label [`GPU_MODEL_LABEL`] when it has GPU devices (the
+/// registration was checked to agree with them).
+fn shape(m: &pb::MachineSpec) -> (Resources, Labels) {
+    let mut capacity = from_pb(m.capacity.as_ref());
+    let mut labels: Labels = m.labels.clone().into_iter().collect();
+    if m.gpu_devices > 0 {
+        capacity.gpu.0 = u64::from(m.gpu_devices) * u64::from(DEVICE_MILLI);
+        labels.insert(GPU_MODEL_LABEL.to_string(), m.gpu_model.clone());
+    }
+    (capacity, labels)
 }
 
 #[cfg(test)]
@@ -299,6 +335,8 @@ pub(crate) mod tests {
                 gpu_millis: 0,
             }),
             labels: Default::default(),
+            gpu_devices: 0,
+            gpu_model: String::new(),
         }
     }
 
@@ -368,15 +406,50 @@ pub(crate) mod tests {
         let t0 = Instant::now();
         let mut inv = Inventory::new("east-a", Duration::from_secs(5));
         inv.register("n0", "", &[machine("m0", 2000)], t0);
-        let id = inv.take("m0", &cpu(1500)).unwrap();
+        let (id, _) = inv.take("m0", &cpu(1500), &[]).unwrap();
         // No room for a second one.
-        assert_eq!(inv.take("m0", &cpu(1000)), None);
-        assert_eq!(inv.take("nowhere", &cpu(1)), None);
+        assert_eq!(inv.take("m0", &cpu(1000), &[]), None);
+        assert_eq!(inv.take("nowhere", &cpu(1), &[]), None);
         inv.register("n0", "", &[machine("m0", 2000)], t0);
         assert_eq!(inv.machine("m0").unwrap().id, id);
         assert_eq!(inv.allocated().cpu.0, 1500);
-        inv.release(id, &cpu(1500));
+        inv.release(id, &cpu(1500), &[]);
         assert_eq!(inv.allocated().cpu.0, 0);
+        assert!(inv.check().is_ok());
+    }
+
+    #[test]
+    fn gpu_devices_become_capacity_and_a_model_label_and_are_taken_exactly() {
+        let t0 = Instant::now();
+        let mut inv = Inventory::new("east-a", Duration::from_secs(5));
+        let mut g = machine("g0", 8000);
+        g.gpu_devices = 2;
+        g.gpu_model = "V100M16".into();
+        inv.register("n0", "", &[g.clone()], t0);
+        let m = inv.machine("g0").unwrap();
+        assert_eq!(m.capacity.gpu.0, 2000);
+        assert_eq!(m.labels[GPU_MODEL_LABEL], "V100M16");
+        let half = Resources::from_array([1000, GIB, 0, 500]);
+        let on = |device| [GpuSlot { device, milli: 500 }];
+        // Read back after a restart: the stored devices, never others.
+        let (id, _) = inv.take("g0", &half, &on(1)).unwrap();
+        inv.take("g0", &half, &on(1)).unwrap();
+        // Device 1 is full: a third share stored there does not fit.
+        assert_eq!(inv.take("g0", &half, &on(1)), None);
+        assert_eq!(inv.take("g0", &half, &on(7)), None);
+        let statuses = inv.statuses("east-a", BTreeMap::new());
+        assert_eq!(statuses[0].gpu_free_millis, [1000, 0]);
+        inv.release(id, &half, &on(1));
+        let statuses = inv.statuses("east-a", BTreeMap::new());
+        assert_eq!(statuses[0].gpu_free_millis, [1000, 500]);
+        // A GPU placement stored without devices (by an older agent) gets
+        // them now, where they are free.
+        let (_, chosen) = inv.take("g0", &half, &[]).unwrap();
+        assert_eq!(chosen, on(1));
+        inv.release(id, &half, &chosen);
+        // Registering again unchanged keeps the machine and its devices.
+        inv.register("n0", "", &[g], t0);
+        assert_eq!(inv.machine("g0").unwrap().id, id);
         assert!(inv.check().is_ok());
     }
 
@@ -385,7 +458,7 @@ pub(crate) mod tests {
         let t0 = Instant::now();
         let mut inv = Inventory::new("east-a", Duration::from_secs(5));
         inv.register("n0", "", &[machine("m0", 2000)], t0);
-        let old = inv.take("m0", &cpu(1000)).unwrap();
+        let (old, _) = inv.take("m0", &cpu(1000), &[]).unwrap();
         inv.register("n0", "", &[machine("m0", 8000)], t0);
         let new = inv.machine("m0").unwrap().id;
         assert_ne!(new, old);
@@ -398,7 +471,7 @@ pub(crate) mod tests {
             .map(|c| (c.capacity.unwrap().cpu_millis, c.count))
             .collect();
         assert_eq!(counts, [(8000, 1)]);
-        inv.release(old, &cpu(1000));
+        inv.release(old, &cpu(1000), &[]);
         assert_eq!(inv.allocated().cpu.0, 0);
         assert!(inv.check().is_ok());
     }

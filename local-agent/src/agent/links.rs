@@ -204,6 +204,7 @@ mod tests {
             request: None,
             attempt: 1,
             cluster: "east-a".into(),
+            gpus: Vec::new(),
         }
     }
 

@@ -1,8 +1,10 @@
 //! Packing waiting tasks onto the cluster's machines: the tasks of one job
 //! share a request, so each job is one group for `sched_core::pack`
 //! (fragmentation-ordered best fit); what fits nowhere comes back with the
-//! packer's most common reasons.
+//! packer's most common reasons. Each placed task names the GPU devices
+//! the packer gave it.
 
+use sched_core::gpu::GpuSlot;
 use sched_core::job::JobId;
 use sched_core::machine::MachineId;
 use sched_core::pack::TaskGroup;
@@ -17,9 +19,9 @@ use super::specs::Specs;
 /// What one packing decided.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Packed {
-    /// Each placed task, by job then index: its machine and the request
-    /// now counted there.
-    pub placed: Vec<(TaskKey, MachineId, Resources)>,
+    /// Each placed task, by job then index: its machine, the request now
+    /// counted there and its GPU devices (none without GPUs).
+    pub placed: Vec<(TaskKey, MachineId, Resources, Vec<GpuSlot>)>,
     /// Per job, the tasks that fit nowhere and why.
     pub unplaced: Vec<(String, Vec<u32>, String)>,
 }
@@ -51,8 +53,12 @@ pub fn pack(
     let mut packed = Packed::default();
     for (((job, indices), o), group) in jobs.iter().zip(outcomes).zip(&groups) {
         let job: &String = job;
-        for (&index, &m) in indices.iter().zip(&o.placed) {
-            packed.placed.push(((job.clone(), index), m, group.request));
+        // `gpus` lists one entry per placed task (empty ones without GPUs).
+        let gpus = o.gpus.iter().cloned().chain(std::iter::repeat(Vec::new()));
+        for ((&index, &m), slots) in indices.iter().zip(&o.placed).zip(gpus) {
+            packed
+                .placed
+                .push(((job.clone(), index), m, group.request, slots));
         }
         let unplaced = indices[o.placed.len()..].to_vec();
         if !unplaced.is_empty() {
@@ -119,10 +125,14 @@ mod tests {
         specs.learn("web", spec(1000));
         let jobs = [("web".to_string(), vec![0, 1, 2, 3])];
         let packed = pack(&jobs, &specs, &mut inv, &LocalPolicy::default());
-        let mut on: Vec<&str> = packed.placed.iter().map(|(_, m, _)| inv.name(*m)).collect();
+        let mut on: Vec<&str> = packed
+            .placed
+            .iter()
+            .map(|(_, m, _, _)| inv.name(*m))
+            .collect();
         on.sort();
         assert_eq!(on, ["m0", "m0", "m1"]);
-        let placed: Vec<u32> = packed.placed.iter().map(|(k, _, _)| k.1).collect();
+        let placed: Vec<u32> = packed.placed.iter().map(|(k, _, _, _)| k.1).collect();
         assert_eq!(placed, [0, 1, 2]);
         let (job, indices, reason) = &packed.unplaced[0];
         assert_eq!((job.as_str(), indices.as_slice()), ("web", &[3][..]));
@@ -131,6 +141,33 @@ mod tests {
             "{reason}"
         );
         assert_eq!(inv.allocated().cpu.0, 3000);
+    }
+
+    #[test]
+    fn shares_go_two_to_a_device_and_name_it() {
+        let mut g = machine("g0", 8000);
+        g.gpu_devices = 2;
+        g.gpu_model = "V100M16".into();
+        let mut inv = inventory(&[g]);
+        let mut specs = Specs::default();
+        specs.learn(
+            "half",
+            JobSpec {
+                gpu_millis: 500,
+                ..spec(1000)
+            },
+        );
+        let jobs = [("half".to_string(), vec![0, 1, 2, 3, 4])];
+        let packed = pack(&jobs, &specs, &mut inv, &LocalPolicy::default());
+        let mut per_device = [0u32; 2];
+        for (_, _, _, slots) in &packed.placed {
+            assert_eq!(slots.len(), 1, "{slots:?}");
+            assert_eq!(slots[0].milli, 500);
+            per_device[slots[0].device as usize] += 1;
+        }
+        assert_eq!(per_device, [2, 2]);
+        // The fifth finds no device with room.
+        assert_eq!(packed.unplaced[0].1, [4]);
     }
 
     #[test]
@@ -147,7 +184,7 @@ mod tests {
         let requests: Vec<(&str, u64)> = packed
             .placed
             .iter()
-            .map(|(k, _, r)| (k.0.as_str(), r.cpu.0))
+            .map(|(k, _, r, _)| (k.0.as_str(), r.cpu.0))
             .collect();
         assert_eq!(requests, [("big", 3000), ("small", 500), ("small", 500)]);
         assert!(packed.unplaced.is_empty());

@@ -46,6 +46,7 @@ impl Reports {
             machine: String::new(),
             exit_code: None,
             reason: String::new(),
+            gpus: String::new(),
         });
     }
 
@@ -111,6 +112,7 @@ mod tests {
             machine: "m0".into(),
             exit_code: None,
             reason: String::new(),
+            gpus: String::new(),
         }
     }
 

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sched_core::error::SpecError;
+use sched_core::gpu::{DEVICE_MILLI, GPU_MODEL_LABEL, MAX_DEVICES};
 use sched_core::names::check_name;
+use sched_core::resources::Resources;
 use sched_proto::pb;
 use sched_proto::pb::machines_server::Machines;
 use sched_proto::pb::node_client::NodeClient;
@@ -79,6 +81,54 @@ fn machine_of_node(node: &str, machine: &str) -> bool {
             .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// A machine's GPU devices: at most [`MAX_DEVICES`], with a model, and a
+/// GPU capacity (if given) of whole devices that agrees with them.
+fn check_gpus(i: usize, m: &pb::MachineSpec, c: &Resources) -> Result<(), SpecError> {
+    let field = |f: &str| format!("machines[{i}].{f}");
+    if m.gpu_devices == 0 {
+        if !m.gpu_model.is_empty() {
+            return Err(SpecError::new(
+                field("gpu_model"),
+                "a GPU model needs GPU devices (gpu_devices)",
+            ));
+        }
+        return Ok(());
+    }
+    if m.gpu_devices > MAX_DEVICES {
+        return Err(SpecError::new(
+            field("gpu_devices"),
+            format!("{} is out of range 0..={MAX_DEVICES}", m.gpu_devices),
+        ));
+    }
+    if m.gpu_model.is_empty() {
+        return Err(SpecError::new(
+            field("gpu_model"),
+            "required with gpu_devices",
+        ));
+    }
+    sched_core::topology::check_gpu_model(&field("gpu_model"), &m.gpu_model, false)?;
+    let whole = u64::from(m.gpu_devices) * u64::from(DEVICE_MILLI);
+    if c.gpu.0 != 0 && c.gpu.0 != whole {
+        return Err(SpecError::new(
+            field("capacity.gpu_millis"),
+            format!(
+                "{} disagrees with {} devices ({whole})",
+                c.gpu.0, m.gpu_devices
+            ),
+        ));
+    }
+    if m.labels
+        .get(GPU_MODEL_LABEL)
+        .is_some_and(|l| *l != m.gpu_model)
+    {
+        return Err(SpecError::new(
+            field("labels"),
+            format!("the label {GPU_MODEL_LABEL} disagrees with gpu_model"),
+        ));
+    }
+    Ok(())
+}
+
 type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkBatch, Status>> + Send>>;
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
 
@@ -103,6 +153,7 @@ fn check_registration(r: &pb::RegisterNodeRequest) -> Result<(), SpecError> {
                 "a machine needs some cpu and memory",
             ));
         }
+        check_gpus(i, m, &c)?;
     }
     Ok(())
 }
@@ -249,6 +300,8 @@ mod tests {
                 gpu_millis: 0,
             }),
             labels: Default::default(),
+            gpu_devices: 0,
+            gpu_model: String::new(),
         }
     }
 
@@ -260,6 +313,33 @@ mod tests {
         assert!(!machine_of_node("m", "m1"));
         assert!(!machine_of_node("h", "h-"));
         assert!(!machine_of_node("h", "h-x"));
+    }
+
+    #[test]
+    fn gpu_devices_need_a_model_a_bound_and_an_agreeing_capacity() {
+        let gpus = |devices: u32, model: &str, milli: u64| {
+            let mut m = machine("g0", 1000);
+            m.gpu_devices = devices;
+            m.gpu_model = model.into();
+            m.capacity.as_mut().unwrap().gpu_millis = milli;
+            registration(vec![m])
+        };
+        let field = |r: &pb::RegisterNodeRequest| check_registration(r).unwrap_err().field;
+        assert!(check_registration(&gpus(2, "V100M16", 2000)).is_ok());
+        assert!(check_registration(&gpus(2, "V100M16", 0)).is_ok());
+        assert_eq!(field(&gpus(2, "", 2000)), "machines[0].gpu_model");
+        assert_eq!(field(&gpus(2, "V100 M16", 2000)), "machines[0].gpu_model");
+        assert_eq!(field(&gpus(0, "T4", 0)), "machines[0].gpu_model");
+        assert_eq!(field(&gpus(65, "T4", 0)), "machines[0].gpu_devices");
+        assert_eq!(
+            field(&gpus(2, "T4", 1500)),
+            "machines[0].capacity.gpu_millis"
+        );
+        let mut other_label = gpus(2, "T4", 0);
+        other_label.machines[0]
+            .labels
+            .insert(GPU_MODEL_LABEL.into(), "A100".into());
+        assert_eq!(field(&other_label), "machines[0].labels");
     }
 
     #[test]

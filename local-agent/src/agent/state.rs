@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use sched_core::band::PriorityPolicy;
+use sched_core::gpu::SlotsDisplay;
 use sched_core::policy::LocalPolicy;
 use sched_core::resources::Resources;
 use sched_proto::pb;
@@ -197,8 +198,15 @@ impl AgentState {
             return;
         }
         let request = spec.request();
-        if let Some(id) = self.inventory.take(&p.record.machine, &request) {
-            self.intent.count(k, id, request);
+        // The devices it was placed on, never others: the task may be
+        // running on them.
+        if let Some((id, gpus)) = self
+            .inventory
+            .take(&p.record.machine, &request, &p.record.gpus)
+        {
+            self.intent.count(k, id, request, gpus);
+        } else {
+            tracing::warn!(job = %k.0, index = k.1, machine = %p.record.machine, "a stored placement does not fit its machine (or its GPU devices) any more");
         }
     }
 
@@ -245,9 +253,14 @@ impl AgentState {
             Observed::Stale | Observed::Unchanged => {}
             Observed::Lost => self.lose(&k),
             Observed::Changed { state, freed } => {
-                if let Some((id, request)) = freed {
-                    self.inventory.release(id, &request);
+                if let Some((id, request, gpus)) = freed {
+                    self.inventory.release(id, &request, &gpus);
                 }
+                let gpus = self
+                    .intent
+                    .get(&k)
+                    .map(|p| SlotsDisplay(&p.record.gpus).to_string())
+                    .unwrap_or_default();
                 self.reports.push(pb::TaskReport {
                     job: k.0,
                     index: k.1,
@@ -255,6 +268,7 @@ impl AgentState {
                     machine: t.machine.clone(),
                     exit_code: t.exit_code,
                     reason: t.reason.clone(),
+                    gpus,
                 });
             }
         }
@@ -287,8 +301,8 @@ impl AgentState {
         let Some(freed) = self.intent.lose(k) else {
             return;
         };
-        if let Some((id, request)) = freed {
-            self.inventory.release(id, &request);
+        if let Some((id, request, gpus)) = freed {
+            self.inventory.release(id, &request, &gpus);
         }
         self.reports.lost(&k.0, k.1);
     }
@@ -341,11 +355,11 @@ impl AgentState {
             }
             let mut nodes = BTreeSet::new();
             for k in placed {
-                let Some(p) = self.intent.forget(&k) else {
+                let Some(mut p) = self.intent.forget(&k) else {
                     continue;
                 };
-                if let Some((id, request)) = p.counted {
-                    self.inventory.release(id, &request);
+                if let Some((id, request, gpus)) = p.uncount() {
+                    self.inventory.release(id, &request, &gpus);
                 }
                 if let Some(m) = self.inventory.machine(&p.record.machine) {
                     nodes.insert(m.node.clone());
@@ -413,12 +427,12 @@ impl AgentState {
             self.queue.remove(&k);
         }
         for k in taken {
-            let Some(p) = self.intent.forget(&k) else {
+            let Some(mut p) = self.intent.forget(&k) else {
                 continue;
             };
             tracing::warn!(job = %k.0, index = k.1, machine = %p.record.machine, "task taken back by the global scheduler while this cluster was away: stopping it");
-            if let Some((id, request)) = p.counted {
-                self.inventory.release(id, &request);
+            if let Some((id, request, gpus)) = p.uncount() {
+                self.inventory.release(id, &request, &gpus);
             }
             if let Some(node) = self
                 .inventory
@@ -558,14 +572,14 @@ impl AgentState {
         });
         let packed = packing::pack(&jobs, &self.specs, &mut self.inventory, &self.policy);
         let mut specs_written = BTreeSet::new();
-        for (key, m, request) in packed.placed {
+        for (key, m, request, gpus) in packed.placed {
             if specs_written.insert(key.0.clone()) {
                 if let Some(write) = self.specs.write(&key.0, self.keys.spec(&key.0)) {
                     let job = key.0.clone();
                     changes.push(Change::Spec { job, write });
                 }
             }
-            let (record, write) = self.intent.next(&key, self.inventory.name(m));
+            let (record, write) = self.intent.next(&key, self.inventory.name(m), gpus);
             self.queue.remove(&key);
             let placement = Placement {
                 record,
@@ -600,7 +614,7 @@ impl AgentState {
     /// the state of the placement it was to replace is due again.
     fn unplace(&mut self, key: &TaskKey, placement: &Placement) {
         if let Some((id, request)) = placement.counted {
-            self.inventory.release(id, &request);
+            self.inventory.release(id, &request, &placement.record.gpus);
         }
         if self.intent.get(key).is_some_and(|p| p.rev != 0) {
             self.intent.unwritten(key.clone());
@@ -696,6 +710,14 @@ impl AgentState {
             request: Some(to_pb(&spec.request())),
             attempt: record.attempt,
             cluster: self.cluster.clone(),
+            gpus: record
+                .gpus
+                .iter()
+                .map(|g| pb::GpuSlot {
+                    device: g.device,
+                    milli: g.milli,
+                })
+                .collect(),
         })
     }
 

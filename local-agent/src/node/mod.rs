@@ -7,6 +7,7 @@
 //! - [`dirs`]: the task directories under the work dir (their layout, the
 //!   trash of deleted jobs), and the sweep that removes old ones.
 //! - [`logs`]: the `Node` gRPC service that serves task output.
+//! - [`gpus`]: the environment that shows a task its GPU devices.
 //! - [`run_as`]: who tasks run as (`--run-as`), and the pool of dynamic
 //!   uids. Their resource limits: [`crate::limits`].
 //! - this module: the connection to the local agent (register, heartbeat,
@@ -24,6 +25,7 @@
 //! node was cut off.
 
 pub mod dirs;
+pub mod gpus;
 pub mod logs;
 pub mod run_as;
 pub mod tasks;
@@ -54,6 +56,10 @@ pub struct MachineConfig {
     pub name: String,
     pub capacity: Resources,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// GPU devices, numbered 0..gpu_devices (0: none).
+    pub gpu_devices: u32,
+    /// Their model (empty without devices).
+    pub gpu_model: String,
 }
 
 #[derive(Debug, Clone)]
@@ -363,6 +369,8 @@ async fn session(
             name: m.name.clone(),
             capacity: Some(crate::to_pb(&m.capacity)),
             labels: m.labels.clone().into_iter().collect(),
+            gpu_devices: m.gpu_devices,
+            gpu_model: m.gpu_model.clone(),
         })
         .collect();
     let r = client

@@ -30,6 +30,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::task::TaskTracker;
 
 use super::dirs::{self, read_end, Meta, Swept, EXIT_FILE, LOST_FILE, META_FILE, TASKS_DIR};
+use super::gpus::gpu_env;
 use super::run_as::{Identity, RunAs, UidClaims, UidPool};
 use super::NodeConfig;
 use crate::error::AgentError;
@@ -442,6 +443,7 @@ impl Tasks {
             .env("SCHED_CLUSTER", &s.cluster)
             .env("SCHED_MACHINE", &s.machine)
             .env("SCHED_ATTEMPT", s.attempt.to_string())
+            .envs(gpu_env(&s.gpus))
             .stdin(std::process::Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -759,6 +761,7 @@ mod tests {
             request: None,
             attempt,
             cluster: "c1".into(),
+            gpus: Vec::new(),
         }
     }
 

@@ -7,6 +7,10 @@
 //! room, and its node is told to stop it only once that write is in
 //! ([`AgentState::applied`]); the capacity moves in the agent's cell at
 //! decision time, so the cell never counts more than a machine holds.
+//!
+//! A victim gives back exactly its GPU devices. Tasks asking for GPUs do
+//! not preempt (yet): eviction is chosen by summed capacity, and the room
+//! it makes may not be room on one device; they wait for devices to free.
 
 use std::collections::BTreeMap;
 
@@ -62,6 +66,7 @@ impl AgentState {
                     priority,
                     request,
                     started_unix_ms: p.rev,
+                    gpus: p.record.gpus.clone(),
                 },
             );
             keys.push(k.clone());
@@ -72,7 +77,7 @@ impl AgentState {
             .iter()
             .enumerate()
             .filter_map(|(i, (job, indices, _))| {
-                let spec = specs.get(job)?;
+                let spec = specs.get(job).filter(|s| s.gpu_millis == 0)?;
                 let group = TaskGroup {
                     job: JobId(i as u32),
                     request: spec.request(),
@@ -137,7 +142,7 @@ impl AgentState {
                     });
                 }
             }
-            let (record, write) = self.intent.next(&key, &machine);
+            let (record, write) = self.intent.next(&key, &machine, p.gpus.clone());
             self.queue.remove(&key);
             placed.entry(key.0.clone()).or_default().push(key.1);
             let placement = Placement {

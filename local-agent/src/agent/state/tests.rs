@@ -613,3 +613,93 @@ fn a_success_not_acknowledged_before_a_restart_is_reported_again() {
     let w = writes_of_pass(&mut b, &mut rev);
     assert_eq!((w[0].op.clone(), w.len()), (Op::Delete, 1));
 }
+
+fn gpu_machine(name: &str) -> pb::MachineSpec {
+    let mut m = machine(name, 4000);
+    m.gpu_devices = 2;
+    m.gpu_model = "V100M16".into();
+    m
+}
+
+fn shares(job: &str, indices: Vec<u32>) -> pb::AssignmentBatch {
+    let mut b = assign(job, indices, vec!["true".to_string()]);
+    let a = &mut b.assignments[0];
+    a.request.as_mut().unwrap().cpu_millis = 100;
+    a.request.as_mut().unwrap().gpu_millis = 500;
+    b
+}
+
+fn devices(s: &[pb::TaskStart]) -> Vec<(u32, Vec<(u32, u32)>)> {
+    s.iter()
+        .map(|s| {
+            (
+                s.index,
+                s.gpus.iter().map(|g| (g.device, g.milli)).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn gpu_devices_reach_the_node_and_a_restart_takes_the_stored_ones_again() {
+    let mut a = agent();
+    a.register_node("n0", "", &[gpu_machine("g0")], &[], Instant::now());
+    let mut rx = work(&mut a, "n0");
+    a.receive(shares("half", vec![0, 1]));
+    let mut rev = 0;
+    let mut stored = apply_all(&mut a, &mut rev);
+    // Best fit: both shares on one device.
+    assert_eq!(
+        devices(&starts(&mut rx)),
+        [(0, vec![(0, 500)]), (1, vec![(0, 500)])]
+    );
+    let reports = a.take_reports(100);
+    assert!(
+        reports.tasks.iter().all(|r| r.gpus == "0:500"),
+        "{reports:?}"
+    );
+    // Say the stored placements are on device 1 (as an older decision
+    // may have put them): a restarted agent must count them there, not
+    // where it would choose today.
+    for kv in &mut stored {
+        if let Ok(mut r) = serde_json::from_slice::<PlacementRecord>(&kv.value) {
+            r.gpus = vec![sched_core::gpu::GpuSlot {
+                device: 1,
+                milli: 500,
+            }];
+            kv.value = serde_json::to_vec(&r).unwrap();
+        }
+    }
+    let mut b = agent();
+    b.load(&stored).unwrap();
+    let running = pb::NodeTask {
+        job: "half".into(),
+        ..node_task(0, "g0", pb::TaskState::Running)
+    };
+    b.register_node("n0", "", &[gpu_machine("g0")], &[running], Instant::now());
+    let mut rx = work(&mut b, "n0");
+    // Task 1 never started: it starts on its stored device.
+    assert_eq!(devices(&starts(&mut rx)), [(1, vec![(1, 500)])]);
+    let free = |b: &AgentState| {
+        b.inventory.statuses("east-a", BTreeMap::new())[0]
+            .gpu_free_millis
+            .clone()
+    };
+    assert_eq!(free(&b), [1000, 0]);
+    // A new share goes to the device that is free in fact.
+    b.receive(pb::AssignmentBatch {
+        seq: 2,
+        ..shares("more", vec![0])
+    });
+    apply_all(&mut b, &mut rev);
+    assert_eq!(devices(&starts(&mut rx)), [(0, vec![(0, 500)])]);
+    assert_eq!(free(&b), [500, 0]);
+    // A finished task gives back exactly its device.
+    let done = pb::NodeTask {
+        job: "half".into(),
+        ..node_task(0, "g0", pb::TaskState::Succeeded)
+    };
+    b.node_reports("n0", &[done]).unwrap();
+    assert_eq!(free(&b), [500, 500]);
+    assert!(b.inventory.check().is_ok());
+}
