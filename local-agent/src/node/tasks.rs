@@ -100,6 +100,9 @@ pub struct Tasks {
     retention_changed: tokio::sync::Notify,
     waiters: TaskTracker,
     shutting_down: AtomicBool,
+    /// Each machine's GPU device count: a start naming a device the
+    /// machine does not have is refused, not run on the wrong one.
+    gpu_devices: BTreeMap<String, u32>,
 }
 
 fn final_state(code: i32) -> pb::TaskState {
@@ -154,6 +157,11 @@ impl Tasks {
             retention_changed: tokio::sync::Notify::new(),
             waiters: TaskTracker::new(),
             shutting_down: AtomicBool::new(false),
+            gpu_devices: config
+                .machines
+                .iter()
+                .map(|m| (m.name.clone(), m.gpu_devices))
+                .collect(),
         };
         tasks.renew_lease();
         let tasks = Arc::new(tasks);
@@ -394,6 +402,9 @@ impl Tasks {
                 sched_core::error::SpecError::new("command", "the job has no command").into(),
             );
         }
+        let devices = self.gpu_devices.get(&s.machine).copied().unwrap_or(0);
+        super::gpus::check_slots(&s.gpus, devices)
+            .map_err(|why| sched_core::error::SpecError::new("gpus", why))?;
         let io = |what: &str, e| AgentError::io(format!("{what} in {}", dir.display()), e);
         dirs::make_attempt_dir(&self.work_dir, &s.job, s.index, s.attempt, identity)
             .map_err(|e| io("the task directory", e))?;
