@@ -226,8 +226,6 @@ impl Engine {
         force: bool,
         why: &str,
     ) -> Result<(), ServiceError> {
-        /// Two operations a job: 60 jobs stay within a commit's 127.
-        const JOBS_PER_COMMIT: usize = 60;
         if force {
             for name in names {
                 match self.cancel(name).await {
@@ -236,33 +234,39 @@ impl Engine {
                 }
             }
         }
-        let mut deleted = Vec::new();
+        let mut deleted: Vec<String> = Vec::new();
         let mut result = Ok(());
-        for chunk in names.chunks(JOBS_PER_COMMIT) {
-            let writes = self.shared.read(|s| {
-                let mut writes = Vec::new();
-                for name in chunk {
-                    writes.extend(s.delete_writes(name, force)?);
-                }
-                Ok::<_, ServiceError>(writes)
-            });
-            let writes = match writes {
+        // As many jobs a commit as fit its operations (each job takes a
+        // few: its key, its tasks, its events). A fixed number of jobs a
+        // commit outgrew the limit once a job's writes grew, and then every
+        // commit of a backlog of expired jobs failed, for good.
+        let mut chunk: Vec<String> = Vec::new();
+        let mut writes: Vec<Write> = Vec::new();
+        for name in names {
+            let w = match self.shared.read(|s| s.delete_writes(name, force)) {
                 Ok(w) => w,
                 Err(e) => {
                     result = Err(e);
                     break;
                 }
             };
-            if let Err(e) = self.store.commit(&writes).await {
-                result = Err(e.into());
-                break;
-            }
-            self.shared.write(|s| {
-                for name in chunk {
-                    s.apply_delete(name, why);
+            if !chunk.is_empty() && writes.len() + w.len() > sched_store::MAX_OPS_PER_COMMIT {
+                if let Err(e) = self.commit_deletes(&chunk, &writes, why).await {
+                    result = Err(e);
+                    chunk.clear();
+                    break;
                 }
-            });
-            deleted.extend(chunk.iter().cloned());
+                deleted.append(&mut chunk);
+                writes.clear();
+            }
+            writes.extend(w);
+            chunk.push(name.clone());
+        }
+        if !chunk.is_empty() {
+            match self.commit_deletes(&chunk, &writes, why).await {
+                Ok(()) => deleted.append(&mut chunk),
+                Err(e) => result = result.and(Err(e)),
+            }
         }
         if !deleted.is_empty() {
             tracing::info!(jobs = deleted.len(), reason = why, "jobs deleted");
@@ -272,6 +276,22 @@ impl Engine {
             });
         }
         result
+    }
+
+    /// Commits one batch of job deletions and forgets those jobs.
+    async fn commit_deletes(
+        &mut self,
+        names: &[String],
+        writes: &[Write],
+        why: &str,
+    ) -> Result<(), ServiceError> {
+        self.store.commit(writes).await?;
+        self.shared.write(|s| {
+            for name in names {
+                s.apply_delete(name, why);
+            }
+        });
+        Ok(())
     }
 
     /// The periodic upkeep: jobs past their `ttl_after_finished` deleted,

@@ -552,3 +552,58 @@ async fn tasks_of_a_cluster_that_stays_down_run_elsewhere_never_twice() {
     assert_eq!(out.status.code(), Some(1));
     cancel(&sched, "steady").await.unwrap();
 }
+
+/// A backlog of finished jobs expiring together (here: a shorter default
+/// `ttl_after_finished` put in force once they have all finished) is
+/// deleted in full: the deletes go in as many commits as etcd's operation
+/// limit needs. (With a fixed 60 jobs a commit, three operations each
+/// outgrew the limit, and every sweep failed on the same batch for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
+async fn a_backlog_of_expired_jobs_is_deleted_in_full() {
+    const JOBS: usize = 90;
+    let etcd = start_etcd();
+    let dir = tempfile::tempdir().unwrap();
+    let sched = Scheduler::start(&etcd.url(), &["--topology", TOPOLOGY]).await;
+    let east = LocalAgent::start("east-a", "us-east", &sched.url(), &etcd.url()).await;
+    let _node = NodeAgent::start(&east.url(), "e1", "8", "8Gi", dir.path().join("e1"));
+    sched.wait_machines_up(1, Duration::from_secs(20)).await;
+    let mut c = sched.client().await;
+    let names: Vec<String> = (0..JOBS).map(|i| format!("done-{i:03}")).collect();
+    c.submit(pb::SubmitRequest {
+        submission_id: "backlog".to_string(),
+        jobs: names.iter().map(|n| spec(n, 1, "10m", &["true"])).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for n in &names {
+        wait_state(&sched, n, pb::JobState::Succeeded, Duration::from_secs(60)).await;
+    }
+    let policy = write_policy(dir.path(), "lifecycle: {ttl_after_finished: 1s}\n");
+    let out = schedctl(&sched.url(), &["policy", "apply", &policy]);
+    assert!(
+        out.status.success(),
+        "policy apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        &format!("all {JOBS} expired jobs deleted"),
+        Duration::from_secs(30),
+        || async {
+            let mut c = sched.client().await;
+            let left = sched_tests::list_all_jobs!(c).ok()?.into_inner().jobs;
+            left.is_empty().then_some(())
+        },
+    )
+    .await;
+    let store = sched_store::EtcdStore::connect(&[etcd.url()])
+        .await
+        .unwrap();
+    let tasks = store.list("/sched/tasks/").await.unwrap();
+    assert!(
+        tasks.items.is_empty(),
+        "task keys left: {}",
+        tasks.items.len()
+    );
+}
