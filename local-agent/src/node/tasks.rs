@@ -157,10 +157,20 @@ impl Tasks {
             retention_changed: tokio::sync::Notify::new(),
             waiters: TaskTracker::new(),
             shutting_down: AtomicBool::new(false),
+            // A machine started with `--gpu Q` (no `--gpus N`) has its
+            // devices modelled from the capacity, as the local agent does:
+            // the whole devices that cover it.
             gpu_devices: config
                 .machines
                 .iter()
-                .map(|m| (m.name.clone(), m.gpu_devices))
+                .map(|m| {
+                    let modelled = m
+                        .capacity
+                        .get(sched_core::resources::ResourceKind::Gpu)
+                        .div_ceil(1000);
+                    let modelled = u32::try_from(modelled).unwrap_or(u32::MAX);
+                    (m.name.clone(), m.gpu_devices.max(modelled))
+                })
                 .collect(),
         };
         tasks.renew_lease();
