@@ -256,14 +256,12 @@ impl<'a> Ranker<'a> {
             }
             ranking.ranked = feasible.iter().map(|c| self.score(job, c)).collect();
         } else {
-            let mut ranked = std::mem::take(&mut ranking.ranked);
-            ranked.extend(
+            ranking.ranked.extend(
                 clusters
                     .iter()
                     .filter(|c| admit(c))
                     .map(|c| self.score(job, c)),
             );
-            ranking.ranked = ranked;
         }
         ranking.best_to_front();
         ranking

@@ -1034,15 +1034,7 @@ async fn cluster_loop(
                                 // agent does (a new leader reads tasks on
                                 // machines back as `assigned`).
                                 log.repeated += 1;
-                                unsent.tasks.push(pb::TaskReport {
-                                    job: a.job.clone(),
-                                    index: i,
-                                    state: pb::TaskState::Placed as i32,
-                                    machine,
-                                    exit_code: None,
-                                    reason: String::new(),
-                                    gpus: String::new(),
-                                });
+                                unsent.tasks.push(placed_report(&a.job, i, machine));
                                 continue;
                             }
                             if log.placed.len() >= spec.slots {
@@ -1053,15 +1045,7 @@ async fn cluster_loop(
                             let machine = format!("{}-m{}", spec.name, log.placed.len() as u32 % spec.machines.max(1));
                             log.placed.insert(key, machine.clone());
                             allocated_tasks.push(a.request.unwrap_or_default());
-                            unsent.tasks.push(pb::TaskReport {
-                                job: a.job.clone(),
-                                index: i,
-                                state: pb::TaskState::Placed as i32,
-                                machine,
-                                exit_code: None,
-                                reason: String::new(),
-                                gpus: String::new(),
-                            });
+                            unsent.tasks.push(placed_report(&a.job, i, machine));
                         }
                         if !back.is_empty() {
                             unsent.handed_back.push(pb::HandBack {
@@ -1192,6 +1176,17 @@ pub async fn etcd_writes(url: &str) -> Option<EtcdWrites> {
 /// for any `SchedulerServiceClient`, as `Result<Response<ListJobsResponse>, Status>`
 /// with all the jobs in one response (a macro, so that it takes clients over
 /// any channel without naming tonic's bounds).
+/// A fake cluster's report that task `index` of `job` is placed on `machine`.
+fn placed_report(job: &str, index: u32, machine: String) -> pb::TaskReport {
+    pb::TaskReport {
+        job: job.to_string(),
+        index,
+        state: pb::TaskState::Placed as i32,
+        machine,
+        ..Default::default()
+    }
+}
+
 #[macro_export]
 macro_rules! list_all_jobs {
     ($client:expr) => {{
