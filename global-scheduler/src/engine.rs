@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use sched_core::cluster::ClusterId;
 use sched_proto::pb;
+use sched_store::pipeline::{self, Pending};
 use sched_store::{batch, Expect, Store, StoreError, Write};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -54,8 +55,29 @@ impl Engine {
             Instant::now() < warmup_until
                 && shared.read(|s| s.registry().entries().iter().any(|c| !c.summary.up))
         };
+        // A pass cut short by its budget leaves work for the next; passes
+        // then run back to back, with what arrived meanwhile (placement
+        // reports, cancels) taken in between, so that a long backlog does
+        // not hold up the reports of the tasks it places.
+        let mut more = false;
         loop {
-            let schedule = tokio::select! {
+            let schedule = if more {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                let mut batch = Vec::new();
+                while batch.len() < ROUND {
+                    match self.rx.try_recv() {
+                        Ok(c) => batch.push(c),
+                        Err(_) => break,
+                    }
+                }
+                if !batch.is_empty() {
+                    self.handle(batch).await;
+                }
+                true
+            } else {
+                tokio::select! {
                 _ = shutdown.cancelled() => break,
                 cmd = self.rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -88,10 +110,12 @@ impl Engine {
                         due
                     }
                 }
+                }
             };
+            more = false;
             if schedule && !warming_up() {
                 last_pass = Instant::now();
-                self.schedule().await;
+                more = self.schedule().await;
             }
         }
         tracing::info!("engine stopped");
@@ -409,43 +433,39 @@ impl Engine {
         Ok(())
     }
 
-    /// Scheduling passes, back to back while the last one was cut short by
-    /// its budget: plan, commit, apply, then hand each cluster what it got
-    /// in the pass as one batch, so that an agent packs a pass together (as
-    /// the simulator does).
-    async fn schedule(&mut self) {
-        loop {
-            let started = Instant::now();
-            let (changes, more) = self.shared.write(|state| {
-                let plan = state.plan(self.shared.limits.pass_size);
-                let changes: Vec<TaskChange> = plan
-                    .iter()
-                    .flat_map(|a| state.assignment_changes(a))
-                    .collect();
-                (changes, state.has_work())
-            });
-            if changes.is_empty() {
-                return;
-            }
-            let planned = changes.len() as u64;
-            let mut handed: BTreeMap<ClusterId, pb::AssignmentBatch> = BTreeMap::new();
-            let result = self.commit(changes, &mut handed).await;
-            for (cluster, batch) in handed {
-                self.shared.push(cluster, batch);
-            }
-            let m = crate::metrics::metrics();
-            m.pass_duration.observe(started.elapsed().as_secs_f64());
-            if result.is_ok() {
-                m.tasks_assigned.inc_by(planned);
-            }
-            if let Err(e) = result {
-                tracing::warn!(cause = %e, "scheduling pass not persisted; retrying later");
-                return;
-            }
-            if !more {
-                return;
-            }
+    /// One scheduling pass: plan, commit, apply, then hand each cluster what
+    /// it got in the pass as one batch, so that an agent packs a pass
+    /// together (as the simulator does). True if the pass was cut short by
+    /// its budget and jobs still wait: the next pass is due at once.
+    async fn schedule(&mut self) -> bool {
+        let started = Instant::now();
+        let (changes, more) = self.shared.write(|state| {
+            let plan = state.plan(self.shared.limits.pass_size);
+            let changes: Vec<TaskChange> = plan
+                .iter()
+                .flat_map(|a| state.assignment_changes(a))
+                .collect();
+            (changes, state.has_work())
+        });
+        if changes.is_empty() {
+            return false;
         }
+        let planned = changes.len() as u64;
+        let mut handed: BTreeMap<ClusterId, pb::AssignmentBatch> = BTreeMap::new();
+        let result = self.commit(changes, &mut handed).await;
+        for (cluster, batch) in handed {
+            self.shared.push(cluster, batch);
+        }
+        let m = crate::metrics::metrics();
+        m.pass_duration.observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            m.tasks_assigned.inc_by(planned);
+        }
+        if let Err(e) = result {
+            tracing::warn!(cause = %e, "scheduling pass not persisted; retrying later");
+            return false;
+        }
+        more
     }
 
     /// Commits task changes and hands over what they assign at once.
@@ -489,35 +509,42 @@ impl Engine {
             let dropped: Vec<TaskChange> = split.refused.into_iter().map(|r| r.item.1).collect();
             self.shared.write(|s| s.requeue(&dropped));
         }
-        let mut commits = split.commits.into_iter();
-        while let Some(chunk) = commits.next() {
+        // Sent together; two commits that write one key go in order
+        // (`sched_store::pipeline`).
+        let commits = split.commits.into_iter().map(|chunk| {
             let (writes, chunk): (Vec<Write>, Vec<TaskChange>) = chunk.into_iter().unzip();
-            let failed = match self.store.commit(&writes).await {
+            Pending::new(writes, chunk)
+        });
+        let shared = &self.shared;
+        let mut first_failure: Option<StoreError> = None;
+        let not_started =
+            pipeline::commit_all(&*self.store, commits, pipeline::DEPTH, |chunk, r| match r {
                 Ok(rev) => {
-                    let batches = self.shared.write(|s| s.apply(chunk, rev));
+                    let batches = shared.write(|s| s.apply(chunk, rev));
                     merge_handed(handed, batches);
-                    continue;
                 }
-                Err(e) => e,
-            };
-            let rest: Vec<TaskChange> = chunk
-                .into_iter()
-                .chain(commits.flatten().map(|(_, c)| c))
-                .collect();
-            self.shared.write(|s| s.requeue(&rest));
-            if let StoreError::Conflict { key, .. } = &failed {
-                tracing::warn!(%key, "a task changed under us; reloading its job");
-                self.reload_job_of(key).await?;
-                return Err(StoreError::Conflict {
-                    key: key.clone(),
-                    expected: Expect::Any,
-                    actual: None,
+                Err(e) => {
+                    shared.write(|s| s.requeue(&chunk));
+                    first_failure.get_or_insert(e);
                 }
-                .into());
+            })
+            .await;
+        let Some(failed) = first_failure else {
+            return Ok(());
+        };
+        let rest: Vec<TaskChange> = not_started.into_iter().flatten().collect();
+        self.shared.write(|s| s.requeue(&rest));
+        if let StoreError::Conflict { key, .. } = &failed {
+            tracing::warn!(%key, "a task changed under us; reloading its job");
+            self.reload_job_of(key).await?;
+            return Err(StoreError::Conflict {
+                key: key.clone(),
+                expected: Expect::Any,
+                actual: None,
             }
-            return Err(failed.into());
+            .into());
         }
-        Ok(())
+        Err(failed.into())
     }
 
     async fn reload_job_of(&mut self, key: &str) -> Result<(), ServiceError> {

@@ -44,6 +44,7 @@ pub mod fence;
 pub use fence::Fenced;
 
 pub mod observe;
+pub mod pipeline;
 
 /// etcd's store revision: increases with every committed change.
 pub type Revision = i64;

@@ -30,8 +30,8 @@ use sched_proto::pb;
 use sched_security::{Kind, Role, Tls};
 use sched_tests::pki::Pki;
 use sched_tests::{
-    bin, etcd_writes, free_port, memory, user_client, EtcdServer, Guarded, LocalAgent, Scheduler,
-    UserClient,
+    bin, cpu_time, etcd_writes, free_port, memory, user_client, EtcdServer, Guarded, LocalAgent,
+    Scheduler, UserClient,
 };
 
 const TASKS_PER_JOB: u32 = 100;
@@ -191,6 +191,22 @@ async fn run(clusters: usize, machines: usize, jobs: usize, mode: Mode) -> Figur
     );
 
     let total = jobs as u64 * TASKS_PER_JOB as u64;
+    let mut rows: Vec<(String, Option<u32>)> = vec![
+        ("etcd".into(), etcd.pid()),
+        ("global-scheduler".into(), sched.pid()),
+    ];
+    for (i, a) in agents.iter().enumerate() {
+        rows.push((format!("local-agent c{i}"), a.pid()));
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        rows.push((format!("node c{i} ({machines} hollow)"), n.program_pid()));
+    }
+    let cpu_of = |rows: &[(String, Option<u32>)]| -> Vec<Option<Duration>> {
+        rows.iter().map(|(_, pid)| pid.and_then(cpu_time)).collect()
+    };
+    let bench_pid = std::process::id();
+    let cpu_before = cpu_of(&rows);
+    let bench_cpu_before = cpu_time(bench_pid);
     let writes_before = etcd_writes(&etcd.url()).await;
     let start = Instant::now();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -244,8 +260,10 @@ async fn run(clusters: usize, machines: usize, jobs: usize, mode: Mode) -> Figur
         c.await.unwrap();
     }
     let submitted = start.elapsed();
-    let mut last = 0;
+    // SCHED_BENCH_PROGRESS=1: a line at each poll, to see where the time goes.
+    let progress = std::env::var_os("SCHED_BENCH_PROGRESS").is_some();
     loop {
+        let polled = Instant::now();
         let list = sched_tests::list_all_jobs!(client)
             .unwrap()
             .into_inner()
@@ -258,8 +276,12 @@ async fn run(clusters: usize, machines: usize, jobs: usize, mode: Mode) -> Figur
         if placed >= total {
             break;
         }
-        if placed != last {
-            last = placed;
+        if progress {
+            println!(
+                "{label}: {:>6.2} s {placed:>7} placed (listed in {:.2} s)",
+                start.elapsed().as_secs_f64(),
+                polled.elapsed().as_secs_f64()
+            );
         }
         assert!(
             start.elapsed() < Duration::from_secs(600),
@@ -268,6 +290,8 @@ async fn run(clusters: usize, machines: usize, jobs: usize, mode: Mode) -> Figur
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let elapsed = start.elapsed();
+    let cpu_after = cpu_of(&rows);
+    let bench_cpu_after = cpu_time(bench_pid);
     println!(
         "{label}: {total} tasks in {jobs} jobs: submitted in {:.1} s, all placed on machines in {:.1} s = {:.0} tasks/s end to end",
         submitted.as_secs_f64(),
@@ -291,15 +315,34 @@ async fn run(clusters: usize, machines: usize, jobs: usize, mode: Mode) -> Figur
         }
         _ => println!("{label}: etcd's write counts could not be read from its /metrics"),
     }
-    let mut rows: Vec<(String, Option<u32>)> = vec![
-        ("etcd".into(), etcd.pid()),
-        ("global-scheduler".into(), sched.pid()),
-    ];
-    for (i, a) in agents.iter().enumerate() {
-        rows.push((format!("local-agent c{i}"), a.pid()));
+    // Where the machine's cores went from the first submit to the last
+    // task placed: each process's CPU seconds, summed by kind.
+    let mut by_kind: Vec<(&str, f64)> = Vec::new();
+    for (((name, _), before), after) in rows.iter().zip(&cpu_before).zip(&cpu_after) {
+        let kind = name.split(' ').next().unwrap_or(name);
+        let secs = match (before, after) {
+            (Some(b), Some(a)) => a.saturating_sub(*b).as_secs_f64(),
+            _ => continue,
+        };
+        match by_kind.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, s)) => *s += secs,
+            None => by_kind.push((kind, secs)),
+        }
     }
-    for (i, n) in nodes.iter().enumerate() {
-        rows.push((format!("node c{i} ({machines} hollow)"), n.program_pid()));
+    if let (Some(b), Some(a)) = (bench_cpu_before, bench_cpu_after) {
+        by_kind.push(("bench (callers)", a.saturating_sub(b).as_secs_f64()));
+    }
+    let wall = elapsed.as_secs_f64();
+    let used: f64 = by_kind.iter().map(|(_, s)| s).sum();
+    println!(
+        "{label}: CPU seconds while placing ({wall:.1} s wall, {used:.1} s CPU = {:.2} cores busy):",
+        used / wall
+    );
+    for (kind, secs) in &by_kind {
+        println!(
+            "  {kind:<28} {secs:>7.1} s  {:>5.1}%",
+            100.0 * secs / used.max(f64::EPSILON)
+        );
     }
     println!("{label}: memory (peak / now, MiB):");
     for (name, pid) in rows {

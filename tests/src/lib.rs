@@ -1076,6 +1076,21 @@ pub fn memory(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmHWM:")?, field("VmRSS:")?))
 }
 
+/// CPU time a process has used so far (user + system, all its threads),
+/// from `/proc/<pid>/stat`. Its fields 14 and 15 count clock ticks of
+/// `USER_HZ`, which Linux fixes at 100 for what it shows userspace
+/// (proc(5)); the fields are counted after the command name, which is in
+/// parentheses and may hold spaces.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // After the name: state is field 3, so utime (14) is the 12th here.
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 /// SIGKILL to a child, and waits until the program is gone. The watchdog
 /// is reaped at once, but the program dies a moment later; until it has,
 /// its listening socket still takes connections, which it then resets, so

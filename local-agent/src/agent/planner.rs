@@ -6,9 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sched_store::pipeline::{self, Pending};
 use sched_store::{Store, Write};
 use tokio_util::sync::CancellationToken;
 
+use super::change::Change;
 use super::shared::Agent;
 use crate::error::AgentError;
 
@@ -33,28 +35,46 @@ pub async fn run(agent: Arc<Agent>, store: Arc<dyn Store>, shutdown: Cancellatio
     }
 }
 
-/// One pass: its commits in order; the first that fails ends it, and it
-/// and the ones after it are undone.
+/// One pass: its commits, several in flight at once (a job's spec and
+/// deletes go alone, before what follows them). After the first that
+/// fails, none more is sent; it and those not sent are undone.
 async fn pass(agent: &Agent, store: &dyn Store, batch: usize) {
-    let mut commits = agent.plan(batch).into_iter();
-    while let Some(commit) = commits.next() {
+    let commits = agent.plan(batch).into_iter().map(|commit| {
         let writes: Vec<Write> = commit.iter().map(|c| c.write().clone()).collect();
-        match store.commit(&writes).await {
-            Ok(rev) => agent.applied(commit, rev),
-            Err(e) => {
-                let err = AgentError::from(e);
-                tracing::warn!(cause = %err, writes = writes.len(), "not persisted; will retry or hand back");
-                let rest = commit.into_iter().chain(commits.by_ref().flatten());
-                let keys = agent.failed(rest.collect(), &err);
-                // A commit that failed as unavailable may have applied all
-                // the same; a conflict means the stored revision is not the
-                // one we hold. Either way, re-read the revisions so that the
-                // retry's guards match the store.
-                refresh(agent, store, &keys).await;
-                return;
-            }
+        // A job's spec is in the store before its placements, and a
+        // deleted job's keys are gone before a new job of its name meets
+        // them.
+        let barrier = commit
+            .iter()
+            .any(|c| matches!(c, Change::Spec { .. } | Change::Delete { .. }));
+        let pending = Pending::new(writes, commit);
+        if barrier {
+            pending.barrier()
+        } else {
+            pending
         }
-    }
+    });
+    let mut undone: Vec<Change> = Vec::new();
+    let mut first_failure = None;
+    let not_sent = pipeline::commit_all(store, commits, pipeline::DEPTH, |commit, r| match r {
+        Ok(rev) => agent.applied(commit, rev),
+        Err(e) => {
+            undone.extend(commit);
+            first_failure.get_or_insert(e);
+        }
+    })
+    .await;
+    let Some(e) = first_failure else {
+        return;
+    };
+    let err = AgentError::from(e);
+    undone.extend(not_sent.into_iter().flatten());
+    tracing::warn!(cause = %err, changes = undone.len(), "not persisted; will retry or hand back");
+    // A commit that failed as unavailable may have applied all the same; a
+    // conflict means the stored revision is not the one we hold. Either
+    // way, re-read the revisions so that the retry's guards match the store.
+    let keys = agent.failed(undone, &err);
+    refresh(agent, store, &keys).await;
 }
 
 /// Re-reads what the store holds at `keys`.

@@ -503,6 +503,11 @@ impl AgentState {
                 .filter(|(key, _)| !placing.contains(key))
                 .map(|(key, write)| Change::State { key, write }),
         );
+        // Specs first, in commits of their own as far as they go: the
+        // planner sends those alone and the placements after them several
+        // at a time (a spec stays in the commit of its job's first
+        // placement or an earlier one).
+        changes.sort_by_key(|c| !matches!(c, Change::Spec { .. }));
         let split = batch::chunks(changes, Change::write);
         if split.refused.is_empty() {
             return split.commits;
