@@ -9,8 +9,9 @@
 //! (default 3) repeats the two-level simulator; the best run is reported.
 //!
 //! Printed for the simulator (`simulate`, global ranking plus local
-//! packing, deciding as the daemons do; and `simulate_exact_split`, which
-//! splits each job by what each cluster's machines hold) and a flat Kubernetes MostAllocated over all machines (timed
+//! packing, deciding as the daemons do: each job split by what each
+//! cluster's machines hold) and a flat Kubernetes MostAllocated over all
+//! machines (timed
 //! twice with the same decisions: scanning only the machines that can win,
 //! and scoring every machine as kube-scheduler does, which takes minutes
 //! at the full size; `SCHED_TIGHT_FLAT_EVERY=0` leaves that one out): tasks
@@ -24,7 +25,7 @@ mod common;
 use std::time::Instant;
 
 use sched_core::policy::{Policy, ScorerName, WeightedScorer};
-use sched_core::simulate::{lower_bound_machines, simulate, simulate_exact_split};
+use sched_core::simulate::{lower_bound_machines, simulate};
 
 use common::flat::flat_most_allocated;
 use common::tight::TightMixed;
@@ -78,17 +79,13 @@ fn main() {
             .collect::<Vec<_>>()
     );
 
-    // The best of `runs` runs of each split.
-    let timed = |exact: bool| {
+    // The best of `runs` runs.
+    let timed = || {
         let mut best: Option<f64> = None;
         let mut report = None;
         for _ in 0..runs {
             let started = Instant::now();
-            let out = if exact {
-                simulate_exact_split(&topology, &jobs, &policy, &mut |_| {})
-            } else {
-                simulate(&topology, &jobs, &policy, None, &mut |_| {})
-            };
+            let out = simulate(&topology, &jobs, &policy, None, &mut |_| {});
             let seconds = started.elapsed().as_secs_f64();
             best = Some(best.map_or(seconds, |b: f64| b.min(seconds)));
             report = Some(out.report(&topology, &jobs));
@@ -98,8 +95,7 @@ fn main() {
             best.expect("at least one run"),
         )
     };
-    let (two, two_s) = timed(false);
-    let (exact, exact_s) = timed(true);
+    let (two, two_s) = timed();
     let flat = flat_most_allocated(&topology, &jobs, false);
     // Scoring every machine for every task, as kube-scheduler does, takes
     // minutes at the full size: `SCHED_TIGHT_FLAT_EVERY=0` leaves it out.
@@ -130,15 +126,6 @@ fn main() {
     );
     println!(
         "{:<22} {:>10} {:>10} {:>14.4} {:>10.3} {:>14.0}",
-        "two-level, exact split",
-        exact.tasks_placed,
-        exact.machines_used,
-        ratio(exact.machines_used),
-        exact_s,
-        rate(exact.tasks_placed, exact_s)
-    );
-    println!(
-        "{:<22} {:>10} {:>10} {:>14.4} {:>10.3} {:>14.0}",
         "flat, pruned scan",
         flat.tasks_placed,
         flat.machines_used,
@@ -158,8 +145,8 @@ fn main() {
         );
     }
     println!(
-        "tasks with a preferred location {}, placed there: two-level {}, exact split {}",
-        two.tasks_with_locality, two.tasks_at_preferred_location, exact.tasks_at_preferred_location
+        "tasks with a preferred location {}, placed there: two-level {}",
+        two.tasks_with_locality, two.tasks_at_preferred_location
     );
     let two_rate = rate(two.tasks_placed, two_s);
     println!(
@@ -171,10 +158,8 @@ fn main() {
         ))
     );
     println!(
-        "two-level places at least as many tasks as flat: {}, no more machines: {}; exact split: {}, {}",
+        "two-level places at least as many tasks as flat: {}, no more machines: {}",
         two.tasks_placed >= flat.tasks_placed,
-        two.machines_used <= flat.machines_used,
-        exact.tasks_placed >= flat.tasks_placed,
-        exact.machines_used <= flat.machines_used
+        two.machines_used <= flat.machines_used
     );
 }

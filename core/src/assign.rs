@@ -3,10 +3,11 @@
 //!
 //! The global scheduler and the simulator both drive one [`PendingQueue`]:
 //! tasks enter it when a job is accepted or a cluster hands them back, and
-//! each [`PendingQueue::plan`] (a *pass*) takes jobs highest priority first,
-//! then in submission order, and splits each job's pending tasks over the
-//! ranked clusters: the best cluster gets as many as its unclaimed capacity
-//! holds, the next best the rest, and so on ([`Ranker`] does the ranking).
+//! each [`PendingQueue::plan_with`] (a *pass*) takes jobs highest priority
+//! first, then in submission order, and splits each job's pending tasks
+//! over the ranked clusters: the best cluster gets as many as its machines
+//! can place (a [`Room`](crate::room) says how many), the next best the
+//! rest, and so on ([`Ranker`] does the ranking).
 //! Time comes in as an argument (`now_ms`), so the rules are tested without
 //! clocks and the simulator can replay them.
 //!
@@ -368,11 +369,8 @@ impl PendingQueue {
         !self.jobs.is_empty() && (self.rescan || self.sweep.is_some() || !self.dirty.is_empty())
     }
 
-    /// One pass: assigns up to `budget` pending tasks to clusters, taking
-    /// them out of the queue and counting them as queued in `summaries`
-    /// (indexed by `ClusterId`). `job` looks a job up by id; a job it does
-    /// not know is dropped from the queue. The rankings behind `trace`'s
-    /// decisions come back in [`Pass::trace`].
+    /// One pass, each cluster asked by its summed unclaimed capacity
+    /// ([`Summed`]): see [`PendingQueue::plan_with`].
     pub fn plan<'j>(
         &mut self,
         ranker: &Ranker<'_>,
@@ -385,11 +383,18 @@ impl PendingQueue {
         self.plan_with(ranker, job, summaries, now_ms, budget, trace, &mut Summed)
     }
 
-    /// [`PendingQueue::plan`], asking `room` how many tasks each cluster
-    /// can actually place: the best-ranked cluster that can place at least
-    /// one gets as many as it can, the next the rest; clusters that can
-    /// place none are ruled out ("no machine with room for it"), and a job
-    /// `room` knows fits nowhere is not looked at.
+    /// One pass: assigns up to `budget` pending tasks to clusters, taking
+    /// them out of the queue and counting them as queued in `summaries`
+    /// (indexed by `ClusterId`). `job` looks a job up by id; a job it does
+    /// not know is dropped from the queue. The rankings behind `trace`'s
+    /// decisions come back in [`Pass::trace`].
+    ///
+    /// `room` says how many tasks each cluster can actually place: the
+    /// best-ranked cluster that can place at least one gets as many as it
+    /// can, the next the rest; clusters that can place none are ruled out
+    /// ("no machine with room for it"), and a job `room` knows fits nowhere
+    /// is not looked at. A job whose band may evict others is split by
+    /// summed capacity instead ([`Summed`]; see `Evicting`).
     #[allow(clippy::too_many_arguments)]
     pub fn plan_with<'j>(
         &mut self,
@@ -458,13 +463,22 @@ impl PendingQueue {
             self.remove_job(id);
             return;
         };
-        // Found to fit nowhere, and nothing freed since: its reason stands.
-        if trace != Some(id) && room.hopeless(spec) {
-            return;
-        }
+        let mut evicting;
+        let room: &mut dyn Room = if ranker.bands().evicts(spec.spec.priority) {
+            evicting = Evicting(room);
+            &mut evicting
+        } else {
+            room
+        };
         let Some(j) = self.jobs.get_mut(&id) else {
             return;
         };
+        // Found to fit nowhere, and nothing freed since: its reason stands
+        // (a job of the same shape not looked at yet is, once, for its
+        // reason).
+        if trace != Some(id) && j.reason.is_some() && room.hopeless(spec) {
+            return;
+        }
         let request = spec.spec.request;
         let retry = j
             .last_hand_back_ms
@@ -483,7 +497,7 @@ impl PendingQueue {
                     ranking = ranker.rank_best_first(spec, summaries, &[]);
                 }
                 let left = group.len();
-                let fit = ask_room(room, spec, &mut ranking, summaries, left);
+                let fit = ask_room(&*room, spec, &mut ranking, summaries, left);
                 let preempting = match ranking.best() {
                     Some(_) => None,
                     None => ranker.preemption_target(spec, &ranking, summaries),
@@ -572,6 +586,43 @@ impl PendingQueue {
     }
 }
 
+/// The room for a job whose band may evict others: each cluster as far as
+/// its summed capacity goes ([`Summed`]), whatever its machines hold, since
+/// a cluster without room may make some by eviction and only its local
+/// agent knows which tasks go. What its tasks are handed still takes the
+/// room they find, and it is never remembered as fitting nowhere (an
+/// eviction makes room without any machine's free capacity growing first).
+struct Evicting<'r>(&'r mut dyn Room);
+
+impl Room for Evicting<'_> {
+    fn fits(&self, job: &Job, c: &ClusterSummary, want: u64) -> u64 {
+        Summed.fits(job, c, want)
+    }
+
+    fn promise(&mut self, job: &Job, c: ClusterId, n: u64) {
+        self.0.promise(job, c, n);
+    }
+}
+
+/// `ranking` (of `want` of `job`'s tasks) as a pass decides on it, for
+/// explanations: the clusters whose machines cannot place one of them, as
+/// `room` says, ruled out, best first, until one can. Returns how many
+/// that one can place.
+pub fn ask_room_as_a_pass(
+    ranker: &Ranker<'_>,
+    room: &dyn Room,
+    job: &Job,
+    ranking: &mut Ranking,
+    summaries: &[ClusterSummary],
+    want: u32,
+) -> u64 {
+    if ranker.bands().evicts(job.spec.priority) {
+        ask_room(&Summed, job, ranking, summaries, want)
+    } else {
+        ask_room(room, job, ranking, summaries, want)
+    }
+}
+
 /// Asks `room` about the ranked clusters, best first, until one can place
 /// at least one of `want` tasks; those that can place none move to the
 /// filtered clusters (in cluster order). Returns how many the first one
@@ -579,7 +630,7 @@ impl PendingQueue {
 /// front ([`Ranker::rank_best_first`]); the next best is found when the
 /// best refuses.
 fn ask_room(
-    room: &mut dyn Room,
+    room: &dyn Room,
     job: &Job,
     ranking: &mut Ranking,
     summaries: &[ClusterSummary],
@@ -762,12 +813,13 @@ mod tests {
     struct Holds(Vec<u64>);
 
     impl Room for Holds {
-        fn fits(&mut self, _: &Job, c: &ClusterSummary, want: u64) -> u64 {
+        fn fits(&self, _: &Job, c: &ClusterSummary, want: u64) -> u64 {
             self.0[c.id.0 as usize].min(want)
         }
 
         fn promise(&mut self, _: &Job, c: ClusterId, n: u64) {
-            self.0[c.0 as usize] -= n;
+            let held = &mut self.0[c.0 as usize];
+            *held = held.saturating_sub(n);
         }
     }
 
@@ -797,6 +849,27 @@ mod tests {
                 Some("0/2 clusters can take it: 2 no machine with room for it".into())
             )]
         );
+    }
+
+    #[test]
+    fn a_job_that_may_evict_is_split_by_summed_capacity() {
+        // No machine has room, but production (6000) may evict batch and
+        // best effort: east, ranked first, sums room for all 4 and gets
+        // them (its local agent evicts), and the room is still promised
+        // what it had. A best-effort job waits.
+        let l = east_west();
+        let policy = Policy::default();
+        let r = Ranker::new(&policy, &l);
+        let js = jobs(&[(4, 6000, 1000, Some(0)), (4, 0, 1000, Some(0))]);
+        let get = |id: JobId| js.get(id.0 as usize);
+        let mut q = PendingQueue::new();
+        q.add_job(JobId(0), 6000, 4);
+        q.add_job(JobId(1), 0, 4);
+        let mut s = clusters([8000, 8000]);
+        let mut room = Holds(vec![1, 0]);
+        let p = q.plan_with(&r, &get, &mut s, 0, 1000, None, &mut room);
+        assert_eq!(counts(&p), [(0, 0, 4)]);
+        assert_eq!(room.0, [0, 0]);
     }
 
     #[test]

@@ -146,6 +146,13 @@ impl PriorityPolicy {
         self.band_of(priority).map_or("-", |b| b.name.as_str())
     }
 
+    /// Whether a task of `priority` may evict any other: its band lists
+    /// another band.
+    pub fn evicts(&self, priority: u32) -> bool {
+        self.band_of(priority)
+            .is_some_and(|b| !b.preempts.is_empty())
+    }
+
     /// Whether a task of priority `preemptor` may evict one of `victim`:
     /// its band lists the victim's, and the victim's priority is lower.
     pub fn may_preempt(&self, preemptor: u32, victim: u32) -> bool {

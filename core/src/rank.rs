@@ -144,11 +144,7 @@ impl<'a> Ranker<'a> {
         clusters: &[ClusterSummary],
     ) -> Option<(ClusterId, u64)> {
         // Most jobs' bands may evict nothing: no cluster to look at.
-        let evicts = self
-            .bands
-            .band_of(job.spec.priority)
-            .is_some_and(|b| !b.preempts.is_empty());
-        if !evicts {
+        if !self.bands.evicts(job.spec.priority) {
             return None;
         }
         let request = &job.spec.request;

@@ -3,14 +3,13 @@
 //!
 //! The whole workload arrives at once, in file order, and goes through the
 //! decisions the daemons make, in the order the daemons make them:
-//! 1. A pass of the global level ([`PendingQueue::plan`], the same code the
-//!    global scheduler runs): jobs by priority, then file order, each split
-//!    over the ranked clusters as far as their unclaimed capacity goes, at
-//!    most `local.batch_size` tasks a pass. ([`simulate_exact_split`]
-//!    instead splits by what each cluster's machines hold, a
-//!    [`MachineRoom`], and refuses a job that fits on no machine anywhere
-//!    there and then rather than handing it to cluster after cluster; the
-//!    daemon cannot, so the default keeps predicting it.)
+//! 1. A pass of the global level ([`PendingQueue::plan_with`], the same
+//!    code the global scheduler runs): jobs by priority, then file order,
+//!    each split over the ranked clusters as far as their machines hold
+//!    (a [`MachineRoom`] of the cells, as the global scheduler keeps one of
+//!    the local agents' reports), at most `local.batch_size` tasks a pass;
+//!    a job that fits on no machine anywhere is refused there and then
+//!    rather than handed to cluster after cluster.
 //! 2. Each cluster packs what the pass handed it, in the order it was
 //!    handed ([`pack`], as the local agent packs each batch it receives).
 //! 3. Tasks a cluster could not place go back to the queue (handed back),
@@ -45,7 +44,7 @@ use crate::policy::Policy;
 use crate::preempt::{preempt_batch, Occupancy, Running};
 use crate::rank::{Ranker, Ranking};
 use crate::resources::{ResourceKind, Resources};
-use crate::room::{MachineRoom, Room, Summed};
+use crate::room::MachineRoom;
 use crate::topology::Topology;
 
 /// One round of the decision for the explained job.
@@ -132,16 +131,7 @@ pub fn simulate_with(
     progress: &mut dyn FnMut(u64),
     packer: &mut Packer<'_>,
 ) -> Outcome {
-    run(
-        topology,
-        jobs,
-        &[],
-        policy,
-        explain,
-        progress,
-        packer,
-        false,
-    )
+    run(topology, jobs, &[], policy, explain, progress, packer)
 }
 
 /// [`simulate`] with each job arriving at `arrivals[i]` ms (0 for jobs
@@ -155,7 +145,7 @@ pub fn simulate_arrivals(
     progress: &mut dyn FnMut(u64),
 ) -> Outcome {
     run(
-        topology, jobs, arrivals, policy, explain, progress, &mut pack, false,
+        topology, jobs, arrivals, policy, explain, progress, &mut pack,
     )
 }
 
@@ -180,19 +170,6 @@ fn preemption_possible(jobs: &[Job], policy: &Policy) -> bool {
     })
 }
 
-/// [`simulate`], with each job split over clusters by how many tasks their
-/// machines can hold rather than by their summed unclaimed capacity (what
-/// a global level that saw every machine would do; the daemon does not).
-pub fn simulate_exact_split(
-    topology: &Topology,
-    jobs: &[Job],
-    policy: &Policy,
-    progress: &mut dyn FnMut(u64),
-) -> Outcome {
-    run(topology, jobs, &[], policy, None, progress, &mut pack, true)
-}
-
-#[allow(clippy::too_many_arguments)]
 fn run(
     topology: &Topology,
     jobs: &[Job],
@@ -201,7 +178,6 @@ fn run(
     explain: Option<JobId>,
     progress: &mut dyn FnMut(u64),
     packer: &mut Packer<'_>,
-    exact_split: bool,
 ) -> Outcome {
     let ranker = Ranker::new(policy, &topology.locality);
     let mut cells: Vec<Cell> = topology.clusters.iter().map(Cell::new).collect();
@@ -229,11 +205,9 @@ fn run(
         Vec::new()
     };
     let mut preemptions = 0u64;
-    // With `exact_split`, the global level asks each cluster's machines how
-    // many tasks they hold (the packer's room) instead of summing free
-    // capacity. Not when tasks may evict others: then a cluster with no
-    // room may still make some, and only its local agent knows which go.
-    let mut machine_room = (exact_split && !preemption).then(|| MachineRoom::new(&cells));
+    // The global level asks each cluster's machines how many tasks they
+    // hold, as the global scheduler asks the local agents' reports.
+    let mut room = MachineRoom::new(&cells);
     let budget = u64::from(policy.local.batch_size.max(1));
     let lookup = |id: JobId| jobs.get(id.0 as usize);
     let mut decided = 0u64;
@@ -257,10 +231,7 @@ fn run(
         }
         while queue.has_work() {
             // 1. One pass of the global level.
-            let room: &mut dyn Room = match machine_room.as_mut() {
-                Some(r) => r,
-                None => &mut Summed,
-            };
+            room.settle();
             let pass = queue.plan_with(
                 &ranker,
                 &lookup,
@@ -268,7 +239,7 @@ fn run(
                 now_ms,
                 budget,
                 explain,
-                room,
+                &mut room,
             );
             if let Some(x) = explanation.as_mut() {
                 x.rounds
@@ -287,6 +258,16 @@ fn run(
                 continue;
             }
             for a in pass.assignments {
+                // Handed over: the room they take is counted until the
+                // cluster's machines are read again, as the global
+                // scheduler counts it until the next heartbeat.
+                let spec = &jobs[a.job.0 as usize].spec;
+                room.take(
+                    a.cluster,
+                    &spec.request,
+                    &spec.constraints,
+                    a.indices.len() as u64,
+                );
                 handed[a.cluster.0 as usize].push(a);
             }
             // 2. Each cluster packs what it was handed, in order.
@@ -352,8 +333,12 @@ fn run(
                         }
                     }
                 }
-                if let Some(r) = machine_room.as_mut() {
-                    r.refresh(cluster, &cells[c]);
+                // The packer found room the global level did not count
+                // on (it fits tasks otherwise than the room's count
+                // assumes): every waiting job is looked at again, as the
+                // global scheduler does when a heartbeat reports it.
+                if room.refresh(cluster, &cells[c]) {
+                    queue.mark_rescan();
                 }
                 let summary = &mut summaries[c];
                 for (a, o) in assignments.drain(..).zip(outcomes) {

@@ -1,18 +1,17 @@
 //! Two levels against one on small tight mixed workloads
 //! (`common/tight.rs`): the simulator places every task that a flat
 //! Kubernetes MostAllocated over all machines places, on no more machines
-//! (deciding as the daemons do, with the alignment scorer, and splitting by
-//! what machines hold); and, splitting by what machines hold, a job no
-//! machine can hold is refused by the global level without being handed to
-//! any cluster. The full-size comparison is the `tight`
-//! benchmark.
+//! (deciding as the daemons do, with and without the alignment scorer);
+//! and, since jobs are split by what machines hold, a job no machine can
+//! hold is refused by the global level without being handed to any
+//! cluster. The full-size comparison is the `tight` benchmark.
 
 mod common;
 
 use sched_core::job::{Job, JobId};
 use sched_core::policy::{Policy, ScorerName, WeightedScorer};
 use sched_core::resources::Resources;
-use sched_core::simulate::{lower_bound_machines, simulate, simulate_exact_split};
+use sched_core::simulate::{lower_bound_machines, simulate};
 use sched_core::topology::Topology;
 
 use common::flat::flat_most_allocated;
@@ -53,16 +52,11 @@ fn two_levels_place_what_flat_places_on_no_more_machines() {
         let flat = flat_most_allocated(&topology, &jobs, false);
         let bound = lower_bound_machines(&topology, &jobs).unwrap();
         let runs = [
-            ("default", Policy::default(), false),
-            ("alignment 4", with_alignment(4), false),
-            ("exact split", Policy::default(), true),
+            ("default", Policy::default()),
+            ("alignment 4", with_alignment(4)),
         ];
-        for (name, policy, exact) in runs {
-            let out = if exact {
-                simulate_exact_split(&topology, &jobs, &policy, &mut |_| {})
-            } else {
-                simulate(&topology, &jobs, &policy, None, &mut |_| {})
-            };
+        for (name, policy) in runs {
+            let out = simulate(&topology, &jobs, &policy, None, &mut |_| {});
             let two = out.report(&topology, &jobs);
             eprintln!(
                 "{} {name}: two-level {} placed on {} machines, flat {} on {} (lower bound {bound})",
@@ -112,7 +106,7 @@ fn a_job_no_machine_holds_is_refused_without_a_hand_back() {
     )
     .unwrap();
     let jobs = [job(0, 8, 3000), job(1, 1, 2000), job(2, 8, 1000)];
-    let out = simulate_exact_split(&topology, &jobs, &Policy::default(), &mut |_| {});
+    let out = simulate(&topology, &jobs, &Policy::default(), None, &mut |_| {});
     assert_eq!(out.placements[0].len(), 8);
     assert_eq!(out.placements[2].len(), 8);
     assert_eq!(out.unplaced.len(), 1);

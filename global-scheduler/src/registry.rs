@@ -5,9 +5,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sched_core::cluster::{ClassSummary, Cluster, ClusterId, ClusterSummary};
+use sched_core::job::{Job, JobId};
+use sched_core::labels::Labels;
 use sched_core::locality::{Locality, LocationId};
 use sched_core::machine::MachineClass;
+use sched_core::pack::TaskGroup;
+use sched_core::policy::LocalPolicy;
 use sched_core::resources::Resources;
+use sched_core::room::{ClusterRoom, MachineRoom};
 use sched_core::topology::Topology;
 
 use crate::records::ClusterRecord;
@@ -30,8 +35,13 @@ pub struct ClusterEntry {
     in_flight_request: Resources,
     /// Tasks handed over, in all (the assignment stream's `seq`).
     pub handed_total: u64,
-    /// Handed over and not yet seen: `(seq after, tasks, their requests)`.
-    unseen: std::collections::VecDeque<(u64, u64, Resources)>,
+    /// Handed over and not yet seen, oldest first.
+    unseen: std::collections::VecDeque<Unseen>,
+    /// The machines' room as the last heartbeat reported it (`None`: not
+    /// reported).
+    report: Option<ClusterRoom>,
+    /// Tasks were handed over since the room was last worked out.
+    room_stale: bool,
     /// Deleted by an operator: no longer ranked, listed or validated
     /// against (its id stays taken; a cluster registering under the name
     /// later gets a new one).
@@ -39,6 +49,21 @@ pub struct ClusterEntry {
     /// Down, and its tasks taken back: nothing more to take until it comes
     /// back (a heartbeat or a registration clears it).
     pub swept: bool,
+}
+
+/// Tasks of one job handed to a cluster that its agent had not taken in
+/// at its last heartbeat.
+#[derive(Debug, Clone)]
+struct Unseen {
+    /// The assignment `seq` after them.
+    seq: u64,
+    job: JobId,
+    tasks: u64,
+    /// One task's request, the job's constraints and priority: the room
+    /// they take, and where its agent's packer puts them.
+    request: Resources,
+    constraints: Labels,
+    priority: u32,
 }
 
 /// Heartbeat figures from a local agent.
@@ -52,6 +77,9 @@ pub struct Heartbeat {
     pub seq_seen: u64,
     /// `allocated` by task priority, lowest first (for preemption).
     pub by_priority: Vec<(u32, Resources)>,
+    /// The machines' free capacity, less the agent's queue; `None` from an
+    /// agent that does not report it.
+    pub room: Option<ClusterRoom>,
 }
 
 /// Locations (from the topology file, then from registrations) and clusters.
@@ -61,6 +89,12 @@ pub struct Registry {
     links: Vec<(LocationId, LocationId, u64)>,
     locality: Locality,
     clusters: Vec<ClusterEntry>,
+    /// Each cluster's machines' room, from its heartbeats, less what was
+    /// handed over since: what scheduling passes split jobs by.
+    room: MachineRoom,
+    /// How the local agents pack (the policy's `local` section), to
+    /// predict where the tasks handed over go.
+    local: LocalPolicy,
     by_name: BTreeMap<String, ClusterId>,
     heartbeat_timeout: Duration,
     /// The known world, rebuilt when a registration changes it.
@@ -86,6 +120,8 @@ impl Registry {
             links,
             locality,
             clusters: Vec::new(),
+            room: MachineRoom::default(),
+            local: LocalPolicy::default(),
             by_name: BTreeMap::new(),
             heartbeat_timeout,
             owners: BTreeMap::new(),
@@ -200,6 +236,8 @@ impl Registry {
                     in_flight_request: Resources::ZERO,
                     handed_total: 0,
                     unseen: std::collections::VecDeque::new(),
+                    report: None,
+                    room_stale: false,
                     removed: false,
                     swept: false,
                 });
@@ -230,8 +268,8 @@ impl Registry {
 
     /// Records a heartbeat; `None` if the cluster is not registered, else
     /// whether the cluster can now take more than before (it came up, or
-    /// has more unclaimed capacity in some resource), which is worth a
-    /// scheduling pass over every pending job.
+    /// has more unclaimed capacity in some resource, or a machine with
+    /// more room), which is worth a scheduling pass over every pending job.
     pub fn heartbeat(&mut self, name: &str, hb: Heartbeat) -> Option<bool> {
         let id = *self.by_name.get(name)?;
         let before = {
@@ -253,16 +291,66 @@ impl Registry {
         e.heartbeat_queued = hb.queued;
         e.heartbeat_queue_len = hb.queue_len;
         // The heartbeat's figures count every task up to `seq_seen`.
-        while e.unseen.front().is_some_and(|u| u.0 <= hb.seq_seen) {
-            if let Some((_, tasks, request)) = e.unseen.pop_front() {
-                e.in_flight -= tasks;
-                e.in_flight_request = e.in_flight_request.saturating_sub(&request);
+        while e.unseen.front().is_some_and(|u| u.seq <= hb.seq_seen) {
+            if let Some(u) = e.unseen.pop_front() {
+                e.in_flight -= u.tasks;
+                e.in_flight_request = e
+                    .in_flight_request
+                    .saturating_sub(&u.request.times(u.tasks));
             }
         }
         e.refresh_queue();
+        e.report = hb.room;
         let after = e.summary.unclaimed().as_array();
         let grew = before.1.as_array().iter().zip(after).any(|(b, a)| a > *b);
-        Some(!before.0 || grew || before.2 != e.summary.classes)
+        let changed = before.2 != e.summary.classes;
+        let more_room = self.refresh_room(id);
+        Some(!before.0 || grew || changed || more_room)
+    }
+
+    /// Works cluster `id`'s room out again: its last report, with the tasks
+    /// handed over that its agent had not taken in packed on it as its
+    /// agent will pack them. Returns whether it has room it was not
+    /// thought to have.
+    fn refresh_room(&mut self, id: ClusterId) -> bool {
+        let e = &mut self.clusters[id.0 as usize];
+        e.room_stale = false;
+        let room = e.report.clone().map(|mut room| {
+            let batch: Vec<TaskGroup<'_>> = e
+                .unseen
+                .iter()
+                .map(|u| TaskGroup {
+                    job: u.job,
+                    request: u.request,
+                    constraints: &u.constraints,
+                    priority: u.priority,
+                    count: u.tasks as u32,
+                })
+                .collect();
+            room.pack(&batch, &self.local);
+            room
+        });
+        self.room.set(id, room)
+    }
+
+    /// Works out the room of the clusters handed tasks since (once a pass
+    /// is handed over, so that each packs it as one batch, as its agent
+    /// does); returns whether one has room it was not thought to have
+    /// (its tasks fit tighter than the pass counted on), which is worth a
+    /// pass over every pending job.
+    pub fn refresh_rooms(&mut self) -> bool {
+        let mut grew = false;
+        for i in 0..self.clusters.len() {
+            if self.clusters[i].room_stale {
+                grew |= self.refresh_room(ClusterId(i as u32));
+            }
+        }
+        grew
+    }
+
+    /// How local agents pack, from the policy in force.
+    pub fn set_local_policy(&mut self, local: LocalPolicy) {
+        self.local = local;
     }
 
     /// A down cluster's tasks were all taken back.
@@ -289,6 +377,8 @@ impl Registry {
         e.summary.capacity = Resources::ZERO;
         e.record.seen_classes.clear();
         e.record.classes.clear();
+        // No room: never a reason to look at a job again.
+        self.room.set(id, Some(ClusterRoom::default()));
         self.world = self.build_world();
         true
     }
@@ -332,17 +422,41 @@ impl Registry {
         down
     }
 
-    /// Counts tasks handed to `id` until a heartbeat says the agent has
-    /// them; returns the assignment `seq` after them.
-    pub fn hand_over(&mut self, id: ClusterId, request: &Resources, tasks: u64) -> u64 {
+    /// Counts `tasks` of `job` handed to `id` until a heartbeat says the
+    /// agent has them; returns the assignment `seq` after them.
+    pub fn hand_over(&mut self, id: ClusterId, job: &Job, tasks: u64) -> u64 {
         let e = &mut self.clusters[id.0 as usize];
-        let total = request.times(tasks);
+        let spec = &job.spec;
         e.handed_total += tasks;
         e.in_flight += tasks;
-        e.in_flight_request = e.in_flight_request.saturating_add(&total);
-        e.unseen.push_back((e.handed_total, tasks, total));
+        e.in_flight_request = e
+            .in_flight_request
+            .saturating_add(&spec.request.times(tasks));
+        e.unseen.push_back(Unseen {
+            seq: e.handed_total,
+            job: job.id,
+            tasks,
+            request: spec.request,
+            constraints: spec.constraints.clone(),
+            priority: spec.priority,
+        });
         e.refresh_queue();
+        // As the pass promised them, until the next pass works the room out
+        // with them packed ([`Registry::refresh_rooms`]).
+        e.room_stale = true;
+        self.room.take(id, &spec.request, &spec.constraints, tasks);
         e.handed_total
+    }
+
+    /// Each cluster's machines' room, as passes split jobs by it.
+    pub fn room(&self) -> &MachineRoom {
+        &self.room
+    }
+
+    /// What a scheduling pass needs of the registry beside the summaries:
+    /// the locations (for the ranking) and the clusters' room.
+    pub fn for_pass(&mut self) -> (&Locality, &mut MachineRoom) {
+        (&self.locality, &mut self.room)
     }
 
     pub fn id(&self, name: &str) -> Option<ClusterId> {

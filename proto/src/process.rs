@@ -34,6 +34,27 @@ use tonic_health::pb::HealthCheckRequest;
 /// The `--listen` value that means "the listening socket is standard input".
 pub const STDIN: &str = "stdin";
 
+/// glibc's malloc serves a request above its mmap threshold (128 KiB at
+/// first) with a mapping of its own, unmapped when freed; but each time
+/// such a block is freed it raises the threshold to that block's size (up
+/// to 32 MiB), after which a service's large buffers (a batch of 10,000
+/// assignments, a page of reports) come from the heap and fragment it. Over
+/// a million-task soak a local agent's RSS grew 1.4x while every per-task
+/// map emptied; with the threshold pinned it stays flat. Setting it turns
+/// the raising off (mallopt(3), M_MMAP_THRESHOLD).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn pin_mmap_threshold() {
+    // SAFETY: mallopt only changes a tuning parameter of the allocator; it
+    // is called before the runtime starts, while this is the only thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn pin_mmap_threshold() {}
+
 /// Runs `work` on a multi-threaded runtime with tracing to stderr (level
 /// from `RUST_LOG`, default `info`). The token passed to `work` is
 /// cancelled on the first SIGTERM or SIGINT; `work` is expected to shut
@@ -45,6 +66,7 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
+    pin_mmap_threshold();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

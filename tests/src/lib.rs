@@ -1014,6 +1014,9 @@ async fn cluster_loop(
                         queue_len: 0,
                         seq_seen,
                         by_priority: Vec::new(),
+                        // As an agent that does not report room: the
+                        // scheduler splits by summed capacity.
+                        room: None,
                     }).await {
                         Ok(r) if r.get_ref().register_again => continue 'connect,
                         Ok(_) => {}

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{ask, classes_from_pb, Role};
+use super::{ask, classes_from_pb, room_from_pb, Role};
 use crate::convert::from_pb_resources;
 use crate::error::ServiceError;
 use crate::hub::Command;
@@ -120,7 +120,11 @@ impl Clusters for ClustersService {
         } else {
             Some(classes_from_pb(r.classes).map_err(ServiceError::from)?)
         };
+        let room = r
+            .room
+            .map(|room| room_from_pb(classes.as_deref().unwrap_or_default(), room));
         let hb = Heartbeat {
+            room,
             classes,
             allocated: from_pb_resources(r.allocated.as_ref()),
             queued: from_pb_resources(r.queued.as_ref()),

@@ -17,6 +17,8 @@ use sched_core::error::SpecError;
 use sched_core::job::{parse_job_file, JobSpec, JobSpecText, ResourcesText};
 use sched_core::names::check_name;
 use sched_core::quantity::QuantityText;
+use sched_core::resources::Resources;
+use sched_core::room::{ClusterRoom, RoomGroup};
 use sched_proto::pb;
 use sched_security::Guard;
 use tokio::sync::oneshot;
@@ -374,6 +376,38 @@ pub fn specs_of(req: pb::SubmitRequest, max_jobs: usize) -> Result<Vec<JobSpec>,
     Ok(specs)
 }
 
+/// A heartbeat's room of `classes` (its classes, converted). Held to what
+/// the classes say, so that a wrong report cannot promise more than is
+/// there: no more machines of a class than it counts up, none with more
+/// free than its capacity; groups of a class not listed are left out.
+pub fn room_from_pb(classes: &[MachineClassRecord], room: pb::MachineRoom) -> ClusterRoom {
+    let mut up: Vec<u32> = classes.iter().map(|c| c.count).collect();
+    let groups: Vec<RoomGroup> = room
+        .groups
+        .iter()
+        .filter_map(|g| {
+            let class = classes.get(g.class_index as usize)?;
+            let left = &mut up[g.class_index as usize];
+            let count = g.count.min(*left);
+            *left -= count;
+            let capacity = Resources::from(class.capacity);
+            let free = from_pb_resources(g.free.as_ref());
+            Some(RoomGroup {
+                class: g.class_index,
+                free: Resources::from_array(std::array::from_fn(|i| {
+                    free.as_array()[i].min(capacity.as_array()[i])
+                })),
+                count,
+            })
+        })
+        .collect();
+    let shapes = classes
+        .iter()
+        .map(|c| (c.capacity.into(), c.labels.clone()))
+        .collect();
+    ClusterRoom::new(shapes, groups)
+}
+
 /// Machine classes from a registration or heartbeat, validated.
 pub fn classes_from_pb(
     classes: Vec<pb::MachineClassStatus>,
@@ -407,4 +441,60 @@ pub fn classes_from_pb(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(name: &str, cpu_millis: u64, count: u32) -> pb::MachineClassStatus {
+        pb::MachineClassStatus {
+            name: name.into(),
+            capacity: Some(pb::Resources {
+                cpu_millis,
+                memory_bytes: 1 << 30,
+                ..Default::default()
+            }),
+            labels: Default::default(),
+            count,
+        }
+    }
+
+    fn group(class_index: u32, cpu_millis: u64, count: u32) -> pb::RoomGroup {
+        pb::RoomGroup {
+            class_index,
+            free: Some(pb::Resources {
+                cpu_millis,
+                memory_bytes: 1 << 30,
+                ..Default::default()
+            }),
+            count,
+        }
+    }
+
+    #[test]
+    fn a_room_report_is_held_to_what_its_classes_say() {
+        let classes = classes_from_pb(vec![class("a", 4000, 3), class("b", 8000, 1)]).unwrap();
+        let room = room_from_pb(
+            &classes,
+            pb::MachineRoom {
+                groups: vec![
+                    // Two of class a's three machines, then three more: one
+                    // is left for them.
+                    group(0, 1000, 2),
+                    group(0, 4000, 3),
+                    // More free than the machine has: its capacity.
+                    group(1, 9000, 1),
+                    // No such class.
+                    group(2, 1000, 5),
+                ],
+            },
+        );
+        let groups: Vec<(u32, u64, u32)> = room
+            .groups()
+            .iter()
+            .map(|g| (g.class, g.free.cpu.0, g.count))
+            .collect();
+        assert_eq!(groups, [(0, 1000, 2), (0, 4000, 1), (1, 8000, 1)]);
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use sched_core::assign::{unassignable_reason, HAND_BACK_RETRY_MS};
+use sched_core::assign::{ask_room_as_a_pass, unassignable_reason, HAND_BACK_RETRY_MS};
 use sched_core::cluster::ClusterId;
 use sched_core::rank::Ranker;
 use sched_proto::{pb, wkt};
@@ -193,7 +193,15 @@ impl State {
                 ));
                 continue;
             }
-            let ranking = ranker.rank(&j.job, &summaries, handed_back);
+            let mut ranking = ranker.rank(&j.job, &summaries, handed_back);
+            ask_room_as_a_pass(
+                &ranker,
+                self.registry.room(),
+                &j.job,
+                &mut ranking,
+                &summaries,
+                n,
+            );
             match ranking.best() {
                 Some(best) => out.push(format!(
                     "{n} task(s) pending: about to be assigned (best cluster: {})",

@@ -166,7 +166,8 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(keys: Keys, registry: Registry, policy: Policy) -> Self {
+    pub fn new(keys: Keys, mut registry: Registry, policy: Policy) -> Self {
+        registry.set_local_policy(policy.local.clone());
         State {
             keys,
             registry,
@@ -204,6 +205,7 @@ impl State {
     /// pending tasks is looked at again) and tells the watchers, with
     /// `message` saying what changed.
     pub fn set_policy(&mut self, policy: Policy, message: String) {
+        self.registry.set_local_policy(policy.local.clone());
         self.policy = policy;
         self.queue.mark_rescan();
         // Not a job's event: no job's history keeps it.

@@ -1,6 +1,7 @@
 //! The state's rules, without a store.
 
 use sched_core::resources::Resources;
+use sched_core::room::{ClusterRoom, RoomGroup};
 use sched_core::topology::Topology;
 
 use sched_core::job::JobSpec;
@@ -251,6 +252,74 @@ fn a_heartbeat_counts_only_the_assignments_it_has_seen() {
     let e = &s.registry().entries()[0];
     assert_eq!(e.in_flight, 0);
     assert_eq!(e.summary.unclaimed().cpu.0, 1000);
+}
+
+/// A room report of `count` machines of the clusters' one class (4 cpu,
+/// 16 GiB) with `free_cpu` and all their memory free.
+fn room(count: u32, free_cpu: u64) -> Option<ClusterRoom> {
+    Some(ClusterRoom::new(
+        vec![(Resources::new(4000, 16 << 30), Default::default())],
+        [RoomGroup {
+            class: 0,
+            free: Resources::new(free_cpu, 16 << 30),
+            count,
+        }],
+    ))
+}
+
+#[test]
+fn jobs_are_split_by_what_machines_hold_not_by_summed_capacity() {
+    let mut s = state(&[("east-a", "east", 4), ("west-a", "west", 4)]);
+    // east-a has 3 of 4 cpu taken on each machine: 4 cpu unclaimed,
+    // summed, but in 1-cpu slivers. west-a is empty.
+    s.registry_mut().heartbeat(
+        "east-a",
+        Heartbeat {
+            allocated: Resources::new(12_000, 0),
+            room: room(4, 1000),
+            ..Default::default()
+        },
+    );
+    s.registry_mut().heartbeat(
+        "west-a",
+        Heartbeat {
+            room: room(4, 4000),
+            ..Default::default()
+        },
+    );
+    assert_eq!(s.registry().entries()[0].summary.unclaimed().cpu.0, 4000);
+    // Two 2-cpu tasks that would rather run east: the sum says east-a
+    // holds both, its machines hold neither. They go west, not there and
+    // back.
+    submit(&mut s, "big", 2, 2000, Some("east"), 0);
+    assert_eq!(pass(&mut s, 100), [("big".into(), "west-a".into(), 2)]);
+    // 1-cpu tasks fit the slivers: four east, the rest west.
+    submit(&mut s, "small", 6, 1000, Some("east"), 0);
+    assert_eq!(
+        pass(&mut s, 100),
+        [
+            ("small".into(), "east-a".into(), 4),
+            ("small".into(), "west-a".into(), 2)
+        ]
+    );
+    // west-a reports its machines empty still: it had not taken the tasks
+    // in (seq 0). They take their room all the same: one machine holds
+    // both 2-cpu tasks, one the two 1-cpu tasks (2 cpu left), two are
+    // empty. Three 3-cpu tasks: 10 cpu unclaimed, summed, would hold them;
+    // the two empty machines hold two. (east-a is out of cpu.)
+    s.registry_mut().heartbeat(
+        "west-a",
+        Heartbeat {
+            room: room(4, 4000),
+            ..Default::default()
+        },
+    );
+    submit(&mut s, "three", 3, 3000, None, 0);
+    assert_eq!(pass(&mut s, 100), [("three".into(), "west-a".into(), 2)]);
+    assert_eq!(
+        s.queue.reason(s.jobs["three"].job.id),
+        Some("0/2 clusters can take it: 1 cluster out of cpu, 1 no machine with room for it")
+    );
 }
 
 #[test]

@@ -23,19 +23,32 @@ use crate::records::TaskState;
 impl State {
     /// One scheduling pass over at most `limit` pending tasks: jobs by
     /// priority (highest first), then submission order; each job's pending
-    /// tasks go to its best cluster as far as the cluster's unclaimed
-    /// capacity holds, the rest to the next best, and so on. The tasks are
-    /// taken out of the queue: commit [`State::assignment_changes`] and
+    /// tasks go to its best cluster as far as the cluster's machines have
+    /// room (as its agent last reported it, less what was handed over
+    /// since; by its summed unclaimed capacity if its agent does not report
+    /// room), the rest to the next best, and so on. The tasks are taken out
+    /// of the queue: commit [`State::assignment_changes`] and
     /// [`State::apply`] them, or give them back with [`State::requeue`].
     pub fn plan(&mut self, limit: u64) -> Vec<Assignment> {
+        // The last pass's tasks packed where their agents will put them:
+        // where they fit tighter than the pass counted on, every waiting
+        // job is looked at again (as the simulator does once the clusters
+        // pack).
+        if self.registry.refresh_rooms() {
+            self.queue.mark_rescan();
+        }
         let mut summaries = self.registry.summaries();
         let now_ms = self.now_ms();
-        let ranker = Ranker::new(&self.policy, self.registry.locality());
+        let (locality, room) = self.registry.for_pass();
+        // The last pass's promises were handed over (and taken off the
+        // room) or requeued: either way they are not promises any more.
+        room.settle();
+        let ranker = Ranker::new(&self.policy, locality);
         let (jobs, names) = (&self.jobs, &self.names);
         let lookup = |id| Some(&jobs.get(names.get(&id)?)?.job);
-        let pass = self
-            .queue
-            .plan(&ranker, &lookup, &mut summaries, now_ms, limit, None);
+        let pass =
+            self.queue
+                .plan_with(&ranker, &lookup, &mut summaries, now_ms, limit, None, room);
         drop(ranker);
         // One line per pass, not per job: a pass over 10k waiting jobs
         // would otherwise log 10k lines, and again on the next pass. Each
@@ -168,10 +181,9 @@ impl State {
             let Some(j) = self.jobs.get_mut(&job) else {
                 continue;
             };
-            let request = j.job.spec.request;
             let seq = self
                 .registry
-                .hand_over(cluster, &request, indices.len() as u64);
+                .hand_over(cluster, &j.job, indices.len() as u64);
             let e = Event::new(
                 &job,
                 EventKind::Assigned,

@@ -22,6 +22,7 @@ use sched_core::machine::{MachineClass, MachineId};
 use sched_core::pack::{pack, GroupOutcome, TaskGroup};
 use sched_core::policy::LocalPolicy;
 use sched_core::resources::Resources;
+use sched_core::room::ClusterRoom;
 use sched_proto::pb;
 
 use crate::error::AgentError;
@@ -51,11 +52,14 @@ pub struct LostNode {
     pub machines: Vec<String>,
 }
 
+/// A machine's capacity and labels.
+type Shape = ([u64; 4], Labels);
+
 pub struct Inventory {
     cell: Cell,
     /// Machine classes by shape: machines of one shape share a class, so
     /// packing considers each shape once.
-    classes: BTreeMap<([u64; 4], Labels), u32>,
+    classes: BTreeMap<Shape, u32>,
     machines: BTreeMap<String, Machine>,
     /// Machine names by id.
     names: Vec<String>,
@@ -249,8 +253,10 @@ impl Inventory {
         &self.names[id.0 as usize]
     }
 
-    /// Classes for the global scheduler: capacity, labels, machines up.
-    pub fn classes(&self) -> Vec<pb::MachineClassStatus> {
+    /// The classes with machines up, in the order the global scheduler is
+    /// told them: each with its index in the cell, its shape, and how many
+    /// of its machines are up.
+    fn up_classes(&self) -> Vec<(u32, &Shape, u32)> {
         let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
         for m in self.machines.values() {
             let st = self.cell.machine(m.id);
@@ -260,16 +266,49 @@ impl Inventory {
         }
         self.classes
             .iter()
-            .filter_map(|((cap, labels), k)| {
-                let count = *counts.get(k)?;
-                Some(pb::MachineClassStatus {
-                    name: format!("class-{k}"),
-                    capacity: Some(to_pb(&Resources::from_array(*cap))),
-                    labels: labels.clone().into_iter().collect(),
-                    count,
-                })
+            .filter_map(|(shape, &k)| Some((k, shape, *counts.get(&k)?)))
+            .collect()
+    }
+
+    /// Classes for the global scheduler: capacity, labels, machines up.
+    pub fn classes(&self) -> Vec<pb::MachineClassStatus> {
+        self.up_classes()
+            .into_iter()
+            .map(|(k, (cap, labels), count)| pb::MachineClassStatus {
+                name: format!("class-{k}"),
+                capacity: Some(to_pb(&Resources::from_array(*cap))),
+                labels: labels.clone().into_iter().collect(),
+                count,
             })
             .collect()
+    }
+
+    /// The up machines' free capacity for the global scheduler, in groups
+    /// whose classes index [`Inventory::classes`], less the room that
+    /// `queued` will take: tasks taken in and not packed yet, packed as the
+    /// global scheduler predicts this agent packs them
+    /// ([`ClusterRoom::pack`]), so that it neither hands their room out
+    /// again nor finds room it did not count on once they are packed.
+    pub fn room(&self, queued: &[TaskGroup<'_>], policy: &LocalPolicy) -> pb::MachineRoom {
+        let mut room = ClusterRoom::of_cell(&self.cell);
+        room.pack(queued, policy);
+        let mut index = vec![None; self.cell.class_count()];
+        for (i, (k, _, _)) in self.up_classes().into_iter().enumerate() {
+            index[k as usize] = Some(i as u32);
+        }
+        pb::MachineRoom {
+            groups: room
+                .groups()
+                .iter()
+                .filter_map(|g| {
+                    Some(pb::RoomGroup {
+                        class_index: index[g.class as usize]?,
+                        free: Some(to_pb(&g.free)),
+                        count: g.count,
+                    })
+                })
+                .collect(),
+        }
     }
 
     pub fn allocated(&self) -> Resources {

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use sched_core::band::PriorityPolicy;
 use sched_core::gpu::SlotsDisplay;
+use sched_core::job::JobId;
+use sched_core::pack::TaskGroup;
 use sched_core::policy::LocalPolicy;
 use sched_core::resources::Resources;
 use sched_proto::pb;
@@ -782,6 +784,25 @@ impl AgentState {
             .iter()
             .filter_map(|k| self.specs.get(&k.0))
             .fold(Resources::ZERO, |a, s| a.saturating_add(&s.request()));
+        // The queued tasks by job, for the room they will take.
+        let mut by_job: BTreeMap<&str, u32> = BTreeMap::new();
+        for k in self.queue.iter() {
+            *by_job.entry(k.0.as_str()).or_insert(0) += 1;
+        }
+        let batch: Vec<TaskGroup<'_>> = by_job
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, (job, count))| {
+                let s = self.specs.get(job)?;
+                Some(TaskGroup {
+                    job: JobId(i as u32),
+                    request: s.request(),
+                    constraints: &s.constraints,
+                    priority: s.priority,
+                    count,
+                })
+            })
+            .collect();
         pb::HeartbeatRequest {
             cluster: self.cluster.clone(),
             classes: self.inventory.classes(),
@@ -790,6 +811,7 @@ impl AgentState {
             queue_len: self.queue.len() as u64,
             seq_seen: self.queue.seq_seen(),
             by_priority: self.by_priority(),
+            room: Some(self.inventory.room(&batch, &self.policy)),
         }
     }
 

@@ -703,3 +703,67 @@ fn gpu_devices_reach_the_node_and_a_restart_takes_the_stored_ones_again() {
     assert_eq!(free(&b), [500, 500]);
     assert!(b.inventory.check().is_ok());
 }
+
+/// The heartbeat's room as (class cpu, free cpu, free GiB, machines),
+/// sorted.
+fn room_of(hb: &pb::HeartbeatRequest) -> Vec<(u64, u64, u64, u32)> {
+    let room = hb.room.as_ref().expect("a room report");
+    let mut out: Vec<(u64, u64, u64, u32)> = room
+        .groups
+        .iter()
+        .map(|g| {
+            let class = hb.classes[g.class_index as usize].capacity.unwrap();
+            let free = g.free.unwrap();
+            (
+                class.cpu_millis,
+                free.cpu_millis,
+                free.memory_bytes / GIB,
+                g.count,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_heartbeat_reports_each_machines_room_less_what_is_queued() {
+    let mut a = agent();
+    a.register_node(
+        "n0",
+        "",
+        &[
+            machine("m0", 4000),
+            machine("m1", 4000),
+            machine("m2", 8000),
+        ],
+        &[],
+        Instant::now(),
+    );
+    // Identical empty machines are one group.
+    assert_eq!(
+        room_of(&a.heartbeat_request()),
+        [(4000, 4000, 4, 2), (8000, 8000, 4, 1)]
+    );
+    // Three 1-cpu, 1 GiB tasks taken in and not packed yet take the room
+    // the packer will give them: the smallest machine that holds them.
+    a.receive(web(vec![0, 1, 2]));
+    let hb = a.heartbeat_request();
+    assert_eq!(hb.queue_len, 3);
+    assert_eq!(
+        room_of(&hb),
+        [(4000, 1000, 1, 1), (4000, 4000, 4, 1), (8000, 8000, 4, 1)]
+    );
+    // Placed: the room is the machines', wherever the packer put them.
+    let mut rev = 1;
+    apply_all(&mut a, &mut rev);
+    let hb = a.heartbeat_request();
+    assert_eq!(hb.queue_len, 0);
+    let room = room_of(&hb);
+    assert_eq!(room.iter().map(|g| g.3).sum::<u32>(), 3);
+    let free: u64 = room.iter().map(|g| g.1 * u64::from(g.3)).sum();
+    assert_eq!(free, 16_000 - 3000);
+    // A machine registered since has its own group.
+    a.register_node("n1", "", &[machine("m3", 2000)], &[], Instant::now());
+    assert!(room_of(&a.heartbeat_request()).contains(&(2000, 2000, 4, 1)));
+}
