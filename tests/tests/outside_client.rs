@@ -71,10 +71,28 @@ fn generate(python: &str, dir: &Path) {
     let plugin = which("grpc_python_plugin").expect(
         "grpc_python_plugin missing: apt-get install -y protobuf-compiler protobuf-compiler-grpc",
     );
+    // Debian's protoc finds google/protobuf/*.proto (the API's Timestamp
+    // and Duration) only with libprotobuf-dev; grpc_tools, which is here
+    // (it ran above), bundles them.
+    let bundled = run(
+        Command::new(python).args([
+            "-c",
+            "import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), '_proto'))",
+        ]),
+        "locating grpc_tools' bundled protos",
+    );
+    let bundled = PathBuf::from(String::from_utf8_lossy(&bundled.stdout).trim());
+    assert!(
+        bundled.join("google/protobuf/timestamp.proto").is_file(),
+        "grpc_tools bundles no google/protobuf/timestamp.proto under {}",
+        bundled.display()
+    );
     let out = run(
         Command::new("protoc")
             .arg("-I")
             .arg(&protos)
+            .arg("-I")
+            .arg(&bundled)
             .arg(format!(
                 "--plugin=protoc-gen-grpc_python={}",
                 plugin.display()
