@@ -588,6 +588,17 @@ mod tests {
         assert_eq!(room.count(&Resources::new(100, 8 * GIB), &none, 100), 20);
     }
 
+    /// Each group's free cpu and machine count, sorted.
+    fn free_cpu_and_count(room: &ClusterRoom) -> Vec<(u64, u32)> {
+        let mut left: Vec<(u64, u32)> = room
+            .groups()
+            .iter()
+            .map(|g| (g.free.cpu.0, g.count))
+            .collect();
+        left.sort();
+        left
+    }
+
     #[test]
     fn taking_fills_machines_in_turn_and_splits_their_group() {
         // Four empty 4-cpu machines; 1.5-cpu tasks fit two on each.
@@ -598,12 +609,7 @@ mod tests {
         // Five copies: two machines full (1 cpu left), one holding one
         // (2.5 cpu left), one untouched.
         assert_eq!(room.take(&q, &none, 5), 5);
-        let mut left: Vec<(u64, u32)> = room
-            .groups()
-            .iter()
-            .map(|g| (g.free.cpu.0, g.count))
-            .collect();
-        left.sort();
+        let left = free_cpu_and_count(&room);
         assert_eq!(left, [(1000, 2), (2500, 1), (4000, 1)]);
         assert_eq!(room.count(&q, &none, 100), 3);
         // More than there is room for: only what fits is taken.
@@ -627,12 +633,7 @@ mod tests {
             count: 3,
         }];
         room.pack(&batch, &LocalPolicy::default());
-        let mut left: Vec<(u64, u32)> = room
-            .groups()
-            .iter()
-            .map(|g| (g.free.cpu.0, g.count))
-            .collect();
-        left.sort();
+        let left = free_cpu_and_count(&room);
         assert_eq!(left, [(0, 1), (2000, 1), (4000, 1)]);
         assert_eq!(room.classes(), [class(&[])]);
     }

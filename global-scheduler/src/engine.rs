@@ -65,51 +65,39 @@ impl Engine {
                 if shutdown.is_cancelled() {
                     break;
                 }
-                let mut batch = Vec::new();
-                while batch.len() < ROUND {
-                    match self.rx.try_recv() {
-                        Ok(c) => batch.push(c),
-                        Err(_) => break,
-                    }
-                }
+                let batch = self.round(Vec::new());
                 if !batch.is_empty() {
                     self.handle(batch).await;
                 }
                 true
             } else {
                 tokio::select! {
-                _ = shutdown.cancelled() => break,
-                cmd = self.rx.recv() => {
-                    let Some(cmd) = cmd else { break };
-                    let mut batch = vec![cmd];
-                    while batch.len() < ROUND {
-                        match self.rx.try_recv() {
-                            Ok(c) => batch.push(c),
-                            Err(_) => break,
+                    _ = shutdown.cancelled() => break,
+                    cmd = self.rx.recv() => {
+                        let Some(cmd) = cmd else { break };
+                        let batch = self.round(vec![cmd]);
+                        self.handle(batch).await
+                    }
+                    _ = self.shared.wake.notified() => true,
+                    _ = tick.tick() => {
+                        let down = self.shared.write(|s| s.registry_mut().expire(Instant::now()));
+                        for c in down {
+                            tracing::warn!(cluster = %c, "cluster missed its heartbeats: marked down");
+                        }
+                        let due = self.shared.write(|s| s.release_due());
+                        if last_sweep.elapsed() >= Duration::from_secs(1) {
+                            last_sweep = Instant::now();
+                            self.sweep(started).await;
+                        }
+                        // Retry every pending job now and then (a cluster may
+                        // have freed room without a visible change).
+                        if last_pass.elapsed() >= Duration::from_secs(1) {
+                            self.shared.write(|s| s.mark_rescan());
+                            true
+                        } else {
+                            due
                         }
                     }
-                    self.handle(batch).await
-                }
-                _ = self.shared.wake.notified() => true,
-                _ = tick.tick() => {
-                    let down = self.shared.write(|s| s.registry_mut().expire(Instant::now()));
-                    for c in down {
-                        tracing::warn!(cluster = %c, "cluster missed its heartbeats: marked down");
-                    }
-                    let due = self.shared.write(|s| s.release_due());
-                    if last_sweep.elapsed() >= Duration::from_secs(1) {
-                        last_sweep = Instant::now();
-                        self.sweep(started).await;
-                    }
-                    // Retry every pending job now and then (a cluster may
-                    // have freed room without a visible change).
-                    if last_pass.elapsed() >= Duration::from_secs(1) {
-                        self.shared.write(|s| s.mark_rescan());
-                        true
-                    } else {
-                        due
-                    }
-                }
                 }
             };
             more = false;
@@ -119,6 +107,17 @@ impl Engine {
             }
         }
         tracing::info!("engine stopped");
+    }
+
+    /// `batch` and the commands queued behind it, up to [`ROUND`].
+    fn round(&mut self, mut batch: Vec<Command>) -> Vec<Command> {
+        while batch.len() < ROUND {
+            match self.rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        batch
     }
 
     /// Handles one round of commands; true if a scheduling pass is due.
