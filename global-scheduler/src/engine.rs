@@ -105,6 +105,7 @@ impl Engine {
                 last_pass = Instant::now();
                 more = self.schedule().await;
             }
+            self.collect_garbage().await;
         }
         tracing::info!("engine stopped");
     }
@@ -440,10 +441,10 @@ impl Engine {
         let started = Instant::now();
         let (changes, more) = self.shared.write(|state| {
             let plan = state.plan(self.shared.limits.pass_size);
-            let changes: Vec<TaskChange> = plan
-                .iter()
-                .flat_map(|a| state.assignment_changes(a))
-                .collect();
+            let mut changes: Vec<TaskChange> = Vec::new();
+            for a in &plan {
+                changes.extend(state.assignment_changes(a));
+            }
             (changes, state.has_work())
         });
         if changes.is_empty() {
@@ -489,30 +490,55 @@ impl Engine {
     ) -> Result<(), ServiceError> {
         // Progress on machines is kept in memory only (see `state`): it is
         // applied at once, whatever becomes of the writes beside it.
-        let (memory, changes): (Vec<TaskChange>, Vec<TaskChange>) =
-            changes.into_iter().partition(|c| c.write.is_none());
+        let (memory, changes): (Vec<TaskChange>, Vec<TaskChange>) = changes
+            .into_iter()
+            .partition(|c| c.write.is_none() && c.assignment.is_none());
         if !memory.is_empty() {
             let batches = self.shared.write(|s| s.apply(memory, 0));
             merge_handed(handed, batches);
         }
-        let written: Vec<(Write, TaskChange)> = changes
-            .into_iter()
-            .filter_map(|c| Some((c.write.clone()?, c)))
-            .collect();
+        // One write each: a task's key for its own change, one assignment
+        // record for the tasks of a job a pass handed to one cluster.
+        let written: Vec<(Write, Vec<TaskChange>)> = self.shared.read(|s| {
+            let mut out: Vec<(Write, Vec<TaskChange>)> = Vec::new();
+            let mut group: Vec<TaskChange> = Vec::new();
+            let flush = |group: &mut Vec<TaskChange>, out: &mut Vec<(Write, Vec<TaskChange>)>| {
+                if let Some(w) = s.assignment_write(group) {
+                    out.push((w, std::mem::take(group)));
+                }
+                group.clear();
+            };
+            for c in changes {
+                if let Some(w) = c.write.clone() {
+                    out.push((w, vec![c]));
+                    continue;
+                }
+                if group
+                    .first()
+                    .is_some_and(|g| (&g.job, g.assignment) != (&c.job, c.assignment))
+                {
+                    flush(&mut group, &mut out);
+                }
+                group.push(c);
+            }
+            flush(&mut group, &mut out);
+            out
+        });
         let split = batch::chunks(written, |(w, _)| w);
         if !split.refused.is_empty() {
             // Task records are small and fixed in shape; one that does not
             // fit a commit is a bug, not a condition to retry.
             let keys: Vec<String> = split.refused.iter().map(|r| r.reason.to_string()).collect();
             tracing::error!(refused = ?keys, "task writes too large for a commit; dropped");
-            let dropped: Vec<TaskChange> = split.refused.into_iter().map(|r| r.item.1).collect();
+            let dropped: Vec<TaskChange> =
+                split.refused.into_iter().flat_map(|r| r.item.1).collect();
             self.shared.write(|s| s.requeue(&dropped));
         }
         // Sent together; two commits that write one key go in order
         // (`sched_store::pipeline`).
         let commits = split.commits.into_iter().map(|chunk| {
-            let (writes, chunk): (Vec<Write>, Vec<TaskChange>) = chunk.into_iter().unzip();
-            Pending::new(writes, chunk)
+            let (writes, chunk): (Vec<Write>, Vec<Vec<TaskChange>>) = chunk.into_iter().unzip();
+            Pending::new(writes, chunk.into_iter().flatten().collect::<Vec<_>>())
         });
         let shared = &self.shared;
         let mut first_failure: Option<StoreError> = None;
@@ -546,9 +572,26 @@ impl Engine {
         Err(failed.into())
     }
 
+    /// Deletes the assignment records that no task stands on any more.
+    /// One that is not deleted (the commit failed, the leader changed) is
+    /// found again when the state is next read back.
+    async fn collect_garbage(&mut self) {
+        let keys = self.shared.write(|s| s.take_garbage());
+        for chunk in keys.chunks(sched_store::MAX_OPS_PER_COMMIT) {
+            let deletes: Vec<Write> = chunk
+                .iter()
+                .map(|k| Write::delete(k.clone(), Expect::Any))
+                .collect();
+            if let Err(e) = self.store.commit(&deletes).await {
+                tracing::warn!(cause = %e, "deleting spent assignment records failed; a new leader finds them again");
+                return;
+            }
+        }
+    }
+
     async fn reload_job_of(&mut self, key: &str) -> Result<(), ServiceError> {
         let Some((prefix, job)) = self.shared.read(|state| {
-            let (job, _) = state.keys().parse_task(key)?;
+            let (job, _) = state.keys().parse_under_tasks(key)?;
             Some((state.keys().job_tasks(job), job.to_string()))
         }) else {
             return Ok(());

@@ -6,7 +6,8 @@
 //! | key | value | written |
 //! | --- | --- | --- |
 //! | `P/jobs/<job>` | [`JobRecord`](crate::records::JobRecord): the validated spec, submission id, time, `cancelled` | on submit (before the call returns), on cancel |
-//! | `P/tasks/<job>/<index>` | [`TaskRecord`](crate::records::TaskRecord): state, cluster, machine, exit code, clusters that handed it back | when a task leaves `pending`, and on every change after; a task with no key is pending |
+//! | `P/tasks/<job>/<index>` | [`TaskRecord`](crate::records::TaskRecord): state, cluster, machine, exit code, clusters that handed it back | when a task changes after it was first assigned (handed back, lost, final); a task with neither this key nor an assignment is pending |
+//! | `P/tasks/<job>/assigned-<n>` | [`AssignmentRecord`](crate::records::AssignmentRecord): a cluster and the index ranges a scheduling pass handed it | by the pass, one key for a job's tasks that went to one cluster; where a task's own key is newer (a greater revision) it wins; deleted once every task it names has a newer key |
 //! | `P/clusters/<cluster>` | [`ClusterRecord`](crate::records::ClusterRecord): location, machine classes now and every shape seen | when a local agent registers, and when its machine classes change |
 //! | `P/policy` | [`PolicyRecord`](crate::policy::PolicyRecord): the policy in force, where it came from, when | by `ApplyPolicy`, a SIGHUP on the leader, a new leader whose own is newer |
 //! | `P/events/<job>/<cursor>` | one event of the job (JSON), the last `EVENTS_PER_JOB` kept | in batches by the leader's event writer ([`crate::events`]); the job's go in its delete |
@@ -19,6 +20,15 @@
 //! tasks) so that etcd's lexical order is task order. Every write carries
 //! an expectation: `Absent` for a new key, the last seen `mod_revision`
 //! otherwise, so a retried or concurrent write cannot apply twice.
+
+/// A key under `P/tasks/<job>/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKey {
+    /// A task's own record, by index.
+    Task(u32),
+    /// An assignment record, by number.
+    Assignment(u64),
+}
 
 /// Key builder for one prefix.
 #[derive(Debug, Clone)]
@@ -56,9 +66,26 @@ impl Keys {
 
     /// `(job, index)` of a task key.
     pub fn parse_task<'k>(&self, key: &'k str) -> Option<(&'k str, u32)> {
+        match self.parse_under_tasks(key)? {
+            (job, TaskKey::Task(index)) => Some((job, index)),
+            (_, TaskKey::Assignment(_)) => None,
+        }
+    }
+
+    /// Assignment record `n` of `job`: zero-padded, so that etcd's order
+    /// is the order they were made in.
+    pub fn assignment(&self, job: &str, n: u64) -> String {
+        format!("{}/tasks/{job}/assigned-{n:010}", self.prefix)
+    }
+
+    /// What a key under [`Keys::tasks`] is, and its job's name.
+    pub fn parse_under_tasks<'k>(&self, key: &'k str) -> Option<(&'k str, TaskKey)> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/tasks/")?;
-        let (job, index) = rest.split_once('/')?;
-        Some((job, index.parse().ok()?))
+        let (job, tail) = rest.split_once('/')?;
+        if let Some(n) = tail.strip_prefix("assigned-") {
+            return Some((job, TaskKey::Assignment(n.parse().ok()?)));
+        }
+        Some((job, TaskKey::Task(tail.parse().ok()?)))
     }
 
     /// The leader key (lease-backed; see the `leader` module).
@@ -132,6 +159,15 @@ mod tests {
         assert!(k.task("web", 9) < k.task("web", 10));
         assert_eq!(k.parse_task(&k.task("web", 123)), Some(("web", 123)));
         assert_eq!(k.parse_task("/sched/jobs/web"), None);
+        let a = k.assignment("web", 3);
+        assert_eq!(a, "/sched/tasks/web/assigned-0000000003");
+        assert!(a.starts_with(&k.job_tasks("web")));
+        assert_eq!(k.parse_task(&a), None);
+        assert_eq!(
+            k.parse_under_tasks(&a),
+            Some(("web", TaskKey::Assignment(3)))
+        );
+        assert!(k.assignment("web", 9) < k.assignment("web", 10));
         assert!(k.task("web", 0).starts_with(&k.job_tasks("web")));
         // "web-2"'s tasks are not under "web"'s prefix.
         assert!(!k.task("web-2", 0).starts_with(&k.job_tasks("web")));

@@ -120,6 +120,38 @@ impl TaskState {
     }
 }
 
+/// Tasks of one job that a scheduling pass handed to one cluster:
+/// `P/tasks/<job>/assigned-<n>`. One key for all of them, instead of one
+/// per task: the key of a task is written only when it changes after that
+/// (handed back, lost, ended), and then the newer of the two (by
+/// revision) says where the task stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentRecord {
+    pub cluster: String,
+    /// Task indices as inclusive ranges `[first, last]`, in the pass's
+    /// order.
+    pub tasks: Vec<[u32; 2]>,
+}
+
+impl AssignmentRecord {
+    /// Every index the record names.
+    pub fn indices(&self) -> impl Iterator<Item = u32> + '_ {
+        self.tasks.iter().flat_map(|&[a, b]| a..=b)
+    }
+}
+
+/// Consecutive indices as inclusive ranges (`0,1,2,5` is `[0,2],[5,5]`).
+pub fn index_ranges(indices: impl IntoIterator<Item = u32>) -> Vec<[u32; 2]> {
+    let mut out: Vec<[u32; 2]> = Vec::new();
+    for i in indices {
+        match out.last_mut() {
+            Some(r) if r[1].checked_add(1) == Some(i) => r[1] = i,
+            _ => out.push([i, i]),
+        }
+    }
+    out
+}
+
 /// A task that has left `pending` at least once: `P/tasks/<job>/<index>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRecord {

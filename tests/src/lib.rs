@@ -1236,3 +1236,32 @@ macro_rules! list_all_jobs {
         }
     }};
 }
+
+/// Keys under the global scheduler's `P/tasks/`, split: each task's own
+/// key (its record, JSON) and the assignment records (`.../assigned-<n>`:
+/// a cluster and the index ranges a pass handed it).
+pub fn split_task_keys(
+    items: Vec<sched_store::KeyValue>,
+) -> (Vec<sched_store::KeyValue>, Vec<sched_store::KeyValue>) {
+    items.into_iter().partition(|kv| {
+        !kv.key
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.starts_with("assigned-"))
+    })
+}
+
+/// The tasks assignment records name, as `(cluster, index)` (a record's
+/// `tasks` are inclusive ranges).
+pub fn assigned_by_records(records: &[sched_store::KeyValue]) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for kv in records {
+        let v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+        let cluster = v["cluster"].as_str().unwrap().to_string();
+        for r in v["tasks"].as_array().unwrap() {
+            let (a, b) = (r[0].as_u64().unwrap() as u32, r[1].as_u64().unwrap() as u32);
+            out.extend((a..=b).map(|i| (cluster.clone(), i)));
+        }
+    }
+    out
+}

@@ -49,13 +49,14 @@ async fn keys(store: &EtcdStore, prefix: &str) -> Vec<String> {
     snap.items.into_iter().map(|kv| kv.key).collect()
 }
 
-/// Issue 15: N tasks that run and succeed cost at most 3 puts each (their
-/// task key assigned and succeeded, their placement key placed), plus a few
-/// per job (its key, its spec on the cluster, its events); every placement
-/// key is deleted once its success is in.
+/// Issue 15: N tasks that run and succeed cost at most 2 puts each (their
+/// placement key placed, their task key succeeded), plus a few per job (its
+/// key, its spec on the cluster, one assignment record per pass, its
+/// events); every placement key and every spent assignment record is
+/// deleted once the successes are in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs etcd"]
-async fn tasks_that_succeed_cost_at_most_three_puts_each() {
+async fn tasks_that_succeed_cost_at_most_two_puts_each() {
     const JOBS: u32 = 4;
     const TASKS: u32 = 250;
     let etcd = start_etcd();
@@ -110,8 +111,26 @@ async fn tasks_that_succeed_cost_at_most_three_puts_each() {
         },
     )
     .await;
+    // The passes' assignment records are deleted once every task they
+    // name has its own key.
+    eventually(
+        "the assignment records deleted",
+        Duration::from_secs(30),
+        || {
+            let store = &store;
+            async move {
+                let items = store.list("/sched/tasks/").await.ok()?.items;
+                sched_tests::split_task_keys(items)
+                    .1
+                    .is_empty()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     // The task keys say how each ended, with its attempt.
     let tasks = store.list("/sched/tasks/").await.unwrap().items;
+    let (tasks, _) = sched_tests::split_task_keys(tasks);
     assert_eq!(tasks.len() as u32, JOBS * TASKS);
     for kv in &tasks {
         let v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
@@ -126,19 +145,22 @@ async fn tasks_that_succeed_cost_at_most_three_puts_each() {
         w.deletes / n,
         w.txns / n
     );
-    // 3 per task; each job adds its key, its spec and its events (one key
-    // per event, a few dozen at most for a job placed in a few passes).
+    // 2 per task: its placement and its end (its own key); each job adds
+    // its key, its spec, one assignment record per pass that handed it
+    // tasks, and its events (one key per event, a few dozen at most for a
+    // job placed in a few passes).
     let per_job = 40.0;
     assert!(
-        w.puts <= 3.0 * n + per_job * f64::from(JOBS),
+        w.puts <= 2.0 * n + per_job * f64::from(JOBS),
         "{} puts for {n} tasks",
         w.puts
     );
     assert!(w.deletes >= n, "{} deletes for {n} tasks", w.deletes);
 }
 
-/// Issue 15: a leader killed while tasks run. Their keys say `assigned`
-/// (progress on machines is not written); the new leader shows them
+/// Issue 15: a leader killed while tasks run. They have no keys of their
+/// own, only the pass's assignment record (progress on machines is not
+/// written); the new leader shows them
 /// running, on their machines, with one attempt each, from the cluster's
 /// resync; and they end as they would have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,18 +197,19 @@ async fn a_new_leader_shows_running_tasks_running_with_their_attempts() {
     })
     .await;
     let store = EtcdStore::connect(&[etcd.url()]).await.unwrap();
+    // No task has a key: the pass's assignment record names them all
+    // (progress on machines is not written).
     let stored = store.list("/sched/tasks/long/").await.unwrap().items;
-    assert_eq!(stored.len() as u32, TASKS);
-    for kv in &stored {
-        let v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
-        assert_eq!(
-            v["state"], "assigned",
-            "{}: not written while running",
-            kv.key
-        );
-        // (0 attempts is left out of the record.)
-        assert_eq!(v["attempts"].as_u64().unwrap_or(0), 0, "{}", kv.key);
-    }
+    let (keys, records) = sched_tests::split_task_keys(stored);
+    assert!(
+        keys.is_empty(),
+        "not written while running: {:?}",
+        keys[0].key
+    );
+    let mut named = sched_tests::assigned_by_records(&records);
+    named.sort();
+    let all: Vec<(String, u32)> = (0..TASKS).map(|i| ("east-a".to_string(), i)).collect();
+    assert_eq!(named, all);
     let before: Vec<(u32, String)> = first
         .job("long")
         .await
@@ -218,10 +241,9 @@ async fn a_new_leader_shows_running_tasks_running_with_their_attempts() {
     );
     // Nothing was written for them by the new leader either.
     let stored = store.list("/sched/tasks/long/").await.unwrap().items;
-    assert!(stored.iter().all(|kv| {
-        let v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
-        v["state"] == "assigned"
-    }));
+    let (keys, again) = sched_tests::split_task_keys(stored);
+    assert!(keys.is_empty());
+    assert_eq!(again, records);
     // The end is written with the attempt: cancel stops them, and each
     // ends cancelled after one attempt.
     let mut client = second.client().await;
@@ -235,6 +257,8 @@ async fn a_new_leader_shows_running_tasks_running_with_their_attempts() {
         let store = &store;
         async move {
             let stored = store.list("/sched/tasks/long/").await.ok()?.items;
+            let (stored, _) = sched_tests::split_task_keys(stored);
+            (stored.len() as u32 == TASKS).then_some(())?;
             stored
                 .iter()
                 .all(|kv| {

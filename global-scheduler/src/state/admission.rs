@@ -7,10 +7,11 @@ use sched_core::error::SpecError;
 use sched_core::job::{Job, JobId, JobSpec};
 use sched_store::{KeyValue, Revision, Write, MAX_COMMIT_BYTES};
 
+use super::transitions::release;
 use super::{EventKind, JobEntry, State, TaskEntry};
 use crate::error::ServiceError;
-use crate::keys::Keys;
-use crate::records::{JobRecord, TaskRecord, TaskState};
+use crate::keys::{Keys, TaskKey};
+use crate::records::{AssignmentRecord, JobRecord, TaskRecord, TaskState};
 
 /// The store's records could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,8 @@ impl State {
                 events_dropped,
                 open,
                 finished_at: None,
+                assignments: BTreeMap::new(),
+                next_assignment: 1,
             },
         );
     }
@@ -171,41 +174,112 @@ impl State {
         });
     }
 
+    /// Takes in the keys under `P/tasks/`: each task's own key, then the
+    /// assignment records, oldest first, each for the tasks whose key is
+    /// older than it.
     fn load_tasks(&mut self, tasks: &[KeyValue]) -> Result<(), LoadError> {
+        let mut records: Vec<(&str, u32, AssignmentRecord, Revision)> = Vec::new();
         for kv in tasks {
-            let Some((job, index)) = self.keys.parse_task(&kv.key) else {
-                return Err(LoadError {
-                    key: kv.key.clone(),
-                    reason: "not a task key".to_string(),
-                });
+            let (job, index) = match self.keys.parse_under_tasks(&kv.key) {
+                Some((job, TaskKey::Task(index))) => (job, index),
+                Some((job, TaskKey::Assignment(n))) => {
+                    let r: AssignmentRecord =
+                        serde_json::from_slice(&kv.value).map_err(|e| LoadError {
+                            key: kv.key.clone(),
+                            reason: format!("not an assignment record: {e}"),
+                        })?;
+                    let n = u32::try_from(n).map_err(|_| LoadError {
+                        key: kv.key.clone(),
+                        reason: "assignment number out of range".to_string(),
+                    })?;
+                    records.push((job, n, r, kv.mod_revision));
+                    continue;
+                }
+                None => {
+                    return Err(LoadError {
+                        key: kv.key.clone(),
+                        reason: "not a task key".to_string(),
+                    })
+                }
             };
             let r: TaskRecord = serde_json::from_slice(&kv.value).map_err(|e| LoadError {
                 key: kv.key.clone(),
                 reason: format!("not a task record: {e}"),
             })?;
-            let mut entry = self.entry_of(&r, kv.mod_revision);
-            let Some(j) = self.jobs.get_mut(job) else {
-                tracing::warn!(key = %kv.key, "task of an unknown job; ignored");
-                continue;
-            };
-            let Some(t) = j.tasks.get_mut(index as usize) else {
-                tracing::warn!(key = %kv.key, "task index out of range; ignored");
-                continue;
-            };
-            let (id, priority, cancelled) = (j.job.id, j.record.priority, j.record.cancelled);
-            // A cancel writes only the job: what had not reached a machine
-            // then is cancelled.
-            if cancelled && !entry.state.is_final() && !entry.state.is_on_machine() {
-                entry.state = TaskState::Cancelled;
+            let entry = self.entry_of(&r, kv.mod_revision);
+            if !self.settle_loaded(job, index, entry) {
+                tracing::warn!(key = %kv.key, "task of an unknown job or out of range; ignored");
             }
-            *t = entry.clone();
-            self.queue.remove(id, index);
-            self.waiting.retain(|w| (w.1, w.2) != (id, index));
-            if entry.state == TaskState::Pending {
-                self.enqueue(id, priority, index, &entry, false);
+        }
+        records.sort_by_key(|r| r.3);
+        for (job, n, r, rev) in records {
+            let cluster = self.registry.id(&r.cluster);
+            let Some(j) = self.jobs.get_mut(job) else {
+                tracing::warn!(job, n, "assignment record of an unknown job; ignored");
+                continue;
+            };
+            j.next_assignment = j.next_assignment.max(n.saturating_add(1));
+            let mut stands = 0u32;
+            for index in r.indices() {
+                let Some(j) = self.jobs.get(job) else { break };
+                let Some(t) = j.tasks.get(index as usize) else {
+                    continue;
+                };
+                if t.rev > rev || t.arev > rev {
+                    continue;
+                }
+                let mut entry = t.clone();
+                entry.state = TaskState::Assigned;
+                entry.cluster = cluster;
+                entry.retry_at = None;
+                entry.preempted = false;
+                let before = entry.assignment;
+                (entry.assignment, entry.arev) = (n, rev);
+                self.settle_loaded(job, index, entry);
+                if let Some(j) = self.jobs.get_mut(job) {
+                    release(
+                        &mut j.assignments,
+                        before,
+                        &self.keys,
+                        job,
+                        &mut self.garbage,
+                    );
+                }
+                stands += 1;
+            }
+            if let Some(j) = self.jobs.get_mut(job) {
+                if stands == 0 {
+                    self.garbage.push(self.keys.assignment(job, u64::from(n)));
+                } else {
+                    j.assignments.insert(n, stands);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Puts a task read back in its place, with the queue to match; false
+    /// if its job or index is unknown.
+    fn settle_loaded(&mut self, job: &str, index: u32, mut entry: TaskEntry) -> bool {
+        let Some(j) = self.jobs.get_mut(job) else {
+            return false;
+        };
+        let Some(t) = j.tasks.get_mut(index as usize) else {
+            return false;
+        };
+        let (id, priority, cancelled) = (j.job.id, j.record.priority, j.record.cancelled);
+        // A cancel writes only the job: what had not reached a machine
+        // then is cancelled.
+        if cancelled && !entry.state.is_final() && !entry.state.is_on_machine() {
+            entry.state = TaskState::Cancelled;
+        }
+        *t = entry.clone();
+        self.queue.remove(id, index);
+        self.waiting.retain(|w| (w.1, w.2) != (id, index));
+        if entry.state == TaskState::Pending {
+            self.enqueue(id, priority, index, &entry, false);
+        }
+        true
     }
 
     /// Replaces one job's tasks with what the store holds (after another
@@ -220,6 +294,7 @@ impl State {
         }
         let n = j.tasks.len();
         let before = std::mem::replace(&mut j.tasks, vec![fresh; n]);
+        j.assignments.clear();
         let (id, priority, tasks) = (j.job.id, j.record.priority, j.record.tasks);
         self.queue.remove_job(id);
         self.waiting.retain(|w| w.1 != id);
@@ -227,13 +302,13 @@ impl State {
             self.queue.add_job(id, priority, tasks);
         }
         self.load_tasks(items)?;
-        // Progress on machines is in memory only: where the key is the one
-        // it came from (the same revision, still `assigned` there), it
-        // stands.
+        // Progress on machines is in memory only: where the stored version
+        // is the one it came from (the same revisions, still `assigned`
+        // there), it stands.
         if let Some(j) = self.jobs.get_mut(job) {
             for (t, old) in j.tasks.iter_mut().zip(before) {
-                if old.rev != 0
-                    && old.rev == t.rev
+                if old.version() != (0, 0)
+                    && old.version() == t.version()
                     && old.state.is_on_machine()
                     && t.state == TaskState::Assigned
                     && old.cluster == t.cluster

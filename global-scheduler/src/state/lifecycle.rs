@@ -273,6 +273,10 @@ impl State {
             return;
         };
         let id = j.job.id;
+        // Its records went with its keys; a job of the same name may
+        // number its own from 1 again.
+        let prefix = self.keys.job_tasks(name);
+        self.garbage.retain(|k| !k.starts_with(&prefix));
         self.names.remove(&id);
         self.queue.remove_job(id);
         self.waiting.retain(|w| w.1 != id);

@@ -63,8 +63,12 @@ pub struct TaskEntry {
     /// Pending because a task of a higher band evicted it (`reason` says
     /// which); shown as `preempted` until it is assigned again.
     pub preempted: bool,
-    /// `mod_revision` of the task's key; 0 when it has none (pending).
+    /// `mod_revision` of the task's key; 0 when it has none.
     pub rev: Revision,
+    /// The assignment record that assigned it, while that is newer than
+    /// its key: its number (0: none) and revision.
+    pub assignment: u32,
+    pub arev: Revision,
 }
 
 impl TaskEntry {
@@ -82,7 +86,15 @@ impl TaskEntry {
             ended: None,
             preempted: false,
             rev: 0,
+            assignment: 0,
+            arev: 0,
         }
+    }
+
+    /// Which stored version of the task memory holds: its key's revision
+    /// and its assignment record's.
+    pub fn version(&self) -> (Revision, Revision) {
+        (self.rev, self.arev)
     }
 
     /// The state the API shows: a pending task that was evicted is
@@ -119,6 +131,11 @@ pub struct JobEntry {
     pub open: u32,
     /// When the last task reached a final state (Unix ms).
     pub finished_at: Option<i64>,
+    /// The job's assignment records still in force, by number: how many
+    /// tasks each still stands for.
+    pub assignments: BTreeMap<u32, u32>,
+    /// The number of its next assignment record.
+    pub next_assignment: u32,
 }
 
 impl JobEntry {
@@ -139,6 +156,11 @@ pub struct TaskChange {
     /// `assigned` until it ends, and the cluster's resync tells a new
     /// leader where it stands, see [`State::report_change`]).
     pub write: Option<Write>,
+    /// For a pass's assignment: the number of the job's assignment record
+    /// that makes it durable instead of a write of the task's key (the
+    /// engine writes one record for the changes that share a number, see
+    /// [`State::assignment_write`]).
+    pub assignment: Option<u32>,
     /// For events: what happened to the task.
     pub event: Option<(EventKind, String)>,
 }
@@ -163,6 +185,9 @@ pub struct State {
     epoch: Instant,
     /// Every event's cursor, the writes that persist them, the watchers.
     log: history::EventLog,
+    /// Assignment records every task of which has a newer key since: to
+    /// be deleted ([`State::take_garbage`]).
+    garbage: Vec<String>,
 }
 
 impl State {
@@ -180,7 +205,15 @@ impl State {
             waiting: BTreeSet::new(),
             epoch: Instant::now(),
             log: history::EventLog::new(),
+            garbage: Vec::new(),
         }
+    }
+
+    /// The keys of assignment records nothing stands on any more (every
+    /// task they name was written since): deleting them is safe at any
+    /// time, and a new leader finds any not deleted again.
+    pub fn take_garbage(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.garbage)
     }
 
     pub fn keys(&self) -> &Keys {
@@ -339,6 +372,8 @@ impl State {
             ended: r.ended_unix_ms,
             preempted: r.preempted,
             rev,
+            assignment: 0,
+            arev: 0,
         }
     }
 
@@ -377,6 +412,7 @@ impl State {
             job: job.to_string(),
             index,
             write: Some(Write::put(self.keys.task(job, index), value, old.expect())),
+            assignment: None,
             entry,
             event,
         }
@@ -395,6 +431,7 @@ impl State {
             job: job.to_string(),
             index,
             write: None,
+            assignment: None,
             entry,
             event,
         }

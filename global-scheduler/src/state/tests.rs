@@ -879,10 +879,22 @@ struct Written {
 }
 
 impl Written {
-    /// Commits the changes' writes (in one commit) and applies them.
+    /// Commits the changes' writes (in one commit: the tasks' own keys and
+    /// one assignment record per group, as the engine does) and applies
+    /// them, then deletes the records nothing stands on.
     fn commit(&mut self, s: &mut State, changes: Vec<TaskChange>) {
         self.rev += 1;
-        for w in changes.iter().filter_map(|c| c.write.as_ref()) {
+        let mut writes: Vec<sched_store::Write> =
+            changes.iter().filter_map(|c| c.write.clone()).collect();
+        let mut groups: BTreeMap<(String, u32), Vec<TaskChange>> = BTreeMap::new();
+        for c in changes.iter().filter(|c| c.assignment.is_some()) {
+            groups
+                .entry((c.job.clone(), c.assignment.unwrap()))
+                .or_default()
+                .push(c.clone());
+        }
+        writes.extend(groups.values().filter_map(|g| s.assignment_write(g)));
+        for w in &writes {
             let sched_store::Op::Put(value) = &w.op else {
                 panic!("task changes only put: {w:?}");
             };
@@ -897,6 +909,13 @@ impl Written {
             self.puts += 1;
         }
         s.apply(changes, self.rev);
+        for k in s.take_garbage() {
+            self.keys.remove(&k);
+        }
+    }
+
+    fn assignment(&self, key: &str) -> crate::records::AssignmentRecord {
+        serde_json::from_slice(&self.keys[key].0).unwrap()
     }
 
     fn kvs(&self) -> Vec<KeyValue> {
@@ -928,10 +947,12 @@ fn task_report(index: u32, state: pb::TaskState, code: Option<i32>) -> pb::TaskR
     }
 }
 
-/// Issue 15: one task's happy path writes its key twice, assigned and
-/// succeeded; placed and running are kept in memory (and told in events).
+/// Issue 15: one task's happy path writes twice: the pass's assignment
+/// record (one for all the tasks it hands a cluster of a job) and its key
+/// when it succeeds; placed and running are kept in memory (and told in
+/// events). The record is deleted once no task stands on it.
 #[test]
-fn the_happy_path_writes_a_task_key_twice() {
+fn the_happy_path_writes_twice_and_leaves_the_task_key() {
     let mut s = state(&[("east-a", "east", 1)]);
     submit(&mut s, "web", 1, 1000, None, 0);
     let mut store = Written::default();
@@ -940,7 +961,13 @@ fn the_happy_path_writes_a_task_key_twice() {
     store.commit(&mut s, changes);
     let east = s.registry().id("east-a").unwrap();
     let key = s.keys().task("web", 0);
-    assert_eq!(store.record(&key).state, TaskState::Assigned);
+    let record = s.keys().assignment("web", 1);
+    assert!(!store.keys.contains_key(&key));
+    let a = store.assignment(&record);
+    assert_eq!(
+        (a.cluster.as_str(), a.tasks.as_slice()),
+        ("east-a", &[[0, 0]][..])
+    );
     for state in [pb::TaskState::Placed, pb::TaskState::Running] {
         let c = s.report_change(east, &task_report(0, state, None)).unwrap();
         assert!(c.write.is_none(), "{state:?} is not written");
@@ -949,9 +976,8 @@ fn the_happy_path_writes_a_task_key_twice() {
     let t = task(&s, "web", 0);
     assert_eq!((t.state, t.attempts), (TaskState::Running, 1));
     assert_eq!(t.machine.as_deref(), Some("m0"));
-    // The key still holds `assigned`, before the attempt.
-    let stored = store.record(&key);
-    assert_eq!((stored.state, stored.attempts), (TaskState::Assigned, 0));
+    // Still only the record, before the attempt.
+    assert!(!store.keys.contains_key(&key));
     let done = task_report(0, pb::TaskState::Succeeded, Some(0));
     let c = s.report_change(east, &done).unwrap();
     assert!(c.write.is_some());
@@ -960,6 +986,10 @@ fn the_happy_path_writes_a_task_key_twice() {
     assert_eq!((stored.state, stored.attempts), (TaskState::Succeeded, 1));
     assert_eq!(stored.machine.as_deref(), Some("m0"));
     assert_eq!(store.puts, 2);
+    assert!(
+        !store.keys.contains_key(&record),
+        "the spent record is deleted"
+    );
     // The events tell every step all the same.
     let kinds: Vec<EventKind> = s
         .job("web")
@@ -1091,11 +1121,21 @@ fn a_reload_keeps_progress_on_machines_where_the_key_did_not_change() {
             .unwrap();
         store.commit(&mut s, vec![c]);
     }
-    // Another writer changed task 1's key.
+    // Another writer wrote task 1's key (pending), after the record.
     let key = s.keys().task("web", 1);
-    let mut other = store.record(&key);
-    other.state = TaskState::Pending;
-    other.cluster = None;
+    let other = TaskRecord {
+        state: TaskState::Pending,
+        cluster: None,
+        machine: None,
+        gpus: String::new(),
+        exit_code: None,
+        handed_back: Vec::new(),
+        attempts: 0,
+        retry_at_unix_ms: None,
+        reason: String::new(),
+        ended_unix_ms: None,
+        preempted: false,
+    };
     store.rev += 1;
     store
         .keys
@@ -1105,4 +1145,70 @@ fn a_reload_keeps_progress_on_machines_where_the_key_did_not_change() {
     let t = task(&s, "web", 0);
     assert_eq!((t.state, t.attempts), (TaskState::Running, 1));
     assert_eq!(task(&s, "web", 1).state, TaskState::Pending);
+}
+
+/// A pass's scattered indices go in as many records as keep each under
+/// `RANGES_PER_RECORD` runs; a new leader reads every task back assigned,
+/// and a task whose key is newer than its record is what its key says.
+#[test]
+fn assignment_records_split_by_runs_and_read_back_under_newer_keys() {
+    use super::transitions::RANGES_PER_RECORD;
+    let runs = RANGES_PER_RECORD as u32 + 4;
+    let mut s = state(&[("east-a", "east", 1)]);
+    submit(&mut s, "web", runs * 2, 1, None, 0);
+    let east = s.registry().id("east-a").unwrap();
+    let id = s.job("web").unwrap().job.id;
+    // Every other task: each is a run of its own.
+    let a = sched_core::assign::Assignment {
+        job: id,
+        cluster: east,
+        indices: (0..runs).map(|i| i * 2).collect(),
+        handed_back: Vec::new(),
+    };
+    let changes = s.assignment_changes(&a);
+    let numbers: std::collections::BTreeSet<u32> =
+        changes.iter().filter_map(|c| c.assignment).collect();
+    assert_eq!(numbers.into_iter().collect::<Vec<_>>(), [1, 2]);
+    let mut store = Written::default();
+    store.commit(&mut s, changes);
+    assert_eq!(store.puts, 2);
+    let first = store.assignment(&s.keys().assignment("web", 1));
+    assert_eq!(first.tasks.len(), RANGES_PER_RECORD);
+    assert_eq!(first.tasks[1], [2, 2]);
+    // Task 2 is handed back: its key (pending) is newer than record 1.
+    let back = pb::HandBack {
+        job: "web".into(),
+        indices: vec![2],
+        reason: "no room".into(),
+    };
+    let changes = s.hand_back_changes(east, &back);
+    assert_eq!(changes.len(), 1);
+    store.commit(&mut s, changes);
+    let mut fresh = state(&[("east-a", "east", 1)]);
+    let job = KeyValue {
+        key: "/t/jobs/web".into(),
+        value: serde_json::to_vec(&s.job("web").unwrap().record).unwrap(),
+        mod_revision: 1,
+        create_revision: 1,
+    };
+    fresh.load(&[job], &store.kvs()).unwrap();
+    for i in 0..runs * 2 {
+        let (was, now) = (task(&s, "web", i as usize), task(&fresh, "web", i as usize));
+        assert_eq!(now.state, was.state, "task {i}");
+        assert_eq!(now.version(), was.version(), "task {i}");
+    }
+    assert_eq!(task(&fresh, "web", 2).state, TaskState::Pending);
+    assert_eq!(task(&fresh, "web", 4).state, TaskState::Assigned);
+    assert_eq!(fresh.pending_tasks(), u64::from(runs) + 1);
+    // Its next record does not reuse a number.
+    assert_eq!(fresh.job("web").unwrap().next_assignment, 3);
+}
+
+#[test]
+fn index_ranges_join_consecutive_indices() {
+    use crate::records::index_ranges;
+    assert_eq!(index_ranges([0, 1, 2, 5, 7, 8]), [[0, 2], [5, 5], [7, 8]]);
+    assert_eq!(index_ranges([3, 2]), [[3, 3], [2, 2]]);
+    assert_eq!(index_ranges([u32::MAX, 0]), [[u32::MAX, u32::MAX], [0, 0]]);
+    assert!(index_ranges([]).is_empty());
 }

@@ -12,13 +12,41 @@ use sched_core::assign::Assignment;
 use sched_core::cluster::ClusterId;
 use sched_core::rank::Ranker;
 use sched_proto::pb;
-use sched_store::Revision;
+use sched_store::{Expect, Revision, Write};
 
 use super::history;
 use super::{Event, EventKind};
 use super::{State, TaskChange};
 use crate::convert::assignment_message;
-use crate::records::TaskState;
+use crate::keys::Keys;
+use crate::records::{index_ranges, AssignmentRecord, TaskState};
+
+/// Runs of consecutive indices an assignment record holds at most: a
+/// record stays far below etcd's request limit (about 25 bytes a run),
+/// however scattered the indices of a large pass.
+pub const RANGES_PER_RECORD: usize = 4096;
+
+/// A task of `job` no longer stands on its assignment record `n` (0:
+/// none); `live` counts the job's records' tasks. A record nothing stands
+/// on is garbage.
+pub(super) fn release(
+    live: &mut BTreeMap<u32, u32>,
+    n: u32,
+    keys: &Keys,
+    job: &str,
+    garbage: &mut Vec<String>,
+) {
+    if n == 0 {
+        return;
+    }
+    if let Some(count) = live.get_mut(&n) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            live.remove(&n);
+            garbage.push(keys.assignment(job, u64::from(n)));
+        }
+    }
+}
 
 impl State {
     /// One scheduling pass over at most `limit` pending tasks: jobs by
@@ -77,27 +105,70 @@ impl State {
         pass.assignments
     }
 
-    /// The writes that hand `a`'s tasks to its cluster.
-    pub fn assignment_changes(&self, a: &Assignment) -> Vec<TaskChange> {
-        let Some(j) = self.names.get(&a.job).and_then(|n| self.jobs.get(n)) else {
+    /// The changes that hand `a`'s tasks to its cluster. They are made
+    /// durable not by their tasks' keys but by one assignment record per
+    /// [`RANGES_PER_RECORD`] runs of indices: commit each group's
+    /// [`State::assignment_write`] with it, then [`State::apply`] it.
+    pub fn assignment_changes(&mut self, a: &Assignment) -> Vec<TaskChange> {
+        let Some(name) = self.names.get(&a.job).cloned() else {
             return Vec::new();
         };
-        let name = &j.record.name;
-        a.indices
-            .iter()
-            .filter_map(|&i| {
-                let t = j.tasks.get(i as usize)?;
-                if t.state != TaskState::Pending {
-                    return None;
-                }
-                let mut entry = t.clone();
-                entry.state = TaskState::Assigned;
-                entry.cluster = Some(a.cluster);
-                entry.retry_at = None;
-                entry.preempted = false;
-                Some(self.change(name, i, t, entry, None))
-            })
-            .collect()
+        let mut out = Vec::with_capacity(a.indices.len());
+        let mut runs = 0usize;
+        let mut last: Option<u32> = None;
+        let mut n = 0;
+        for &i in &a.indices {
+            let Some(j) = self.jobs.get_mut(&name) else {
+                break;
+            };
+            let Some(t) = j.tasks.get(i as usize) else {
+                continue;
+            };
+            if t.state != TaskState::Pending {
+                continue;
+            }
+            if last.and_then(|l| l.checked_add(1)) != Some(i) {
+                runs += 1;
+            }
+            if n == 0 || runs > RANGES_PER_RECORD {
+                n = j.next_assignment;
+                j.next_assignment += 1;
+                runs = 1;
+            }
+            last = Some(i);
+            let mut entry = t.clone();
+            entry.state = TaskState::Assigned;
+            entry.cluster = Some(a.cluster);
+            entry.retry_at = None;
+            entry.preempted = false;
+            out.push(TaskChange {
+                job: name.clone(),
+                index: i,
+                entry,
+                write: None,
+                assignment: Some(n),
+                event: None,
+            });
+        }
+        out
+    }
+
+    /// The write of the assignment record for `changes`, changes of one
+    /// job that share a record number (from [`State::assignment_changes`]).
+    pub fn assignment_write(&self, changes: &[TaskChange]) -> Option<Write> {
+        let first = changes.first()?;
+        let n = first.assignment?;
+        let cluster = first.entry.cluster?;
+        let record = AssignmentRecord {
+            cluster: self.registry.name(cluster).to_string(),
+            tasks: index_ranges(changes.iter().map(|c| c.index)),
+        };
+        let value = serde_json::to_vec(&record).expect("assignment records serialize");
+        Some(Write::put(
+            self.keys.assignment(&first.job, u64::from(n)),
+            value,
+            Expect::Absent,
+        ))
     }
 
     /// Changes that were not committed: tasks they would have taken out of
@@ -140,9 +211,28 @@ impl State {
             let was_pending = t.state == TaskState::Pending;
             let is_pending = c.entry.state == TaskState::Pending;
             let (was_final, is_final) = (t.state.is_final(), c.entry.state.is_final());
+            // What stands for the task in the store: memory keeps the
+            // record it has, whatever the change was computed from.
+            let (assignment, arev) = (t.assignment, t.arev);
             *t = c.entry;
+            (t.assignment, t.arev) = (assignment, arev);
+            if c.write.is_some() || c.assignment.is_some() {
+                // Its key or a newer record stands for it now.
+                release(
+                    &mut j.assignments,
+                    t.assignment,
+                    &self.keys,
+                    &c.job,
+                    &mut self.garbage,
+                );
+                (t.assignment, t.arev) = (0, 0);
+            }
             if c.write.is_some() {
                 t.rev = rev;
+            }
+            if let Some(n) = c.assignment {
+                (t.assignment, t.arev) = (n, rev);
+                *j.assignments.entry(n).or_insert(0) += 1;
             }
             if is_final && !was_final {
                 j.open -= 1;
