@@ -524,7 +524,7 @@ impl Engine {
             flush(&mut group, &mut out);
             out
         });
-        let split = batch::chunks(written, |(w, _)| w);
+        let split = batch::stream_chunks(written, |(w, _)| w);
         if !split.refused.is_empty() {
             // Task records are small and fixed in shape; one that does not
             // fit a commit is a bug, not a condition to retry.

@@ -484,7 +484,7 @@ impl AgentState {
             .into_iter()
             .map(|write| Change::Delete { write })
             .collect();
-        let mut out = batch::chunks(deletes, Change::write).commits;
+        let mut out = batch::stream_chunks(deletes, Change::write).commits;
         out.extend(self.placement_commits(limit, now));
         out
     }
@@ -510,7 +510,7 @@ impl AgentState {
         // at a time (a spec stays in the commit of its job's first
         // placement or an earlier one).
         changes.sort_by_key(|c| !matches!(c, Change::Spec { .. }));
-        let split = batch::chunks(changes, Change::write);
+        let split = batch::stream_chunks(changes, Change::write);
         if split.refused.is_empty() {
             return split.commits;
         }
