@@ -499,31 +499,38 @@ impl Engine {
         }
         // One write each: a task's key for its own change, one assignment
         // record for the tasks of a job a pass handed to one cluster.
-        let written: Vec<(Write, Vec<TaskChange>)> = self.shared.read(|s| {
-            let mut out: Vec<(Write, Vec<TaskChange>)> = Vec::new();
-            let mut group: Vec<TaskChange> = Vec::new();
-            let flush = |group: &mut Vec<TaskChange>, out: &mut Vec<(Write, Vec<TaskChange>)>| {
-                if let Some(w) = s.assignment_write(group) {
-                    out.push((w, std::mem::take(group)));
-                }
-                group.clear();
-            };
-            for c in changes {
-                if let Some(w) = c.write.clone() {
-                    out.push((w, vec![c]));
-                    continue;
-                }
-                if group
-                    .first()
-                    .is_some_and(|g| (&g.job, g.assignment) != (&c.job, c.assignment))
-                {
-                    flush(&mut group, &mut out);
-                }
-                group.push(c);
+        let mut groups: Vec<Vec<TaskChange>> = Vec::new();
+        let mut written: Vec<(Write, Vec<TaskChange>)> = Vec::new();
+        for c in changes {
+            if let Some(w) = c.write.clone() {
+                written.push((w, vec![c]));
+            } else if let Some(g) = groups
+                .last_mut()
+                .filter(|g| (&g[0].job, g[0].assignment) == (&c.job, c.assignment))
+            {
+                g.push(c);
+            } else {
+                groups.push(vec![c]);
             }
-            flush(&mut group, &mut out);
-            out
-        });
+        }
+        let records: Vec<Option<Write>> = self
+            .shared
+            .read(|s| groups.iter().map(|g| s.assignment_write(g)).collect());
+        let mut stranded: Vec<TaskChange> = Vec::new();
+        for (record, group) in records.into_iter().zip(groups) {
+            match record {
+                Some(w) => written.push((w, group)),
+                // Every change of a pass names its cluster and record.
+                None => stranded.extend(group),
+            }
+        }
+        if !stranded.is_empty() {
+            tracing::error!(
+                tasks = stranded.len(),
+                "assignments without a cluster; requeued"
+            );
+            self.shared.write(|s| s.requeue(&stranded));
+        }
         let split = batch::stream_chunks(written, |(w, _)| w);
         if !split.refused.is_empty() {
             // Task records are small and fixed in shape; one that does not

@@ -228,11 +228,7 @@ impl State {
                 if t.rev > rev || t.arev > rev {
                     continue;
                 }
-                let mut entry = t.clone();
-                entry.state = TaskState::Assigned;
-                entry.cluster = cluster;
-                entry.retry_at = None;
-                entry.preempted = false;
+                let mut entry = t.assigned_to(cluster);
                 let before = entry.assignment;
                 (entry.assignment, entry.arev) = (n, rev);
                 self.settle_loaded(job, index, entry);

@@ -91,6 +91,18 @@ impl TaskEntry {
         }
     }
 
+    /// The task as a pass hands it to `cluster` (what an assignment record
+    /// says of it, written or read back).
+    fn assigned_to(&self, cluster: Option<ClusterId>) -> TaskEntry {
+        TaskEntry {
+            state: TaskState::Assigned,
+            cluster,
+            retry_at: None,
+            preempted: false,
+            ..self.clone()
+        }
+    }
+
     /// Which stored version of the task memory holds: its key's revision
     /// and its assignment record's.
     pub fn version(&self) -> (Revision, Revision) {

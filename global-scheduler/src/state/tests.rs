@@ -644,20 +644,7 @@ fn a_cancelled_jobs_tasks_read_back_cancelled_and_delete_frees_the_name() {
     let tasks: Vec<KeyValue> = (0..3u32)
         .map(|i| KeyValue {
             key: fresh.keys().task("web", i),
-            value: serde_json::to_vec(&TaskRecord {
-                state: TaskState::Assigned,
-                cluster: Some("east-a".into()),
-                machine: None,
-                gpus: String::new(),
-                exit_code: None,
-                handed_back: Vec::new(),
-                attempts: 0,
-                retry_at_unix_ms: None,
-                reason: String::new(),
-                ended_unix_ms: None,
-                preempted: false,
-            })
-            .unwrap(),
+            value: serde_json::to_vec(&bare_record(TaskState::Assigned, Some("east-a"))).unwrap(),
             mod_revision: 2,
             create_revision: 2,
         })
@@ -935,6 +922,23 @@ impl Written {
     }
 }
 
+/// A task record with only a state and a cluster.
+fn bare_record(state: TaskState, cluster: Option<&str>) -> TaskRecord {
+    TaskRecord {
+        state,
+        cluster: cluster.map(str::to_string),
+        machine: None,
+        gpus: String::new(),
+        exit_code: None,
+        handed_back: Vec::new(),
+        attempts: 0,
+        retry_at_unix_ms: None,
+        reason: String::new(),
+        ended_unix_ms: None,
+        preempted: false,
+    }
+}
+
 fn task_report(index: u32, state: pb::TaskState, code: Option<i32>) -> pb::TaskReport {
     pb::TaskReport {
         job: "web".into(),
@@ -1123,19 +1127,7 @@ fn a_reload_keeps_progress_on_machines_where_the_key_did_not_change() {
     }
     // Another writer wrote task 1's key (pending), after the record.
     let key = s.keys().task("web", 1);
-    let other = TaskRecord {
-        state: TaskState::Pending,
-        cluster: None,
-        machine: None,
-        gpus: String::new(),
-        exit_code: None,
-        handed_back: Vec::new(),
-        attempts: 0,
-        retry_at_unix_ms: None,
-        reason: String::new(),
-        ended_unix_ms: None,
-        preempted: false,
-    };
+    let other = bare_record(TaskState::Pending, None);
     store.rev += 1;
     store
         .keys

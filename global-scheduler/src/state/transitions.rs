@@ -136,15 +136,10 @@ impl State {
                 runs = 1;
             }
             last = Some(i);
-            let mut entry = t.clone();
-            entry.state = TaskState::Assigned;
-            entry.cluster = Some(a.cluster);
-            entry.retry_at = None;
-            entry.preempted = false;
             out.push(TaskChange {
                 job: name.clone(),
                 index: i,
-                entry,
+                entry: t.assigned_to(Some(a.cluster)),
                 write: None,
                 assignment: Some(n),
                 event: None,
